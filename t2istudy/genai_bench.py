@@ -1,0 +1,72 @@
+"""GenAI-Bench prompt files: the 527-prompt release shipped here, or the official 1,600-prompt set.
+
+Both use the same ``genai_image.json`` layout ({"00001": {"id", "prompt", ...}, ...}); the official
+release adds ``genai_skills.json`` (skill tag -> list of int prompt indices).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+BASIC_SKILLS = ("attribute", "scene", "spatial", "action", "part")
+ADVANCED_SKILLS = ("counting", "comparison", "differentiation", "negation", "universal")
+SKILLS = BASIC_SKILLS + ADVANCED_SKILLS
+SKILL_GROUPS = {"basic": BASIC_SKILLS, "advanced": ADVANCED_SKILLS}
+
+
+def shipped_path() -> Path:
+    """Folder of the 527-prompt GenAI-Bench release that ships inside the package."""
+    return Path(str(resources.files("t2istudy") / "data" / "genai-bench-527"))
+
+
+def load_genai_bench(path: str | Path | None = None) -> pd.DataFrame:
+    """Read a GenAI-Bench folder (or its ``genai_image.json``) into a table.
+
+    Columns: ``id`` (str), ``index`` (int, the file's 0-based order used by ``genai_skills.json``),
+    ``prompt`` (str), ``skills`` (tuple of skill tags; empty when no skills file is present).
+    """
+    path = Path(path) if path is not None else shipped_path()
+    image_file = path / "genai_image.json" if path.is_dir() else path
+    if not image_file.exists():
+        raise FileNotFoundError(
+            f"GenAI-Bench prompt file not found: {image_file}. Pass a folder holding genai_image.json "
+            f"(the official set is the Hugging Face dataset BaiqiL/GenAI-Bench-1600), or None for the "
+            f"527-prompt release shipped with t2istudy."
+        )
+    try:
+        raw = json.loads(image_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{image_file} is not valid JSON ({err}); re-download the benchmark file.") from err
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{image_file}: expected a non-empty object of id -> entry, got {type(raw).__name__}.")
+    rows = []
+    for index, (key, entry) in enumerate(raw.items()):
+        if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str) or not entry["prompt"].strip():
+            raise ValueError(f"{image_file}: entry {key!r} has no non-empty 'prompt' string.")
+        rows.append({"id": str(entry.get("id", key)), "index": index, "prompt": entry["prompt"], "skills": ()})
+    table = pd.DataFrame(rows)
+    skills_file = image_file.with_name("genai_skills.json")
+    if skills_file.exists():
+        table["skills"] = _read_skills(skills_file, len(table))
+    return table
+
+
+def _read_skills(skills_file: Path, n_prompts: int) -> list[tuple[str, ...]]:
+    """Invert ``genai_skills.json`` (tag -> indices) into one tuple of tags per prompt."""
+    try:
+        raw = json.loads(skills_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{skills_file} is not valid JSON ({err}).") from err
+    per_prompt: list[list[str]] = [[] for _ in range(n_prompts)]
+    for tag, indices in raw.items():
+        if tag not in SKILLS:
+            raise ValueError(f"{skills_file}: unknown skill tag {tag!r}; known tags: {', '.join(SKILLS)}.")
+        for i in indices:
+            if not isinstance(i, int) or not 0 <= i < n_prompts:
+                raise ValueError(f"{skills_file}: tag {tag!r} names prompt index {i!r}, outside 0..{n_prompts - 1}.")
+            per_prompt[i].append(tag)
+    return [tuple(tags) for tags in per_prompt]
