@@ -1,0 +1,27 @@
+# The two commands a new user needs:   make study   (the main job)   and   make test   (the test suite).
+# Both set up .venv first (scripts/setup.sh; idempotent). GPU users: install your torch into .venv first,
+# or set TORCH_SPEC, e.g. `make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124" test`.
+PY := .venv/bin/python
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: setup study quick test lint lab clean-notebooks
+
+setup:
+	@bash scripts/setup.sh
+
+study: setup  ## the default small study end to end (hours on 2 CPU cores; resumable: rerun to continue)
+	$(PY) -m t2istudy.cli study
+
+quick: setup  ## a few-minute smoke run of the whole study that still writes every figure and table
+	$(PY) -m t2istudy.cli study --quick
+
+test: setup  ## lint + the test suite
+	.venv/bin/ruff check t2istudy tests benchmarks
+	$(PY) -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check t2istudy tests benchmarks
+	.venv/bin/ruff format --check t2istudy tests benchmarks
+
+lab: setup  ## JupyterLab on the notebooks
+	.venv/bin/jupyter lab notebooks/
