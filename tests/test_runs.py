@@ -1,0 +1,269 @@
+"""The batch runner on a tiny fake notebook: grid expansion, skip-if-complete, failure isolation,
+resume after kill, parallel workers, the submitit path (local executor) and schema errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from t2istudy import runs
+
+FAKE_SOURCE = """
+import json, time
+from pathlib import Path
+import pandas as pd
+from t2istudy import runs
+out = Path(out_dir)
+with open(Path(counter), "a") as f:  # one line per execution: lets tests count re-executions
+    f.write(out.name + "\\n")
+if fail:
+    raise ValueError("deliberate failure in cell 2")
+while sleep_while and (Path(sleep_while) / out.name).exists():  # a per-run "hold" file
+    time.sleep(0.2)
+scores = pd.DataFrame({"id": ["1", "2"], "prompt": ["a", "b"], "skills": [("color",), ("count",)],
+                       "score": [x, 1.0 - x]})
+summary = pd.DataFrame({"skill": ["color", "count", "overall"], "n": [1, 1, 2],
+                        "mean": [x, 1.0 - x, 0.5], "ci_low": [x, 1 - x, 0.0], "ci_high": [x, 1 - x, 1.0]})
+runs.write_results(out, scores, summary, {"train_seconds": 1.5})
+runs.finish_run(out)
+"""
+
+
+def make_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        'out_dir = ""\nx = 0.25\nfail = False\nsleep_while = ""\ncounter = "count.txt"\nencoder = "a"\nseed = 0'
+    )
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(FAKE_SOURCE)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture()
+def nb(tmp_path: Path) -> Path:
+    return make_notebook(tmp_path / "fake.ipynb")
+
+
+def write_grid(tmp_path: Path, nb: Path, body: dict, name: str = "g.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps({"name": "g", "notebook": str(nb), **body}))
+    return path
+
+
+def executions(counter: Path) -> list[str]:
+    return counter.read_text().split() if counter.exists() else []
+
+
+def test_grid_expansion_product_exclude_include(tmp_path, nb):
+    grid = runs.load_grid(
+        write_grid(
+            tmp_path,
+            nb,
+            {
+                "params": {"x": 0.5},
+                "axes": {"encoder": ["gemma3-270m", "minilm-l6"], "seed": [0, 1, 2]},
+                "exclude": [{"encoder": "minilm-l6", "seed": 2}],
+                "include": [{"encoder": "norm_mean[standardize]", "seed": 7}],
+            },
+        )
+    )
+    specs = grid.runs()
+    assert len(specs) == 2 * 3 - 1 + 1
+    ids = [s.run_id for s in specs]
+    assert ids[:3] == ["gemma3-270m__seed0", "gemma3-270m__seed1", "gemma3-270m__seed2"]
+    assert "minilm-l6__seed2" not in ids
+    assert ids[-1] == "norm_mean-standardize__seed7"
+    assert specs[0].params == {"x": 0.5, "encoder": "gemma3-270m", "seed": 0}
+    assert runs.make_run_id({"strategy": "layer[9]", "cfg": 3.0}) == "layer-9__cfg3.0"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"axes": {"seed": [0]}, "sweep": {}}, "unknown grid key"),
+        ({"axes": {"sede": [0, 1]}}, "not declared by"),
+        ({"params": {"lr": 1e-3}}, "not declared by"),
+        ({"axes": {"seed": []}}, "non-empty list"),
+        ({"params": {"seed": 0}, "axes": {"seed": [0, 1]}}, "both 'params' and 'axes'"),
+        ({"axes": {"x": [0.5]}, "include": [{"x": 0.5}]}, "same id"),
+    ],
+)
+def test_bad_grids_are_rejected_with_a_clear_error(tmp_path, nb, body, message):
+    with pytest.raises(ValueError, match=message):
+        runs.load_grid(write_grid(tmp_path, nb, body)).runs()
+
+
+def test_grid_file_not_found_and_notebook_without_parameters(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Grid file not found"):
+        runs.load_grid(tmp_path / "nope.yaml")
+    bare = nbformat.v4.new_notebook()
+    bare.cells = [nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(bare, tmp_path / "bare.ipynb")
+    with pytest.raises(ValueError, match="tagged 'parameters'"):
+        runs.load_grid(write_grid(tmp_path, tmp_path / "bare.ipynb", {"axes": {"x": [1]}}))
+
+
+def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
+    counter = tmp_path / "count.txt"
+    grid = write_grid(
+        tmp_path,
+        nb,
+        {"params": {"counter": str(counter)}, "axes": {"x": [0.25, 0.75], "fail": [False]},
+         "include": [{"x": 0.5, "fail": True}]},
+    )  # fmt: skip
+    root = tmp_path / "runs"
+    results = {r.run_id: r for r in runs.run_grid(grid, root, log=lambda *_: None)}
+    assert {k: r.state for k, r in results.items()} == {
+        "x0.25__failFalse": "done",
+        "x0.75__failFalse": "done",
+        "x0.5__failTrue": "failed",
+    }
+    assert "deliberate failure in cell 2" in results["x0.5__failTrue"].error
+    failed_dir = root / "g" / "x0.5__failTrue"
+    assert "deliberate failure" in json.loads((failed_dir / "FAILED").read_text())["error"]
+    error_nb = nbformat.read(failed_dir / "notebook.ipynb", as_version=4)
+    assert any(
+        o.get("ename") == "ValueError" for c in error_nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert not (failed_dir / "DONE").exists()
+
+    done = root / "g" / "x0.75__failFalse"
+    params = json.loads((done / "params.json").read_text())
+    assert params["schema_version"] == runs.SCHEMA_VERSION
+    assert params["params"] == {"counter": str(counter), "x": 0.75, "fail": False}
+    metrics = json.loads((done / "metrics.json").read_text())
+    assert metrics["overall"] == {"n": 2, "mean": 0.5, "ci_low": 0.0, "ci_high": 1.0}
+    assert metrics["skills"]["color"]["mean"] == 0.75 and metrics["train_seconds"] == 1.5
+    assert pd.read_csv(done / "scores.csv")["skills"].tolist() == ["color", "count"]
+    assert sorted(executions(counter)) == sorted(results)
+
+    status = runs.grid_status(grid, root).set_index("run_id")
+    assert status["state"].to_dict() == {
+        "x0.25__failFalse": "done",
+        "x0.75__failFalse": "done",
+        "x0.5__failTrue": "failed",
+    }
+    assert status.loc["x0.75__failFalse", "overall"] == 0.5
+
+    # second batch: complete runs are skipped, the failed one is retried (and keeps failing)
+    again = {r.run_id: r.state for r in runs.run_grid(grid, root, log=lambda *_: None)}
+    assert again == {"x0.25__failFalse": "skipped", "x0.75__failFalse": "skipped", "x0.5__failTrue": "failed"}
+    assert executions(counter).count("x0.5__failTrue") == 2 and len(executions(counter)) == 4
+    assert (failed_dir / "notebook.previous.ipynb").exists()
+
+    metrics = runs.load_metrics(root, "g")
+    assert sorted(metrics["run_id"].unique()) == ["x0.25__failFalse", "x0.75__failFalse"]
+    row = metrics[(metrics.run_id == "x0.25__failFalse") & (metrics.skill == "count")].iloc[0]
+    assert (row["mean"], row["x"], row["train_seconds"]) == (0.75, 0.25, 1.5)
+    scores = runs.load_scores(root, "g")
+    assert len(scores) == 4 and scores["score"].sum() == pytest.approx(2.0)
+
+
+def test_done_run_with_changed_parameters_is_an_error(tmp_path, nb):
+    counter = tmp_path / "count.txt"
+    body = {"params": {"counter": str(counter), "x": 0.25}, "axes": {"seed": [0]}}
+    root = tmp_path / "runs"
+    runs.run_grid(write_grid(tmp_path, nb, body), root, log=lambda *_: None)
+    body["params"]["x"] = 0.5
+    with pytest.raises(ValueError, match=r"different values for \['x'\]"):
+        runs.run_grid(write_grid(tmp_path, nb, body), root, log=lambda *_: None)
+
+
+def test_older_schema_is_rejected(tmp_path, nb):
+    grid = write_grid(tmp_path, nb, {"axes": {"seed": [0]}})
+    old = tmp_path / "runs" / "g" / "seed0"
+    old.mkdir(parents=True)
+    (old / "params.json").write_text(json.dumps({"schema_version": 0, "params": {}}))
+    with pytest.raises(ValueError, match="schema version 0"):
+        runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    with pytest.raises(ValueError, match="Move that runs/ directory aside"):
+        runs.load_metrics(tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_loses_no_finished_run(tmp_path, nb):
+    counter, hold = tmp_path / "count.txt", tmp_path / "hold"
+    (hold / "seed1").mkdir(parents=True)  # the run seed1 blocks until this is removed
+    grid = write_grid(
+        tmp_path,
+        nb,
+        {"params": {"counter": str(counter), "sleep_while": str(hold)}, "axes": {"seed": [2, 0, 1]}},
+    )
+    root = tmp_path / "runs"
+    script = f"from t2istudy import runs; runs.run_grid({str(grid)!r}, {str(root)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while executions(counter) != ["seed2", "seed0", "seed1"] and time.time() < deadline:
+            time.sleep(0.5)
+        assert executions(counter) == ["seed2", "seed0", "seed1"]  # seed1 is now blocked on `hold`
+        assert runs.run_state(root / "g" / "seed1") == "running"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert runs.run_state(root / "g" / "seed0") == "done"
+    assert runs.run_state(root / "g" / "seed1") == "interrupted"
+    (hold / "seed1").rmdir()
+    states = {r.run_id: r.state for r in runs.run_grid(grid, root, log=lambda *_: None)}
+    assert states == {"seed0": "skipped", "seed2": "skipped", "seed1": "done"}
+    assert executions(counter) == ["seed2", "seed0", "seed1", "seed1"]
+
+
+@pytest.mark.slow
+def test_parallel_workers_and_submitit_local_executor(tmp_path, nb):
+    counter = tmp_path / "count.txt"
+    grid = write_grid(tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {"seed": [0, 1]}})
+    lines: list[str] = []
+    results = runs.run_grid(grid, tmp_path / "local", workers=2, log=lines.append)
+    assert sorted((r.run_id, r.state) for r in results) == [("seed0", "done"), ("seed1", "done")]
+    assert any("workers=2" in line for line in lines)
+
+    results = runs.run_grid(
+        grid,
+        tmp_path / "slurm",
+        launcher="slurm",
+        cluster="local",
+        slurm={"timeout_min": 5},
+        log=lines.append,
+    )
+    assert sorted((r.run_id, r.state) for r in results) == [("seed0", "done"), ("seed1", "done")]
+    assert list((tmp_path / "slurm" / "g" / ".submitit").iterdir())  # submitit's job folders
+    status = runs.grid_status(grid, tmp_path / "slurm")
+    assert status["state"].tolist() == ["done", "done"] and status["overall"].tolist() == [0.5, 0.5]
+    assert sorted(executions(counter)) == ["seed0", "seed0", "seed1", "seed1"]
+
+
+def test_finish_run_marks_interactive_runs_done(tmp_path, monkeypatch):
+    monkeypatch.delenv(runs.RUNNER_ENV, raising=False)
+    out = tmp_path / "runs" / "manual" / "r1"
+    with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
+        runs.finish_run(out)
+    scores = pd.DataFrame({"id": ["1"], "prompt": ["a"], "skills": [("color", "count")], "score": [1.0]})
+    summary = pd.DataFrame(
+        {"n": [1, 1], "mean": [1.0, 1.0], "ci_low": [1.0, 1.0], "ci_high": [1.0, 1.0]},
+        index=["color", "overall"],
+    )
+    runs.write_results(out, scores, summary)
+    runs.finish_run(out)
+    assert runs.run_state(out) == "done"
+    assert runs.load_scores(tmp_path / "runs")["skills"].tolist() == ["color|count"]
+    monkeypatch.setenv(runs.RUNNER_ENV, "1")
+    (out / "DONE").unlink()
+    runs.finish_run(out)
+    assert runs.run_state(out) == "interrupted"  # under the runner, DONE is the runner's job
+
+
+def test_fake_notebook_source_compiles():
+    # a syntax error in the fake notebook would show up as confusing "failed" runs in the tests above
+    compile(FAKE_SOURCE, "fake", "exec")
