@@ -1,0 +1,327 @@
+"""Text embeddings for training: a memory-mapped cache on disk, or on-the-fly frozen encoding.
+
+Small scale encodes every caption once per (encoder, strategy) so a training step costs the same for a
+135M and a 0.5B encoder. Paper scale encodes on the fly. Both answer `embed(captions) -> (features, mask)`
+with the same numbers (float32, padding trimmed to the longest caption in the batch), which is tested.
+
+Layout of one cache entry (`<root>/<encoder>/<strategy>-L<max_length>-<caption hash>/`):
+    meta.json                 encoder, strategy (canonical), max_length, caption hash, shape, dtype, max_abs,
+                              token_rms (the input-scale statistic)
+    captions.json             the unique captions, sorted; row i of the arrays belongs to captions[i]
+    features.npy              [N, T, D] (or [N, T, L, D] for `learned`), float16 where every |value| fits
+    mask.npy                  [N, T] bool, True = real token
+    null_features.npy / null_mask.npy   the empty prompt (classifier-free guidance), float32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from t2istudy.aggregation import parse_strategy
+
+CACHE_VERSION = 1
+FP16_LIMIT = (
+    6.0e4  # float16 max is 65504; anything larger (attention-sink tokens of raw layers) stays float32
+)
+
+
+class Encoder(Protocol):
+    """What the cache needs from `t2istudy.encoders.FrozenEncoder`."""
+
+    name: str
+    max_length: int
+
+    def encode_aggregated(self, prompts, strategy, batch_size=32, progress=False): ...
+
+
+def caption_hash(captions: list[str]) -> str:
+    """Order-independent hash of the caption set (the cache stores unique captions sorted)."""
+    unique = sorted(set(captions))
+    return hashlib.sha256(json.dumps(unique, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def slug(text: str) -> str:
+    """A file-system-safe form of an encoder or strategy name."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+
+
+def token_rms(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMS over real tokens: a scalar for [B,T,D], one value per layer for [B,T,L,D]."""
+    m = mask.bool()
+    x = features[m].double()  # [n, D] or [n, L, D]
+    if x.numel() == 0:
+        raise ValueError("Cannot compute the token RMS: no real tokens (all captions empty?).")
+    return x.pow(2).mean(dim=(0, -1)).sqrt().float().reshape(-1)
+
+
+def _trim(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop padding columns beyond the longest caption (keeps at least one column)."""
+    if features.shape[1] == 0:  # an empty prompt on a tokenizer without BOS: one padding column
+        features = features.new_zeros((features.shape[0], 1, *features.shape[2:]))
+        mask = mask.new_zeros((mask.shape[0], 1))
+    length = max(int(mask.sum(dim=1).max()), 1)
+    return features[:, :length].float(), mask[:, :length].bool()
+
+
+class EmbeddingCache:
+    """One (encoder, strategy, max_length, caption set) entry on disk, opened memory-mapped."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"No embedding cache at {self.path} (meta.json missing): build it with "
+                "EmbeddingCache.build(...) or let training build it (it writes meta.json last)."
+            )
+        self.meta = json.loads(meta_file.read_text())
+        if self.meta.get("version") != CACHE_VERSION:
+            raise ValueError(
+                f"Cache {self.path} has version {self.meta.get('version')}, expected {CACHE_VERSION}: rebuild it."
+            )
+        self.captions: list[str] = json.loads((self.path / "captions.json").read_text())
+        self.features = np.load(self.path / "features.npy", mmap_mode="r")
+        self.mask = np.load(self.path / "mask.npy", mmap_mode="r")
+        self.null_features = torch.from_numpy(np.load(self.path / "null_features.npy"))
+        self.null_mask = torch.from_numpy(np.load(self.path / "null_mask.npy"))
+        self.row = {c: i for i, c in enumerate(self.captions)}
+        if len(self.row) != self.features.shape[0]:
+            raise ValueError(
+                f"Cache {self.path} is inconsistent ({len(self.row)} captions, {self.features.shape[0]} rows): rebuild it."
+            )
+
+    # ---- identity ---------------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> str:
+        return self.meta["encoder"]
+
+    @property
+    def strategy(self) -> str:
+        return self.meta["strategy"]
+
+    @property
+    def token_rms(self) -> list[float]:
+        return list(self.meta["token_rms"])
+
+    def check(self, encoder: str | None = None, strategy: str | None = None) -> EmbeddingCache:
+        """Refuse to serve embeddings made by another encoder or strategy."""
+        if encoder is not None and encoder != self.encoder:
+            raise ValueError(
+                f"Embedding cache {self.path} was built with encoder {self.encoder!r}, not {encoder!r}: "
+                "use a cache built for this encoder (or a different --cache_dir) instead of mixing embeddings."
+            )
+        if strategy is not None and str(parse_strategy(strategy)) != self.strategy:
+            raise ValueError(
+                f"Embedding cache {self.path} holds strategy {self.strategy!r}, not {str(parse_strategy(strategy))!r}: "
+                "build a cache for this strategy (each strategy variant has its own entry)."
+            )
+        return self
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    # ---- reading ------------------------------------------------------------------------------------------
+    def embed(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 features and bool mask for these captions, trimmed to the longest one."""
+        try:
+            rows = np.array([self.row[c] for c in captions], dtype=np.int64)
+        except KeyError as err:
+            raise KeyError(
+                f"Caption {err.args[0]!r} is not in the embedding cache {self.path}: the cache covers a fixed "
+                "caption pool; rebuild it with every caption you train on, or encode on the fly (--text online)."
+            ) from None
+        order = np.argsort(rows)  # memmap fancy indexing reads faster in order
+        feats = np.empty((len(rows), *self.features.shape[1:]), dtype=np.float32)
+        feats[order] = self.features[rows[order]]
+        mask = np.asarray(self.mask[rows])
+        return _trim(torch.from_numpy(feats), torch.from_numpy(mask))
+
+    def null(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        f, m = _trim(self.null_features, self.null_mask)
+        return f.expand(batch, *f.shape[1:]), m.expand(batch, -1)
+
+    # ---- building ----------------------------------------------------------------------------------------
+    @staticmethod
+    def entry_dir(
+        root: str | Path, encoder: str, strategy: str, max_length: int, captions: list[str]
+    ) -> Path:
+        name = f"{slug(str(parse_strategy(strategy)))}-L{max_length}-{caption_hash(captions)}"
+        return Path(root) / slug(encoder) / name
+
+    @classmethod
+    def find(
+        cls, root: str | Path, encoder: str, strategy: str, captions: list[str], max_length: int | None = None
+    ):
+        """An existing complete entry for this key, or None."""
+        canonical = str(parse_strategy(strategy))
+        digest = caption_hash(captions)
+        folder = Path(root) / slug(encoder)
+        for meta_file in sorted(folder.glob("*/meta.json")) if folder.is_dir() else []:
+            meta = json.loads(meta_file.read_text())
+            if (
+                meta.get("encoder") == encoder
+                and meta.get("strategy") == canonical
+                and meta.get("caption_hash") == digest
+                and (max_length is None or meta.get("max_length") == max_length)
+            ):
+                return cls(meta_file.parent)
+        return None
+
+    @classmethod
+    def build(
+        cls,
+        encoder: Encoder,
+        strategy: str,
+        captions: list[str],
+        root: str | Path,
+        *,
+        batch_size: int = 64,
+        dtype: str = "auto",
+        progress: bool = True,
+    ) -> EmbeddingCache:
+        """Encode each unique caption once and write the entry (meta.json last, so a crash leaves no entry)."""
+        canonical = str(parse_strategy(strategy))
+        unique = sorted(set(captions))
+        if not unique:
+            raise ValueError("Cannot build an embedding cache from an empty caption list.")
+        if dtype not in ("auto", "float16", "float32"):
+            raise ValueError(f"dtype must be 'auto', 'float16' or 'float32', got {dtype!r}.")
+        path = cls.entry_dir(root, encoder.name, canonical, encoder.max_length, unique)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+
+        # Pass 1: encode in chunks (float32, each chunk padded to its own longest caption).
+        chunks, max_t, max_abs, sq, count = [], 1, 0.0, None, 0
+        steps = range(0, len(unique), batch_size)
+        for i, start in enumerate(tqdm(steps, desc=f"encode {encoder.name}", disable=not progress)):
+            batch = unique[start : start + batch_size]
+            feats, mask = encoder.encode_aggregated(batch, canonical, batch_size=batch_size)
+            feats, mask = _trim(feats.float().cpu(), mask.bool().cpu())
+            if not torch.isfinite(feats).all():
+                raise ValueError(
+                    f"Encoder {encoder.name} produced non-finite values for strategy {canonical}."
+                )
+            max_t = max(max_t, feats.shape[1])
+            max_abs = max(max_abs, float(feats.abs().max()))
+            real = feats[mask].double()
+            sq = real.pow(2).sum(dim=(0, -1)) if sq is None else sq + real.pow(2).sum(dim=(0, -1))
+            count += real.shape[0] * real.shape[-1]
+            np.save(tmp / f"chunk{i:06d}.npy", feats.numpy())
+            np.save(tmp / f"mask{i:06d}.npy", mask.numpy())
+            chunks.append(i)
+        rms = (sq / max(count, 1)).sqrt().reshape(-1).tolist()
+
+        # Pass 2: one padded memory-mapped array, float16 only if every value fits.
+        store = dtype if dtype != "auto" else ("float16" if max_abs < FP16_LIMIT else "float32")
+        if store == "float16" and max_abs >= FP16_LIMIT:
+            raise ValueError(
+                f"max |value| {max_abs:.3g} does not fit float16 (limit {FP16_LIMIT:g}); use dtype='float32'."
+            )
+        first = np.load(tmp / "chunk000000.npy", mmap_mode="r")
+        shape = (len(unique), max_t, *first.shape[2:])
+        features = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=store, shape=shape)
+        masks = np.zeros((len(unique), max_t), dtype=bool)
+        for i in chunks:
+            f = np.load(tmp / f"chunk{i:06d}.npy")
+            m = np.load(tmp / f"mask{i:06d}.npy")
+            rows = slice(i * batch_size, i * batch_size + f.shape[0])
+            features[rows] = 0
+            features[rows, : f.shape[1]] = f
+            masks[rows, : m.shape[1]] = m
+            (tmp / f"chunk{i:06d}.npy").unlink()
+            (tmp / f"mask{i:06d}.npy").unlink()
+        features.flush()
+        del features
+        np.save(tmp / "mask.npy", masks)
+
+        null_f, null_m = encoder.encode_aggregated([""], canonical, batch_size=1)
+        null_f, null_m = _trim(null_f.float().cpu(), null_m.bool().cpu())
+        np.save(tmp / "null_features.npy", null_f.numpy())
+        np.save(tmp / "null_mask.npy", null_m.numpy())
+        (tmp / "captions.json").write_text(json.dumps(unique, ensure_ascii=False))
+        meta = {
+            "version": CACHE_VERSION,
+            "encoder": encoder.name,
+            "strategy": canonical,
+            "max_length": encoder.max_length,
+            "caption_hash": caption_hash(unique),
+            "num_captions": len(unique),
+            "shape": list(shape),
+            "dtype": store,
+            "max_abs": max_abs,
+            "token_rms": rms,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        return cls(path)
+
+    @classmethod
+    def get_or_build(
+        cls,
+        root: str | Path,
+        encoder: str | Encoder,
+        strategy: str,
+        captions: list[str],
+        *,
+        max_length: int | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> EmbeddingCache:
+        """Open the matching entry, or load the encoder (only then) and build it."""
+        name = encoder if isinstance(encoder, str) else encoder.name
+        found = cls.find(root, name, strategy, captions, max_length)
+        if found is not None:
+            return found
+        if isinstance(encoder, str):
+            from t2istudy.encoders import load_encoder
+
+            encoder = load_encoder(encoder, max_length=max_length)
+        return cls.build(encoder, strategy, captions, root, batch_size=batch_size, progress=progress)
+
+
+class OnlineText:
+    """Frozen encoding inside the training loop (paper scale): same interface and numbers as the cache."""
+
+    def __init__(self, encoder: Encoder, strategy: str, batch_size: int = 64):
+        self.encoder = encoder
+        self.strategy = str(parse_strategy(strategy))
+        self.batch_size = batch_size
+        self._null: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def embed(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            feats, mask = self.encoder.encode_aggregated(
+                list(captions), self.strategy, batch_size=self.batch_size
+            )
+        return _trim(feats.float().cpu(), mask.bool().cpu())
+
+    def null(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._null is None:
+            self._null = self.embed([""])
+        f, m = self._null
+        return f.expand(batch, *f.shape[1:]), m.expand(batch, -1)
+
+
+def pad_cat(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (features, mask) pairs of different token lengths along the batch, right-padding."""
+    t = max(f.shape[1] for f, _ in parts)
+    feats, masks = [], []
+    for f, m in parts:
+        pad = t - f.shape[1]
+        if pad:
+            f = torch.cat([f, f.new_zeros((f.shape[0], pad, *f.shape[2:]))], dim=1)
+            m = torch.cat([m, m.new_zeros((m.shape[0], pad))], dim=1)
+        feats.append(f)
+        masks.append(m)
+    return torch.cat(feats), torch.cat(masks)

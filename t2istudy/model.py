@@ -1,0 +1,239 @@
+"""U-Net presets and the text side shared by every encoder.
+
+The study is only fair if everything except the text encoder is held fixed, so the model is a named
+preset (one place for every size knob) plus a `TextConditioner` that is the same for every encoder:
+optional learned layer weights -> a fixed input scale -> one trainable Linear to cross_attention_dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything about the image model that must not change between encoders."""
+
+    name: str
+    image_size: int  # pixels of the training images
+    latent_channels: int  # 3 = pixel space, 4 = SD latents behind a VAE
+    latent_size: int  # spatial size the U-Net sees
+    unet: dict  # kwargs for UNet2DConditionModel (sample_size/in/out channels filled in by build_unet)
+    vae: bool = False  # True: images go through an AutoencoderKL loaded from a local path
+    beta_schedule: str = "squaredcos_cap_v2"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+    guidance_scale: float = 7.0  # CFG default for sampling (the paper's 7.0; small presets tune it)
+    sample_steps: int = 25
+    train_defaults: dict = field(default_factory=dict)  # TrainOptions defaults this preset overrides
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return int(self.unet["cross_attention_dim"])
+
+    def noise_scheduler(self, prediction_type: str | None = None) -> DDPMScheduler:
+        """The training scheduler; samplers are built from its config so betas always agree."""
+        return DDPMScheduler(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_schedule=self.beta_schedule,
+            beta_start=self.beta_start,
+            beta_end=self.beta_end,
+            prediction_type=prediction_type or self.prediction_type,
+            clip_sample=False,
+        )
+
+
+_SMALL_BLOCKS = {
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+}
+
+PRESETS: dict[str, Preset] = {
+    # Stable Diffusion 2 base U-Net (865,910,724 parameters) on 32x32x4 latents = 256x256 images.
+    "sd2-256": Preset(
+        name="sd2-256",
+        image_size=256,
+        latent_channels=4,
+        latent_size=32,
+        unet={
+            "block_out_channels": (320, 640, 1280, 1280),
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "attention_head_dim": (5, 10, 20, 20),  # diffusers' name; these are SD2's head counts
+            "cross_attention_dim": 1024,
+            "use_linear_projection": True,
+            "layers_per_block": 2,
+            "norm_num_groups": 32,
+            "flip_sin_to_cos": True,
+            "freq_shift": 0,
+        },
+        vae=True,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        guidance_scale=7.0,
+        train_defaults={
+            "train_batch_size": 64,
+            "learning_rate": 1e-4,
+            "lr_warmup_steps": 10_000,
+            "max_train_steps": 500_000,
+            "mixed_precision": "bf16",
+            "use_ema": True,
+            "snr_gamma": 5.0,
+            "checkpointing_steps": 5_000,
+        },
+    ),
+    # Pixel space 32x32, 1.7M parameters: ~1.2 s per batch-64 step on 2 quiet cores (docs/training.md).
+    "cpu-small": Preset(
+        name="cpu-small",
+        image_size=32,
+        latent_channels=3,
+        latent_size=32,
+        unet={
+            **_SMALL_BLOCKS,
+            "block_out_channels": (32, 64, 64),
+            "attention_head_dim": 8,
+            "cross_attention_dim": 64,
+        },
+        guidance_scale=3.0,
+        train_defaults={
+            "train_batch_size": 64,
+            "learning_rate": 1e-3,
+            "lr_warmup_steps": 100,
+            "max_train_steps": 800,
+            "use_ema": True,
+            "checkpointing_steps": 200,
+        },
+    ),
+    # Tests and smoke runs only: 16x16 pixels, ~0.1M parameters, a step takes tens of milliseconds.
+    "cpu-tiny": Preset(
+        name="cpu-tiny",
+        image_size=16,
+        latent_channels=3,
+        latent_size=16,
+        unet={
+            **_SMALL_BLOCKS,
+            "block_out_channels": (8, 16, 16),
+            "attention_head_dim": 4,
+            "cross_attention_dim": 16,
+        },
+        guidance_scale=3.0,
+        train_defaults={
+            "train_batch_size": 16,
+            "learning_rate": 1e-3,
+            "lr_warmup_steps": 10,
+            "max_train_steps": 50,
+            "checkpointing_steps": 25,
+        },
+    ),
+}
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """The one place preset names are validated."""
+    if isinstance(name, Preset):
+        return name
+    if name not in PRESETS:
+        raise ValueError(
+            f"Unknown preset {name!r}: choose one of {sorted(PRESETS)} (defined in t2istudy/model.py)."
+        )
+    return PRESETS[name]
+
+
+def build_unet(preset: str | Preset) -> UNet2DConditionModel:
+    """A freshly initialised U-Net; wrap in `torch.device('meta')` to count parameters without memory."""
+    p = get_preset(preset)
+    return UNet2DConditionModel(
+        sample_size=p.latent_size, in_channels=p.latent_channels, out_channels=p.latent_channels, **p.unet
+    )
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(t.numel() for t in module.parameters())
+
+
+def load_vae(path: str | Path | None) -> AutoencoderKL:
+    """The frozen SD VAE from a local diffusers folder (nothing downloads at run time)."""
+    if path is None or not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"The sd2-256 preset needs a VAE on disk but {path!r} is not a folder: pass --vae_path pointing at a "
+            "diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors), e.g. the 'vae' "
+            "subfolder of stabilityai/stable-diffusion-2-base downloaded beforehand."
+        )
+    vae = AutoencoderKL.from_pretrained(str(path))
+    vae.requires_grad_(False).eval()
+    return vae
+
+
+class TextConditioner(nn.Module):
+    """Frozen-encoder features -> cross-attention context, identical for every encoder.
+
+    features: [B, T, D] (or [B, T, L, D] for the `learned` strategy: softmax weights over L, trained jointly).
+    `input_scale` is a fixed buffer (dataset-wide 1/RMS, or 1) so every encoder enters the projection at
+    the same scale; for `learned` it holds one scale per layer, because raw layer norms differ ~1000x.
+    Rows without any real token (an empty prompt on a tokenizer without BOS) attend to one zero token.
+    """
+
+    def __init__(self, in_width: int, cross_attention_dim: int, num_layers: int | None = None):
+        super().__init__()
+        self.in_width = in_width
+        self.num_layers = num_layers
+        self.proj = nn.Linear(in_width, cross_attention_dim)
+        self.layer_logits = nn.Parameter(torch.zeros(num_layers)) if num_layers else None
+        self.register_buffer("input_scale", torch.ones(num_layers or 1))
+
+    def layer_weights(self) -> torch.Tensor | None:
+        return None if self.layer_logits is None else torch.softmax(self.layer_logits, dim=0)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = features.to(self.proj.weight.dtype)
+        mask = mask.bool()
+        empty = ~mask.any(dim=1)
+        if empty.any():  # keep attention well defined: one all-zero "real" token
+            features = features.clone()
+            mask = mask.clone()
+            features[empty, 0] = 0
+            mask[empty, 0] = True
+        if self.layer_logits is None:
+            x = features * self.input_scale
+        else:
+            if features.dim() != 4 or features.shape[2] != self.num_layers:
+                raise ValueError(
+                    f"The learned strategy expects features [B, T, {self.num_layers}, D], got "
+                    f"{tuple(features.shape)}: the cache or encoder was built for another strategy."
+                )
+            w = self.layer_weights() * self.input_scale
+            x = torch.einsum("btld,l->btd", features, w)
+        x = x * mask.unsqueeze(-1)  # padding carries no signal even if the encoder left values there
+        return self.proj(x), mask
+
+    def config(self) -> dict:
+        return {
+            "in_width": self.in_width,
+            "cross_attention_dim": self.proj.out_features,
+            "num_layers": self.num_layers,
+        }
+
+
+def set_input_scale(conditioner: TextConditioner, scale: float | list[float]) -> None:
+    values = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    if values.numel() != conditioner.input_scale.numel():
+        raise ValueError(
+            f"input scale has {values.numel()} values, the conditioner expects {conditioner.input_scale.numel()}."
+        )
+    conditioner.input_scale.copy_(values)
+
+
+def replace_preset(preset: Preset, **changes) -> Preset:
+    """A preset with some fields changed (e.g. a different U-Net width for an ablation)."""
+    return dataclasses.replace(preset, **changes)

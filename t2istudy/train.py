@@ -1,0 +1,556 @@
+"""The training loop: one function, read top to bottom, identical for every encoder and every machine.
+
+    python -m t2istudy.train --encoder gemma3-270m --strategy norm_mean --preset cpu-small
+    accelerate launch --num_processes 8 -m t2istudy.train --preset sd2-256 --data /data/shards --text online ...
+
+Determinism is by construction: the batch indices, noise, timesteps and caption-dropout draws of step s are
+a pure function of (seed, s) for the whole global batch, and each process takes its slice. So a resumed
+run repeats an uninterrupted one bit for bit, and N processes reproduce 1 process at the same global batch
+(up to float summation order).
+
+Run directory (auto-numbered `runs/train/00003-<encoder>-<strategy>/` unless --output_dir is given):
+    options.json   every option, resolved, plus `derived` (input scale, sizes, processes, cache path)
+    checkpoints/checkpoint-<step>/   accelerate state (model, optimizer, LR schedule, EMA, RNG)
+    logs/          TensorBoard;  train_log.jsonl  step, loss, lr (one line per logging step)
+    final/         unet/ (EMA weights when --use_ema), conditioner.safetensors, null.safetensors, summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import time
+import typing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, broadcast_object_list
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, compute_snr
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from t2istudy.aggregation import parse_strategy
+from t2istudy.cache import EmbeddingCache, OnlineText, pad_cat, slug, token_rms
+from t2istudy.data import FolderPairs, StepBatchSampler, shapes_pool
+from t2istudy.model import (
+    Preset,
+    TextConditioner,
+    build_unet,
+    count_parameters,
+    get_preset,
+    load_vae,
+    set_input_scale,
+)
+
+
+@dataclass
+class TrainOptions:
+    """Every training flag with its default (diffusers train_text_to_image names where they exist).
+
+    `None` means "the preset's default" (see `Preset.train_defaults`), resolved by `resolve_options`.
+    """
+
+    # what is compared
+    encoder: str = "gemma3-270m"
+    strategy: str = "norm_mean"
+    preset: str = "cpu-small"
+    input_scale: str = "rms"  # rms: one dataset-wide factor bringing token RMS to 1 | none
+    max_length: int | None = None  # encoder token limit (None: the encoder's default)
+    # data and text
+    data: str = "shapes"  # "shapes" (the procedural world) or a folder of images + captions / .tar shards
+    pool_size: int = 8192  # shapes: scenes in the fixed training pool (every caption gets cached)
+    max_objects: int | None = None  # shapes: cap objects per scene (None: the world's maximum)
+    data_seed: int = 0
+    on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
+    text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
+    cache_dir: str = "cache/embeddings"
+    encode_batch_size: int = 64
+    vae_path: str | None = None  # sd2-256: local diffusers AutoencoderKL folder
+    dataloader_num_workers: int = 0
+    # optimisation
+    train_batch_size: int | None = None  # per process
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int | None = None
+    learning_rate: float | None = None
+    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0  # <= 0 disables clipping
+    prediction_type: str | None = None  # epsilon | v_prediction
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; <= 0 disables
+    caption_dropout: float = 0.1  # fraction of captions replaced by the empty prompt (for CFG)
+    use_ema: bool | None = None
+    ema_decay: float = 0.9999  # upper bound; EMA warm-up (power 2/3) makes early decay smaller
+    mixed_precision: str | None = None  # no | fp16 | bf16
+    seed: int = 0
+    # run directory, checkpoints, logging
+    output_dir: str | None = None
+    runs_root: str = "runs/train"
+    checkpointing_steps: int | None = None
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    stop_after_steps: int | None = None  # save a checkpoint and stop at this step (as if killed)
+    logging_steps: int = 10
+    report_to: str = "tensorboard"  # tensorboard | none
+    num_threads: int | None = None  # torch CPU threads per process
+    progress: bool = True
+
+
+FALLBACKS = {"use_ema": False, "mixed_precision": "no", "checkpointing_steps": 500}
+
+
+def resolve_options(opts: TrainOptions) -> TrainOptions:
+    """Fill `None` fields from the preset, validate choices, canonicalize the strategy."""
+    preset = get_preset(opts.preset)
+    values = asdict(opts)
+    for key, value in {**FALLBACKS, **preset.train_defaults}.items():
+        if values.get(key) is None:
+            values[key] = value
+    values["prediction_type"] = values["prediction_type"] or preset.prediction_type
+    values["strategy"] = str(parse_strategy(values["strategy"]))
+    choices = {
+        "input_scale": ("rms", "none"),
+        "text": ("cache", "online"),
+        "on_bad": ("skip", "stop"),
+        "prediction_type": ("epsilon", "v_prediction"),
+        "mixed_precision": ("no", "fp16", "bf16"),
+        "report_to": ("tensorboard", "none"),
+    }
+    for key, allowed in choices.items():
+        if values[key] not in allowed:
+            raise ValueError(f"--{key} {values[key]!r} is not valid: choose one of {', '.join(allowed)}.")
+    for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
+        if values[key] < 1:
+            raise ValueError(f"--{key} must be >= 1, got {values[key]}.")
+    if not 0.0 <= values["caption_dropout"] < 1.0:
+        raise ValueError(f"--caption_dropout must be in [0, 1), got {values['caption_dropout']}.")
+    return TrainOptions(**values)
+
+
+# ---- run directory -----------------------------------------------------------------------------------------
+
+
+def new_run_dir(opts: TrainOptions) -> Path:
+    """EDM-style auto-numbered run folder: <runs_root>/<00000>-<encoder>-<strategy>."""
+    root = Path(opts.runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[:5]) for p in root.iterdir() if p.name[:5].isdigit()]
+    run = root / f"{max(numbers, default=-1) + 1:05d}-{slug(opts.encoder)}-{slug(opts.strategy)}"
+    run.mkdir()
+    return run
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints in step order; a `.tmp` folder (a save that was interrupted) never counts."""
+    folder = run_dir / "checkpoints"
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path:
+    if which == "latest":
+        found = complete_checkpoints(run_dir)
+        if not found:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: no checkpoint in {run_dir / 'checkpoints'}; drop the flag to "
+                "start fresh, or point --output_dir at the run you want to resume."
+            )
+        return found[-1]
+    path = Path(which)
+    if not path.is_dir() or not path.name.split("-")[-1].isdigit():
+        raise FileNotFoundError(
+            f"Checkpoint {which!r} is not a checkpoint-<step> folder: pass 'latest' or a folder from "
+            f"{run_dir / 'checkpoints'}."
+        )
+    return path
+
+
+# ---- the model being trained -------------------------------------------------------------------------------
+
+
+class Denoiser(nn.Module):
+    """U-Net + text conditioner as one module, so DDP, EMA and checkpoints treat them together."""
+
+    def __init__(self, unet: nn.Module, conditioner: TextConditioner):
+        super().__init__()
+        self.unet = unet
+        self.conditioner = conditioner
+
+    def forward(
+        self, noisy: torch.Tensor, t: torch.Tensor, features: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        context, mask = self.conditioner(features, mask)
+        return self.unet(noisy, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
+
+
+def step_randomness(
+    seed: int, step: int, global_batch: int, shape: tuple[int, ...], num_timesteps: int, p_drop: float
+):
+    """Noise, timesteps and caption-dropout draws for the whole global batch of one step."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 1]).generate_state(1)[0]))
+    t = torch.randint(0, num_timesteps, (global_batch,), generator=g)
+    noise = torch.randn((global_batch, *shape), generator=g)
+    drop = torch.rand(global_batch, generator=g) < p_drop
+    return noise, t, drop
+
+
+def diffusion_loss(
+    pred, x0, noise, t, scheduler, prediction_type: str, snr_gamma: float | None
+) -> torch.Tensor:
+    """MSE to the epsilon / v target, optionally Min-SNR-gamma weighted per sample (Hang et al. 2023)."""
+    target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
+        dim=tuple(range(1, pred.dim()))
+    )
+    if snr_gamma is not None and snr_gamma > 0:
+        snr = compute_snr(scheduler, t).clamp(min=1e-8)
+        clipped = snr.clamp(max=snr_gamma)
+        per_sample = per_sample * (clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1))
+    return per_sample.mean()
+
+
+def build_data(opts: TrainOptions, preset: Preset):
+    if opts.data == "shapes":
+        return shapes_pool(opts.pool_size, opts.data_seed, preset.image_size, opts.max_objects)
+    return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad)
+
+
+def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator):
+    """The cache (built once, by the main process) or the frozen encoder, plus its input-scale statistic."""
+    if opts.text == "cache":
+        with accelerator.main_process_first():
+            text = EmbeddingCache.get_or_build(
+                opts.cache_dir, opts.encoder, opts.strategy, captions, max_length=opts.max_length,
+                batch_size=opts.encode_batch_size, progress=opts.progress and accelerator.is_main_process,
+            )  # fmt: skip
+        return text.check(opts.encoder, opts.strategy), text.token_rms, str(text.path)
+    from t2istudy.encoders import load_encoder
+
+    encoder = load_encoder(opts.encoder, device=accelerator.device, max_length=opts.max_length)
+    text = OnlineText(encoder, opts.strategy, opts.encode_batch_size)
+    probe = sorted(set(captions))[:512]  # the statistic the cache would compute, on a fixed subset
+    return text, token_rms(*text.embed(probe)).tolist(), None
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+
+
+def train(opts: TrainOptions) -> Path:
+    """Train one (encoder, strategy) model; returns the run directory. Safe to re-run with --resume."""
+    opts = resolve_options(opts)
+    preset = get_preset(opts.preset)
+    if opts.num_threads:
+        torch.set_num_threads(opts.num_threads)
+    t_start = time.time()
+
+    # Run directory: decided on the main process, shared with the others.
+    state = PartialState()
+    run_dir = [None]
+    if state.is_main_process:
+        if opts.output_dir:
+            Path(opts.output_dir).mkdir(parents=True, exist_ok=True)
+            run_dir[0] = str(Path(opts.output_dir))
+        elif opts.resume_from_checkpoint not in (None, "latest"):
+            run_dir[0] = str(Path(opts.resume_from_checkpoint).parent.parent)
+        elif opts.resume_from_checkpoint == "latest":
+            raise ValueError("--resume_from_checkpoint latest needs --output_dir (the run to resume).")
+        else:
+            run_dir[0] = str(new_run_dir(opts))
+    run_dir = Path(broadcast_object_list(run_dir)[0]) if state.num_processes > 1 else Path(run_dir[0])
+
+    accelerator = Accelerator(
+        mixed_precision=opts.mixed_precision,
+        gradient_accumulation_steps=opts.gradient_accumulation_steps,
+        log_with=None if opts.report_to == "none" else opts.report_to,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_device = opts.train_batch_size
+    global_batch = per_device * world * opts.gradient_accumulation_steps
+
+    # Data and text.
+    dataset = build_data(opts, preset)
+    text, rms, cache_path = build_text(opts, dataset.captions, accelerator)
+    probe_features, _ = text.embed(dataset.captions[:1])
+    num_layers = probe_features.shape[2] if probe_features.dim() == 4 else None
+    if (num_layers is not None) != (parse_strategy(opts.strategy).kind == "learned"):
+        raise ValueError(
+            f"Features of shape {tuple(probe_features.shape)} do not fit strategy {opts.strategy!r}."
+        )
+    scale = [1.0 / r for r in rms] if opts.input_scale == "rms" else [1.0] * len(rms)
+
+    # Model (same initialisation on every process and for every encoder of the same width).
+    torch.manual_seed(opts.seed)
+    unet = build_unet(preset)
+    conditioner = TextConditioner(probe_features.shape[-1], preset.cross_attention_dim, num_layers)
+    set_input_scale(conditioner, scale)
+    model = Denoiser(unet, conditioner)
+    vae = load_vae(opts.vae_path).to(accelerator.device) if preset.vae else None
+    scheduler = preset.noise_scheduler(opts.prediction_type)
+    ema = EMAModel(model.parameters(), decay=opts.ema_decay, use_ema_warmup=True) if opts.use_ema else None
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=opts.learning_rate, betas=(opts.adam_beta1, opts.adam_beta2),
+        weight_decay=opts.adam_weight_decay, eps=opts.adam_epsilon,
+    )  # fmt: skip
+    # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
+    lr_scheduler = get_scheduler(
+        opts.lr_scheduler,
+        optimizer,
+        num_warmup_steps=opts.lr_warmup_steps,
+        num_training_steps=opts.max_train_steps,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    derived = {
+        "input_scale_value": scale,
+        "token_rms": rms,
+        "text_width": int(probe_features.shape[-1]),
+        "num_layers": num_layers,
+        "unet_parameters": count_parameters(unet),
+        "conditioner_parameters": count_parameters(conditioner),
+        "num_processes": world,
+        "global_batch_size": global_batch,
+        "dataset_size": len(dataset),
+        "skipped_pairs": dict(getattr(dataset, "skipped", {})),
+        "cache_path": cache_path,
+    }
+
+    # Resume.
+    start_step = 0
+    if opts.resume_from_checkpoint:
+        ckpt = find_checkpoint(run_dir, opts.resume_from_checkpoint)
+        try:
+            accelerator.load_state(str(ckpt))
+        except Exception as err:
+            raise ValueError(
+                f"Checkpoint {ckpt} cannot be loaded ({type(err).__name__}: {err}). It is probably incomplete or "
+                f"corrupt: move it aside and resume from an earlier one in {ckpt.parent}, or start a new run."
+            ) from err
+        start_step = int(ckpt.name.split("-")[-1])
+    if accelerator.is_main_process:
+        (run_dir / "options.json").write_text(json.dumps({**asdict(opts), "derived": derived}, indent=1))
+        if opts.report_to != "none":
+            flat = {k: v for k, v in asdict(opts).items() if isinstance(v, int | float | str | bool)}
+            accelerator.init_trackers("train", config=flat)
+
+    stop_step = min(opts.max_train_steps, opts.stop_after_steps or opts.max_train_steps)
+    sampler = StepBatchSampler(
+        len(dataset), per_device, seed=opts.data_seed + 1000 * opts.seed, start_step=start_step,
+        max_steps=stop_step, world=world, rank=rank, accumulation=opts.gradient_accumulation_steps,
+    )  # fmt: skip
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=opts.dataloader_num_workers)
+    shape = (preset.latent_channels, preset.latent_size, preset.latent_size)
+    null_f, null_m = text.null(1)
+
+    step, micro, losses = start_step, 0, []
+    bar = tqdm(
+        total=stop_step, initial=start_step, disable=not (opts.progress and accelerator.is_main_process)
+    )
+    model.train()
+    for images, captions in loader:
+        if micro == 0:
+            noise_all, t_all, drop_all = step_randomness(
+                opts.seed,
+                step,
+                global_batch,
+                shape,
+                scheduler.config.num_train_timesteps,
+                opts.caption_dropout,
+            )
+        lo = (micro * world + rank) * per_device
+        part = slice(lo, lo + per_device)
+        noise, t, drop = (
+            noise_all[part].to(accelerator.device),
+            t_all[part].to(accelerator.device),
+            drop_all[part],
+        )
+        with accelerator.accumulate(model):
+            x0 = images.to(accelerator.device)
+            if vae is not None:
+                with torch.no_grad():
+                    g = torch.Generator(accelerator.device).manual_seed(
+                        opts.seed * 1_000_003 + step * 97 + lo
+                    )
+                    x0 = vae.encode(x0).latent_dist.sample(generator=g) * vae.config.scaling_factor
+            features, mask = text.embed(list(captions))
+            if drop.any():  # caption dropout: swap in the empty prompt, same encoder and strategy
+                kept = [
+                    (features[i : i + 1], mask[i : i + 1]) if not d else (null_f, null_m)
+                    for i, d in enumerate(drop)
+                ]
+                features, mask = pad_cat(kept)
+            noisy = scheduler.add_noise(x0, noise, t)
+            pred = model(noisy, t, features.to(accelerator.device), mask.to(accelerator.device))
+            loss = diffusion_loss(pred, x0, noise, t, scheduler, opts.prediction_type, opts.snr_gamma)
+            all_losses = accelerator.gather(loss.detach().float().reshape(1))
+            if not torch.isfinite(all_losses).all():
+                last = complete_checkpoints(run_dir)
+                raise FloatingPointError(
+                    f"Loss became non-finite at step {step} ({all_losses.tolist()}); training stopped before the "
+                    f"update. Last good checkpoint: {last[-1] if last else 'none yet'}. Lower --learning_rate, keep "
+                    "--max_grad_norm > 0, use --mixed_precision no or bf16, or check --input_scale."
+                )
+            losses.append(float(all_losses.mean()))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and opts.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        micro = (micro + 1) % opts.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+
+        lr_scheduler.step()
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(model).parameters())
+        step += 1
+        bar.update(1)
+        if step % opts.logging_steps == 0 or step == stop_step:
+            record = {"step": step, "loss": float(np.mean(losses)), "lr": lr_scheduler.get_last_lr()[0]}
+            losses = []
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            accelerator.log({"train/loss": record["loss"], "train/lr": record["lr"]}, step=step)
+            if accelerator.is_main_process:
+                with open(run_dir / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if step % opts.checkpointing_steps == 0 or step == stop_step:
+            save_checkpoint(accelerator, run_dir, step, opts.checkpoints_total_limit)
+    bar.close()
+
+    if step < opts.max_train_steps:  # --stop_after_steps: leave it as a killed run would be
+        accelerator.end_training()
+        return run_dir
+    if accelerator.is_main_process:
+        save_final(accelerator.unwrap_model(model), ema, run_dir, (null_f, null_m), {
+            "steps": step, "wall_seconds_this_session": time.time() - t_start, "load_average": os.getloadavg(),
+            "last_logged_loss": _last_logged_loss(run_dir),
+        })  # fmt: skip
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int | None) -> None:
+    """Write to checkpoint-<step>.tmp, then rename: a crash mid-save never looks like a checkpoint."""
+    final = run_dir / "checkpoints" / f"checkpoint-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if keep:
+            for old in complete_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def save_final(model: Denoiser, ema: EMAModel | None, run_dir: Path, null, summary: dict) -> None:
+    """final/: the weights used for sampling (EMA when enabled; raw ones in final/raw/)."""
+    out = run_dir / "final"
+    tmp = out.with_name("final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if ema is not None:
+        model.unet.save_pretrained(tmp / "raw" / "unet")
+        save_file(model.conditioner.state_dict(), tmp / "raw" / "conditioner.safetensors")
+        ema.copy_to(model.parameters())
+    model.unet.save_pretrained(tmp / "unet")
+    save_file(dict(model.conditioner.state_dict()), tmp / "conditioner.safetensors")
+    save_file({"features": null[0].contiguous(), "mask": null[1].contiguous()}, tmp / "null.safetensors")
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def _last_logged_loss(run_dir: Path) -> float | None:
+    log = run_dir / "train_log.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return json.loads(lines[-1])["loss"] if lines else None
+
+
+def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:
+    """The resolved options and derived values a run was trained with."""
+    data = json.loads((Path(run_dir) / "options.json").read_text())
+    derived = data.pop("derived", {})
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    return TrainOptions(**{k: v for k, v in data.items() if k in known}), derived
+
+
+def load_denoiser(run_dir: str | Path, weights: str = "final") -> tuple[Denoiser, TrainOptions, tuple]:
+    """(model, options, null embedding) from final/ (EMA if trained with it) or final/raw/."""
+    run_dir = Path(run_dir)
+    opts, derived = load_options(run_dir)
+    folder = run_dir / "final" if weights == "final" else run_dir / "final" / "raw"
+    if not (folder / "unet").is_dir():
+        raise FileNotFoundError(
+            f"No trained weights in {folder}: the run has not finished. Resume it with "
+            f"--output_dir {run_dir} --resume_from_checkpoint latest."
+        )
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"))
+    conditioner = TextConditioner(
+        derived["text_width"], unet.config.cross_attention_dim, derived["num_layers"]
+    )
+    conditioner.load_state_dict(load_file(folder / "conditioner.safetensors"))
+    null = load_file(run_dir / "final" / "null.safetensors")
+    return Denoiser(unet, conditioner).eval(), opts, (null["features"], null["mask"].bool())
+
+
+# ---- command line ------------------------------------------------------------------------------------------
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per TrainOptions field, same name, same default."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(TrainOptions)
+    for f in dataclasses.fields(TrainOptions):
+        base = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+        kind = base[0]
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, default=f.default)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    run_dir = train(TrainOptions(**vars(args)))
+    if PartialState().is_main_process:
+        print(f"run directory: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
