@@ -10,6 +10,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 BASIC_SKILLS = ("attribute", "scene", "spatial", "action", "part")
@@ -42,12 +43,20 @@ def load_genai_bench(path: str | Path | None = None) -> pd.DataFrame:
     except json.JSONDecodeError as err:
         raise ValueError(f"{image_file} is not valid JSON ({err}); re-download the benchmark file.") from err
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{image_file}: expected a non-empty object of id -> entry, got {type(raw).__name__}.")
+        raise ValueError(
+            f"{image_file}: expected a non-empty object of id -> entry, got {type(raw).__name__}."
+        )
     rows = []
     for index, (key, entry) in enumerate(raw.items()):
-        if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str) or not entry["prompt"].strip():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("prompt"), str)
+            or not entry["prompt"].strip()
+        ):
             raise ValueError(f"{image_file}: entry {key!r} has no non-empty 'prompt' string.")
-        rows.append({"id": str(entry.get("id", key)), "index": index, "prompt": entry["prompt"], "skills": ()})
+        rows.append(
+            {"id": str(entry.get("id", key)), "index": index, "prompt": entry["prompt"], "skills": ()}
+        )
     table = pd.DataFrame(rows)
     skills_file = image_file.with_name("genai_skills.json")
     if skills_file.exists():
@@ -67,6 +76,56 @@ def _read_skills(skills_file: Path, n_prompts: int) -> list[tuple[str, ...]]:
             raise ValueError(f"{skills_file}: unknown skill tag {tag!r}; known tags: {', '.join(SKILLS)}.")
         for i in indices:
             if not isinstance(i, int) or not 0 <= i < n_prompts:
-                raise ValueError(f"{skills_file}: tag {tag!r} names prompt index {i!r}, outside 0..{n_prompts - 1}.")
+                raise ValueError(
+                    f"{skills_file}: tag {tag!r} names prompt index {i!r}, outside 0..{n_prompts - 1}."
+                )
             per_prompt[i].append(tag)
     return [tuple(tags) for tags in per_prompt]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-skill aggregation, exactly as GenAI-Bench defines it: a skill's score is the mean over the prompts
+# carrying its tag; "basic" and "advanced" are means over the prompts carrying *any* tag of the group (not
+# the mean of the skill means); "overall" is the mean over all prompts.
+
+
+def group_masks(table: pd.DataFrame, known: tuple[str, ...] = SKILLS) -> dict[str, np.ndarray]:
+    """Boolean row masks: each skill present (in ``known`` order), then basic, advanced, overall.
+
+    ``table`` needs ``skills`` (tuple of tags per prompt); an unknown tag raises naming the prompt.
+    """
+    if "skills" not in table.columns:
+        raise ValueError("The table has no 'skills' column (a tuple of skill tags per prompt).")
+    ids = table["id"].tolist() if "id" in table.columns else list(range(len(table)))
+    tags = []
+    for pid, skills in zip(ids, table["skills"], strict=True):
+        if isinstance(skills, str) or not isinstance(skills, (tuple, list)):
+            raise ValueError(f"Prompt {pid!r}: 'skills' must be a tuple of tags, got {skills!r}.")
+        for tag in skills:
+            if tag not in known:
+                raise ValueError(
+                    f"Prompt {pid!r}: unknown skill tag {tag!r}; known tags: {', '.join(known)}."
+                )
+        tags.append(set(skills))
+    masks: dict[str, np.ndarray] = {}
+    for skill in known:
+        mask = np.array([skill in t for t in tags], dtype=bool)
+        if mask.any():
+            masks[skill] = mask
+    for group, members in SKILL_GROUPS.items():
+        mask = np.array([bool(t & set(members)) for t in tags], dtype=bool)
+        if mask.any():
+            masks[group] = mask
+    masks["overall"] = np.ones(len(table), dtype=bool)
+    return masks
+
+
+def skill_means(table: pd.DataFrame, column: str = "score") -> pd.DataFrame:
+    """GenAI-Bench's per-skill table (no confidence intervals): index = group, columns n, mean."""
+    if column not in table.columns:
+        raise ValueError(f"The table has no {column!r} column to aggregate.")
+    values = table[column].to_numpy(dtype=float)
+    rows = {
+        name: {"n": int(m.sum()), "mean": float(values[m].mean())} for name, m in group_masks(table).items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,0 +1,217 @@
+"""One scoring interface over the pixel judge and VQAScore, plus per-skill summaries with bootstrap CIs.
+
+Why: a run scores its samples the same way at either scale; only the scorer name (a notebook parameter)
+changes. ``score(images, prompts)`` returns one row per prompt (id, prompt, skills, score in 0..1 plus
+scorer-specific columns); :func:`summarize` turns it into GenAI-Bench's per-skill table with a bootstrap
+confidence interval over prompts for every number; :func:`paired_difference` gives paired bootstrap CIs
+for differences between two runs scored on the same prompts (the form of the study's claims).
+
+Inputs are checked before any work: images must be readable, square and all the same size, one per
+prompt; skill tags must be known; judge prompts need a valid spec. Errors name the item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .genai_bench import group_masks
+from .judge import as_array, judge_detail
+from .shapes import validate_spec
+
+ImageLike = np.ndarray | Image.Image | str | Path
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, images: Sequence[ImageLike], prompts: pd.DataFrame) -> pd.DataFrame: ...
+
+
+def load_images(
+    images: Sequence[ImageLike], prompts: pd.DataFrame, resolution: int | None = None
+) -> list[np.ndarray]:
+    """Check and convert ``images`` (arrays, PIL images or file paths), one per prompt row, all one size."""
+    for column in ("id", "prompt", "skills"):
+        if column not in prompts.columns:
+            raise ValueError(f"The prompts table has no {column!r} column; expected id, prompt, skills.")
+    if len(images) != len(prompts):
+        raise ValueError(
+            f"Got {len(images)} images for {len(prompts)} prompts; pass exactly one image per prompt row, "
+            f"in the table's order."
+        )
+    group_masks(prompts)  # unknown skill tags fail here, naming the prompt
+    out: list[np.ndarray] = []
+    for pid, image in zip(prompts["id"], images, strict=True):
+        name = f"image for prompt {pid!r}"
+        if isinstance(image, (str, Path)):
+            try:
+                with Image.open(image) as im:
+                    image = im.convert("RGB")
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{name}: cannot read {image} ({err}); re-save it as PNG.") from err
+        array = np.clip(np.rint(as_array(image, name)), 0, 255).astype(np.uint8)
+        expected = resolution or (out[0].shape[0] if out else array.shape[0])
+        if array.shape[:2] != (expected, expected):
+            raise ValueError(
+                f"{name}: size {array.shape[1]}x{array.shape[0]}, expected {expected}x{expected} "
+                f"(every image of a scoring call must have the same resolution)."
+            )
+        out.append(array)
+    return out
+
+
+def _base_rows(prompts: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": prompts["id"].tolist(),
+            "prompt": prompts["prompt"].tolist(),
+            "skills": prompts["skills"].tolist(),
+        }
+    )
+
+
+class JudgeScorer:
+    """Pixel judge on the shapes benchmark: score = 1 if every constraint holds; ``fraction`` = share held."""
+
+    name = "judge"
+
+    def __init__(self, resolution: int | None = None) -> None:
+        self.resolution = resolution
+
+    def score(self, images: Sequence[ImageLike], prompts: pd.DataFrame) -> pd.DataFrame:
+        if "spec" not in prompts.columns:
+            raise ValueError(
+                "The judge needs a 'spec' column (make the table with shapes.make_benchmark); "
+                "GenAI-Bench prompts have no spec: score them with get_scorer('vqascore')."
+            )
+        for pid, spec in zip(prompts["id"], prompts["spec"], strict=True):
+            validate_spec(spec, f"prompt {pid!r}")
+        arrays = load_images(images, prompts, self.resolution)
+        details = [judge_detail(a, s) for a, s in zip(arrays, prompts["spec"], strict=True)]
+        table = _base_rows(prompts)
+        table["score"] = [float(all(d["verdicts"])) for d in details]
+        table["fraction"] = [sum(d["verdicts"]) / len(d["verdicts"]) for d in details]
+        table["n_objects"] = [len(d["objects"]) for d in details]
+        table["background"] = [d["background"] for d in details]
+        table["detected"] = [
+            ", ".join(f"{o.color} {o.shape}" for o in sorted(d["objects"], key=lambda o: (o.y, o.x)))
+            for d in details
+        ]
+        return table
+
+
+class VQAScorer:
+    """VQAScore (P(yes) from an OpenAI-compatible vision model); options as in :class:`vqascore.VQAOptions`."""
+
+    name = "vqascore"
+
+    def __init__(self, **options: Any) -> None:
+        from .vqascore import VQAScore  # checks the API key before any work
+
+        self.client = VQAScore(**options)
+
+    def score(self, images: Sequence[ImageLike], prompts: pd.DataFrame) -> pd.DataFrame:
+        arrays = load_images(images, prompts, None)
+        results = self.client.score(arrays, prompts["prompt"].tolist())
+        table = _base_rows(prompts)
+        for column in ("score", "p_yes", "p_no", "answer", "status", "cached"):
+            table[column] = [r[column] for r in results]
+        table.attrs["usage"] = self.client.stats.to_dict()
+        return table
+
+
+def get_scorer(name: str, **options: Any) -> Scorer:
+    """``"judge"`` (pixel judge, shapes benchmark) or ``"vqascore"`` (GPT-4o or any OpenAI-compatible VLM)."""
+    if name == "judge":
+        return JudgeScorer(**options)
+    if name == "vqascore":
+        return VQAScorer(**options)
+    raise ValueError(f"Unknown scorer {name!r}; use 'judge' (offline pixel judge) or 'vqascore' (GPT-4o).")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summaries
+
+
+def _bootstrap(
+    values: np.ndarray, n_boot: int, rng: np.random.Generator, level: float
+) -> tuple[float, float]:
+    """Percentile CI of the mean, resampling prompts with replacement."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    means = values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def summarize(
+    table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, column: str = "score", level: float = 0.95
+) -> pd.DataFrame:
+    """Rows: each skill present, basic, advanced, overall (GenAI-Bench's definitions, see
+    :func:`genai_bench.group_masks`); columns: n, mean, ci_low, ci_high (bootstrap over prompts)."""
+    if column not in table.columns:
+        raise ValueError(f"The score table has no {column!r} column.")
+    values = table[column].to_numpy(dtype=float)
+    if np.isnan(values).any():
+        bad = table.loc[np.isnan(values), "id"].tolist()[:5] if "id" in table.columns else "?"
+        raise ValueError(f"The score table has missing scores (e.g. prompts {bad}); rescore them first.")
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for name, mask in group_masks(table).items():
+        lo, hi = _bootstrap(values[mask], n_boot, rng, level)
+        rows[name] = {"n": int(mask.sum()), "mean": float(values[mask].mean()), "ci_low": lo, "ci_high": hi}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "group"
+    return out
+
+
+def paired_difference(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    column: str = "score",
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Per group: mean of ``a`` minus mean of ``b`` over the same prompts, with a paired bootstrap CI
+    (the same resampled prompts for both) and a two-sided bootstrap p-value for "no difference"."""
+    if "id" not in a.columns or "id" not in b.columns:
+        raise ValueError("Both score tables need an 'id' column to pair prompts.")
+    if a["id"].duplicated().any() or b["id"].duplicated().any():
+        raise ValueError("Prompt ids must be unique in each score table to pair them.")
+    missing = set(a["id"]) ^ set(b["id"])
+    if missing:
+        raise ValueError(
+            f"The tables score different prompts ({len(missing)} ids in only one, e.g. {sorted(missing)[:3]}); "
+            f"a paired difference needs the same prompts in both."
+        )
+    b = b.set_index("id").loc[a["id"]].reset_index()
+    diff = a[column].to_numpy(float) - b[column].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    tail = (1 - level) / 2 * 100
+    rows = {}
+    for name, mask in group_masks(a).items():
+        d = diff[mask]
+        means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+        lo, hi = np.percentile(means, [tail, 100 - tail])
+        p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
+        rows[name] = {
+            "n": int(mask.sum()),
+            "mean_a": float(a[column].to_numpy(float)[mask].mean()),
+            "mean_b": float(b[column].to_numpy(float)[mask].mean()),
+            "diff": float(d.mean()),
+            "ci_low": float(lo),
+            "ci_high": float(hi),
+            "p_boot": float(p),
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "group"
+    return out
