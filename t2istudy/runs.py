@@ -315,8 +315,8 @@ def write_results(
     table[keep].to_csv(out_dir / "scores.csv", index=False)
     rows = summary.set_index("skill") if "skill" in summary.columns else summary
     stats = {
-        str(name): {k: _jsonable(v) if hasattr(v, "item") else v for k, v in row.items()}
-        for name, row in rows[["n", "mean", "ci_low", "ci_high"]].iterrows()
+        str(name): {"n": int(row["n"]), **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}}
+        for name, row in rows.iterrows()
     }
     if "overall" not in stats:
         raise ValueError("summary has no 'overall' row: pass scoring.summarize(scores) as the summary.")
@@ -357,11 +357,14 @@ class RunResult:
     path: str = ""
 
 
-def execute_run(spec: RunSpec, root: str | Path = "runs", *, threads: int | None = None) -> RunResult:
+def execute_run(
+    spec: RunSpec, root: str | Path = "runs", *, threads: int | None = None, require_metrics: bool = True
+) -> RunResult:
     """Execute one run's notebook with papermill; never raises for a failing notebook (isolation).
 
     A failing cell leaves ``notebook.ipynb`` with the error highlighted and a FAILED marker with the
-    message; the batch goes on. DONE is written only after the notebook finished and wrote metrics.json.
+    message; the batch goes on. DONE is written only after the notebook finished (and, for training
+    runs, wrote metrics.json). ``out_dir`` is passed when the notebook declares it.
     """
     import papermill
 
@@ -389,13 +392,16 @@ def execute_run(spec: RunSpec, root: str | Path = "runs", *, threads: int | None
             papermill.execute_notebook(
                 spec.notebook,
                 str(out / "notebook.ipynb"),
-                parameters={**spec.params, "out_dir": str(out)},
+                parameters={
+                    **spec.params,
+                    **({"out_dir": str(out)} if _declares_out_dir(spec.notebook) else {}),
+                },
                 progress_bar=False,
                 log_output=True,
                 stdout_file=stdout,
                 stderr_file=stderr,
             )
-        if not (out / "metrics.json").exists():
+        if require_metrics and not (out / "metrics.json").exists():
             raise RuntimeError(f"the notebook finished but wrote no metrics.json in {out}")
     except Exception as err:  # noqa: BLE001 - isolation: any failure is recorded, the batch goes on
         seconds = time.perf_counter() - start
@@ -408,6 +414,31 @@ def execute_run(spec: RunSpec, root: str | Path = "runs", *, threads: int | None
     write_json(out / "DONE", {"finished": _now(), "seconds": round(seconds, 1), "host": socket.gethostname()})
     (out / "RUNNING").unlink(missing_ok=True)
     return RunResult(spec.run_id, "done", seconds, path=str(out))
+
+
+def execute_notebook(
+    notebook: str | Path, out_dir: str | Path, params: dict[str, Any] | None = None
+) -> RunResult:
+    """One notebook (not a training run) into ``out_dir``, with the same checks, markers and skip rule.
+
+    Used for the study's side notebooks (layer norms, judge validation, probe) and the analysis.
+    """
+    params = dict(params or {})
+    declared = notebook_parameters(notebook)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"parameter(s) {unknown} are not declared by {notebook}; it declares {sorted(declared)}. "
+            f"Fix the spelling, or add the parameter to the notebook's 'parameters' cell."
+        )
+    out = Path(out_dir)
+    spec = RunSpec(out.parent.name, out.name, str(Path(notebook).resolve()), params)
+    check_schema(out)
+    return execute_run(spec, out.parent.parent, require_metrics=False)
+
+
+def _declares_out_dir(notebook: str | Path) -> bool:
+    return "out_dir" in notebook_parameters(notebook)
 
 
 def _params_record(spec: RunSpec) -> dict[str, Any]:

@@ -1,0 +1,160 @@
+"""The ``t2istudy`` command: the study, grids of notebook runs, and single notebooks.
+
+t2istudy study [--quick]                      the default study end to end (resumable: rerun to continue)
+t2istudy grid run grids/small.yaml [--workers 2 | --launcher slurm --partition gpu --gpus 1]
+t2istudy grid status grids/small.yaml         done / failed / pending runs with their overall score
+t2istudy notebook notebooks/run.ipynb runs/manual/r1 -p encoder=gemma3-270m -p seed=1
+t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.train)
+t2istudy layer-norms | probe | judge-validation   the study's other notebooks with their defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from t2istudy import runs
+
+NOTEBOOK_COMMANDS = {  # subcommand -> (notebook, output folder under --runs-dir)
+    "layer-norms": ("notebooks/layer_norms.ipynb", "layer_norms"),
+    "probe": ("notebooks/probe.ipynb", "probe"),
+    "judge-validation": ("notebooks/judge_validation.ipynb", "judge_validation"),
+}
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` with a YAML value: ``seed=1`` -> 1, ``cfg=3.0`` -> 3.0, ``x=[a, b]`` -> list."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SystemExit(f"error: -p expects key=value (e.g. -p seed=1), got {text!r}.")
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2istudy", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    study = sub.add_parser("study", help="run the default study (grid, side notebooks, analysis)")
+    study.add_argument(
+        "--quick", action="store_true", help="a few-minute smoke run that still writes every output"
+    )
+    study.add_argument("--runs-dir", default="runs")
+    study.add_argument("--figures-dir", default="figures")
+    study.add_argument("--workers", type=int, default=1, help="notebooks run at a time (local launcher)")
+    study.add_argument("--skip", nargs="*", default=[], help="steps to skip (see --list)")
+    study.add_argument("--list", action="store_true", help="print the study's steps and exit")
+
+    grid = sub.add_parser("grid", help="batch-execute or inspect a grid file")
+    gsub = grid.add_subparsers(dest="grid_command", required=True)
+    grun = gsub.add_parser("run", help="execute every run of the grid that is not complete")
+    gstat = gsub.add_parser("status", help="list done / failed / pending runs")
+    for p in (grun, gstat):
+        p.add_argument("grid", help="grid file (YAML/JSON), e.g. grids/quick.yaml")
+        p.add_argument("--runs-dir", default="runs")
+    grun.add_argument("--workers", type=int, default=1)
+    grun.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    grun.add_argument("--cluster", default=None, help="submitit backend for --launcher slurm (slurm | local)")
+    grun.add_argument("--partition", default=None)
+    grun.add_argument("--timeout-min", type=int, default=240)
+    grun.add_argument("--gpus", type=int, default=1, help="GPUs per job (slurm)")
+    grun.add_argument("--cpus", type=int, default=8, help="CPUs per job (slurm)")
+    grun.add_argument("--mem-gb", type=int, default=64)
+    grun.add_argument("--only", nargs="*", default=None, help="run ids to run (default: all)")
+    grun.add_argument("--dry-run", action="store_true", help="list the runs and their state, execute nothing")
+    gstat.add_argument("--csv", default=None, help="also write the table to this CSV file")
+
+    nb = sub.add_parser("notebook", help="execute one notebook into a run directory (checks its parameters)")
+    nb.add_argument("notebook")
+    nb.add_argument("out_dir")
+    nb.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+
+    sub.add_parser("train", help="train one model (all flags: t2istudy train --help)", add_help=False)
+    for name, (notebook, _) in NOTEBOOK_COMMANDS.items():
+        p = sub.add_parser(name, help=f"execute {notebook} (-p to override its parameters)")
+        p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--runs-dir", default="runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # every flag belongs to the training script
+        from t2istudy import train
+
+        train.main(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "study":
+        from t2istudy import study
+
+        if args.list:
+            for step in study.default_study(quick=args.quick):
+                print(f"{step.name:18s} {step.describe()}")
+            return 0
+        ok = study.run_study(
+            quick=args.quick,
+            runs_dir=args.runs_dir,
+            figures_dir=args.figures_dir,
+            workers=args.workers,
+            skip=args.skip,
+        )
+        return 0 if ok else 1
+    if args.command == "grid" and args.grid_command == "run":
+        if args.dry_run:
+            grid = runs.load_grid(args.grid)
+            for spec in grid.runs():
+                print(
+                    f"{runs.run_state(runs.run_path(args.runs_dir, spec)):11s} {spec.run_id}  {spec.params}"
+                )
+            return 0
+        slurm = {"timeout_min": args.timeout_min, "gpus_per_node": args.gpus, "cpus_per_task": args.cpus,
+                 "mem_gb": args.mem_gb}  # fmt: skip
+        if args.partition:
+            slurm["slurm_partition"] = args.partition
+        results = runs.run_grid(
+            args.grid,
+            args.runs_dir,
+            workers=args.workers,
+            launcher=args.launcher,
+            cluster=args.cluster,
+            slurm=slurm if args.launcher == "slurm" else None,
+            only=args.only,
+        )
+        return 1 if any(r.state == "failed" for r in results) else 0
+    if args.command == "grid" and args.grid_command == "status":
+        table = runs.grid_status(args.grid, args.runs_dir)
+        with_counts = table["state"].value_counts().to_dict()
+        print(table.fillna("").to_string(index=False))
+        print("  ".join(f"{k}: {v}" for k, v in sorted(with_counts.items())))
+        if args.csv:
+            table.to_csv(args.csv, index=False)
+        return 0
+    if args.command == "notebook":
+        params = dict(parse_assignment(p) for p in args.param)
+        result = runs.execute_notebook(args.notebook, args.out_dir, params)
+        print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}")
+        return 0 if result.state in ("done", "skipped") else 1
+    if args.command in NOTEBOOK_COMMANDS:
+        notebook, folder = NOTEBOOK_COMMANDS[args.command]
+        params = dict(parse_assignment(p) for p in args.param)
+        out = Path(args.runs_dir) / folder / (runs.make_run_id(params) if params else "default")
+        result = runs.execute_notebook(notebook, out, params)
+        print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}")
+        return 0 if result.state in ("done", "skipped") else 1
+    raise AssertionError(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

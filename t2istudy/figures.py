@@ -1,0 +1,368 @@
+"""Tables, claims and figures for the analysis notebooks; everything is computed from ``runs/`` alone.
+
+Numbers are per arm = (encoder, strategy) over its seeds. CIs resample prompts *and* seeds (a
+two-level bootstrap): with a handful of seeds, prompt-only CIs would hide run-to-run variance, which
+the pilot found could be as large as the effect under study. Differences between two arms are paired
+by prompt and by seed: seed s of every arm saw the same training batches, noise and sampling noise.
+
+The paper's own numbers (``t2istudy/data/paper_results.csv``: VQAScore on GenAI-Bench with 7B-scale
+encoders) sit beside ours with their source spelled out; they are not on the same scale as ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: papermill, CI and SLURM nodes have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from t2istudy.genai_bench import SKILL_GROUPS  # noqa: E402
+
+OURS = "ours (shapes world, pixel judge)"
+PAPER = "paper (GenAI-Bench, VQAScore)"
+# Public parameter counts of the built-in encoders, used when a run did not record `encoder_params`.
+NOMINAL_PARAMS = {
+    "smollm2-135m": 134.5e6,
+    "gemma3-270m": 268.1e6,
+    "qwen2.5-0.5b": 494.0e6,
+    "minilm-l6": 22.7e6,
+}
+BIDIRECTIONAL = {"minilm-l6"}  # built-ins; runs record `encoder_kind` for anything else
+GROUPS = ("overall", "basic", "advanced")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Defaults of the analysis in one place."""
+
+    n_boot: int = 2000
+    seed: int = 0
+    level: float = 0.95
+    baseline_strategy: str = "last"  # the paper's baseline: last-layer embeddings
+    best_strategy: str = "norm_mean"  # the paper's proposal: layer-normalized mean
+    plain_mean: str = "mean"
+    bidirectional_strategy: str = "last"  # the paper's T5-XXL baseline uses its last layer
+
+
+def paper_results() -> pd.DataFrame:
+    """The paper's reported VQAScore (GenAI-Bench overall): only the numbers it states."""
+    path = resources.files("t2istudy") / "data" / "paper_results.csv"
+    return pd.read_csv(str(path), comment="#")
+
+
+# ---------------------------------------------------------------------------------------------
+# Arms: per-run metrics -> one row per (encoder, strategy, skill)
+
+
+def encoder_info(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Encoder -> parameters and kind, from what runs recorded, else the built-in defaults."""
+    rows = []
+    for encoder, group in metrics.groupby("encoder"):
+        params = group["encoder_params"].dropna() if "encoder_params" in group else pd.Series(dtype=float)
+        kind = group["encoder_kind"].dropna() if "encoder_kind" in group else pd.Series(dtype=str)
+        rows.append(
+            {
+                "encoder": encoder,
+                "params": float(params.iloc[0]) if len(params) else NOMINAL_PARAMS.get(encoder, np.nan),
+                "kind": str(kind.iloc[0])
+                if len(kind)
+                else ("bidirectional" if encoder in BIDIRECTIONAL else "decoder"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def arm_means(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds of each arm's per-skill score, with the seed standard deviation and count."""
+    grouped = metrics.groupby(["encoder", "strategy", "skill"], sort=False)["mean"]
+    table = grouped.agg(mean="mean", seed_sd="std", n_seeds="count").reset_index()
+    table["seed_sd"] = table["seed_sd"].fillna(0.0)
+    return table
+
+
+def _matrix(scores: pd.DataFrame, skill: str | None = None) -> pd.DataFrame:
+    """Per-prompt scores of one arm as a [seed x prompt] table, restricted to a skill or skill group."""
+    if skill not in (None, "overall"):
+        wanted = set(SKILL_GROUPS.get(skill, (skill,)))
+        scores = scores[
+            scores["skills"].fillna("").astype(str).str.split("|").map(lambda tags: bool(wanted & set(tags)))
+        ]
+    return scores.pivot_table(index="seed", columns="id", values="score", aggfunc="mean")
+
+
+def bootstrap_mean(matrix: np.ndarray, opts: Options = Options()) -> tuple[float, float, float]:
+    """Mean of a [seed x prompt] matrix with a CI resampling seeds and prompts independently."""
+    rng = np.random.default_rng(opts.seed)
+    s, p = matrix.shape
+    rows = rng.integers(0, s, size=(opts.n_boot, s, 1))
+    cols = rng.integers(0, p, size=(opts.n_boot, 1, p))
+    stats = np.nanmean(matrix[rows, cols], axis=(1, 2))
+    alpha = (1 - opts.level) / 2
+    return float(np.nanmean(matrix)), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def paired_difference(
+    a: pd.DataFrame, b: pd.DataFrame, skill: str | None = None, opts: Options = Options()
+) -> dict:
+    """Mean of (a - b) over the seeds and prompts both arms have, with a paired two-level bootstrap CI."""
+    ma, mb = _matrix(a, skill), _matrix(b, skill)
+    seeds = ma.index.intersection(mb.index)
+    prompts = ma.columns.intersection(mb.columns)
+    if len(seeds) == 0 or len(prompts) == 0:
+        return {
+            "diff": np.nan,
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+            "n_seeds": len(seeds),
+            "n_prompts": len(prompts),
+        }
+    diff = ma.loc[seeds, prompts].to_numpy() - mb.loc[seeds, prompts].to_numpy()
+    mean, low, high = bootstrap_mean(diff, opts)
+    return {"diff": mean, "ci_low": low, "ci_high": high, "n_seeds": len(seeds), "n_prompts": len(prompts)}
+
+
+def verdict(row: dict | pd.Series) -> str:
+    """held (CI above 0), failed (CI below 0), inconclusive (CI covers 0), or missing runs."""
+    if pd.isna(row["diff"]):
+        return "not run"
+    if row["ci_low"] > 0:
+        return "held"
+    if row["ci_high"] < 0:
+        return "failed"
+    return "inconclusive"
+
+
+def arm_table(metrics: pd.DataFrame, scores: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+    """One row per (encoder, strategy, skill): mean over seeds, seed SD, two-level bootstrap CI."""
+    table = arm_means(metrics)
+    cis = []
+    for row in table.itertuples():
+        arm = scores[(scores["encoder"] == row.encoder) & (scores["strategy"] == row.strategy)]
+        matrix = _matrix(arm, row.skill).to_numpy() if len(arm) else np.empty((0, 0))
+        cis.append(bootstrap_mean(matrix, opts)[1:] if matrix.size else (np.nan, np.nan))
+    table[["ci_low", "ci_high"]] = pd.DataFrame(cis, index=table.index)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _fmt(mean: float, low: float, high: float) -> str:
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.3f}" if pd.isna(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def skill_order(skills) -> list[str]:
+    rest = sorted(s for s in set(skills) if s not in GROUPS)
+    return [g for g in GROUPS if g in set(skills)] + rest
+
+
+def table1(arms: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+    """Table 1: last-layer embeddings across encoders, overall and per skill; the paper's rows labelled."""
+    last = arms[arms["strategy"] == opts.baseline_strategy]
+    cols = skill_order(last["skill"])
+    wide = last.pivot_table(index="encoder", columns="skill", values="mean", sort=False)[cols].round(3)
+    wide.insert(0, "source", OURS)
+    wide.insert(1, "n_seeds", last[last.skill == "overall"].set_index("encoder")["n_seeds"].astype("Int64"))
+    paper = paper_results()
+    paper = paper[paper["strategy"] == "last"]
+    extra = pd.DataFrame(
+        {"source": PAPER, "n_seeds": np.nan, "overall": paper["vqascore_overall"].to_numpy()},
+        index=pd.Index(paper["encoder"], name="encoder"),
+    )
+    return pd.concat([wide, extra]).reset_index()
+
+
+def table2(arms: pd.DataFrame, skill: str = "overall") -> pd.DataFrame:
+    """Table 2: the strategy ablation per encoder (mean [CI] over seeds and prompts); the paper's beside."""
+    sub = arms[arms["skill"] == skill].copy()
+    sub["cell"] = [
+        _fmt(m, lo, hi) for m, lo, hi in zip(sub["mean"], sub["ci_low"], sub["ci_high"], strict=True)
+    ]
+    # "a middle layer" is a different k per encoder: one column when every encoder has one such arm
+    layer_k = sub["strategy"].str.fullmatch(r"layer:\d+")
+    if layer_k.any() and sub[layer_k].groupby("encoder").size().max() == 1:
+        sub.loc[layer_k, "cell"] += " (" + sub.loc[layer_k, "strategy"] + ")"
+        sub.loc[layer_k, "strategy"] = "layer:k"
+    strategies = list(dict.fromkeys(sub["strategy"]))
+    wide = sub.pivot_table(index="encoder", columns="strategy", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=strategies).fillna("")
+    wide.insert(0, "source", OURS)
+    paper = paper_results().pivot_table(
+        index="encoder", columns="strategy", values="vqascore_overall", sort=False
+    )
+    paper = paper.reindex(columns=strategies).map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    paper.insert(0, "source", PAPER)
+    return pd.concat([wide, paper]).reset_index()
+
+
+def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+    """The paper's claims as paired differences (a - b) with CIs and a verdict per encoder."""
+    decoders = info.loc[info["kind"] != "bidirectional", "encoder"].tolist()
+    bidirectional = info.loc[info["kind"] == "bidirectional", "encoder"].tolist()
+
+    def arm(encoder: str, strategy: str) -> pd.DataFrame:
+        return scores[(scores["encoder"] == encoder) & (scores["strategy"] == strategy)]
+
+    rows = []
+    for enc in decoders:
+        rows.append(("1: last < norm_mean (every LLM)", enc, opts.best_strategy, enc, opts.baseline_strategy))
+    for enc in decoders + bidirectional:
+        rows.append(("2: mean < norm_mean", enc, opts.best_strategy, enc, opts.plain_mean))
+    for enc in decoders:
+        for bi in bidirectional:
+            rows.append(
+                (
+                    "3: LLM norm_mean >= bidirectional",
+                    enc,
+                    opts.best_strategy,
+                    bi,
+                    opts.bidirectional_strategy,
+                )
+            )
+    out = []
+    for claim, enc_a, strat_a, enc_b, strat_b in rows:
+        stats = paired_difference(arm(enc_a, strat_a), arm(enc_b, strat_b), opts=opts)
+        out.append(
+            {
+                "claim": claim,
+                "a": f"{enc_a} {strat_a}",
+                "b": f"{enc_b} {strat_b}",
+                **stats,
+                "verdict": verdict(stats),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+    """Claim 4, where the gains fall: per (LLM, skill) paired difference norm_mean - last."""
+    skills = sorted({t for tags in scores["skills"].dropna() for t in str(tags).split("|") if t})
+    out = []
+    for enc in info.loc[info["kind"] != "bidirectional", "encoder"]:
+        a = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.best_strategy)]
+        b = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.baseline_strategy)]
+        for skill in ["overall", *skills]:
+            stats = paired_difference(a, b, skill, opts)
+            out.append({"encoder": enc, "skill": skill, **stats, "verdict": verdict(stats)})
+    return pd.DataFrame(out)
+
+
+def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: str = "") -> list[Path]:
+    """The same table as CSV (numbers), Markdown (RESULTS.md, GitHub) and LaTeX (papers)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.csv", out_dir / f"{stem}.md", out_dir / f"{stem}.tex"]
+    table.to_csv(paths[0], index=False)
+    text = (
+        table.astype(object)
+        .where(table.notna(), None)
+        .to_markdown(index=False, floatfmt=".3f", missingval="")
+    )
+    paths[1].write_text((f"{caption}\n\n" if caption else "") + text + "\n", encoding="utf-8")
+    latex = table.to_latex(
+        index=False, float_format="%.3f", na_rep="", caption=caption or None, label=f"tab:{stem}"
+    )
+    paths[2].write_text(latex, encoding="utf-8")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures: every figure as PNG + PDF with its numbers as CSV beside it
+
+
+def save_figure(
+    fig: plt.Figure, out_dir: str | Path, stem: str, data: pd.DataFrame | None = None
+) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    if data is not None:
+        paths.append(out_dir / f"{stem}.csv")
+        data.to_csv(paths[-1], index=False)
+    return paths
+
+
+def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
+    """Per-skill bar chart: one panel per encoder, bars per strategy, error bars = SD over seeds."""
+    data = metrics[~metrics["skill"].isin(GROUPS[1:])][["encoder", "strategy", "seed", "skill", "mean"]]
+    order = skill_order(data["skill"])
+    grid = sns.catplot(
+        data=data, x="skill", y="mean", hue="strategy", col="encoder", kind="bar", order=order,
+        errorbar="sd", col_wrap=min(2, data["encoder"].nunique()), height=3.2, aspect=1.8,
+    )  # fmt: skip
+    grid.set_axis_labels("", f"score ({OURS})")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=45)
+        ax.set_ylim(0, 1)
+    grid.figure.suptitle("Per-skill scores (bars: mean over seeds; whiskers: SD over seeds)", y=1.02)
+    return grid.figure, data
+
+
+def scaling_plot(arms: pd.DataFrame, info: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
+    """Overall score vs encoder parameters (log x), one line per strategy, CI error bars."""
+    data = arms[arms["skill"] == "overall"].merge(info, on="encoder").sort_values("params")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy, group in data.groupby("strategy", sort=False):
+        err = np.vstack([group["mean"] - group["ci_low"], group["ci_high"] - group["mean"]]).clip(min=0)
+        ax.errorbar(
+            group["params"], group["mean"], yerr=np.nan_to_num(err), marker="o", capsize=3, label=strategy
+        )
+    for row in data.drop_duplicates("encoder").itertuples():
+        ax.annotate(row.encoder, (row.params, 0.02), rotation=90, fontsize=7, ha="center", va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("encoder parameters")
+    ax.set_ylabel(f"overall score\n{OURS}")
+    ax.set_ylim(0, 1)
+    ax.legend(title="strategy", fontsize=8)
+    ax.set_title("Scaling: score vs encoder size (CI over prompts and seeds)")
+    return fig, data
+
+
+def claims_plot(table: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
+    """Forest plot of the paired differences behind each claim."""
+    data = table.dropna(subset=["diff"]).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(data), 2) + 1))
+    y = np.arange(len(data))[::-1]
+    colors = data["verdict"].map({"held": "tab:green", "failed": "tab:red"}).fillna("tab:gray")
+    ax.hlines(y, data["ci_low"], data["ci_high"], color=colors)
+    ax.scatter(data["diff"], y, color=colors, zorder=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(data["a"], data["b"], strict=True)], fontsize=8)
+    ax.set_xlabel("paired difference in score (95% CI over prompts and seeds)")
+    ax.set_title("The paper's claims at this scale (green: held, red: failed, grey: inconclusive)")
+    return fig, data
+
+
+def layer_norm_plot(norms: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
+    """Mean token norm per layer (log y) for each encoder: why raw averaging is dominated by few layers.
+
+    ``norms`` needs columns encoder, layer and a norm column (``mean_norm``, ``norm`` or ``l2``).
+    """
+    column = next((c for c in ("mean_norm", "norm", "l2", "mean_l2") if c in norms.columns), None)
+    if column is None or not {"encoder", "layer"} <= set(norms.columns):
+        raise ValueError(
+            f"layer-norm table needs columns encoder, layer and mean_norm; got {list(norms.columns)}. "
+            f"Run notebooks/layer_norms.ipynb (t2istudy layer-norms) first."
+        )
+    data = norms[["encoder", "layer", column]].rename(columns={column: "mean_norm"})
+    data = data.assign(depth=data.groupby("encoder")["layer"].transform(lambda s: s / max(s.max(), 1)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(data=data, x="depth", y="mean_norm", hue="encoder", marker="o", ax=ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("relative depth (0 = embedding output, 1 = last layer)")
+    ax.set_ylabel("mean token L2 norm")
+    ax.set_title("Hidden-state norm across layers")
+    return fig, data

@@ -1,0 +1,114 @@
+"""Analysis on a fixture of fake finished runs (tests/fixtures/runs, see make_fixture.py for the design):
+hand-computed table values, claim verdicts, and both analysis notebooks executing end to end."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from t2istudy import figures as F
+from t2istudy import runs
+
+FIXTURE = Path(__file__).parent / "fixtures" / "runs"
+NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    metrics = runs.load_metrics(FIXTURE, "fixture")
+    scores = runs.load_scores(FIXTURE, "fixture")
+    return metrics, scores, F.encoder_info(metrics), F.arm_table(metrics, scores, F.Options(n_boot=300))
+
+
+def test_fixture_loads_with_known_counts(loaded):
+    metrics, scores, info, _ = loaded
+    assert metrics.run_id.nunique() == 24 and len(scores) == 24 * 16
+    assert info.set_index("encoder")["kind"].to_dict() == {
+        "gemma3-270m": "decoder", "minilm-l6": "bidirectional", "smollm2-135m": "decoder"
+    }  # fmt: skip
+    assert info.set_index("encoder").loc["gemma3-270m", "params"] == pytest.approx(268.1e6)
+
+
+def test_bootstrap_and_paired_difference_hand_values():
+    constant = np.full((3, 10), 0.4)
+    assert F.bootstrap_mean(constant) == pytest.approx((0.4, 0.4, 0.4))
+    a = pd.DataFrame(
+        {"seed": [0, 0, 1, 1], "id": ["p", "q"] * 2, "score": [1.0, 1.0, 1.0, 0.0], "skills": "x"}
+    )
+    b = a.assign(score=[0.0, 1.0, 0.0, 0.0])
+    diff = F.paired_difference(a, b)
+    assert diff["diff"] == pytest.approx(0.5) and (diff["n_seeds"], diff["n_prompts"]) == (2, 2)
+    assert 0.0 <= diff["ci_low"] <= 0.5 <= diff["ci_high"] <= 1.0
+    assert F.verdict({"diff": 0.1, "ci_low": 0.01, "ci_high": 0.2}) == "held"
+    assert F.verdict({"diff": -0.1, "ci_low": -0.2, "ci_high": -0.01}) == "failed"
+    assert F.verdict({"diff": 0.1, "ci_low": -0.01, "ci_high": 0.2}) == "inconclusive"
+    assert F.verdict({"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan}) == "not run"
+
+
+def test_tables_match_hand_computed_means(loaded):
+    _, _, _, arms = loaded
+    t1 = F.table1(arms).set_index("encoder")
+    # k = (8, 10) of 16 prompts -> 18/32; basic skills are the first 6 prompts -> all 1
+    assert t1.loc["gemma3-270m", "overall"] == pytest.approx(0.562, abs=1e-3)
+    assert t1.loc["gemma3-270m", "basic"] == 1.0 and t1.loc["smollm2-135m", "counting"] == 0.5
+    assert t1.loc["Mistral-7B", "source"] == F.PAPER and t1.loc["Mistral-7B", "overall"] == 0.675
+    assert t1.loc["T5-XXL", "overall"] == 0.741 and "bge-Gemma2" not in t1.index  # no last-layer number
+    t2 = F.table2(arms).set_index("encoder")
+    assert t2.loc["gemma3-270m", "norm_mean"].startswith("0.812 [")
+    assert t2.loc["gemma3-270m", "layer:k"].endswith("(layer:9)") and t2.loc["minilm-l6", "layer:k"].endswith(
+        "(layer:3)"
+    )
+    assert t2.loc["bge-Gemma2", "norm_mean"] == "0.789" and t2.loc["bge-Gemma2", "source"] == F.PAPER
+
+
+def test_claims_verdicts(loaded):
+    _, scores, info, _ = loaded
+    claims = F.claims(scores, info, F.Options(n_boot=500)).set_index(["a", "b"])
+    held = claims.loc[("gemma3-270m norm_mean", "gemma3-270m last")]
+    assert held["diff"] == pytest.approx(0.25) and held["verdict"] == "held"
+    same = claims.loc[("smollm2-135m norm_mean", "smollm2-135m last")]
+    assert (same["diff"], same["ci_low"], same["ci_high"], same["verdict"]) == (0.0, 0.0, 0.0, "inconclusive")
+    assert claims.loc[("gemma3-270m norm_mean", "minilm-l6 last"), "diff"] == pytest.approx(0.8125 - 0.5)
+    assert len(claims) == 2 + 3 + 2  # claim 1 per LLM, claim 2 per encoder, claim 3 per LLM x bidirectional
+    gains = F.skill_gains(scores, info, F.Options(n_boot=200)).set_index(["encoder", "skill"])
+    assert gains.loc[("gemma3-270m", "differentiation"), "diff"] == 1.0  # prompts 9-10 flip in both seeds
+    assert gains.loc[("gemma3-270m", "scene"), "n_prompts"] == 3  # one attribute prompt also tags scene
+
+
+def test_write_table_formats(tmp_path, loaded):
+    paths = F.write_table(F.table1(loaded[3]), tmp_path, "t1", "Table 1")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    assert "| Mistral-7B" in paths[1].read_text() and "nan" not in paths[1].read_text()
+    assert "\\begin{tabular}" in paths[2].read_text()
+    assert pd.read_csv(paths[0]).shape == (5, 14)
+
+
+@pytest.mark.slow
+def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "runs")
+    figures_dir = tmp_path / "figures"
+    common = {"runs_dir": str(tmp_path / "runs"), "grid": "fixture", "figures_dir": str(figures_dir)}
+    tables = runs.execute_notebook(
+        NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "runs" / "analysis" / "tables", common
+    )
+    assert tables.state == "done", tables.error
+    figs = runs.execute_notebook(
+        NOTEBOOKS / "analysis_figures.ipynb",
+        tmp_path / "runs" / "analysis" / "figures",
+        {**common, "layer_norms_csv": str(tmp_path / "runs" / "layer_norms" / "default" / "layer_norms.csv")},
+    )
+    assert figs.state == "done", figs.error
+    expected = {f"{stem}.{ext}" for stem in ("table1_last_layer", "table2_strategies", "claims", "skill_gains")
+                for ext in ("csv", "md", "tex")}  # fmt: skip
+    expected |= {f"{stem}.{ext}" for stem in ("skill_bars", "scaling", "claims_forest", "layer_norms")
+                 for ext in ("png", "pdf", "csv")}  # fmt: skip
+    assert {p.name for p in figures_dir.iterdir()} == expected
+    claims = pd.read_csv(figures_dir / "claims.csv")
+    assert claims.loc[claims.a == "gemma3-270m norm_mean", "verdict"].tolist() == ["held", "held", "held"]
+    assert (tmp_path / "runs" / "analysis" / "tables" / "notebook.ipynb").exists()
+    with pytest.raises(ValueError, match="not declared"):
+        runs.execute_notebook(NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "x" / "y", {"grids": "fixture"})
