@@ -245,11 +245,11 @@ def _hook_points(
     """
     if hasattr(model, "encoder") and hasattr(model.encoder, "block"):  # T5 encoder
         return model.encoder.embed_tokens, list(model.encoder.block), model.encoder.final_layer_norm
-    if hasattr(model, "text_model"):  # CLIPTextModel
-        tm = model.text_model
-        return tm.embeddings, list(tm.encoder.layers), None
-    if hasattr(model, "embeddings") and hasattr(model, "encoder"):  # BERT family
-        return model.embeddings, list(model.encoder.layer), None
+    root = getattr(model, "text_model", model)  # CLIPTextModel nests its modules in some versions
+    if hasattr(root, "embeddings") and hasattr(root, "encoder"):  # BERT family, CLIP text
+        blocks = getattr(root.encoder, "layer", None) or getattr(root.encoder, "layers", None)
+        if blocks is not None:
+            return root.embeddings, list(blocks), None
     if hasattr(model, "embed_tokens") and hasattr(model, "layers"):  # decoder LLMs
         return model.embed_tokens, list(model.layers), getattr(model, "norm", None)
     raise ValueError(
@@ -389,9 +389,9 @@ class FrozenEncoder:
         if self.dtype in (torch.float16, torch.bfloat16):
             bad = int((~torch.isfinite(x)).sum())
             big = float(x.abs().max()) if bad == 0 else float("inf")
-            if bad or big > 0.5 * torch.finfo(torch.float16).max:
+            if bad or big > 0.5 * torch.finfo(self.dtype).max:
                 warnings.warn(
-                    f"{self.name} in {self.dtype} produced {bad} non-finite values (max |x| = {big:.3g}); the "
+                    f"{self.name} in {self.dtype} produced {bad} non-finite values (max |x| = {big:.3g}): the "
                     f"first-token attention sink exceeds the half-precision range. Load with dtype=torch.float32.",
                     stacklevel=3,
                 )
