@@ -1,0 +1,396 @@
+"""VQAScore through the ``openai`` client: P("yes") that a vision model says an image shows a prompt.
+
+Why: the paper scores GenAI-Bench images with VQAScore judged by GPT-4o. This client does that against
+any OpenAI-compatible vision server (``base_url``), so paper-scale runs score the same way as the study.
+
+How:
+- The image goes as a base64 PNG data URL with the question ``QUESTION_TEMPLATE`` (exactly the paper's
+  wording); ``logprobs=True, top_logprobs=20, max_tokens=1, temperature=0``.
+- P(yes) and P(no) are sums of exp(logprob) over the first generated token's top logprobs (plus the
+  sampled token if the server left it out) whose text, stripped of spaces and of ``.,!:;"'`` and
+  lower-cased, is ``yes`` or ``no`` (so "Yes", " yes", "YES." all count). Score =
+  P(yes) / (P(yes) + P(no)) (``normalize=True``, default) or the raw P(yes). When neither appears in the
+  top 20 the score is 0.0 and ``status`` is ``"no_yes_no"`` (counted in the run's stats), never a guess.
+- The key is read from the environment variable ``api_key_env`` (``OPENAI_API_KEY``) once, before any
+  work; it lives only inside the client object and is never written to options, caches, tables or logs.
+- Retries are ours, not the client's (``max_retries=0`` on the client) so the policy is explicit and
+  tested: 429, 5xx, timeouts, connection errors and malformed bodies are retried up to
+  ``max_attempts`` times with exponential backoff (``backoff_s * 2**k``, capped, with jitter; a 429's
+  ``Retry-After`` is honoured up to the cap). Other 4xx fail that item at once; 401/403 stop the run.
+- Every answer is written to an sqlite cache keyed by (image sha256, prompt, model, template, detail) as
+  soon as it arrives, on the main thread, so an interrupted or repeated run never pays twice.
+- Requests run in a bounded thread pool (``max_workers``). Token usage and an estimated cost (USD, from
+  ``PRICES_PER_MTOK``; check current prices) are kept in :attr:`VQAScore.stats`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import sqlite3
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openai
+from PIL import Image
+
+QUESTION_TEMPLATE = 'Does this figure show "{prompt}"? Please answer yes or no.'
+# USD per million (input, output) tokens; list prices when written (2024-2025) -- check before budgeting.
+PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-2024-08-06": (2.50, 10.00),
+    "gpt-4o-2024-11-20": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+}
+
+
+@dataclass
+class VQAOptions:
+    """Everything that configures a VQAScore run (the API key is deliberately not here)."""
+
+    model: str = "gpt-4o"
+    base_url: str | None = None  # None: the client's default (OPENAI_BASE_URL or api.openai.com)
+    api_key_env: str = "OPENAI_API_KEY"
+    cache_path: str = "vqascore_cache.sqlite"
+    template: str = QUESTION_TEMPLATE
+    detail: str = "auto"  # image detail for the vision model: auto | low | high
+    normalize: bool = True  # P(yes) / (P(yes) + P(no)); False: raw P(yes)
+    max_workers: int = 8
+    max_attempts: int = 6
+    timeout_s: float = 60.0
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass
+class UsageStats:
+    """Per-run counters; ``est_cost_usd`` is None for models without a known price."""
+
+    model: str = ""
+    prompts: int = 0
+    cache_hits: int = 0
+    answered: int = 0
+    failed: int = 0
+    no_yes_no: int = 0
+    http_requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    est_cost_usd: float | None = 0.0
+    wall_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class VQAScoreError(RuntimeError):
+    """Some items could not be scored; everything else is already in the cache."""
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, wait_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.wait_s = wait_s
+
+
+class _Fatal(Exception):
+    """Stops the whole run (bad key, no permission)."""
+
+
+def image_sha256(image: np.ndarray) -> str:
+    """Hash of the pixels (shape included), independent of how PNG encoding evolves."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
+
+
+def png_data_url(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def yes_no_probs(top_logprobs: list[tuple[str, float]]) -> tuple[float, float]:
+    """(P(yes), P(no)) summed over case/space/punctuation variants of the first token."""
+    p_yes = p_no = 0.0
+    for token, logprob in top_logprobs:
+        word = token.strip().strip(".,!:;\"'").lower()
+        if word == "yes":
+            p_yes += math.exp(logprob)
+        elif word == "no":
+            p_no += math.exp(logprob)
+    return p_yes, p_no
+
+
+class ScoreCache:
+    """sqlite table of answers; one row per (image, prompt, model, template, detail), committed at once."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, check_same_thread=False)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS answers (image_sha256 TEXT, prompt TEXT, model TEXT, template TEXT,"
+                " detail TEXT, p_yes REAL, p_no REAL, answer TEXT, top_logprobs TEXT, prompt_tokens INTEGER,"
+                " completion_tokens INTEGER, created REAL,"
+                " PRIMARY KEY (image_sha256, prompt, model, template, detail))"
+            )
+        except sqlite3.DatabaseError as err:
+            raise ValueError(
+                f"VQAScore cache {path} is not a usable sqlite file ({err}); move it away."
+            ) from err
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[str, ...]) -> dict[str, Any] | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT p_yes, p_no, answer FROM answers WHERE image_sha256=? AND prompt=? AND model=?"
+                " AND template=? AND detail=?",
+                key,
+            ).fetchone()
+        return None if row is None else {"p_yes": row[0], "p_no": row[1], "answer": row[2]}
+
+    def put(self, key: tuple[str, ...], answer: dict[str, Any]) -> None:
+        with self.lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    *key,
+                    answer["p_yes"],
+                    answer["p_no"],
+                    answer["answer"],
+                    json.dumps(answer["top_logprobs"]),
+                    answer["prompt_tokens"],
+                    answer["completion_tokens"],
+                    time.time(),
+                ),
+            )
+            self.db.commit()
+
+    def __len__(self) -> int:
+        with self.lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+
+
+class VQAScore:
+    """``VQAScore(model=..., base_url=..., cache_path=...).score(images, prompts)`` -> one dict per item."""
+
+    def __init__(self, options: VQAOptions | None = None, **overrides: Any) -> None:
+        self.options = options or VQAOptions()
+        unknown = set(overrides) - set(VQAOptions.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"Unknown VQAScore options {sorted(unknown)}; known: {list(VQAOptions.__dataclass_fields__)}."
+            )
+        for name, value in overrides.items():
+            setattr(self.options, name, value)
+        key = os.environ.get(self.options.api_key_env, "").strip()
+        if not key:
+            raise ValueError(
+                f"VQAScore needs an API key in the environment variable {self.options.api_key_env}; "
+                f"export it before starting (it is read from the environment only and never stored). "
+                f"For a local OpenAI-compatible server any non-empty value works."
+            )
+        self._client = openai.OpenAI(
+            api_key=key, base_url=self.options.base_url, max_retries=0, timeout=self.options.timeout_s
+        )
+        self.cache = ScoreCache(self.options.cache_path)
+        self.stats = UsageStats(model=self.options.model)
+        self._lock = threading.Lock()
+
+    # -- one request ------------------------------------------------------------------------------------
+
+    def _ask(self, data_url: str, prompt: str) -> dict[str, Any]:
+        """One HTTP request; raises _Retryable / _Fatal / RuntimeError (item failure)."""
+        with self._lock:
+            self.stats.http_requests += 1
+        question = self.options.template.format(prompt=prompt)
+        try:
+            response = self._client.chat.completions.create(
+                model=self.options.model,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": question},
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": data_url, "detail": self.options.detail},
+                            },
+                        ],
+                    }
+                ],
+                max_tokens=1,
+                temperature=0,
+                logprobs=True,
+                top_logprobs=20,
+            )
+        except openai.RateLimitError as err:
+            raise _Retryable("429 rate limited", _retry_after(err)) from err
+        except openai.APITimeoutError as err:
+            raise _Retryable("timeout") from err
+        except openai.APIConnectionError as err:
+            raise _Retryable(f"connection error ({err})") from err
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+            raise _Fatal(
+                f"The server refused the key from {self.options.api_key_env} "
+                f"(HTTP {err.status_code}); check the key and the model {self.options.model!r}."
+            ) from err
+        except openai.APIStatusError as err:
+            if err.status_code >= 500:
+                raise _Retryable(f"HTTP {err.status_code}") from err
+            raise RuntimeError(f"HTTP {err.status_code}: {err.message}") from err
+        except (openai.APIResponseValidationError, ValueError) as err:
+            raise _Retryable(f"malformed response ({err})") from err
+        return _parse(response)
+
+    def _ask_with_retries(self, data_url: str, prompt: str) -> dict[str, Any]:
+        opts = self.options
+        for attempt in range(opts.max_attempts):
+            try:
+                return self._ask(data_url, prompt)
+            except _Retryable as err:
+                if attempt == opts.max_attempts - 1:
+                    raise RuntimeError(f"gave up after {opts.max_attempts} attempts (last: {err})") from err
+                delay = min(opts.backoff_max_s, opts.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+                if err.wait_s is not None:
+                    delay = min(opts.backoff_max_s, max(delay, err.wait_s))
+                with self._lock:
+                    self.stats.retries += 1
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- a batch ----------------------------------------------------------------------------------------
+
+    def score(self, images: list[np.ndarray], prompts: list[str]) -> list[dict[str, Any]]:
+        """One dict per item: score, p_yes, p_no, answer, status (ok | no_yes_no), cached.
+
+        Cached answers are reused; new ones are cached as they arrive. If some items fail, the others
+        are still cached and a :class:`VQAScoreError` lists the failures (rerun to retry only those).
+        """
+        if len(images) != len(prompts):
+            raise ValueError(
+                f"Got {len(images)} images for {len(prompts)} prompts; pass one image per prompt."
+            )
+        start = time.time()
+        opts = self.options
+        keys = [
+            (image_sha256(im), p, opts.model, opts.template, opts.detail)
+            for im, p in zip(images, prompts, strict=True)
+        ]
+        answers: list[dict[str, Any] | None] = [self.cache.get(k) for k in keys]
+        cached = [a is not None for a in answers]
+        self.stats.prompts += len(keys)
+        self.stats.cache_hits += sum(cached)
+        todo: dict[tuple[str, ...], list[int]] = {}
+        for i, key in enumerate(keys):
+            if answers[i] is None:
+                todo.setdefault(key, []).append(i)  # the same image+prompt twice is asked once
+        fatal: _Fatal | None = None
+        with ThreadPoolExecutor(max_workers=max(1, opts.max_workers)) as pool:
+            pending = {
+                pool.submit(self._ask_with_retries, png_data_url(images[idx[0]]), prompts[idx[0]]): key
+                for key, idx in todo.items()
+            }
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    key = pending.pop(future)
+                    try:
+                        answer = future.result()
+                    except _Fatal as err:
+                        fatal = err
+                        for f in pending:
+                            f.cancel()
+                        pending.clear()
+                        break
+                    except Exception as err:  # one item failed: record it, keep the rest
+                        self.stats.failed += len(todo[key])
+                        self.stats.failures += [f"item {i} ({prompts[i]!r}): {err}" for i in todo[key]]
+                        continue
+                    self.cache.put(key, answer)
+                    self._count_usage(answer)
+                    for i in todo[key]:
+                        answers[i] = answer
+        self.stats.wall_s += time.time() - start
+        if fatal is not None:
+            raise ValueError(str(fatal)) from fatal
+        failed = [i for i, a in enumerate(answers) if a is None]
+        if failed:
+            raise VQAScoreError(
+                f"{len(failed)} of {len(keys)} items could not be scored (answers for the others are cached in "
+                f"{opts.cache_path}; rerun to retry only the failures): " + "; ".join(self.stats.failures[:5])
+            )
+        results = []
+        for answer, was_cached in zip(answers, cached, strict=True):
+            assert answer is not None
+            p_yes, p_no = answer["p_yes"], answer["p_no"]
+            status = "ok" if p_yes + p_no > 0 else "no_yes_no"
+            if opts.normalize:
+                value = p_yes / (p_yes + p_no) if status == "ok" else 0.0
+            else:
+                value = p_yes
+            self.stats.no_yes_no += status == "no_yes_no"
+            results.append(
+                {
+                    "score": value,
+                    "p_yes": p_yes,
+                    "p_no": p_no,
+                    "answer": answer["answer"],
+                    "status": status,
+                    "cached": was_cached,
+                }
+            )
+        return results
+
+    def _count_usage(self, answer: dict[str, Any]) -> None:
+        s = self.stats
+        s.answered += 1
+        s.prompt_tokens += answer["prompt_tokens"]
+        s.completion_tokens += answer["completion_tokens"]
+        price = PRICES_PER_MTOK.get(self.options.model)
+        s.est_cost_usd = (
+            None if price is None else (s.prompt_tokens * price[0] + s.completion_tokens * price[1]) / 1e6
+        )
+
+
+def _retry_after(err: openai.APIStatusError) -> float | None:
+    try:
+        return float(err.response.headers.get("retry-after"))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _parse(response: Any) -> dict[str, Any]:
+    """Pull the first token's top logprobs and usage out of a chat completion; malformed -> _Retryable."""
+    try:
+        choice = response.choices[0]
+        first = choice.logprobs.content[0]
+        top = [(t.token, float(t.logprob)) for t in (first.top_logprobs or [])]
+        if first.token not in {t for t, _ in top}:
+            top.append((first.token, float(first.logprob)))
+        usage = response.usage
+        prompt_tokens = int(usage.prompt_tokens) if usage else 0
+        completion_tokens = int(usage.completion_tokens) if usage else 0
+    except (AttributeError, IndexError, TypeError, ValueError) as err:
+        raise _Retryable(f"malformed response: no first-token logprobs ({err!r})") from err
+    p_yes, p_no = yes_no_probs(top)
+    return {
+        "p_yes": p_yes,
+        "p_no": p_no,
+        "answer": first.token,
+        "top_logprobs": top,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
