@@ -136,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "grid" and args.grid_command == "status":
         table = runs.grid_status(args.grid, args.runs_dir)
         with_counts = table["state"].value_counts().to_dict()
-        print(table.fillna("").to_string(index=False))
+        print(table.astype(object).fillna("").to_string(index=False))
         print("  ".join(f"{k}: {v}" for k, v in sorted(with_counts.items())))
         if args.csv:
             table.to_csv(args.csv, index=False)

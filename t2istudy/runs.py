@@ -650,6 +650,8 @@ def load_metrics(root: str | Path, grid: str | None = None) -> pd.DataFrame:
     """
     rows = []
     for out in find_runs(root, grid):
+        if not (out / "metrics.json").exists():  # a side notebook's directory (layer norms, probe, ...)
+            continue
         record, metrics = read_json(out / "params.json"), read_json(out / "metrics.json")
         base = {"grid": record["grid"], "run_id": record["run_id"], **record.get("params", {})}
         extras = {

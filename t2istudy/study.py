@@ -1,0 +1,146 @@
+"""The default study: which notebooks run with which parameters, quick or full, and in what order.
+
+    t2istudy study            the small study (grids/small.yaml): ~15 h on 2 CPU cores, resumable
+    t2istudy study --quick    a few-minute smoke run (grids/quick.yaml) that still writes every output
+
+Order: the training grid, then the side notebooks (layer norms, judge validation, probe), then the two
+analysis notebooks. Each step is a run directory with a DONE marker, so a second call continues where
+the first stopped; the analysis always re-runs, since it reads whatever runs are complete. A failing
+step is reported and the others still run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2istudy import runs
+
+REPO = Path(__file__).resolve().parent.parent  # grids/ and notebooks/ live beside the package
+
+
+@dataclass
+class Step:
+    """One step: a grid file (``grid``) or a single notebook (``notebook`` into ``out``)."""
+
+    name: str
+    grid: str | None = None
+    notebook: str | None = None
+    out: str | None = None  # run directory, relative to the runs root
+    params: dict[str, Any] = field(default_factory=dict)
+    always: bool = False  # re-run even when complete (analysis reads the latest runs)
+
+    def describe(self) -> str:
+        if self.grid:
+            return f"grid {self.grid}"
+        return f"{self.notebook} -> <runs>/{self.out} {self.params}"
+
+
+def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Step]:
+    """The study's steps. Quick: smallest settings everywhere, outputs under figures/quick/."""
+    tag = "quick" if quick else "full"
+    grid = "quick" if quick else "small"
+    figures_dir = str(Path(figures_dir) / "quick") if quick else figures_dir
+    layer_norms = {"encoders": ["smollm2-135m", "minilm-l6"], "n_prompts": 8} if quick else {"n_prompts": 100}
+    return [
+        Step("grid", grid=f"grids/{grid}.yaml"),
+        Step(
+            "layer-norms",
+            notebook="notebooks/layer_norms.ipynb",
+            out=f"layer_norms/{tag}",
+            params=layer_norms,
+        ),
+        Step(
+            "judge-validation",
+            notebook="notebooks/judge_validation.ipynb",
+            out=f"judge_validation/{tag}",
+            params=QUICK_SIDE_PARAMS["judge_validation"] if quick else {},
+        ),  # fmt: skip
+        Step(
+            "probe",
+            notebook="notebooks/probe.ipynb",
+            out=f"probe/{tag}",
+            params=QUICK_SIDE_PARAMS["probe"] if quick else {},
+        ),  # fmt: skip
+        Step(
+            "analysis-tables",
+            notebook="notebooks/analysis_tables.ipynb",
+            out=f"analysis/{grid}/tables",
+            params={"grid": grid, "figures_dir": figures_dir},
+            always=True,
+        ),  # fmt: skip
+        Step(
+            "analysis-figures",
+            notebook="notebooks/analysis_figures.ipynb",
+            out=f"analysis/{grid}/figures",
+            params={
+                "grid": grid,
+                "figures_dir": figures_dir,
+                "layer_norms_csv": f"{{runs}}/layer_norms/{tag}/layer_norms.csv",
+            },
+            always=True,
+        ),  # fmt: skip
+    ]
+
+
+# Quick settings of the side notebooks, as their owners' parameters cells declare them.
+QUICK_SIDE_PARAMS: dict[str, dict[str, Any]] = {"judge_validation": {}, "probe": {}}
+
+
+def run_study(
+    quick: bool = False,
+    runs_dir: str | Path = "runs",
+    figures_dir: str | Path = "figures",
+    workers: int = 1,
+    skip: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> bool:
+    """Execute every step not yet complete; prints progress and the total time. True when all succeeded."""
+    steps = default_study(quick, str(figures_dir))
+    unknown = sorted(set(skip or []) - {s.name for s in steps})
+    if unknown:
+        raise ValueError(f"--skip names unknown steps {unknown}; steps are {[s.name for s in steps]}.")
+    start = time.perf_counter()
+    failures = []
+    for i, step in enumerate(steps, 1):
+        if step.name in (skip or []):
+            log(f"== [{i}/{len(steps)}] {step.name}: skipped (--skip)")
+            continue
+        log(
+            f"== [{i}/{len(steps)}] {step.name}: {step.describe()}  (study {time.perf_counter() - start:.0f} s)"
+        )
+        ok, message = _run_step(step, Path(runs_dir), workers, log)
+        if not ok:
+            failures.append(f"{step.name}: {message}")
+        log(f"   {step.name}: {'ok' if ok else 'FAILED ' + message}")
+    total = time.perf_counter() - start
+    log(f"== study {'--quick ' if quick else ''}finished in {total:.0f} s ({total / 60:.1f} min); "
+        f"{len(failures)} step(s) failed" + "".join(f"\n   {f}" for f in failures))  # fmt: skip
+    return not failures
+
+
+def _run_step(step: Step, runs_dir: Path, workers: int, log) -> tuple[bool, str]:
+    if step.grid:
+        results = runs.run_grid(REPO / step.grid if not Path(step.grid).exists() else step.grid, runs_dir,
+                                workers=workers, log=lambda m: log("   " + m))  # fmt: skip
+        failed = [r.run_id for r in results if r.state == "failed"]
+        return not failed, f"runs failed: {failed}" if failed else ""
+    notebook = Path(step.notebook)
+    if not notebook.exists():
+        notebook = REPO / step.notebook
+    if not notebook.exists():
+        return False, f"{step.notebook} does not exist in this checkout"
+    out = runs_dir / step.out
+    params = {
+        k: v.replace("{runs}", str(runs_dir)) if isinstance(v, str) else v for k, v in step.params.items()
+    }
+    if "runs_dir" in runs.notebook_parameters(notebook):
+        params.setdefault("runs_dir", str(runs_dir))
+    if step.always and out.exists():
+        shutil.rmtree(out)
+    result = runs.execute_notebook(notebook, out, params)
+    return result.state in ("done", "skipped"), result.error

@@ -1,0 +1,133 @@
+"""The t2istudy command: argument parsing, grid dry-run/status on fixture runs, clear errors, train
+delegation, and the study driver's progress, isolation and resume on fake notebooks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from t2istudy import cli, runs, study
+
+FIXTURE = Path(__file__).parent / "fixtures" / "runs"
+
+
+def fake_notebook(path: Path, params: str, body: str = "") -> Path:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body or "pass")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture()
+def fixture_grid(tmp_path: Path) -> Path:
+    nb = fake_notebook(
+        tmp_path / "run.ipynb", 'encoder = ""\nstrategy = ""\nseed = 0\npreset = ""\nout_dir = ""'
+    )
+    grid = {"name": "fixture", "notebook": str(nb), "params": {"preset": "cpu-small"},
+            "axes": {"encoder": ["gemma3-270m"], "strategy": ["last", "norm_mean"], "seed": [0, 1, 2]}}  # fmt: skip
+    (tmp_path / "g.yaml").write_text(json.dumps(grid))
+    return tmp_path / "g.yaml"
+
+
+def test_parse_assignment_uses_yaml_values():
+    assert cli.parse_assignment("seed=1") == ("seed", 1)
+    assert cli.parse_assignment("cfg=3.0") == ("cfg", 3.0)
+    assert cli.parse_assignment("train_options={pool_size: 256}") == ("train_options", {"pool_size": 256})
+    assert cli.parse_assignment("strategy=norm_mean[rms,no_embed]") == ("strategy", "norm_mean[rms,no_embed]")
+    assert cli.parse_assignment("strategy=layer:9") == ("strategy", "layer:9")
+    assert cli.parse_assignment("strategy='layer:9'") == ("strategy", "layer:9")
+    with pytest.raises(SystemExit, match="key=value"):
+        cli.parse_assignment("seed")
+
+
+def test_grid_status_and_dry_run_on_fixture_runs(fixture_grid, capsys):
+    assert cli.main(["grid", "status", str(fixture_grid), "--runs-dir", str(FIXTURE)]) == 0
+    out = capsys.readouterr().out
+    assert "done: 4  pending: 2" in out
+    assert "gemma3-270m__norm_mean__seed1" in out and "0.875" in out  # k=14 of 16 prompts
+    assert cli.main(["grid", "run", str(fixture_grid), "--runs-dir", str(FIXTURE), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["done", "done", "pending"] * 2
+
+
+def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, fixture_grid, capsys):
+    bad = json.loads(fixture_grid.read_text()) | {"seeds": [0]}
+    (tmp_path / "bad.yaml").write_text(json.dumps(bad))
+    assert cli.main(["grid", "run", str(tmp_path / "bad.yaml"), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "unknown grid key(s) ['seeds']" in capsys.readouterr().err
+    nb = json.loads(fixture_grid.read_text())["notebook"]
+    assert cli.main(["notebook", nb, str(tmp_path / "r" / "1"), "-p", "sede=1"]) == 2
+    assert "['sede'] are not declared" in capsys.readouterr().err
+    assert cli.main(["grid", "status", str(tmp_path / "missing.yaml")]) == 2
+    assert "Grid file not found" in capsys.readouterr().err
+
+
+def test_train_is_delegated_to_the_training_script(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--encoder" in out and "--input_scale" in out
+
+
+def test_study_lists_its_steps(capsys):
+    assert cli.main(["study", "--quick", "--list"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == [
+        "grid",
+        "layer-norms",
+        "judge-validation",
+        "probe",
+        "analysis-tables",
+        "analysis-figures",
+    ]
+    steps = {s.name: s for s in study.default_study(quick=True)}
+    assert (
+        steps["grid"].grid == "grids/quick.yaml"
+        and steps["analysis-tables"].params["figures_dir"] == "figures/quick"
+    )
+    for s in study.default_study(quick=False):  # the shipped notebooks declare what the study passes them
+        path = study.REPO / (s.grid or s.notebook)
+        if s.grid:
+            assert len(runs.load_grid(path).runs()) == 36
+        elif path.exists():
+            declared = runs.notebook_parameters(path)
+            assert set(s.params) <= set(declared), (s.name, sorted(declared))
+
+
+@pytest.mark.slow
+def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
+    counter = tmp_path / "count.txt"
+    body = f'open({str(counter)!r}, "a").write(out_dir + "\\n")\nfrom t2istudy import runs\n'
+    run_nb = fake_notebook(tmp_path / "run.ipynb", 'x = 0\nout_dir = ""', body + (
+        "import pandas as pd\nrows = pd.DataFrame({'skill': ['overall'], 'n': [1], 'mean': [x], 'ci_low': [x], 'ci_high': [x]})\n"
+        "runs.write_results(out_dir, pd.DataFrame({'id': ['1'], 'score': [x]}), rows)"))  # fmt: skip
+    side_nb = fake_notebook(tmp_path / "side.ipynb", 'n = 1\nout_dir = ""', body)
+    (tmp_path / "g.yaml").write_text(
+        json.dumps({"name": "g", "notebook": str(run_nb), "axes": {"x": [0, 1]}})
+    )
+    steps = [
+        study.Step("grid", grid=str(tmp_path / "g.yaml")),
+        study.Step("missing", notebook=str(tmp_path / "nope.ipynb"), out="nope/quick"),
+        study.Step("side", notebook=str(side_nb), out="side/quick", params={"n": 2}),
+        study.Step("analysis", notebook=str(side_nb), out="analysis/g", always=True),
+    ]
+    monkeypatch.setattr(study, "default_study", lambda quick, figures_dir: steps)
+    lines: list[str] = []
+    root = tmp_path / "runs"
+    assert study.run_study(quick=True, runs_dir=root, log=lines.append) is False
+    assert any("missing: FAILED" in line and "does not exist" in line for line in lines)
+    assert lines[-1].startswith("== study --quick finished in") and "1 step(s) failed" in lines[-1]
+    assert runs.run_state(root / "side" / "quick") == "done"
+    first = counter.read_text().splitlines()
+    assert len(first) == 4  # 2 grid runs + side + analysis
+    lines.clear()
+    study.run_study(quick=True, runs_dir=root, log=lines.append)
+    again = counter.read_text().splitlines()[len(first) :]
+    assert again == [str((root / "analysis" / "g").resolve())]  # only the always-rerun analysis executed
