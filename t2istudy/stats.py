@@ -11,6 +11,7 @@ can be 10-100x the others and would otherwise dominate every statistic).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -159,3 +160,33 @@ def encoder_layer_stats(
     values = {norm: torch.cat(parts, dim=1) for norm, parts in per_norm.items()}
     stats = _stats_table(values, torch.cat(firsts), encoder.name, encoder.num_states, PERCENTILES)
     return stats, _similarity_table(sim_sum / max(sim_count, 1), sim_count, encoder.name)
+
+
+def load_prompts(source: str | Path = "genai-bench", n: int | None = None) -> list[str]:
+    """Prompts for the explorer: ``"genai-bench"`` (the shipped 527), a GenAI-Bench folder or JSON file,
+    a ``.txt`` file (one prompt per line) or a ``.csv`` with a ``prompt`` column; the first ``n`` (None = all).
+    """
+    from t2istudy.genai_bench import load_genai_bench
+
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"n_prompts must be a positive integer or None (all), got {n!r}.")
+    path = Path(source)
+    if str(source) == "genai-bench":
+        prompts = load_genai_bench()["prompt"].tolist()
+    elif path.is_dir() or path.suffix == ".json":
+        prompts = load_genai_bench(path)["prompt"].tolist()
+    elif path.suffix == ".txt" and path.exists():
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif path.suffix == ".csv" and path.exists():
+        table = pd.read_csv(path)
+        if "prompt" not in table.columns:
+            raise ValueError(f"{path} has no 'prompt' column (columns: {', '.join(table.columns)}); add one.")
+        prompts = table["prompt"].astype(str).tolist()
+    else:
+        raise ValueError(
+            f"Prompt source {str(source)!r} is not 'genai-bench', a GenAI-Bench folder/.json, an existing .txt "
+            f"(one prompt per line) or a .csv with a 'prompt' column."
+        )
+    if not prompts:
+        raise ValueError(f"Prompt source {str(source)!r} holds no prompts.")
+    return prompts[:n]
