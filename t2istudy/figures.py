@@ -346,23 +346,14 @@ def claims_plot(table: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     return fig, data
 
 
-def layer_norm_plot(norms: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
-    """Mean token norm per layer (log y) for each encoder: why raw averaging is dominated by few layers.
+def layer_norm_plot(stats: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
+    """The layer-norm figure of notebooks/layer_norms.ipynb, redrawn from its CSV (its plot function)."""
+    from t2istudy.plots_layers import plot_layer_norms
 
-    ``norms`` needs columns encoder, layer and a norm column (``mean_norm``, ``norm`` or ``l2``).
-    """
-    column = next((c for c in ("mean_norm", "norm", "l2", "mean_l2") if c in norms.columns), None)
-    if column is None or not {"encoder", "layer"} <= set(norms.columns):
+    needed = {"encoder", "layer", "depth", "norm", "tokens", "mean", "max"}
+    if not needed <= set(stats.columns):
         raise ValueError(
-            f"layer-norm table needs columns encoder, layer and mean_norm; got {list(norms.columns)}. "
-            f"Run notebooks/layer_norms.ipynb (t2istudy layer-norms) first."
+            f"The layer-norm table lacks columns {sorted(needed - set(stats.columns))}: pass the "
+            f"layer_norms.csv written by notebooks/layer_norms.ipynb (t2istudy layer-norms)."
         )
-    data = norms[["encoder", "layer", column]].rename(columns={column: "mean_norm"})
-    data = data.assign(depth=data.groupby("encoder")["layer"].transform(lambda s: s / max(s.max(), 1)))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sns.lineplot(data=data, x="depth", y="mean_norm", hue="encoder", marker="o", ax=ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("relative depth (0 = embedding output, 1 = last layer)")
-    ax.set_ylabel("mean token L2 norm")
-    ax.set_title("Hidden-state norm across layers")
-    return fig, data
+    return plot_layer_norms(stats), stats

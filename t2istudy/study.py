@@ -45,7 +45,7 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
     tag = "quick" if quick else "full"
     grid = "quick" if quick else "small"
     figures_dir = str(Path(figures_dir) / "quick") if quick else figures_dir
-    layer_norms = {"encoders": ["smollm2-135m", "minilm-l6"], "n_prompts": 8} if quick else {"n_prompts": 100}
+    layer_norms = {"encoders": ["smollm2-135m", "minilm-l6"], "n_prompts": 8} if quick else {"n_prompts": 128}
     return [
         Step("grid", grid=f"grids/{grid}.yaml"),
         Step(
