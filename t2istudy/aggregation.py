@@ -208,49 +208,57 @@ def normalize(x: torch.Tensor, norm: str) -> torch.Tensor:
 class Aggregator:
     """Fold over hidden states in index order: ``add(i, h_i)`` for every state, then ``result(mask)``.
 
-    Only the states the strategy needs are kept: a running sum for mean/norm_mean, one tensor for
-    last/layer, the selected normalized states for concat/learned (they are the output anyway).
+    Each needed state is folded straight into the output buffer (running sum for mean/norm_mean,
+    its slot for concat/learned, a copy for last/layer), so nothing but the output is kept. Pass
+    ``out`` (e.g. a slice of a preallocated result) to avoid even that allocation.
     """
 
-    def __init__(self, strategy: str | Strategy, num_states: int):
+    def __init__(self, strategy: str | Strategy, num_states: int, out: torch.Tensor | None = None):
         self.strategy = parse_strategy(strategy)
         self.num_states = num_states
         self.wanted = selected_states(self.strategy, num_states)
-        self._wanted_set = set(self.wanted)
-        self._sum: torch.Tensor | None = None
-        self._parts: list[torch.Tensor] = []
+        self._slot = {index: k for k, index in enumerate(self.wanted)}
+        self.out = out
         self._seen: list[int] = []
+
+    def _buffer(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.out is None:
+            b, t, d = hidden.shape
+            kind, n = self.strategy.kind, len(self.wanted)
+            shape = (b, t, n * d) if kind == "concat" else (b, t, n, d) if kind == "learned" else (b, t, d)
+            self.out = torch.empty(shape, dtype=torch.float32, device=hidden.device)
+        return self.out
 
     def add(self, index: int, hidden: torch.Tensor) -> None:
         """Consume hidden state ``index`` ([B, T, D]); states must arrive in increasing order."""
         if self._seen and index <= self._seen[-1]:
             raise RuntimeError(f"Hidden state {index} arrived after {self._seen[-1]}; feed states in order.")
         self._seen.append(index)
-        if index not in self._wanted_set:
+        if index not in self._slot:
             return
+        out, k, kind = self._buffer(hidden), self._slot[index], self.strategy.kind
         x = normalize(hidden.float(), self.strategy.norm)
-        if self.strategy.kind in ("mean", "norm_mean"):
-            self._sum = x.clone() if self._sum is None else self._sum.add_(x)
+        if kind in ("mean", "norm_mean"):
+            out.copy_(x) if k == 0 else out.add_(x)
+        elif kind == "concat":
+            width = hidden.shape[-1]
+            out[..., k * width : (k + 1) * width].copy_(x)
+        elif kind == "learned":
+            out[:, :, k].copy_(x)
         else:
-            self._parts.append(x)
+            out.copy_(x)
 
     def result(self, mask: torch.Tensor) -> torch.Tensor:
         """The aggregated features: [B, T, D'] ([B, T, L, D] for learned); padding zeroed if masked."""
         missing = [i for i in self.wanted if i not in self._seen]
         if missing:
             raise RuntimeError(f"Hidden states {missing} never arrived; the encoder hooks missed a layer.")
-        kind = self.strategy.kind
+        out, kind = self.out, self.strategy.kind
         if kind in ("mean", "norm_mean"):
-            out = self._sum / len(self.wanted)
-        elif kind == "concat":
-            out = torch.cat(self._parts, dim=-1)
-        elif kind == "learned":
-            out = torch.stack(self._parts, dim=2)
-        else:
-            out = self._parts[0]
+            out.div_(len(self.wanted))
         if self.strategy.mask_padding:
             m = mask.to(device=out.device, dtype=out.dtype)
-            out = out * (m[:, :, None, None] if kind == "learned" else m[:, :, None])
+            out.mul_(m[:, :, None, None] if kind == "learned" else m[:, :, None])
         return out
 
 

@@ -366,7 +366,9 @@ class FrozenEncoder:
         for start in self._batches(n, batch_size, progress, f"encode {strategy}"):
             sl = slice(start, start + batch_size)
             length = int(mask[sl].sum(1).max())
-            agg = Aggregator(strategy, self.num_states)
+            # On CPU the running result lives directly in the output tensor: no extra copy per batch.
+            target = features[sl, :length] if self.device.type == "cpu" else None
+            agg = Aggregator(strategy, self.num_states, out=target)
 
             points = [embed, *blocks]
             indices = list(range(len(points)))
@@ -378,9 +380,10 @@ class FrozenEncoder:
             finally:
                 for handle in handles:
                     handle.remove()
-            out = agg.result(mask[sl, :length].to(self.device)).cpu()
+            out = agg.result(mask[sl, :length].to(self.device))
             self._check_finite(out)
-            features[sl, :length] = out
+            if target is None:
+                features[sl, :length] = out.cpu()
         self.n_truncated = n_truncated
         return features, mask
 
