@@ -244,8 +244,7 @@ class EmbeddingCache:
         del features
         np.save(tmp / "mask.npy", masks)
 
-        null_f, null_m = encoder.encode_aggregated([""], canonical, batch_size=1)
-        null_f, null_m = _trim(null_f.float().cpu(), null_m.bool().cpu())
+        null_f, null_m, null_kind = null_embedding(encoder, canonical, first.shape[2:])
         np.save(tmp / "null_features.npy", null_f.numpy())
         np.save(tmp / "null_mask.npy", null_m.numpy())
         (tmp / "captions.json").write_text(json.dumps(unique, ensure_ascii=False))
@@ -260,6 +259,7 @@ class EmbeddingCache:
             "dtype": store,
             "max_abs": max_abs,
             "token_rms": rms,
+            "null": null_kind,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         shutil.rmtree(path, ignore_errors=True)
@@ -290,6 +290,20 @@ class EmbeddingCache:
         return cls.build(encoder, strategy, captions, root, batch_size=batch_size, progress=progress)
 
 
+def null_embedding(encoder: Encoder, strategy: str, feature_shape) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The empty prompt for classifier-free guidance, from the same encoder and strategy.
+
+    Encoders that refuse an empty string (or tokenize it to nothing) get an all-padding null: the
+    conditioner then attends to one zero token, i.e. the projection bias ("zero" in meta.json).
+    """
+    try:
+        feats, mask = encoder.encode_aggregated([""], strategy, batch_size=1)
+    except ValueError:
+        feats, mask = torch.zeros(1, 0, *feature_shape), torch.zeros(1, 0, dtype=torch.bool)
+    feats, mask = _trim(feats.float().cpu(), mask.bool().cpu())
+    return feats, mask, "encoded" if mask.any() else "zero"
+
+
 class OnlineText:
     """Frozen encoding inside the training loop (paper scale): same interface and numbers as the cache."""
 
@@ -308,7 +322,9 @@ class OnlineText:
 
     def null(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         if self._null is None:
-            self._null = self.embed([""])
+            probe, _ = self.embed(["a"])
+            f, m, _ = null_embedding(self.encoder, self.strategy, probe.shape[2:])
+            self._null = f, m
         f, m = self._null
         return f.expand(batch, *f.shape[1:]), m.expand(batch, -1)
 

@@ -257,7 +257,10 @@ def train(opts: TrainOptions) -> Path:
     t_start = time.time()
 
     # Run directory: decided on the main process, shared with the others.
-    state = PartialState()
+    cpu = (
+        not torch.cuda.is_available()
+    )  # so torchrun on a CPU machine gives gloo multi-process, not N solo runs
+    state = PartialState(cpu=cpu)
     run_dir = [None]
     if state.is_main_process:
         if opts.output_dir:
@@ -272,6 +275,7 @@ def train(opts: TrainOptions) -> Path:
     run_dir = Path(broadcast_object_list(run_dir)[0]) if state.num_processes > 1 else Path(run_dir[0])
 
     accelerator = Accelerator(
+        cpu=cpu,
         mixed_precision=opts.mixed_precision,
         gradient_accumulation_steps=opts.gradient_accumulation_steps,
         log_with=None if opts.report_to == "none" else opts.report_to,
@@ -360,7 +364,7 @@ def train(opts: TrainOptions) -> Path:
     shape = (preset.latent_channels, preset.latent_size, preset.latent_size)
     null_f, null_m = text.null(1)
 
-    step, micro, losses = start_step, 0, []
+    step, micro, losses, grad_norms = start_step, 0, [], []
     bar = tqdm(
         total=stop_step, initial=start_step, disable=not (opts.progress and accelerator.is_main_process)
     )
@@ -410,8 +414,9 @@ def train(opts: TrainOptions) -> Path:
                 )
             losses.append(float(all_losses.mean()))
             accelerator.backward(loss)
-            if accelerator.sync_gradients and opts.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
+            if accelerator.sync_gradients:  # the norm is logged; inf = measure without clipping
+                limit = opts.max_grad_norm if opts.max_grad_norm > 0 else float("inf")
+                grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), limit)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         micro = (micro + 1) % opts.gradient_accumulation_steps
@@ -424,10 +429,13 @@ def train(opts: TrainOptions) -> Path:
         step += 1
         bar.update(1)
         if step % opts.logging_steps == 0 or step == stop_step:
-            record = {"step": step, "loss": float(np.mean(losses)), "lr": lr_scheduler.get_last_lr()[0]}
-            losses = []
+            record = {
+                "step": step, "loss": float(np.mean(losses)), "grad_norm": float(np.mean(grad_norms)),
+                "lr": lr_scheduler.get_last_lr()[0],
+            }  # fmt: skip
+            losses, grad_norms = [], []
             bar.set_postfix(loss=f"{record['loss']:.4f}")
-            accelerator.log({"train/loss": record["loss"], "train/lr": record["lr"]}, step=step)
+            accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
             if accelerator.is_main_process:
                 with open(run_dir / "train_log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")

@@ -1,0 +1,141 @@
+"""Embedding cache: layout, dtype choice, input-scale statistic, refusals, and cache == on-the-fly."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from t2istudy.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, token_rms
+
+
+class FakeEncoder:
+    """Deterministic word-hash 'encoder' (no weights): each word maps to fixed per-layer vectors."""
+
+    def __init__(self, width: int = 8, layers: int = 3, scale: float = 3.0, name: str = "fake-8"):
+        self.name, self.width, self.num_states, self.max_length = name, width, layers, 32
+        self.table = torch.randn(97, layers, width, generator=torch.Generator().manual_seed(0)) * scale
+        self.calls = 0
+
+    def encode_aggregated(self, prompts, strategy, batch_size=32, progress=False):
+        self.calls += 1
+        if any(not p.strip() for p in prompts):
+            raise ValueError("Prompt is an empty string")  # as t2istudy.encoders does
+        ids = [[int(hashlib.md5(w.encode()).hexdigest(), 16) % 97 for w in p.split()] for p in prompts]
+        t = max(len(i) for i in ids)
+        feats = torch.zeros(len(prompts), t, self.num_states, self.width)
+        mask = torch.zeros(len(prompts), t, dtype=torch.bool)
+        for row, i in enumerate(ids):
+            feats[row, : len(i)] = self.table[i]
+            mask[row, : len(i)] = True
+        return (feats, mask) if str(strategy).startswith("learned") else (feats.mean(2), mask)
+
+
+CAPTIONS = [
+    "a red circle",
+    "two blue squares on a white background",
+    "a red circle",
+    "one green triangle",
+    "x",
+]
+
+
+def test_build_layout_dtype_and_rms(tmp_path):
+    enc = FakeEncoder()
+    cache = EmbeddingCache.build(enc, "norm_mean", CAPTIONS, tmp_path, batch_size=2, progress=False)
+    meta = json.loads((cache.path / "meta.json").read_text())
+    assert meta["num_captions"] == 4 and len(cache) == 4  # duplicates stored once
+    assert meta["shape"] == [4, 7, 8]  # longest caption: 7 words
+    assert meta["dtype"] == "float16" and cache.features.dtype == np.float16  # |values| are small
+    assert meta["null"] == "zero"  # the fake refuses "", like the real encoders
+    assert cache.path.parent.name == "fake-8" and cache.path.name.startswith("norm_mean-L32-")
+    # token RMS over real tokens only, by hand
+    f, m = enc.encode_aggregated(sorted(set(CAPTIONS)), "norm_mean")
+    real = torch.cat([f[i, : int(m[i].sum())] for i in range(len(f))])
+    assert cache.token_rms[0] == pytest.approx(float(real.double().pow(2).mean().sqrt()), rel=1e-6)
+    assert torch.allclose(token_rms(f, m), torch.tensor(cache.token_rms, dtype=torch.float32))
+
+
+def test_cache_equals_on_the_fly_and_trims_padding(tmp_path):
+    enc = FakeEncoder()
+    cache = EmbeddingCache.build(enc, "norm_mean", CAPTIONS, tmp_path, batch_size=2, progress=False)
+    batch = ["x", "a red circle"]
+    cf, cm = cache.embed(batch)
+    of, om = OnlineText(enc, "norm_mean").embed(batch)
+    assert cf.shape == (2, 3, 8) and cf.dtype == torch.float32  # trimmed to the longest caption in the batch
+    assert torch.equal(cm, om)
+    assert torch.allclose(cf, of, atol=2e-3 * float(of.abs().max()))  # float16 storage
+    nf, nm = cache.null(3)
+    assert nf.shape == (3, 1, 8) and not nm.any() and float(nf.abs().sum()) == 0
+
+
+def test_large_values_stay_float32_and_learned_keeps_layers(tmp_path):
+    enc = FakeEncoder(scale=1e5)  # like raw decoder layers with an attention sink
+    cache = EmbeddingCache.build(enc, "learned", CAPTIONS, tmp_path, progress=False)
+    assert cache.meta["dtype"] == "float32" and cache.meta["shape"] == [4, 7, 3, 8]
+    assert len(cache.token_rms) == 3  # one statistic per layer
+    cf, _ = cache.embed(["one green triangle"])
+    of, _ = OnlineText(enc, "learned").embed(["one green triangle"])
+    assert torch.equal(cf, of)
+
+
+def test_refuses_mismatched_encoder_strategy_and_unknown_captions(tmp_path):
+    enc = FakeEncoder()
+    cache = EmbeddingCache.build(enc, "norm_mean", CAPTIONS, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="built with encoder 'fake-8', not 'gemma3-270m'"):
+        cache.check("gemma3-270m", "norm_mean")
+    with pytest.raises(ValueError, match="holds strategy 'norm_mean', not 'last'"):
+        cache.check("fake-8", "last")
+    assert cache.check("fake-8", "norm_mean[layernorm]") is cache  # canonical names compare equal
+    with pytest.raises(KeyError, match="not in the embedding cache"):
+        cache.embed(["a purple hexagon"])
+    with pytest.raises(FileNotFoundError, match="No embedding cache"):
+        EmbeddingCache(tmp_path / "missing")
+
+
+def test_get_or_build_reuses_and_keys_on_caption_set(tmp_path):
+    enc = FakeEncoder()
+    a = EmbeddingCache.get_or_build(tmp_path, enc, "norm_mean", CAPTIONS, progress=False)
+    calls = enc.calls
+    b = EmbeddingCache.get_or_build(tmp_path, enc, "norm_mean", list(reversed(CAPTIONS)), progress=False)
+    assert b.path == a.path and enc.calls == calls  # order-independent key, nothing re-encoded
+    assert EmbeddingCache.find(tmp_path, "fake-8", "last", CAPTIONS) is None
+    assert caption_hash(["b", "a", "a"]) == caption_hash(["a", "b"])
+    c = EmbeddingCache.get_or_build(tmp_path, enc, "norm_mean", CAPTIONS[:2], progress=False)
+    assert c.path != a.path and len(c) == 2
+
+
+def test_pad_cat_right_pads():
+    f, m = pad_cat(
+        [
+            (torch.ones(1, 2, 3), torch.ones(1, 2, dtype=torch.bool)),
+            (torch.ones(2, 1, 3), torch.ones(2, 1, dtype=torch.bool)),
+        ]
+    )
+    assert f.shape == (3, 2, 3) and m.tolist() == [[True, True], [True, False], [True, False]]
+    assert float(f[1:, 1].abs().sum()) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "strategy"), [("minilm-l6", "norm_mean"), ("smollm2-135m", "mean")])
+def test_real_encoder_cache_equals_on_the_fly(tmp_path, name, strategy):
+    from t2istudy.encoders import load_encoder
+
+    enc = load_encoder(name)
+    captions = [
+        "a red circle",
+        "two blue squares and one yellow triangle on a gray background",
+        "three green squares",
+    ]
+    cache = EmbeddingCache.build(enc, strategy, captions, tmp_path, batch_size=2, progress=False)
+    online = OnlineText(enc, strategy, batch_size=3)
+    for batch in (captions, captions[::-1][:2]):
+        cf, cm = cache.embed(batch)
+        of, om = online.embed(batch)
+        assert torch.equal(cm, om)
+        tol = 1e-3 * float(of.abs().max()) if cache.meta["dtype"] == "float16" else 1e-4
+        assert torch.allclose(cf, of, atol=tol, rtol=1e-4)
+    if strategy == "mean":  # raw decoder layers: the first-token attention sink is huge (~1.6e4 here)
+        assert cache.meta["max_abs"] > 1e3
+    assert cache.meta["dtype"] == ("float16" if cache.meta["max_abs"] < 6e4 else "float32")

@@ -1,0 +1,82 @@
+"""Presets, the SD2 parameter count (meta device, no weights), and the text conditioner's arithmetic."""
+
+import pytest
+import torch
+
+from t2istudy.model import (
+    PRESETS,
+    TextConditioner,
+    build_unet,
+    count_parameters,
+    get_preset,
+    load_vae,
+    set_input_scale,
+)
+
+
+def test_sd2_256_matches_stable_diffusion_2_unet_size():
+    with torch.device("meta"):
+        unet = build_unet("sd2-256")
+    assert count_parameters(unet) == 865_910_724  # SD2 / SD2-base UNet2DConditionModel
+    cfg = unet.config
+    assert tuple(cfg.block_out_channels) == (320, 640, 1280, 1280)
+    assert tuple(cfg.attention_head_dim) == (5, 10, 20, 20)
+    assert cfg.cross_attention_dim == 1024 and cfg.use_linear_projection
+    assert (cfg.in_channels, cfg.sample_size) == (4, 32)
+
+
+def test_small_presets_sizes():
+    with torch.device("meta"):
+        assert count_parameters(build_unet("cpu-small")) == 1_687_075
+        assert count_parameters(build_unet("cpu-tiny")) == 108_619
+    assert get_preset("cpu-small").guidance_scale == 3.0 and get_preset("sd2-256").guidance_scale == 7.0
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="Unknown preset 'sd3'.*cpu-small"):
+        get_preset("sd3")
+    assert set(PRESETS) == {"sd2-256", "cpu-small", "cpu-tiny"}
+
+
+def test_missing_vae_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--vae_path"):
+        load_vae(tmp_path / "nope")
+
+
+def _identity(cond: TextConditioner) -> None:
+    with torch.no_grad():
+        cond.proj.weight.copy_(torch.eye(2))
+        cond.proj.bias.zero_()
+
+
+def test_conditioner_scales_projects_and_masks():
+    cond = TextConditioner(2, 2)
+    _identity(cond)
+    set_input_scale(cond, 0.5)
+    feats = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True, False]])
+    out, out_mask = cond(feats, mask)
+    assert torch.equal(out, torch.tensor([[[0.5, 1.0], [1.5, 2.0], [0.0, 0.0]]]))
+    assert torch.equal(out_mask, mask)
+
+
+def test_conditioner_learned_layer_weights_start_uniform():
+    cond = TextConditioner(2, 2, num_layers=2)
+    _identity(cond)
+    set_input_scale(cond, [1.0, 0.5])  # one scale per layer
+    feats = torch.tensor([[[[2.0, 0.0], [0.0, 8.0]]]])  # [B=1, T=1, L=2, D=2]
+    out, _ = cond(feats, torch.tensor([[True]]))
+    assert torch.allclose(out, torch.tensor([[[1.0, 2.0]]]))  # 0.5*[2,0]*1 + 0.5*[0,8]*0.5
+    assert torch.allclose(cond.layer_weights(), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="learned strategy expects"):
+        cond(torch.zeros(1, 1, 2), torch.tensor([[True]]))
+
+
+def test_conditioner_empty_prompt_attends_to_one_zero_token():
+    cond = TextConditioner(2, 2)
+    _identity(cond)
+    with torch.no_grad():
+        cond.proj.bias.fill_(0.25)
+    out, mask = cond(torch.ones(1, 2, 2), torch.zeros(1, 2, dtype=torch.bool))
+    assert mask.tolist() == [[True, False]]
+    assert torch.equal(out[0, 0], torch.tensor([0.25, 0.25]))

@@ -1,0 +1,215 @@
+"""Training loop guarantees: resume == uninterrupted (bitwise), 2 processes == 1 (float tolerance),
+deterministic data order, Min-SNR weights, clear errors. Uses the tiny preset and a weight-free encoder."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from test_cache import FakeEncoder
+
+from t2istudy.cache import EmbeddingCache
+from t2istudy.data import FolderPairs, StepBatchSampler, shapes_pool
+from t2istudy.model import get_preset
+from t2istudy.train import TrainOptions, build_parser, diffusion_loss, resolve_options, train
+
+POOL = 64
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A cache for the tiny shapes pool, so training never loads a real encoder."""
+    root = tmp_path_factory.mktemp("cache")
+    captions = shapes_pool(POOL, 0, get_preset("cpu-tiny").image_size).captions
+    EmbeddingCache.build(FakeEncoder(), "norm_mean", captions, root, progress=False)
+    return root
+
+
+def options(cache_dir, out, **kw) -> TrainOptions:
+    base = dict(encoder="fake-8", strategy="norm_mean", preset="cpu-tiny", pool_size=POOL, cache_dir=str(cache_dir),
+                output_dir=str(out), max_train_steps=6, train_batch_size=8, lr_warmup_steps=2,
+                checkpointing_steps=3, logging_steps=1, report_to="none", progress=False, num_threads=1)  # fmt: skip
+    return TrainOptions(**{**base, **kw})
+
+
+def weights(run: Path, sub: str = "") -> dict[str, torch.Tensor]:
+    folder = run / "final" / sub
+    return {
+        **load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
+        **{f"cond.{k}": v for k, v in load_file(folder / "conditioner.safetensors").items()},
+    }
+
+
+# ---- data order ---------------------------------------------------------------------------------------------
+
+
+def test_sampler_covers_each_epoch_and_shards_the_global_batch():
+    one = StepBatchSampler(10, 4, seed=3, start_step=0, max_steps=5)
+    flat = [i for b in one for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # epochs
+    two = [list(StepBatchSampler(10, 2, seed=3, start_step=0, max_steps=5, world=2, rank=r)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*two, strict=True)] == list(one)  # rank slices rebuild the 1-process batch
+    acc = list(StepBatchSampler(10, 2, seed=3, start_step=0, max_steps=5, accumulation=2))
+    assert [acc[i] + acc[i + 1] for i in range(0, 10, 2)] == list(one)
+    assert list(StepBatchSampler(10, 4, seed=3, start_step=2, max_steps=5)) == list(one)[2:]  # resumable
+
+
+# ---- folder datasets ----------------------------------------------------------------------------------------
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_folder_dataset_skips_or_stops_on_bad_pairs(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name, color in (("a", "red"), ("sub/b", "blue")):
+        (tmp_path / f"{name}.png").write_bytes(_png(color))
+        (tmp_path / f"{name}.txt").write_text(f"a {color} square\n")
+    (tmp_path / "nocap.png").write_bytes(_png("green"))
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "broken.txt").write_text("broken")
+    ds = FolderPairs(tmp_path, resolution=16)
+    assert ds.captions == ["a red square", "a blue square"]  # sorted paths: a.png, sub/b.png
+    assert dict(ds.skipped) == {"unreadable image": 1, "missing or empty caption": 1}
+    image, caption = ds[0]
+    assert image.shape == (3, 16, 16) and caption == "a red square"
+    assert torch.allclose(image[:, 8, 8], torch.tensor([1.0, -1.0, -1.0]))  # pure red in [-1, 1]
+    with pytest.raises(ValueError, match="broken.jpg: unreadable image"):
+        FolderPairs(tmp_path, resolution=16, on_bad="stop")
+
+
+def test_webdataset_shards(tmp_path):
+    with tarfile.open(tmp_path / "shard-000.tar", "w") as tar:
+        for key, data in (("k1.png", _png("red")), ("k1.txt", b"a red square"), ("k2.png", _png("blue"))):
+            info = tarfile.TarInfo(key)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ds = FolderPairs(tmp_path, resolution=8)
+    assert ds.captions == ["a red square"] and dict(ds.skipped) == {"missing or empty caption": 1}
+    assert ds[0][0].shape == (3, 8, 8)
+
+
+# ---- loss ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_by_hand(prediction_type):
+    sched = get_preset("cpu-tiny").noise_scheduler(prediction_type)
+    t = torch.tensor([10, 500, 990])
+    x0, noise = torch.zeros(3, 1, 2, 2), torch.zeros(3, 1, 2, 2)
+    pred = torch.ones(3, 1, 2, 2)  # every target is 0 here (v = a*eps - s*x0 = 0): per-sample MSE = 1
+    a = sched.alphas_cumprod[t].double()
+    snr = a / (1 - a)
+    w = torch.minimum(snr, torch.tensor(5.0)) / (snr if prediction_type == "epsilon" else snr + 1)
+    got = diffusion_loss(pred, x0, noise, t, sched, prediction_type, snr_gamma=5.0)
+    assert float(got) == pytest.approx(float(w.mean()), rel=1e-5)
+    assert float(diffusion_loss(pred, x0, noise, t, sched, prediction_type, snr_gamma=None)) == 1.0
+
+
+# ---- the loop -----------------------------------------------------------------------------------------------
+
+
+def test_resume_is_bitwise_identical(cache_dir, tmp_path):
+    kw = dict(use_ema=True, snr_gamma=5.0)
+    full = train(options(cache_dir, tmp_path / "full", **kw))
+    part = train(options(cache_dir, tmp_path / "part", stop_after_steps=3, **kw))
+    assert not (part / "final").exists() and (part / "checkpoints" / "checkpoint-3").is_dir()
+    train(options(cache_dir, tmp_path / "part", resume_from_checkpoint="latest", **kw))
+    for sub in ("", "raw"):  # EMA weights and raw weights
+        a, b = weights(full, sub), weights(part, sub)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log_full = (full / "train_log.jsonl").read_text().splitlines()
+    log_part = (part / "train_log.jsonl").read_text().splitlines()
+    assert log_full == log_part  # same losses at every logged step
+    opts = json.loads((full / "options.json").read_text())
+    assert opts["derived"]["input_scale_value"][0] == pytest.approx(1 / opts["derived"]["token_rms"][0])
+    assert opts["derived"]["global_batch_size"] == 8 and opts["use_ema"] is True
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_at_same_global_batch(cache_dir, tmp_path):
+    # adam_epsilon 1e-6: biases feeding a GroupNorm have zero true gradient, and with a tiny epsilon Adam
+    # turns their float-rounding noise into +-lr steps (even 1 vs 2 threads differ by 8e-4 then).
+    kw = dict(max_train_steps=3, adam_epsilon=1e-6)
+    one = train(options(cache_dir, tmp_path / "one", **kw))
+    acc = train(options(cache_dir, tmp_path / "acc", train_batch_size=4, gradient_accumulation_steps=2, **kw))
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "t2istudy.train",
+           "--encoder", "fake-8", "--preset", "cpu-tiny", "--pool_size", str(POOL), "--cache_dir", str(cache_dir),
+           "--output_dir", str(tmp_path / "two"), "--max_train_steps", "3", "--train_batch_size", "4",
+           "--adam_epsilon", "1e-6", "--lr_warmup_steps", "2", "--checkpointing_steps", "3", "--logging_steps", "1",
+           "--report_to", "none", "--progress", "false", "--num_threads", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = tmp_path / "two"
+    derived = json.loads((two / "options.json").read_text())["derived"]
+    assert (derived["num_processes"], derived["global_batch_size"]) == (2, 8)
+    # Same loss and same (averaged, not summed) gradient norm at every step ...
+    for run in (two, acc):
+        for x, y in zip(_log(one), _log(run), strict=True):
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+            assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+    # ... and the same weights.
+    a, b, c = weights(one), weights(two), weights(acc)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=5e-5), k
+        assert torch.allclose(a[k], c[k], atol=5e-5), k
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(cache_dir, tmp_path):
+    opts = options(cache_dir, tmp_path / "nan", learning_rate=1e30, lr_warmup_steps=0, max_grad_norm=0.0,
+                   checkpointing_steps=1, max_train_steps=4)  # fmt: skip
+    with pytest.raises(FloatingPointError, match="non-finite at step .*Last good checkpoint: .*checkpoint-1"):
+        train(opts)
+    assert (tmp_path / "nan" / "checkpoints" / "checkpoint-1" / "model.safetensors").is_file()
+    assert not (tmp_path / "nan" / "final").exists()
+
+
+def test_bad_checkpoints_and_options(cache_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        train(options(cache_dir, tmp_path / "empty", resume_from_checkpoint="latest"))
+    run = train(options(cache_dir, tmp_path / "r", max_train_steps=2, checkpointing_steps=1))
+    ckpt = run / "checkpoints" / "checkpoint-2" / "model.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated file
+    with pytest.raises(ValueError, match="checkpoint-2 cannot be loaded.*corrupt"):
+        train(options(cache_dir, run, max_train_steps=4, resume_from_checkpoint="latest"))
+    assert (run / "final" / "unet").is_dir()  # nothing already trained was touched
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["checkpoint-1", "checkpoint-2"]
+    with pytest.raises(ValueError, match="Unknown preset"):
+        resolve_options(TrainOptions(preset="sd9"))
+    with pytest.raises(ValueError, match="--prediction_type 'x0' is not valid"):
+        resolve_options(TrainOptions(prediction_type="x0"))
+
+
+def test_cli_flags_match_options():
+    args = build_parser().parse_args(
+        ["--use_ema", "--snr_gamma", "5", "--max_train_steps", "7", "--progress", "false"]
+    )
+    opts = TrainOptions(**vars(args))
+    assert (opts.use_ema, opts.snr_gamma, opts.max_train_steps, opts.progress) == (True, 5.0, 7, False)
+    assert TrainOptions(**vars(build_parser().parse_args([]))) == TrainOptions()
+    resolved = resolve_options(TrainOptions(preset="cpu-small"))
+    assert (resolved.learning_rate, resolved.train_batch_size, resolved.use_ema) == (1e-3, 64, True)
+    assert resolved.prediction_type == "epsilon" and resolved.caption_dropout == 0.1
+
+
+def test_shapes_pool_is_deterministic():
+    a, b = shapes_pool(8, 1, 16), shapes_pool(8, 1, 16)
+    assert (
+        a.captions == b.captions and np.array_equal(a.images, b.images) and a.images.shape == (8, 16, 16, 3)
+    )
