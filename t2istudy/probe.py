@@ -1,0 +1,962 @@
+"""Layer-wise probe of the conditioning: what each layer and strategy keeps, per benchmark skill.
+
+A diffusion run mixes the text representation with everything the U-Net must learn and costs ~20 min
+here; a probe on the *frozen* conditioning sequence isolates the representation and costs seconds.
+The question it answers: does layer k (or strategy s) still carry the facts a skill needs?
+
+Pipeline (each step one function, read top to bottom):
+
+    captions --featurize--> Features (every layer + strategies, encoded once)
+             --train_probes--> per-prompt correctness on held-out compositions (per representation, seed)
+             --summarize--> accuracy per skill with bootstrap CIs over prompts and the spread over seeds
+             --plot_layer_curves / relate_to_diffusion--> figures
+
+Fairness: one model for every representation (per-token LayerNorm without affine, a few learned
+queries attending over the tokens, a small MLP with one softmax head per target), the same steps,
+batch, lr, init and batch order for every representation at a given seed. LayerNorm removes the input
+scale confound (raw layers reach ~1e5), so the probe measures what is *in* the tokens, not how loud.
+
+Probes of the same input shape train together as one ``torch.func`` ensemble (stacked parameters,
+``vmap``): AdamW is per element, so this is the same as training each alone, only faster.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from t2istudy import shapes
+from t2istudy.aggregation import aggregate, parse_strategy
+
+LAYERS = "layers"  # representation keyword: every hidden state, one probe per layer ("layer:k")
+DEFAULT_REPRESENTATIONS = (LAYERS, "last", "mean", "norm_mean", "norm_mean[no_embed]", "concat", "learned")
+
+
+@dataclass
+class ProbeOptions:
+    """Every probe knob in one place; identical for every representation of a sweep."""
+
+    steps: int = 1500  # the pilot: 600 steps gave a jagged per-layer curve, 1,500 x 3 seeds a stable one
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of steps with a linear lr ramp, then cosine decay (OneCycleLR)
+    queries: int = 4  # learned queries attending over the tokens
+    hidden: int = 64  # MLP width between the pooled queries and the heads
+    max_members: int = 32  # probes trained together in one vmapped ensemble (memory vs speed)
+    eval_batch: int = 256
+    n_boot: int = 1000  # bootstrap resamples of prompts for the CIs
+    threads: int | None = None  # torch threads while training (None = leave as is); 1 wins on a busy CPU
+
+
+# ----------------------------------------------------------------------------------------------------
+# Targets: categorical facts per prompt, grouped per skill
+
+
+@dataclass
+class Targets:
+    """Categorical facts per prompt; ``values[i, k] == -1`` means caption i does not determine fact k.
+
+    ``groups`` maps each skill to the facts it checks; ``tags`` lists the skills each prompt is scored on
+    (the benchmark's skill tags; None = every skill). A prompt is right on a skill when every fact of
+    that skill's group that its caption determines is predicted right (exact accuracy, like the judge).
+    """
+
+    names: list[str]
+    classes: list[list[str]]  # class labels per fact; values index into them
+    values: np.ndarray  # [N, K] int64
+    groups: dict[str, list[str]]
+    tags: list[tuple[str, ...]] | None = None
+
+    def __post_init__(self):
+        k = len(self.names)
+        if len(self.classes) != k or self.values.ndim != 2 or self.values.shape[1] != k:
+            raise ValueError(
+                f"Targets: names ({k}), classes ({len(self.classes)}) and the columns of values "
+                f"{tuple(self.values.shape)} must all describe the same facts."
+            )
+        too_big = self.values >= np.array([len(c) for c in self.classes], dtype=np.int64)[None, :]
+        if (self.values < -1).any() or too_big.any():
+            raise ValueError(
+                "Targets.values must be class indices into Targets.classes, or -1 for 'not stated'."
+            )
+        unknown = sorted({f for facts in self.groups.values() for f in facts} - set(self.names))
+        if unknown:
+            raise ValueError(
+                f"Targets.groups name facts {unknown} that are not among the targets {self.names}."
+            )
+        if self.tags is not None and len(self.tags) != len(self.values):
+            raise ValueError(f"Targets.tags has {len(self.tags)} entries for {len(self.values)} prompts.")
+
+    @property
+    def n_classes(self) -> list[int]:
+        return [len(c) for c in self.classes]
+
+    def subset(self, skills: Iterable[str] | None) -> Targets:
+        """Only ``skills`` and the facts they check (None = all); unknown skill names are an error."""
+        if skills is None:
+            return self
+        skills = [skills] if isinstance(skills, str) else list(skills)
+        unknown = sorted(set(skills) - set(self.groups))
+        if unknown:
+            raise ValueError(f"Unknown probe skills {unknown}; available: {list(self.groups)}.")
+        wanted = {f for s in skills for f in self.groups[s]}
+        keep = [k for k, n in enumerate(self.names) if n in wanted]
+        return Targets(
+            [self.names[k] for k in keep],
+            [self.classes[k] for k in keep],
+            self.values[:, keep],
+            {s: self.groups[s] for s in skills},
+            self.tags,
+        )
+
+    @classmethod
+    def from_facts(
+        cls,
+        facts: Sequence[Mapping[str, object]],
+        groups: Mapping[str, Sequence[str]],
+        tags: Sequence[Iterable[str]] | None = None,
+    ) -> Targets:
+        """Build targets from one dict of facts per prompt (missing or None = not determined).
+
+        Class labels are the sorted string forms of the values seen in any prompt, so a value that only
+        occurs in held-out prompts is a class the probe never saw: it counts as wrong, as it should.
+        """
+        grouped = {f for fs in groups.values() for f in fs}
+        names = [
+            n for n in dict.fromkeys(n for f in facts for n, v in f.items() if v is not None) if n in grouped
+        ]
+        classes = [sorted({str(f[n]) for f in facts if f.get(n) is not None}, key=_natural) for n in names]
+        index = [{c: i for i, c in enumerate(cs)} for cs in classes]
+        values = np.full((len(facts), len(names)), -1, dtype=np.int64)
+        for i, f in enumerate(facts):
+            for k, n in enumerate(names):
+                if f.get(n) is not None:
+                    values[i, k] = index[k][str(f[n])]
+        groups = {s: [n for n in fs if n in names] for s, fs in groups.items()}
+        return cls(names, classes, values, groups, None if tags is None else [tuple(t) for t in tags])
+
+
+def _natural(label: str):
+    """Sort numbers numerically ('2' < '10') and before words."""
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def skill_correct(
+    pred: np.ndarray, targets: Targets, rows: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per skill: (applicable [n] bool, correct [n] bool) for predictions ``pred`` [n, K] of ``rows``.
+
+    Applicable: the prompt is tagged with the skill and determines at least one of its facts.
+    """
+    y = targets.values[rows]  # [n, K]
+    ok = (pred == y) | (y < 0)
+    column = {n: k for k, n in enumerate(targets.names)}
+    out = {}
+    for skill, facts in targets.groups.items():
+        cols = [column[f] for f in facts]
+        tagged = (
+            np.ones(len(rows), bool)
+            if targets.tags is None
+            else np.array([skill in targets.tags[r] for r in rows])
+        )
+        applicable = tagged & (y[:, cols] >= 0).any(axis=1) if cols else np.zeros(len(rows), bool)
+        out[skill] = (applicable, ok[:, cols].all(axis=1))
+    return out
+
+
+def chance(targets: Targets, train: np.ndarray, test: np.ndarray) -> pd.Series:
+    """Per-skill exact accuracy of a caption-blind predictor: the most frequent training class per fact.
+
+    This is what a probe that ignores its input converges to (each head's argmax is the class prior),
+    so it is the floor that the shuffled-caption control must hit.
+    """
+    y = targets.values[train]
+    mode = np.array(
+        [
+            np.bincount(col[col >= 0], minlength=n).argmax()
+            for col, n in zip(y.T, targets.n_classes, strict=True)
+        ],
+        dtype=np.int64,
+    )
+    pred = np.broadcast_to(mode, (len(test), len(mode)))
+    rates = {}
+    for skill, (applicable, correct) in skill_correct(pred, targets, np.asarray(test)).items():
+        rates[skill] = correct[applicable].mean() if applicable.any() else float("nan")
+    return pd.Series(rates, name="chance")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The shapes world: facts a caption determines, and the train / held-out split
+
+_KINDS = [(c, s) for c in shapes.PALETTE for s in shapes.SHAPES]
+PAIR_FACTS = [f"count_{c}_{s}" for c, s in _KINDS]
+COLOR_FACTS = [f"count_{c}" for c in shapes.PALETTE]
+SHAPE_FACTS = [f"count_{s}" for s in shapes.SHAPES]
+COUNT_FACTS = [*PAIR_FACTS, *COLOR_FACTS, *SHAPE_FACTS, "n_objects"]
+SKILL_FACTS: dict[str, list[str]] = {
+    "attribute": PAIR_FACTS,  # which colour goes with which shape
+    "scene": ["background"],
+    "spatial": ["left_color", "left_shape", "top_color", "top_shape"],
+    "counting": [*PAIR_FACTS, "n_objects"],
+    "comparison": ["larger_color", "larger_shape", "more_color", "more_shape"],
+    "differentiation": [*PAIR_FACTS, "larger_color", "larger_shape"],
+    "negation": [*COLOR_FACTS, *SHAPE_FACTS],  # e.g. count_red == 0 for "no red shapes"
+    "universal": [*COLOR_FACTS, *SHAPE_FACTS],  # e.g. every colour but one at 0
+}
+
+
+def _multisets() -> np.ndarray:
+    """Kind counts [M, 12] of every multiset of 1..MAX_OBJECTS + 2 objects (count comparisons reach 5)."""
+    rows = []
+    for n in range(1, shapes.MAX_OBJECTS + 3):
+        for combo in itertools.combinations_with_replacement(range(len(_KINDS)), n):
+            rows.append(np.bincount(combo, minlength=len(_KINDS)))
+    return np.array(rows)
+
+
+_MULTISETS = _multisets()
+_COUNT_TABLE = np.concatenate(
+    [
+        _MULTISETS,
+        np.stack(
+            [
+                _MULTISETS[:, [k for k, (c, _) in enumerate(_KINDS) if c == color]].sum(1)
+                for color in shapes.PALETTE
+            ],
+            1,
+        ),
+        np.stack(
+            [
+                _MULTISETS[:, [k for k, (_, s) in enumerate(_KINDS) if s == shape]].sum(1)
+                for shape in shapes.SHAPES
+            ],
+            1,
+        ),
+        _MULTISETS.sum(1, keepdims=True),
+    ],
+    axis=1,
+)  # [M, len(COUNT_FACTS)]
+
+
+def _selected(sel: Mapping[str, object]) -> np.ndarray:
+    """Objects of each multiset matching a selector {color, shape} (None = any)."""
+    cols = [
+        k
+        for k, (c, s) in enumerate(_KINDS)
+        if sel.get("color") in (None, c) and sel.get("shape") in (None, s)
+    ]
+    return _MULTISETS[:, cols].sum(1)
+
+
+def spec_facts(spec: Mapping[str, object]) -> dict[str, int | str]:
+    """The facts a benchmark spec determines: a count is kept only when it is the same in every multiset
+    of objects that satisfies the spec (so "a square that is not red" fixes count_square, not
+    count_blue); relations give the colour/shape of the left, top, larger or more numerous object."""
+    ok = np.ones(len(_MULTISETS), bool)
+    total = _MULTISETS.sum(1)
+    facts: dict[str, int | str] = {}
+    for c in spec["constraints"]:
+        kind = c["type"]
+        if kind == "count":
+            ok &= {"==": np.equal, ">=": np.greater_equal, "<=": np.less_equal}[c["op"]](_selected(c), c["n"])
+        elif kind == "more":
+            ok &= _selected(c["a"]) > _selected(c["b"])
+        elif kind == "all":
+            ok &= (_selected(c) == total) & (total >= 1)
+        elif kind == "background":
+            facts["background"] = c["color"]
+        elif kind == "relation":
+            ok &= (_selected(c["a"]) >= 1) & (_selected(c["b"]) >= 1 + (c["a"] == c["b"]))
+            first, second = (
+                (c["a"], c["b"]) if c["rel"] in ("left_of", "above", "larger") else (c["b"], c["a"])
+            )
+            role = {"left_of": "left", "right_of": "left", "above": "top", "below": "top"}.get(
+                c["rel"], "larger"
+            )
+            for attr in ("color", "shape"):  # the object matching `first` is the left/top/larger one
+                if first.get(attr) is not None:
+                    facts[f"{role}_{attr}"] = first[attr]
+        if kind == "more":
+            for attr in ("color", "shape"):
+                if c["a"].get(attr) is not None:
+                    facts[f"more_{attr}"] = c["a"][attr]
+    if not ok.any():
+        raise ValueError(f"No scene of at most {shapes.MAX_OBJECTS + 2} objects satisfies the spec {spec}.")
+    table = _COUNT_TABLE[ok]
+    fixed = (table == table[0]).all(0)
+    facts.update({name: int(table[0, k]) for k, name in enumerate(COUNT_FACTS) if fixed[k]})
+    return facts
+
+
+TRAIN_HOLDOUT = shapes.Holdout(pairs=tuple(shapes.DEFAULT_HOLDOUT.allowed_pairs()), counts=(), relations=())
+
+
+def _is_training_safe(spec: Mapping[str, object], scene, holdout: shapes.Holdout) -> bool:
+    """No held-out pair or count in the scene, no held-out relation stated."""
+    if scene is None or holdout.scene_violations(scene):
+        return False
+    for c in spec["constraints"]:
+        if c["type"] == "relation" and c["a"].get("color") and c["b"].get("color"):
+            if not holdout.relation_allowed(c["a"]["color"], c["rel"], c["b"]["color"]):
+                return False
+    return True
+
+
+def probe_dataset(
+    n_train: int = 2000, n_eval: int = 400, seed: int = 0, holdout: shapes.Holdout = shapes.DEFAULT_HOLDOUT
+) -> tuple[pd.DataFrame, Targets, np.ndarray, np.ndarray]:
+    """Prompts, targets and the split: train on benchmark-style prompts built on *allowed* compositions,
+    test on the benchmark itself (``make_benchmark(n_eval // 8, seed)``: held-out compositions only),
+    as the diffusion model is trained on the training stream and scored on the benchmark.
+
+    Returns (prompts table with id/prompt/skills/split, targets, train rows, test rows).
+    """
+    n_skills = len(shapes.COVERED_SKILLS)
+    if n_train < n_skills or n_eval < n_skills:
+        raise ValueError(
+            f"n_train and n_eval must be >= {n_skills} (one prompt per skill), got {n_train}, {n_eval}."
+        )
+    test = shapes.make_benchmark(n_eval // n_skills, seed=seed, holdout=holdout)
+    train_holdout = shapes.Holdout(pairs=tuple(holdout.allowed_pairs()), counts=(), relations=())
+    pool = shapes.make_benchmark(int(n_train / n_skills * 1.6) + 1, seed=seed + 1000, holdout=train_holdout)
+    pool = pool[[_is_training_safe(r.spec, r.scene, holdout) for r in pool.itertuples()]]
+    pool = pool[~pool.prompt.isin(set(test.prompt))]
+    pool = pool.groupby(pool.id.str.split("-").str[0], sort=False).head(-(-n_train // n_skills)).head(n_train)
+    table = pd.concat([pool.assign(split="train"), test.assign(split="test")], ignore_index=True)
+    table = table[["id", "prompt", "skills", "split", "spec"]]
+    facts = [spec_facts(spec) for spec in table.spec]
+    targets = Targets.from_facts(facts, SKILL_FACTS, table.skills)
+    rows = np.arange(len(table))
+    return table, targets, rows[table.split.to_numpy() == "train"], rows[table.split.to_numpy() == "test"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Features: every representation of the same prompts, normalized, encoded once
+
+
+@dataclass
+class Features:
+    """Normalized token sequences of several representations of the same N prompts (float16).
+
+    ``stack`` holds every hidden state ([N, T, L, D], LayerNorm per token) when the sweep needs per-layer
+    probes or ``learned``; ``layer:k`` reads slice k of it. Other strategies live in ``single``.
+    """
+
+    encoder: str
+    mask: torch.Tensor  # [N, T] bool
+    single: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N, T, D']
+    stack: torch.Tensor | None = None  # [N, T, L, D]
+    num_states: int = 0
+    requested: list[str] = field(default_factory=list)  # the sweep's members, in the requested order
+
+    @property
+    def names(self) -> list[str]:
+        layers = [f"layer:{k}" for k in range(self.num_states)] if self.stack is not None else []
+        return layers + (["learned"] if self.stack is not None else []) + list(self.single)
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        """Per-token input shape of a representation: (D,) or (L, D) for learned."""
+        if name == "learned":
+            return tuple(self.stack.shape[2:])
+        if name.startswith("layer:"):
+            return (self.stack.shape[3],)
+        return (self.single[name].shape[2],)
+
+    def batch(self, names: Sequence[str], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 inputs [R, B, T, *shape] and mask [B, T] for the members ``names`` (all of one shape);
+        T is trimmed to the longest prompt among ``rows``."""
+        rows_t = torch.as_tensor(rows)
+        mask = self.mask[rows_t]
+        length = int(mask.sum(1).max())
+        mask, rows_t = mask[:, :length], (rows_t, slice(0, length))
+        stacked = self.stack[rows_t] if self.stack is not None else None
+        parts = []
+        for name in names:
+            if name == "learned":
+                parts.append(stacked)
+            elif name.startswith("layer:"):
+                parts.append(stacked[:, :, int(name.split(":")[1])])
+            else:
+                parts.append(self.single[name][rows_t])
+        return torch.stack(parts).float(), mask
+
+
+def expand_representations(representations: Iterable[str], num_states: int) -> list[str]:
+    """Canonical names: ``layers`` -> every ``layer:k`` (k = 0 .. num_states - 1), strategies via
+    ``parse_strategy`` (``layer:-1`` -> ``layer:L-1``); duplicates dropped, order kept."""
+    if isinstance(representations, str):
+        representations = [representations]
+    names: list[str] = []
+    for rep in representations:
+        if rep == LAYERS:
+            names += [f"layer:{k}" for k in range(num_states)]
+            continue
+        strategy = parse_strategy(rep)
+        if strategy.kind == "layer":
+            k = strategy.layer % num_states if -num_states <= strategy.layer < num_states else strategy.layer
+            if not 0 <= k < num_states:
+                raise ValueError(
+                    f"Representation {rep!r}: the encoder has {num_states} hidden states (0..{num_states - 1})."
+                )
+            names.append(f"layer:{k}")
+        elif strategy.kind == "learned" and str(strategy) != "learned":
+            raise ValueError(
+                f"Representation {rep!r}: the probe supports plain 'learned' (every state, layernorm)."
+            )
+        else:
+            names.append(str(strategy))
+    return list(dict.fromkeys(names))
+
+
+def featurize(
+    encode: Callable[[list[str]], object],
+    prompts: Sequence[str],
+    representations: Iterable[str],
+    *,
+    encoder_name: str = "",
+    chunk: int = 128,
+    progress: bool = False,
+) -> Features:
+    """Encode every prompt once (all layers) and derive every representation from those states.
+
+    ``encode(prompts)`` returns an ``encoders.LayerStates`` (``FrozenEncoder.encode``) or any object with
+    ``hidden`` [L, B, T, D] and ``mask`` [B, T]. Prompts go in chunks so only one chunk's states are held.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("featurize needs at least one prompt.")
+    chunks = range(0, len(prompts), chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"encode {encoder_name}")
+    masks, stacks, singles, names = [], [], {}, None
+    for start in chunks:
+        states = encode(prompts[start : start + chunk])
+        hidden, mask = states.hidden.float(), states.mask.bool()
+        if names is None:
+            num_states = hidden.shape[0]
+            names = expand_representations(representations, num_states)
+            want_stack = any(n.startswith("layer:") or n == "learned" for n in names)
+            strategies = [n for n in names if not (n.startswith("layer:") or n == "learned")]
+        masks.append(mask)
+        m = mask[None, :, :, None].float()
+        if want_stack:  # every state, LayerNorm per token, padding zeroed: [B, T, L, D]
+            stacks.append((F.layer_norm(hidden, hidden.shape[-1:]) * m).permute(1, 2, 0, 3).half())
+        for name in strategies:
+            x = aggregate(hidden, mask, name)
+            singles.setdefault(name, []).append((F.layer_norm(x, x.shape[-1:]) * m[0]).half())
+    width = max(m.shape[1] for m in masks)
+    features = Features(
+        encoder=encoder_name,
+        mask=torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks]),
+        single={n: _cat_padded(parts, width) for n, parts in singles.items()},
+        stack=_cat_padded(stacks, width) if stacks else None,
+        num_states=num_states,
+        requested=names,
+    )
+    return features
+
+
+def _cat_padded(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Concatenate [B, T_i, ...] chunks along B after right-padding T_i to ``width`` with zeros."""
+    out = []
+    for p in parts:
+        pad = [0, 0] * (p.dim() - 2) + [0, width - p.shape[1]]
+        out.append(F.pad(p, pad))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The probe model
+
+
+class Probe(nn.Module):
+    """Learned queries attending over LayerNorm'd tokens, a shared value projection, a small MLP with
+    one softmax head per fact (the heads are slices of the last layer's output).
+
+    A learned query needs no key projection: ``q . (W_k x)`` is ``(W_k^T q) . x``, and the value
+    projection commutes with the attention-weighted sum, so attending in the input space and projecting
+    the pooled vectors is the usual attention pooling at a fraction of the cost. ``layers`` > 0 adds
+    softmax weights over stacked states (the ``learned`` strategy).
+    """
+
+    def __init__(
+        self, width: int, n_classes: Sequence[int], queries: int = 4, hidden: int = 64, layers: int = 0
+    ):
+        super().__init__()
+        self.layer_logits = nn.Parameter(torch.zeros(layers)) if layers else None
+        self.query = nn.Parameter(torch.randn(width, queries) / math.sqrt(width))
+        self.value = nn.Linear(width, hidden)
+        self.mlp = nn.Sequential(
+            nn.GELU(), nn.Linear(queries * hidden, hidden), nn.GELU(), nn.Linear(hidden, sum(n_classes))
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] (or [B, T, L, D] with layer weights), mask [B, T] -> logits [B, sum(classes)]."""
+        if self.layer_logits is not None:
+            x = torch.einsum("btld,l->btd", x, self.layer_logits.softmax(0))
+            x = F.layer_norm(x, x.shape[-1:])
+        scores = (x @ self.query).masked_fill(~mask[..., None], float("-inf"))  # [B, T, Q]
+        pooled = torch.einsum("btq,btd->bqd", scores.softmax(dim=1), x)
+        return self.mlp(self.value(pooled).flatten(1))
+
+
+def _init_probe(seed: int, shape: tuple[int, ...], n_classes: Sequence[int], opts: ProbeOptions) -> Probe:
+    """Same seed and shape -> same initial weights, whatever else is in the sweep."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        layers = shape[0] if len(shape) == 2 else 0
+        return Probe(shape[-1], n_classes, opts.queries, opts.hidden, layers)
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, n_classes: Sequence[int]) -> torch.Tensor:
+    """Sum over members and facts of the mean cross-entropy over prompts that state the fact."""
+    total = logits.new_zeros(())
+    members = logits.shape[0]
+    for k, part in enumerate(logits.split(list(n_classes), dim=-1)):
+        target = y[:, k].repeat(members)
+        n_valid = (y[:, k] >= 0).sum().clamp(min=1)
+        total = (
+            total + F.cross_entropy(part.flatten(0, 1), target, ignore_index=-1, reduction="sum") / n_valid
+        )
+    return total
+
+
+def _predict(logits: torch.Tensor, n_classes: Sequence[int]) -> torch.Tensor:
+    """Argmax class per fact: [R, B, sum(classes)] -> [R, B, K]."""
+    return torch.stack([part.argmax(-1) for part in logits.split(list(n_classes), dim=-1)], dim=-1)
+
+
+def _fit_group(
+    features: Features,
+    names: list[str],
+    targets: Targets,
+    train_y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    seed: int,
+    opts: ProbeOptions,
+) -> np.ndarray:
+    """Train one ensemble (one probe per name, same shape) and return test predictions [R, n_test, K]."""
+    shape = features.shape_of(names[0])
+    probes = [_init_probe(seed, shape, targets.n_classes, opts) for _ in names]
+    params, _ = torch.func.stack_module_state(probes)
+    base = copy.deepcopy(probes[0]).to("meta")
+
+    def call(p, x, m):
+        return torch.func.functional_call(base, p, (x, m))
+
+    forward = torch.vmap(call, in_dims=(0, 0, None))
+    optim = torch.optim.AdamW(params.values(), lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        optim, max_lr=opts.lr, total_steps=max(opts.steps, 1), pct_start=opts.warmup, cycle_momentum=False
+    )
+    order = np.random.default_rng(seed)  # the same batches for every representation at this seed
+    for _ in range(opts.steps):
+        rows = order.choice(len(train), size=min(opts.batch_size, len(train)), replace=False)
+        logits = forward(params, *features.batch(names, train[rows]))
+        loss = _loss(logits, torch.as_tensor(train_y[rows]), targets.n_classes)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+    preds = []
+    with torch.no_grad():
+        for start in range(0, len(test), opts.eval_batch):
+            rows = test[start : start + opts.eval_batch]
+            preds.append(_predict(forward(params, *features.batch(names, rows)), targets.n_classes))
+    return torch.cat(preds, dim=1).numpy()
+
+
+def train_probes(
+    features: Features,
+    targets: Targets,
+    train: np.ndarray,
+    test: np.ndarray,
+    *,
+    representations: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    options: ProbeOptions | None = None,
+    shuffle: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Train one probe per (representation, seed) on ``train`` rows and score it on ``test`` rows.
+
+    ``shuffle=True`` is the control: each training representation is paired with another prompt's facts
+    (a fixed permutation per seed), so the probe can only learn the class priors -> ``chance``.
+    Returns one row per (representation, seed, test prompt, applicable skill) with a ``correct`` column.
+    """
+    opts = options or ProbeOptions()
+    train, test = np.asarray(train), np.asarray(test)
+    _check_split(features, targets, train, test, opts)
+    names = list(representations or features.requested or features.names)
+    unknown = [n for n in names if n not in features.names]
+    if unknown:
+        raise ValueError(f"Representations {unknown} were not featurized; available: {features.names}.")
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name in names:
+        groups.setdefault(features.shape_of(name), []).append(name)
+    jobs = [
+        (seed, members[i : i + opts.max_members])
+        for seed in seeds
+        for members in groups.values()
+        for i in range(0, len(members), opts.max_members)
+    ]
+    if progress:
+        from tqdm.auto import tqdm
+
+        jobs = tqdm(jobs, desc=f"probe {features.encoder}")
+    frames = []
+    previous_threads = torch.get_num_threads()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    try:
+        for seed, members in jobs:
+            frames += _run_job(features, targets, train, test, seed, members, opts, shuffle)
+    finally:
+        torch.set_num_threads(previous_threads)
+    order = {n: i for i, n in enumerate(names)}
+    table = pd.concat(frames, ignore_index=True)
+    table["control"] = "shuffled" if shuffle else ""
+    return table.sort_values(
+        ["representation", "seed", "skill", "prompt"],
+        key=lambda c: c.map(order) if c.name == "representation" else c,
+        kind="stable",
+    ).reset_index(drop=True)
+
+
+def _run_job(features, targets, train, test, seed, members, opts, shuffle) -> list[pd.DataFrame]:
+    """One ensemble at one seed -> one frame of per-prompt correctness per (member, skill)."""
+    train_y = targets.values[train]
+    if shuffle:
+        train_y = train_y[np.random.default_rng([seed, 1]).permutation(len(train))]
+    pred = _fit_group(features, members, targets, train_y, train, test, seed, opts)
+    frames = []
+    for r, name in enumerate(members):
+        for skill, (applicable, correct) in skill_correct(pred[r], targets, test).items():
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "encoder": features.encoder,
+                        "representation": name,
+                        "seed": seed,
+                        "prompt": test[applicable],
+                        "skill": skill,
+                        "correct": correct[applicable],
+                    }
+                )
+            )
+    return frames
+
+
+def _check_split(
+    features: Features, targets: Targets, train: np.ndarray, test: np.ndarray, opts: ProbeOptions
+):
+    n = len(features.mask)
+    if len(targets.values) != n:
+        raise ValueError(
+            f"Features cover {n} prompts but targets {len(targets.values)}; build both from the same prompts."
+        )
+    for label, rows in (("train", train), ("test", test)):
+        if rows.ndim != 1 or len(rows) == 0 or rows.min() < 0 or rows.max() >= n:
+            raise ValueError(f"The {label} rows must be a non-empty 1-D array of prompt indices in [0, {n}).")
+    if np.intersect1d(train, test).size:
+        raise ValueError("train and test share prompts; the probe must be scored on held-out prompts only.")
+    if opts.steps < 1 or opts.batch_size < 1:
+        raise ValueError(
+            f"ProbeOptions needs steps >= 1 and batch_size >= 1, got {opts.steps} and {opts.batch_size}."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summarize(
+    table: pd.DataFrame, chance: pd.Series | None = None, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Accuracy per (encoder, control, representation, skill): mean over seeds, the seed spread, and a
+    percentile bootstrap CI over prompts of the seed-averaged per-prompt accuracy (+ ``chance``)."""
+    rng = np.random.default_rng(seed)
+    keys = ["encoder", "control", "representation", "skill"]
+    rows = []
+    for key, group in table.groupby(keys, sort=False):
+        per_seed = group.groupby("seed")["correct"].mean()
+        per_prompt = group.groupby("prompt")["correct"].mean().to_numpy(dtype=float)
+        if per_prompt.min() == per_prompt.max():  # every resample is the same: the CI is the point
+            low = high = per_prompt[0]
+        else:
+            ci = scipy.stats.bootstrap(
+                (per_prompt,), np.mean, n_resamples=n_boot, method="percentile", random_state=rng
+            ).confidence_interval
+            low, high = ci.low, ci.high
+        rows.append(
+            dict(
+                zip(keys, key, strict=True),
+                layer=_layer_index(key[2]),
+                n=len(per_prompt),
+                seeds=len(per_seed),
+                accuracy=per_seed.mean(),
+                ci_low=low,
+                ci_high=high,
+                seed_min=per_seed.min(),
+                seed_max=per_seed.max(),
+                seed_std=per_seed.std(ddof=0),
+            )
+        )
+    out = pd.DataFrame(rows)
+    if chance is not None:
+        out["chance"] = out.skill.map(chance)
+    return out
+
+
+def _layer_index(name: str) -> float:
+    return float(name.split(":")[1]) if name.startswith("layer:") else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The sweep the notebook runs: every encoder, every layer and strategy, the controls
+
+
+@dataclass
+class SweepResult:
+    """Per-prompt correctness of every probe, the chance floor per skill, timings, and the prompts."""
+
+    table: pd.DataFrame
+    chance: pd.Series
+    timings: pd.DataFrame
+    prompts: pd.DataFrame
+
+    def summary(self, n_boot: int = 1000) -> pd.DataFrame:
+        return summarize(self.table, self.chance, n_boot=n_boot)
+
+
+def sweep(
+    encoders: Sequence[str],
+    representations: Sequence[str] = DEFAULT_REPRESENTATIONS,
+    *,
+    skills: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    options: ProbeOptions | None = None,
+    n_train: int = 2000,
+    n_eval: int = 400,
+    data_seed: int = 0,
+    shuffled: bool = True,
+    random_init: Sequence[str] = (),
+    control_representations: Sequence[str] = ("last", "norm_mean"),
+    load: Callable[..., object] | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Probe every representation of every encoder on the same prompts, seeds and budget.
+
+    Controls: ``shuffled`` trains on ``control_representations`` with facts of other prompts (-> chance);
+    ``random_init`` lists encoders also probed with random weights of the same shape (same
+    representations). minilm-l6 in ``encoders`` is the bidirectional, T5-like reference.
+    ``load(name, random_init=...)`` defaults to ``encoders.load_encoder``.
+    """
+    if isinstance(encoders, str):
+        encoders = [encoders]
+    if not encoders:
+        raise ValueError("sweep needs at least one encoder, e.g. ['gemma3-270m', 'minilm-l6'].")
+    missing = sorted(set(random_init) - set(encoders))
+    if missing:
+        raise ValueError(
+            f"random_init names {missing}, which are not in encoders {list(encoders)}; add them there."
+        )
+    if load is None:
+        from t2istudy.encoders import load_encoder as load
+    opts = options or ProbeOptions()
+    prompts, targets, train, test = probe_dataset(n_train, n_eval, seed=data_seed)
+    targets = targets.subset(skills)
+    tables, timings = [], []
+    runs = [(name, False) for name in encoders] + [(name, True) for name in random_init]
+    for name, random in runs:
+        start = time.perf_counter()
+        encoder = load(name, random_init=random) if random else load(name)
+        label = f"{name} (random init)" if random else name
+        reps = list(control_representations) if random else list(representations)
+        if random or shuffled:
+            reps += [r for r in control_representations if r not in reps]
+        features = featurize(
+            lambda batch, encoder=encoder: encoder.encode(batch),
+            list(prompts.prompt),
+            reps,
+            encoder_name=name,
+            progress=progress,
+        )
+        del encoder
+        encoded = time.perf_counter()
+        main = train_probes(
+            features,
+            targets,
+            train,
+            test,
+            representations=expand_representations(
+                representations if not random else control_representations, features.num_states
+            ),
+            seeds=seeds,
+            options=opts,
+            progress=progress,
+        )
+        if random:
+            main["control"] = "random_init"
+        tables.append(main)
+        probed = time.perf_counter()
+        if shuffled and not random:
+            control_names = expand_representations(control_representations, features.num_states)
+            tables.append(
+                train_probes(
+                    features,
+                    targets,
+                    train,
+                    test,
+                    representations=control_names,
+                    seeds=seeds,
+                    options=opts,
+                    shuffle=True,
+                )
+            )
+        timings.append(
+            {
+                "encoder": label,
+                "num_states": features.num_states,
+                "members": len(main.representation.unique()),
+                "seeds": len(seeds),
+                "steps": opts.steps,
+                "encode_s": encoded - start,
+                "probe_s": probed - encoded,
+                "shuffled_s": time.perf_counter() - probed,
+                "load_1min": os.getloadavg()[0],
+            }
+        )
+        del features
+    return SweepResult(
+        pd.concat(tables, ignore_index=True), chance(targets, train, test), pd.DataFrame(timings), prompts
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_layer_curves(summary: pd.DataFrame, encoder: str, ncols: int = 4):
+    """One panel per skill: accuracy per layer (seed min-max shaded, mean line), the strategies as
+    horizontal reference lines, controls (random init, shuffled) dashed, chance dotted."""
+    import matplotlib.pyplot as plt
+
+    data = summary[summary.encoder == encoder]
+    if data.empty:
+        raise ValueError(
+            f"No probe results for encoder {encoder!r}; have {sorted(summary.encoder.unique())}."
+        )
+    skills = list(dict.fromkeys(data.skill))
+    nrows = -(-len(skills) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharex=True, sharey=True, squeeze=False
+    )
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    strategies = [
+        r for r in dict.fromkeys(data[data.control == ""].representation) if not r.startswith("layer:")
+    ]
+    colours = {r: palette[(i + 1) % len(palette)] for i, r in enumerate(strategies)}
+    for ax, skill in zip(axes.flat, skills, strict=False):
+        d = data[data.skill == skill]
+        layers = d[(d.control == "") & d.layer.notna()].sort_values("layer")
+        if not layers.empty:
+            ax.plot(layers.layer, layers.accuracy, color="black", lw=1.5, label="layer k")
+            ax.fill_between(layers.layer, layers.seed_min, layers.seed_max, color="black", alpha=0.2, lw=0)
+        for _, row in d[d.layer.isna()].iterrows():
+            style = {"": "-", "random_init": "--", "shuffled": ":"}[row.control]
+            colour = colours.get(row.representation, "gray") if row.control == "" else "gray"
+            label = row.representation if row.control == "" else f"{row.representation} ({row.control})"
+            ax.axhline(row.accuracy, color=colour, ls=style, lw=1, label=label)
+        if "chance" in d and d.chance.notna().any():
+            ax.axhline(d.chance.iloc[0], color="red", ls=":", lw=1, label="chance")
+        ax.set_title(f"{skill} (n={int(d.n.max())})", fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(skills) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("layer index (0 = embedding)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out exact accuracy")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.suptitle(f"Probe of {encoder}: what each layer and strategy keeps, per skill (band: seed min-max)")
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 6), 1, 0.97))
+    return fig
+
+
+def save_figures(
+    summary: pd.DataFrame, out_dir: str | os.PathLike = "figures", prefix: str = "probe"
+) -> list[Path]:
+    """``<out_dir>/<prefix>_<encoder>.{png,pdf,csv}`` per encoder and ``<prefix>_all.csv``."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{prefix}_all.csv"]
+    summary.to_csv(written[0], index=False, float_format="%.4f")
+    for encoder in summary.encoder.unique():
+        stem = out / f"{prefix}_{encoder.replace('/', '_')}"
+        fig = plot_layer_curves(summary, encoder)
+        fig.savefig(stem.with_suffix(".png"), dpi=120)
+        fig.savefig(stem.with_suffix(".pdf"))
+        plt.close(fig)
+        summary[summary.encoder == encoder].to_csv(stem.with_suffix(".csv"), index=False, float_format="%.4f")
+        written += [stem.with_suffix(s) for s in (".png", ".pdf", ".csv")]
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------
+# Does the probe predict the diffusion study?
+
+
+def relate_to_diffusion(summary: pd.DataFrame, runs: pd.DataFrame, ax=None) -> tuple[pd.DataFrame, pd.Series]:
+    """Scatter probe accuracy against diffusion per-skill scores and report the Spearman rank correlation.
+
+    ``runs``: one row per (run, skill) with columns ``encoder``, ``strategy``, ``skill``, ``score``
+    (e.g. the mean of ``scoring.summarize`` per skill). Strategy strings are canonicalized with
+    ``parse_strategy`` so "layer:-1" style names match. Returns (the joined table, a Series with
+    rho, p and n over all points); draws on ``ax`` when given.
+    """
+    needed = {"encoder", "strategy", "skill", "score"}
+    if not needed <= set(runs.columns):
+        raise ValueError(f"runs needs columns {sorted(needed)}, got {sorted(runs.columns)}.")
+    probes = summary[summary.control == ""][["encoder", "representation", "skill", "accuracy"]]
+    runs = runs.assign(representation=[str(parse_strategy(s)) for s in runs.strategy])
+    joined = runs.merge(probes, on=["encoder", "representation", "skill"], how="inner")
+    if len(joined) < 3:
+        raise ValueError(
+            f"Only {len(joined)} (encoder, strategy, skill) points are in both tables; probe the runs' "
+            "encoders and strategies (same skill names) first."
+        )
+    result = scipy.stats.spearmanr(joined.accuracy, joined.score)
+    stats = pd.Series({"rho": result.statistic, "p": result.pvalue, "n": len(joined)})
+    if ax is not None:
+        import seaborn as sns
+
+        sns.scatterplot(data=joined, x="accuracy", y="score", hue="skill", style="encoder", ax=ax)
+        ax.set_xlabel("probe accuracy (held-out, exact)")
+        ax.set_ylabel("diffusion score")
+        ax.set_title(f"Spearman rho = {stats.rho:.2f} (p = {stats.p:.3f}, n = {len(joined)})")
+    return joined, stats
