@@ -635,7 +635,7 @@ def train_probes(
         torch.set_num_threads(previous_threads)
     order = {n: i for i, n in enumerate(names)}
     table = pd.concat(frames, ignore_index=True)
-    table["control"] = "shuffled" if shuffle else ""
+    table["control"] = "shuffled" if shuffle else "none"
     return table.sort_values(
         ["representation", "seed", "skill", "prompt"],
         key=lambda c: c.map(order) if c.name == "representation" else c,
@@ -872,24 +872,32 @@ def plot_layer_curves(summary: pd.DataFrame, encoder: str, ncols: int = 4):
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharex=True, sharey=True, squeeze=False
     )
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = [
+        c for i, c in enumerate(plt.rcParams["axes.prop_cycle"].by_key()["color"]) if i != 3
+    ]  # red = chance
     strategies = [
-        r for r in dict.fromkeys(data[data.control == ""].representation) if not r.startswith("layer:")
+        r for r in dict.fromkeys(data[data.control == "none"].representation) if not r.startswith("layer:")
     ]
-    colours = {r: palette[(i + 1) % len(palette)] for i, r in enumerate(strategies)}
+    colours = {r: palette[i % len(palette)] for i, r in enumerate(strategies)}
     for ax, skill in zip(axes.flat, skills, strict=False):
         d = data[data.skill == skill]
-        layers = d[(d.control == "") & d.layer.notna()].sort_values("layer")
+        layers = d[(d.control == "none") & d.layer.notna()].sort_values("layer")
         if not layers.empty:
             ax.plot(layers.layer, layers.accuracy, color="black", lw=1.5, label="layer k")
             ax.fill_between(layers.layer, layers.seed_min, layers.seed_max, color="black", alpha=0.2, lw=0)
         for _, row in d[d.layer.isna()].iterrows():
-            style = {"": "-", "random_init": "--", "shuffled": ":"}[row.control]
-            colour = colours.get(row.representation, "gray") if row.control == "" else "gray"
-            label = row.representation if row.control == "" else f"{row.representation} ({row.control})"
-            ax.axhline(row.accuracy, color=colour, ls=style, lw=1, label=label)
+            style = {"none": "-", "random_init": "--", "shuffled": ":"}[row.control]
+            colour = "gray" if row.control == "shuffled" else colours.get(row.representation, "gray")
+            label = row.representation if row.control == "none" else f"{row.representation} ({row.control})"
+            ax.axhline(row.accuracy, color=colour, ls=style, lw=1.2, label=label)
         if "chance" in d and d.chance.notna().any():
-            ax.axhline(d.chance.iloc[0], color="red", ls=":", lw=1, label="chance")
+            ax.axhline(
+                d.chance.iloc[0],
+                color=plt.rcParams["axes.prop_cycle"].by_key()["color"][3],
+                ls="-.",
+                lw=1.2,
+                label="chance",
+            )
         ax.set_title(f"{skill} (n={int(d.n.max())})", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
@@ -942,7 +950,7 @@ def relate_to_diffusion(summary: pd.DataFrame, runs: pd.DataFrame, ax=None) -> t
     needed = {"encoder", "strategy", "skill", "score"}
     if not needed <= set(runs.columns):
         raise ValueError(f"runs needs columns {sorted(needed)}, got {sorted(runs.columns)}.")
-    probes = summary[summary.control == ""][["encoder", "representation", "skill", "accuracy"]]
+    probes = summary[summary.control == "none"][["encoder", "representation", "skill", "accuracy"]]
     runs = runs.assign(representation=[str(parse_strategy(s)) for s in runs.strategy])
     joined = runs.merge(probes, on=["encoder", "representation", "skill"], how="inner")
     if len(joined) < 3:
