@@ -195,17 +195,40 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
     return declared
 
 
-def check_parameters(notebook: str | Path, params: dict[str, Any], where: str = "") -> None:
+def unparsable_parameters(notebook: str | Path) -> dict[str, str]:
+    """Assignments in the parameters cell that papermill cannot read (it skips a line with two '=')."""
+    import nbformat
+
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    source = next((c.source for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
+    lines = {}
+    for line in source.splitlines():
+        match = re.match(r"^([A-Za-z_]\w*)\s*(:[^=]*)?=[^=]", line)
+        if match and line.count("=") > 1:
+            lines[match.group(1)] = line
+    return lines
+
+
+def check_parameters(
+    notebook: str | Path, params: dict[str, Any], where: str = "", need_out_dir: bool = True
+) -> None:
     """Reject parameters the notebook does not declare (papermill would inject them without a word)."""
     declared = notebook_parameters(notebook)
     unknown = sorted(set(params) - set(declared))
+    src = f"{where}: " if where else ""
+    unparsable = {k: v for k, v in unparsable_parameters(notebook).items() if k in unknown}
+    if unparsable:
+        name, line = next(iter(unparsable.items()))
+        raise ValueError(
+            f"{src}{notebook} declares {name!r} on a line papermill cannot parse ({line!r}): a parameter line "
+            f"may hold only one '=' (rephrase comments such as '>= 3' or 'None = all'), so it cannot be set."
+        )
     if unknown:
-        src = f"{where}: " if where else ""
         raise ValueError(
             f"{src}parameter(s) {unknown} are not declared by {notebook}; it declares "
             f"{sorted(declared)}. Fix the spelling, or add the parameter to the notebook's 'parameters' cell."
         )
-    if "out_dir" not in declared:
+    if need_out_dir and "out_dir" not in declared:
         raise ValueError(
             f"{notebook} must declare an 'out_dir' parameter: the runner passes the run directory."
         )
@@ -380,6 +403,9 @@ def execute_run(
     write_json(out / "params.json", _params_record(spec))
     write_json(out / "RUNNING", {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()})
     os.environ[RUNNER_ENV] = "1"
+    os.environ.setdefault(
+        "TQDM_DISABLE", "1"
+    )  # progress bars would only clutter the executed notebook and logs
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
@@ -424,13 +450,7 @@ def execute_notebook(
     Used for the study's side notebooks (layer norms, judge validation, probe) and the analysis.
     """
     params = dict(params or {})
-    declared = notebook_parameters(notebook)
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        raise ValueError(
-            f"parameter(s) {unknown} are not declared by {notebook}; it declares {sorted(declared)}. "
-            f"Fix the spelling, or add the parameter to the notebook's 'parameters' cell."
-        )
+    check_parameters(notebook, params, need_out_dir=False)
     out = Path(out_dir)
     spec = RunSpec(out.parent.name, out.name, str(Path(notebook).resolve()), params)
     check_schema(out)

@@ -88,7 +88,20 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
 
 
 # Quick settings of the side notebooks, as their owners' parameters cells declare them.
-QUICK_SIDE_PARAMS: dict[str, dict[str, Any]] = {"judge_validation": {}, "probe": {}}
+QUICK_SIDE_PARAMS: dict[str, dict[str, Any]] = {
+    "judge_validation": {},
+    "probe": {
+        "encoders": ["smollm2-135m", "minilm-l6"],
+        "representations": ["last", "norm_mean"],
+        "seeds": [0],
+        "steps": 50,
+        "n_train": 200,
+        "n_eval": 80,
+        "shuffled": False,
+        "random_init": [],
+        "n_boot": 100,
+    },
+}
 
 
 def run_study(

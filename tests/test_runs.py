@@ -267,3 +267,14 @@ def test_finish_run_marks_interactive_runs_done(tmp_path, monkeypatch):
 def test_fake_notebook_source_compiles():
     # a syntax error in the fake notebook would show up as confusing "failed" runs in the tests above
     compile(FAKE_SOURCE, "fake", "exec")
+
+
+def test_parameter_line_papermill_cannot_parse_is_reported(tmp_path, nb):
+    bad = nbformat.read(nb, as_version=4)
+    bad.cells[0].source += "\nsteps = 3  # keep >= 2"
+    nbformat.write(bad, tmp_path / "bad.ipynb")
+    assert "steps" not in runs.notebook_parameters(tmp_path / "bad.ipynb")  # papermill skipped the line
+    assert runs.unparsable_parameters(tmp_path / "bad.ipynb") == {"steps": "steps = 3  # keep >= 2"}
+    runs.check_parameters(tmp_path / "bad.ipynb", {"x": 1})  # fine while 'steps' is not set
+    with pytest.raises(ValueError, match="'steps' on a line papermill cannot parse.*only one '='"):
+        runs.check_parameters(tmp_path / "bad.ipynb", {"steps": 1})
