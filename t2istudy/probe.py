@@ -53,7 +53,7 @@ class ProbeOptions:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
-    warmup: float = 0.05  # fraction of steps with a linear lr ramp, then cosine decay (OneCycleLR)
+    warmup: float = 0.05  # fraction of steps with a linear lr ramp, then cosine decay
     queries: int = 4  # learned queries attending over the tokens
     hidden: int = 64  # MLP width between the pooled queries and the heads
     max_members: int = 32  # probes trained together in one vmapped ensemble (memory vs speed)
@@ -566,8 +566,9 @@ def _fit_group(
 
     forward = torch.vmap(call, in_dims=(0, 0, None))
     optim = torch.optim.AdamW(params.values(), lr=opts.lr, weight_decay=opts.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        optim, max_lr=opts.lr, total_steps=max(opts.steps, 1), pct_start=opts.warmup, cycle_momentum=False
+    warmup = max(1, round(opts.warmup * opts.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then cosine decay to 0
+        optim, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / opts.steps))
     )
     order = np.random.default_rng(seed)  # the same batches for every representation at this seed
     for _ in range(opts.steps):
