@@ -15,16 +15,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # the backend is matplotlib's choice: inline in Jupyter, Agg headless
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")  # headless: papermill, CI and SLURM nodes have no display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from t2istudy.genai_bench import SKILL_GROUPS  # noqa: E402
+from t2istudy.genai_bench import SKILL_GROUPS
 
 OURS = "ours (shapes world, pixel judge)"
 PAPER = "paper (GenAI-Bench, VQAScore)"
