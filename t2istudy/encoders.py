@@ -158,15 +158,18 @@ def converted_dir(resolved: ResolvedEncoder) -> Path:
                 f"to a Hugging Face directory instead and pass that directory."
             ) from err
         raise
+    # Only the base model is kept (no LM head: smaller, and loads without an "unexpected key" report).
     # A GGUF-loaded model refuses save_pretrained while it carries the quantization marker;
     # its weights are already dequantized to float32, so the marker is dropped.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")
+    base = getattr(model, "model", model)
+    for m in {id(model): model, id(base): base}.values():
+        m.hf_quantizer = None
+        m.is_quantized = False
+        if hasattr(m.config, "quantization_config"):
+            delattr(m.config, "quantization_config")
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    base.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "t2istudy_source.json").write_text(
         json.dumps({"gguf": str(Path(resolved.location) / resolved.gguf_file), "dtype": "float32"}, indent=1)
