@@ -7,7 +7,14 @@ import torch
 
 from t2istudy.encoders import LayerStates, load_encoder
 from t2istudy.plots_layers import plot_layer_norms, plot_layer_similarity, save_figure
-from t2istudy.stats import encoder_layer_stats, layer_norm_stats, layer_similarity, norm_spread, token_norms
+from t2istudy.stats import (
+    encoder_layer_stats,
+    layer_norm_stats,
+    layer_similarity,
+    load_prompts,
+    norm_spread,
+    token_norms,
+)
 
 # Two states, two prompts, two token slots, width 2. Prompt 1 has one real token; its padding slot
 # holds a huge vector that must never enter any statistic.
@@ -128,3 +135,20 @@ def test_plots_write_png_pdf_csv(tmp_path):
         .splitlines()[0]
         .startswith("encoder,layer,depth,norm,tokens")
     )
+
+
+def test_load_prompts_sources(tmp_path):
+    shipped = load_prompts("genai-bench")
+    assert len(shipped) == 527
+    assert load_prompts("genai-bench", 3) == shipped[:3]
+    (tmp_path / "p.txt").write_text("a red cube\n\n two cats \n")
+    assert load_prompts(tmp_path / "p.txt") == ["a red cube", "two cats"]
+    (tmp_path / "p.csv").write_text("prompt,x\nsky,1\nsea,2\n")
+    assert load_prompts(str(tmp_path / "p.csv"), 1) == ["sky"]
+    (tmp_path / "bad.csv").write_text("text\nsky\n")
+    with pytest.raises(ValueError, match="no 'prompt' column"):
+        load_prompts(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="is not 'genai-bench'"):
+        load_prompts(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="positive integer"):
+        load_prompts("genai-bench", 0)
