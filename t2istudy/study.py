@@ -34,10 +34,13 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)
     always: bool = False  # re-run even when complete (analysis reads the latest runs)
 
-    def describe(self) -> str:
+    def describe(self, runs_dir: str | Path = "runs") -> str:
         if self.grid:
             return f"grid {self.grid}"
-        return f"{self.notebook} -> <runs>/{self.out} {self.params}"
+        params = {
+            k: v.replace("{runs}", str(runs_dir)) if isinstance(v, str) else v for k, v in self.params.items()
+        }
+        return f"{self.notebook} -> {Path(runs_dir) / self.out} {params}"
 
 
 def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Step]:
@@ -124,7 +127,7 @@ def run_study(
             log(f"== [{i}/{len(steps)}] {step.name}: skipped (--skip)")
             continue
         log(
-            f"== [{i}/{len(steps)}] {step.name}: {step.describe()}  (study {time.perf_counter() - start:.0f} s)"
+            f"== [{i}/{len(steps)}] {step.name}: {step.describe(runs_dir)}  (study {time.perf_counter() - start:.0f} s)"
         )
         ok, message = _run_step(step, Path(runs_dir), workers, log)
         if not ok:
