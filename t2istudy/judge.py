@@ -112,7 +112,9 @@ def detect(image: np.ndarray | Image.Image, min_area: float = MIN_AREA) -> tuple
                 continue
             y0, y1 = max(0, ys.min() - pad), min(side, ys.max() + 1 + pad)
             x0, x1 = max(0, xs.min() - pad), min(side, xs.max() + 1 + pad)
-            window = alpha[y0:y1, x0:x1]
+            # colours drawn brighter or paler than the palette give a plateau away from 1: rescale to it
+            level = max(float(np.percentile(alpha[component], 90)), ALPHA)
+            window = alpha[y0:y1, x0:x1] / level
             weight = ~(solid & ~component)[y0:y1, x0:x1]  # ignore pixels of other objects
             box = (xs.min() - x0, ys.min() - y0, xs.max() + 1 - x0, ys.max() + 1 - y0)
             shape = _classify(window, weight, box, side)
