@@ -143,10 +143,10 @@ def render(scene: Scene, resolution: int = 32, supersample: int = 4) -> np.ndarr
     for obj in scene.objects:
         x0, y0, x1, y1 = (v * side for v in obj.box())
         fill = PALETTE[obj.color]
-        if obj.shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
+        if obj.shape == "circle":  # PIL's ellipse/rectangle include their last pixel: x1 - 1
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
         elif obj.shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
         else:
             draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
     return np.asarray(image.resize((resolution, resolution), Image.Resampling.BOX), dtype=np.uint8)
@@ -655,7 +655,7 @@ class _Gen:
             items = [(big[1], big[0], SIZES["large"]), (small[1], small[0], SIZES["small"])]
         else:  # count comparison
             na = int(self.rng.integers(2, 4))
-            nb = int(self.rng.integers(1, na))
+            nb = int(self.rng.integers(1, min(na, MAX_OBJECTS - na + 1)))
             if self.rng.random() < 0.5:  # "fewer a than b" == "more b than a"
                 word, (na, nb) = "fewer", (nb, na)
             else:
