@@ -349,6 +349,15 @@ def write_results(
     return out_dir / "metrics.json"
 
 
+def at_repo_root() -> Path:
+    """Notebooks opened in JupyterLab from notebooks/ run there; make relative paths (runs/, cache/,
+    figures/) mean the same as under papermill, which runs from the repository root."""
+    cwd = Path.cwd()
+    if cwd.name == "notebooks" and (cwd.parent / "t2istudy").is_dir() and (cwd.parent / "grids").is_dir():
+        os.chdir(cwd.parent)
+    return Path.cwd()
+
+
 def finish_run(out_dir: str | Path) -> None:
     """Last cell of a run notebook: mark the run complete when executed by hand (JupyterLab).
 

@@ -278,3 +278,12 @@ def test_parameter_line_papermill_cannot_parse_is_reported(tmp_path, nb):
     runs.check_parameters(tmp_path / "bad.ipynb", {"x": 1})  # fine while 'steps' is not set
     with pytest.raises(ValueError, match="'steps' on a line papermill cannot parse.*only one '='"):
         runs.check_parameters(tmp_path / "bad.ipynb", {"steps": 1})
+
+
+def test_at_repo_root_moves_out_of_notebooks_only_in_a_checkout(tmp_path, monkeypatch):
+    for d in ("t2istudy", "grids", "notebooks", "other/notebooks"):
+        (tmp_path / d).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert runs.at_repo_root() == tmp_path
+    monkeypatch.chdir(tmp_path / "other" / "notebooks")
+    assert runs.at_repo_root() == tmp_path / "other" / "notebooks"  # not a checkout: stay
