@@ -41,7 +41,7 @@ from torch import nn
 from t2istudy import shapes
 from t2istudy.aggregation import aggregate, parse_strategy
 
-LAYERS = "layers"  # representation keyword: every hidden state, one probe per layer ("layer:k")
+LAYERS = "layers"  # representation keyword: every hidden state, one probe per layer ("layer:k"); "layers/k"
 DEFAULT_REPRESENTATIONS = (LAYERS, "last", "mean", "norm_mean", "norm_mean[no_embed]", "concat", "learned")
 
 
@@ -399,14 +399,20 @@ class Features:
 
 
 def expand_representations(representations: Iterable[str], num_states: int) -> list[str]:
-    """Canonical names: ``layers`` -> every ``layer:k`` (k = 0 .. num_states - 1), strategies via
+    """Canonical names: ``layers`` -> every ``layer:k`` (k = 0 .. num_states - 1; ``layers/3``: every 3rd
+    state, a cheaper sweep of deep encoders), strategies via
     ``parse_strategy`` (``layer:-1`` -> ``layer:L-1``); duplicates dropped, order kept."""
     if isinstance(representations, str):
         representations = [representations]
     names: list[str] = []
     for rep in representations:
-        if rep == LAYERS:
-            names += [f"layer:{k}" for k in range(num_states)]
+        if rep == LAYERS or rep.startswith(LAYERS + "/"):
+            step = rep[len(LAYERS) + 1 :] or "1"
+            if not step.isdigit() or int(step) < 1:
+                raise ValueError(
+                    f"Representation {rep!r}: use 'layers' (every state) or 'layers/<k>' (every k-th)."
+                )
+            names += [f"layer:{k}" for k in range(0, num_states, int(step))]
             continue
         strategy = parse_strategy(rep)
         if strategy.kind == "layer":

@@ -208,6 +208,9 @@ def test_bad_input_is_named(synthetic):
         P.expand_representations(["layer:7"], 3)
     with pytest.raises(ValueError, match="Unknown strategy kind"):
         P.expand_representations(["avg"], 3)
+    assert P.expand_representations(["layers/3"], 7) == ["layer:0", "layer:3", "layer:6"]
+    with pytest.raises(ValueError, match="every k-th"):
+        P.expand_representations(["layers/0"], 7)
     assert P.expand_representations(["layers", "layer:-1", "norm_mean[layernorm]"], 2) == [
         "layer:0",
         "layer:1",
