@@ -38,6 +38,7 @@ import pandas as pd
 SCHEMA_VERSION = 1
 GRID_KEYS = ("name", "notebook", "description", "schema_version", "params", "axes", "exclude", "include")
 MARKERS = ("DONE", "FAILED", "RUNNING")
+CACHE_KEYS = ("encoder", "strategy")  # runs sharing these share an embedding cache entry
 RUNNER_ENV = "T2ISTUDY_RUNNER"  # set while the runner executes a notebook: the runner writes DONE itself
 
 
@@ -565,18 +566,31 @@ def run_grid(
         f"{len(busy)} running elsewhere, {len(todo)} to run ({launcher}, workers={workers})")  # fmt: skip
     if not todo:
         return results
-    start = time.perf_counter()
-    if launcher == "local":
-        results += _run_local(todo, root, workers, log, start)
-    elif launcher == "slurm":
-        results += _run_submitit(todo, root, grid_dir, cluster or "slurm", slurm or {}, log, start)
-    else:
+    if launcher not in ("local", "slurm"):
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
+    start = time.perf_counter()
+    parallel = launcher == "slurm" or workers > 1
+    for wave in cache_waves(todo) if parallel else [todo]:
+        if launcher == "local":
+            results += _run_local(wave, root, workers, log, start)
+        else:
+            results += _run_submitit(wave, root, grid_dir, cluster or "slurm", slurm or {}, log, start)
     failed = [r for r in results if r.state == "failed"]
     log(f"[grid {grid.name}] finished in {time.perf_counter() - start:.0f} s: "
         f"{sum(r.state == 'done' for r in results)} new, {len(failed)} failed"
         + "".join(f"\n  FAILED {r.run_id}: {r.error} (see {r.path}/notebook.ipynb)" for r in failed))  # fmt: skip
     return results
+
+
+def cache_waves(todo: list[RunSpec], keys: tuple[str, ...] = CACHE_KEYS) -> list[list[RunSpec]]:
+    """Two waves for parallel execution: first one run per embedding cache entry (encoder, strategy),
+    then the rest, so that two processes never build the same cache entry at the same time."""
+    first: dict[tuple, RunSpec] = {}
+    for spec in todo:
+        first.setdefault(tuple(str(spec.params.get(k)) for k in keys), spec)
+    wave1 = list(first.values())
+    wave2 = [s for s in todo if s not in wave1]
+    return [w for w in (wave1, wave2) if w]
 
 
 def _report(log, i: int, n: int, result: RunResult, start: float) -> None:

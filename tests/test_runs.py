@@ -287,3 +287,14 @@ def test_at_repo_root_moves_out_of_notebooks_only_in_a_checkout(tmp_path, monkey
     assert runs.at_repo_root() == tmp_path
     monkeypatch.chdir(tmp_path / "other" / "notebooks")
     assert runs.at_repo_root() == tmp_path / "other" / "notebooks"  # not a checkout: stay
+
+
+def test_cache_waves_build_each_cache_entry_once_before_the_rest():
+    specs = [
+        runs.RunSpec("g", f"{e}-{st}-{seed}", "nb", {"encoder": e, "strategy": st, "seed": seed})
+        for e in ("a", "b") for st in ("last", "mean") for seed in (0, 1, 2)
+    ]  # fmt: skip
+    wave1, wave2 = runs.cache_waves(specs)
+    assert [s.run_id for s in wave1] == ["a-last-0", "a-mean-0", "b-last-0", "b-mean-0"]
+    assert len(wave2) == 8 and not set(wave1) & set(wave2)
+    assert runs.cache_waves(specs[:1]) == [specs[:1]]
