@@ -791,6 +791,44 @@ def sweep(
     if load is None:
         from t2istudy.encoders import load_encoder as load
     opts = options or ProbeOptions()
+    previous_threads = torch.get_num_threads()
+    if opts.threads:  # encoding too: with busy cores, 2 OpenMP threads wait on each other (~10x slower)
+        torch.set_num_threads(opts.threads)
+    try:
+        return _sweep(
+            encoders,
+            representations,
+            skills,
+            seeds,
+            opts,
+            n_train,
+            n_eval,
+            data_seed,
+            shuffled,
+            random_init,
+            control_representations,
+            load,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _sweep(
+    encoders,
+    representations,
+    skills,
+    seeds,
+    opts,
+    n_train,
+    n_eval,
+    data_seed,
+    shuffled,
+    random_init,
+    control_representations,
+    load,
+    progress,
+) -> SweepResult:
     prompts, targets, train, test = probe_dataset(n_train, n_eval, seed=data_seed)
     targets = targets.subset(skills)
     tables, timings = [], []
