@@ -86,6 +86,13 @@ def test_retries_on_429_500_timeout_and_malformed(tmp_path):
     assert len({round(r["score"], 12) for r in out}) == 1  # same default answer everywhere
 
 
+def test_concurrency_is_bounded(tmp_path):
+    prompts = [f"prompt {i}" for i in range(12)]
+    with FakeVQAServer(plan=dict.fromkeys(prompts, ["slow", "ok"]), slow_s=0.2) as server:
+        out = fast(server, tmp_path, max_workers=3, timeout_s=5.0).score(images(12), prompts)
+    assert len(out) == 12 and server.max_in_flight == 3
+
+
 def test_cache_hits_send_nothing_and_survive_a_new_client(tmp_path):
     prompts = ["a red circle", "two blue squares", "a red circle"]
     ims = images(3)

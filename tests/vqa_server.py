@@ -34,6 +34,7 @@ class FakeVQAServer:
         self.plan = plan or {}
         self.slow_s = slow_s
         self.attempts: Counter[str] = Counter()
+        self.in_flight = self.max_in_flight = 0
         self.log: list[dict] = []
         self.lock = threading.Lock()
         server = self
@@ -44,7 +45,14 @@ class FakeVQAServer:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.handle(self, body)
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    server.handle(self, body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
