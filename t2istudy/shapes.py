@@ -28,6 +28,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -912,3 +913,19 @@ def hard_negative(
         if cand.objects and not scene_satisfies(cand, spec):
             return cand
     return None
+
+
+def save_benchmark(bench: pd.DataFrame, path: str | Path) -> Path:
+    """Write :func:`benchmark_to_json` to ``path`` (kept beside a run so its prompts are on record)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(benchmark_to_json(bench), encoding="utf-8")
+    return path
+
+
+def load_benchmark(path: str | Path) -> pd.DataFrame:
+    """Read a file written by :func:`save_benchmark`; errors name the file and the bad item."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Benchmark file not found: {path}; write one with shapes.save_benchmark.")
+    return benchmark_from_json(path.read_text(encoding="utf-8"), where=str(path))

@@ -28,7 +28,6 @@ def test_validation_ground_truth_and_hard_negatives(bench):
     assert len(per_skill) == 8 and (per_skill.accuracy >= 0.98).all()
 
 
-@pytest.mark.slow
 def test_validation_under_noise_and_blur(bench):
     small = bench.groupby(bench["skills"].map(lambda s: s[0])).head(15)
     table = validate(small, noise_levels=(20.0,), blur_levels=(1.0,), resolution=32, seed=1)

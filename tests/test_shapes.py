@@ -21,8 +21,10 @@ from t2istudy.shapes import (
     benchmark_to_json,
     check_constraints,
     hard_negative,
+    load_benchmark,
     make_benchmark,
     render,
+    save_benchmark,
     scene_facts,
     scene_satisfies,
     validate_spec,
@@ -202,6 +204,16 @@ def test_benchmark_json_round_trip_and_errors(bench):
     broken[2]["spec"]["constraints"][0]["type"] = "weird"
     with pytest.raises(ValueError, match=r"item 2 \(attribute-0003\).*unknown type 'weird'"):
         benchmark_from_json(json.dumps(broken))
+
+
+def test_benchmark_file(bench, tmp_path):
+    path = save_benchmark(bench.head(8), tmp_path / "bench.json")
+    assert load_benchmark(path)["id"].tolist() == bench["id"].head(8).tolist()
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_benchmark(tmp_path / "missing.json")
+    path.write_text('[{"id": "x1", "prompt": "p"}]')
+    with pytest.raises(ValueError, match=r"bench.json item 0 \(x1\): needs keys"):
+        load_benchmark(path)
 
 
 def test_hard_negatives_break_the_spec_minimally(bench):
