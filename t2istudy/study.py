@@ -61,7 +61,7 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
             "judge-validation",
             notebook="notebooks/judge_validation.ipynb",
             out=f"judge_validation/{tag}",
-            params=QUICK_SIDE_PARAMS["judge_validation"] if quick else {},
+            params=QUICK_SIDE_PARAMS["judge_validation"] if quick else {"n_per_skill": 125},
         ),  # fmt: skip
         Step(
             "probe",
@@ -92,7 +92,7 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
 
 # Quick settings of the side notebooks, as their owners' parameters cells declare them.
 QUICK_SIDE_PARAMS: dict[str, dict[str, Any]] = {
-    "judge_validation": {},
+    "judge_validation": {"n_per_skill": 15, "noise_levels": [20], "blur_levels": [1.0]},
     "probe": {
         "encoders": ["smollm2-135m", "minilm-l6"],
         "representations": ["last", "norm_mean"],
