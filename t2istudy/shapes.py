@@ -548,7 +548,8 @@ class _Gen:
     def size(self) -> float:
         return SIZES[_pick(self.rng, tuple(SIZES))]
 
-    def background(self, skills: list[str], constraints: list, text: str, p: float = 0.3) -> str:
+    def background(self, skills: list[str], constraints: list, text: str, p: float = 0.3) -> tuple[str, str]:
+        """A random background; with probability p the prompt states it (and the scene tag is added)."""
         bg = _pick(self.rng, tuple(BACKGROUNDS))
         if self.rng.random() < p:
             skills.append("scene")
