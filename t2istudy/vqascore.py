@@ -36,7 +36,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,14 +187,12 @@ class VQAScore:
     """``VQAScore(model=..., base_url=..., cache_path=...).score(images, prompts)`` -> one dict per item."""
 
     def __init__(self, options: VQAOptions | None = None, **overrides: Any) -> None:
-        self.options = options or VQAOptions()
         unknown = set(overrides) - set(VQAOptions.__dataclass_fields__)
         if unknown:
             raise ValueError(
                 f"Unknown VQAScore options {sorted(unknown)}; known: {list(VQAOptions.__dataclass_fields__)}."
             )
-        for name, value in overrides.items():
-            setattr(self.options, name, value)
+        self.options = replace(options or VQAOptions(), **overrides)
         key = os.environ.get(self.options.api_key_env, "").strip()
         if not key:
             raise ValueError(
