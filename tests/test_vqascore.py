@@ -157,3 +157,8 @@ def test_scorer_interface_table(tmp_path):
     assert table["id"].tolist() == ["00001", "00002"]
     assert table.attrs["usage"]["answered"] == 2
     assert KEY not in repr(table.attrs) and KEY not in repr(scorer.client.options)
+
+
+def test_unknown_option_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown VQAScore options \['temprature'\]"):
+        VQAScore(temprature=0.5, cache_path=str(tmp_path / "c.sqlite"))
