@@ -450,7 +450,7 @@ def featurize(
         raise ValueError("featurize needs at least one prompt.")
     chunks = range(0, len(prompts), chunk)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         chunks = tqdm(chunks, desc=f"encode {encoder_name}")
     masks, stacks, singles, names = [], [], {}, None
@@ -628,7 +628,7 @@ def train_probes(
         for i in range(0, len(members), opts.max_members)
     ]
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         jobs = tqdm(jobs, desc=f"probe {features.encoder}")
     frames = []
@@ -984,20 +984,23 @@ def save_figures(
 # Does the probe predict the diffusion study?
 
 
-def relate_to_diffusion(summary: pd.DataFrame, runs: pd.DataFrame, ax=None) -> tuple[pd.DataFrame, pd.Series]:
-    """Scatter probe accuracy against diffusion per-skill scores and report the Spearman rank correlation.
+def relate_to_diffusion(
+    summary: pd.DataFrame, runs: pd.DataFrame, score: str = "mean", ax=None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Scatter probe accuracy against diffusion per-skill scores; report the Spearman rank correlation.
 
-    ``runs``: one row per (run, skill) with columns ``encoder``, ``strategy``, ``skill``, ``score``
-    (e.g. the mean of ``scoring.summarize`` per skill). Strategy strings are canonicalized with
-    ``parse_strategy`` so "layer:-1" style names match. Returns (the joined table, a Series with
-    rho, p and n over all points); draws on ``ax`` when given.
+    ``runs``: per-skill diffusion scores, e.g. ``runs.load_metrics("runs", grid)`` (columns ``encoder``,
+    ``strategy``, ``skill`` and the ``score`` column, default ``mean``); runs that differ only in seed are
+    averaged, group rows (basic / advanced / overall) drop out in the join. Strategy strings are
+    canonicalized with ``parse_strategy``. Returns (the joined table, Series of rho, p, n); draws on ``ax``.
     """
-    needed = {"encoder", "strategy", "skill", "score"}
+    needed = {"encoder", "strategy", "skill", score}
     if not needed <= set(runs.columns):
         raise ValueError(f"runs needs columns {sorted(needed)}, got {sorted(runs.columns)}.")
     probes = summary[summary.control == "none"][["encoder", "representation", "skill", "accuracy"]]
     runs = runs.assign(representation=[str(parse_strategy(s)) for s in runs.strategy])
-    joined = runs.merge(probes, on=["encoder", "representation", "skill"], how="inner")
+    scores = runs.groupby(["encoder", "representation", "skill"], as_index=False)[score].mean()
+    joined = scores.rename(columns={score: "score"}).merge(probes, on=["encoder", "representation", "skill"])
     if len(joined) < 3:
         raise ValueError(
             f"Only {len(joined)} (encoder, strategy, skill) points are in both tables; probe the runs' "
@@ -1010,6 +1013,6 @@ def relate_to_diffusion(summary: pd.DataFrame, runs: pd.DataFrame, ax=None) -> t
 
         sns.scatterplot(data=joined, x="accuracy", y="score", hue="skill", style="encoder", ax=ax)
         ax.set_xlabel("probe accuracy (held-out, exact)")
-        ax.set_ylabel("diffusion score")
+        ax.set_ylabel(f"diffusion score ({score})")
         ax.set_title(f"Spearman rho = {stats.rho:.2f} (p = {stats.p:.3f}, n = {len(joined)})")
     return joined, stats

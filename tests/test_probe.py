@@ -244,18 +244,19 @@ def test_relate_to_diffusion_rank_correlation():
             "accuracy": [0.9, 0.5, 0.7, 0.2],
         }
     )
-    runs = pd.DataFrame(
+    runs = pd.DataFrame(  # as runs.load_metrics gives it: two seeds of 'last', an 'overall' row
         {
             "encoder": "e",
-            "strategy": ["last", "norm_mean[layernorm]", "layer:3", "last"],
-            "skill": ["counting"] * 3 + ["spatial"],
-            "score": [0.4, 0.1, 0.3, 0.05],
+            "strategy": ["last", "last", "norm_mean[layernorm]", "layer:3", "last", "last"],
+            "skill": ["counting", "counting", "counting", "counting", "spatial", "overall"],
+            "mean": [0.3, 0.5, 0.1, 0.3, 0.05, 0.9],
         }
     )
     joined, stats = P.relate_to_diffusion(summary, runs)
-    assert len(joined) == 4 and stats.rho == pytest.approx(1.0) and stats.n == 4
+    assert len(joined) == 4 and stats.n == 4 and stats.rho == pytest.approx(1.0)
+    assert joined.set_index(["representation", "skill"]).score["last", "counting"] == pytest.approx(0.4)
     with pytest.raises(ValueError, match="columns"):
-        P.relate_to_diffusion(summary, runs.drop(columns="score"))
+        P.relate_to_diffusion(summary, runs, score="score")
 
 
 # ---------------------------------------------------------------------------------------------------
