@@ -6,6 +6,7 @@ The question it answers: does layer k (or strategy s) still carry the facts a sk
 
 Pipeline (each step one function, read top to bottom):
 
+    shapes benchmark --probe_dataset / spec_facts--> prompts, Targets (the facts each caption determines)
     captions --featurize--> Features (every layer + strategies, encoded once)
              --train_probes--> per-prompt correctness on held-out compositions (per representation, seed)
              --summarize--> accuracy per skill with bootstrap CIs over prompts and the spread over seeds
@@ -42,7 +43,8 @@ from t2istudy import shapes
 from t2istudy.aggregation import aggregate, parse_strategy
 
 LAYERS = "layers"  # representation keyword: every hidden state, one probe per layer ("layer:k"); "layers/k"
-DEFAULT_REPRESENTATIONS = (LAYERS, "last", "mean", "norm_mean", "norm_mean[no_embed]", "concat", "learned")
+# "concat" and "learned" are supported too; each costs about as much as the whole per-layer sweep.
+DEFAULT_REPRESENTATIONS = (LAYERS, "last", "mean", "norm_mean", "norm_mean[no_embed]")
 
 
 @dataclass
