@@ -425,3 +425,25 @@ def _check_prompts(prompts) -> None:
             )
         if not p.strip():
             raise ValueError(f"Prompt {i} is an empty string; remove it or give it text.")
+
+
+def prepare(names: list[str] | tuple[str, ...] = BUILTIN_ENCODERS) -> dict[str, float]:
+    """Convert (once) and load each encoder, so later runs start in seconds; returns seconds per name.
+
+    ``python -m t2istudy.encoders [names...]`` does this for the built-ins (e.g. in a setup script).
+    """
+    import time
+
+    seconds = {}
+    for name in names:
+        start = time.perf_counter()
+        encoder = load_encoder(name)
+        seconds[name] = time.perf_counter() - start
+        print(f"{encoder} ready in {seconds[name]:.1f} s")
+    return seconds
+
+
+if __name__ == "__main__":
+    import sys
+
+    prepare(sys.argv[1:] or BUILTIN_ENCODERS)
