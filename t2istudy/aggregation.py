@@ -43,7 +43,6 @@ import torch.nn.functional as F
 KINDS = ("last", "layer", "mean", "norm_mean", "concat", "learned")
 NORMS = ("none", "layernorm", "standardize", "rms", "l2")
 MULTI_LAYER_KINDS = ("mean", "norm_mean", "concat", "learned")
-PAPER_STRATEGIES = ("last", "layer:-2", "mean", "norm_mean")
 EPS = {"layernorm": 1e-5, "standardize": 1e-6, "rms": 1e-6, "l2": 1e-12}
 
 _HELP = (
