@@ -310,7 +310,7 @@ class FrozenEncoder:
             warnings.warn(
                 f"{n_truncated} of {len(prompts)} prompts exceed max_length={self.max_length} tokens and were "
                 f"truncated; pass a larger max_length to load_encoder to keep them whole.",
-                stacklevel=3,
+                stacklevel=4,
             )
         enc = self.tokenizer(
             list(prompts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -399,7 +399,7 @@ class FrozenEncoder:
                 warnings.warn(
                     f"{self.name} in {self.dtype} produced {bad} non-finite values (max |x| = {big:.3g}): the "
                     f"first-token attention sink exceeds the half-precision range. Load with dtype=torch.float32.",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
 
 

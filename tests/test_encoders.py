@@ -109,19 +109,22 @@ def test_mask_is_right_padding_matching_token_counts(gemma, gemma_states):
     assert gemma_states.n_truncated == 0
 
 
-def test_last_state_has_final_norm_applied(gemma, gemma_states):
+@pytest.mark.parametrize("fixture", ["gemma", "smollm"])
+def test_last_state_has_final_norm_applied(request, fixture):
     """hidden[-1] == final_norm(output of the last block), not the raw block output."""
+    enc = request.getfixturevalue(fixture)
+    states = enc.encode(PROMPTS[:1])
     captured = {}
-    handle = gemma.model.layers[-1].register_forward_hook(lambda m, i, o: captured.update(raw=o))
+    handle = enc.model.layers[-1].register_forward_hook(lambda m, i, o: captured.update(raw=o))
     try:
         with torch.no_grad():
-            gemma.model(input_ids=gemma_states.ids[:1, :7], attention_mask=gemma_states.mask[:1, :7].long())
+            enc.model(input_ids=states.ids, attention_mask=states.mask.long())
     finally:
         handle.remove()
     raw = captured["raw"][0] if isinstance(captured["raw"], tuple) else captured["raw"]
     with torch.no_grad():
-        normed = gemma.model.norm(raw)
-    last = gemma_states.hidden[-1, :1, :7]
+        normed = enc.model.norm(raw)
+    last = states.hidden[-1]
     torch.testing.assert_close(last, normed, rtol=1e-5, atol=1e-4)
     assert (raw.norm(dim=-1) / last.norm(dim=-1)).min() > 10  # the raw block output is far larger
 
