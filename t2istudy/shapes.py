@@ -415,18 +415,44 @@ def caption(
         keys = list(groups)
         rng.shuffle(keys)
         text = join_phrases([noun_phrase(groups[k], k[1], k[2], rng, k[0]) for k in keys], rng)
-        colors = {o.color for o in objs}
-        if len(objs) > 1 and len(colors) == 1 and rng.random() < 0.2:  # universal wording, true here
-            shapes = Counter(o.shape for o in objs)
-            text = join_phrases([noun_phrase(k, None, s, rng) for s, k in shapes.items()], rng)
-            text += f", {_pick(rng, ('all of them', 'all', 'every one'))} {objs[0].color}"
-        elif rng.random() < 0.1:  # negation wording, true here
-            absent = [c for c in PALETTE if c not in colors]
-            if absent:
-                text += f", and no {_pick(rng, absent)} shapes"
+        text = _skill_wording(objs, rng) or text
     if rng.random() < p_background:
         text = with_background(text, scene.background, rng)
     return _pick(rng, _PREFIXES) + text
+
+
+def _skill_wording(objs: Sequence[Obj], rng: np.random.Generator) -> str | None:
+    """Sometimes a true caption in the benchmark's advanced wordings (universal, negation, comparison,
+    differentiation), so the benchmark tests new compositions, not words never seen in training."""
+    colors, kinds = {o.color for o in objs}, Counter((o.color, o.shape) for o in objs)
+    shapes = Counter(o.shape for o in objs)
+    u = rng.random()
+    if len(objs) > 1 and len(colors) == 1 and u < 0.2:  # universal
+        if len(kinds) == 1 and rng.random() < 0.5:
+            return f"every shape is a {objs[0].color} {objs[0].shape}"
+        text = join_phrases([noun_phrase(k, None, s, rng) for s, k in shapes.items()], rng)
+        return text + f", {_pick(rng, ('all of them', 'all', 'every one of them'))} {objs[0].color}"
+    if len(objs) == 2 and len(shapes) == 1 and u < 0.4:  # differentiation
+        a, b = objs
+        noun = a.shape + "s"
+        if a.color != b.color:
+            return f"two {noun}, one {a.color} and one {b.color}"
+        if a.size_word != b.size_word:
+            return f"two {a.color} {noun}, one large and one small"
+    if len(kinds) == 2 and u < 0.3:  # count comparison
+        (ka, na), (kb, nb) = kinds.most_common()
+        if na > nb:
+            word, first, second = ("more", ka, kb) if rng.random() < 0.5 else ("fewer", kb, ka)
+            return f"{word} {first[0]} {first[1]}s than {second[0]} {second[1]}s"
+    if len(objs) == 1 and u < 0.25:  # negation of one object colour
+        other = _pick(rng, [c for c in PALETTE if c != objs[0].color])
+        return f"a {objs[0].shape} that is not {other}"
+    if u > 0.9:  # negation of an absent colour
+        absent = [c for c in PALETTE if c not in colors]
+        if absent:
+            text = join_phrases([noun_phrase(k, c, s_, rng) for (c, s_), k in kinds.items()], rng)
+            return text + f", and no {_pick(rng, absent)} shapes"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

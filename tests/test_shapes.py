@@ -141,10 +141,12 @@ def test_training_never_contains_a_held_out_composition(training):
 def test_captions_are_true_and_varied(training):
     texts = [t for _, t in training]
     assert len(set(texts)) > 0.7 * len(texts)
-    for phrase in ("a pair of", " on a ", "against a", "to the left of", "all of them", "and no "):
+    for phrase in ("a pair of", " on a ", "against a", "to the left of", "all of them", "and no ", "every shape is",
+                   "that is not", "more ", "fewer ", "one large and one small"):  # fmt: skip
         assert any(phrase in t for t in texts), phrase
     for scene, text in training[:500]:  # the colours named are the colours present, the background if named
-        named = {c for c in PALETTE if re.search(rf"\b{c}\b", text.replace(f"no {c} shapes", ""))}
+        positive = re.sub(r"(no \w+ shapes|that is not \w+)", "", text)
+        named = {c for c in PALETTE if re.search(rf"\b{c}\b", positive)}
         assert named <= {o.color for o in scene.objects} | set(BACKGROUNDS), text
         for bg in BACKGROUNDS:
             if f"{bg} background" in text or f"on {bg}" in text:
@@ -228,3 +230,25 @@ def test_hard_negatives_break_the_spec_minimally(bench):
         neg = hard_negative(row.scene, row.spec, rng, "counting")
         assert abs(len(neg.objects) - len(row.scene.objects)) == 1
         assert {o.size for o in neg.objects} <= set(SIZES.values())
+
+
+def test_advanced_wordings_in_training_are_true(training):
+    def count(scene, color, shape):
+        return sum(o.color == color and o.shape == shape for o in scene.objects)
+
+    checked = 0
+    for scene, text in training:
+        if m := re.search(r"\b(more|fewer) (\w+) (\w+)s than (\w+) (\w+)s", text):
+            a, b = count(scene, m[2], m[3]), count(scene, m[4], m[5])
+            assert (a > b) if m[1] == "more" else (a < b), text
+        elif m := re.search(r"\ba (\w+) that is not (\w+)", text):
+            assert len(scene.objects) == 1 and scene.objects[0].shape == m[1], text
+            assert scene.objects[0].color != m[2], text
+        elif m := re.search(r"every shape is a (\w+) (\w+)", text):
+            assert all((o.color, o.shape) == (m[1], m[2]) for o in scene.objects), text
+        elif m := re.search(r"and no (\w+) shapes", text):
+            assert all(o.color != m[1] for o in scene.objects), text
+        else:
+            continue
+        checked += 1
+    assert checked > 300
