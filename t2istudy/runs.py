@@ -413,9 +413,7 @@ def execute_run(
     write_json(out / "params.json", _params_record(spec))
     write_json(out / "RUNNING", {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()})
     os.environ[RUNNER_ENV] = "1"
-    os.environ.setdefault(
-        "TQDM_DISABLE", "1"
-    )  # progress bars would only clutter the executed notebook and logs
+    os.environ.setdefault("TQDM_DISABLE", "1")  # bars would only clutter the executed notebook and logs
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
@@ -444,12 +442,15 @@ def execute_run(
         message = _error_message(err)
         write_json(out / "FAILED", {"finished": _now(), "seconds": seconds, "error": message,
                                     "traceback": traceback.format_exc(limit=5)})  # fmt: skip
-        (out / "RUNNING").unlink(missing_ok=True)
         return RunResult(spec.run_id, "failed", seconds, message, str(out))
-    seconds = time.perf_counter() - start
-    write_json(out / "DONE", {"finished": _now(), "seconds": round(seconds, 1), "host": socket.gethostname()})
-    (out / "RUNNING").unlink(missing_ok=True)
-    return RunResult(spec.run_id, "done", seconds, path=str(out))
+    else:
+        seconds = time.perf_counter() - start
+        write_json(
+            out / "DONE", {"finished": _now(), "seconds": round(seconds, 1), "host": socket.gethostname()}
+        )
+        return RunResult(spec.run_id, "done", seconds, path=str(out))
+    finally:  # also on Ctrl-C: the run is then "interrupted" and the next batch executes it again
+        (out / "RUNNING").unlink(missing_ok=True)
 
 
 def execute_notebook(
