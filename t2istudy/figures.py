@@ -310,6 +310,9 @@ def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
 def scaling_plot(arms: pd.DataFrame, info: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     """Overall score vs encoder parameters (log x), one line per strategy, CI error bars."""
     data = arms[arms["skill"] == "overall"].merge(info, on="encoder").sort_values("params")
+    layer_k = data["strategy"].str.fullmatch(r"layer:\d+")
+    if layer_k.any() and data[layer_k].groupby("encoder").size().max() == 1:  # one middle layer per encoder
+        data.loc[layer_k, "strategy"] = "layer:k"
     fig, ax = plt.subplots(figsize=(6, 4))
     for strategy, group in data.groupby("strategy", sort=False):
         err = np.vstack([group["mean"] - group["ci_low"], group["ci_high"] - group["mean"]]).clip(min=0)
@@ -322,7 +325,7 @@ def scaling_plot(arms: pd.DataFrame, info: pd.DataFrame) -> tuple[plt.Figure, pd
     ax.set_xlabel("encoder parameters")
     ax.set_ylabel(f"overall score\n{OURS}")
     ax.set_ylim(0, 1)
-    ax.legend(title="strategy", fontsize=8)
+    ax.legend(title="strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Scaling: score vs encoder size (CI over prompts and seeds)")
     return fig, data
 
