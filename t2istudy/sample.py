@@ -30,10 +30,15 @@ SAMPLERS = ("ddim", "dpm++")
 def make_sampler(name: str, preset: Preset, prediction_type: str):
     """A sampling scheduler sharing the training betas (built from the preset's DDPM config)."""
     config = preset.noise_scheduler(prediction_type).config
+    clip = preset.clip_sample
     if name == "ddim":
-        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
-    if name == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+        return DDIMScheduler.from_config(
+            config, clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=False
+        )
+    if name == "dpm++":  # thresholding with max 1.0 = clipping x0 to [-1, 1]
+        return DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver++", solver_order=2, thresholding=clip, sample_max_value=1.0
+        )
     raise ValueError(f"Unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}.")
 
 
