@@ -349,6 +349,10 @@ def train(opts: TrainOptions) -> Path:
                 f"corrupt: move it aside and resume from an earlier one in {ckpt.parent}, or start a new run."
             ) from err
         start_step = int(ckpt.name.split("-")[-1])
+        log = run_dir / "train_log.jsonl"
+        if accelerator.is_main_process and log.is_file():  # a killed run logged steps past its checkpoint
+            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+            log.write_text("".join(line + "\n" for line in kept))
     if accelerator.is_main_process:
         (run_dir / "options.json").write_text(json.dumps({**asdict(opts), "derived": derived}, indent=1))
         if opts.report_to != "none":
