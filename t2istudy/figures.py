@@ -284,7 +284,7 @@ def save_figure(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})  # same bytes on a rerun
     if data is not None:
         paths.append(out_dir / f"{stem}.csv")
         data.to_csv(paths[-1], index=False)
