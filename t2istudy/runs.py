@@ -502,6 +502,23 @@ def _error_message(err: Exception) -> str:
 # Batches: skip what is done, isolate failures, optional parallel workers or SLURM via submitit
 
 
+def preflight(specs: list[RunSpec]) -> None:
+    """Validate strategy and preset strings with their one parser before any run starts, so that a
+    typo fails in a second, not after a kernel start per run (encoders are checked by the run itself:
+    their weights may exist only on the compute nodes)."""
+    from t2istudy.aggregation import parse_strategy
+    from t2istudy.model import get_preset
+
+    checks = {"strategy": parse_strategy, "preset": get_preset}
+    for spec in specs:
+        for key, check in checks.items():
+            if key in spec.params:
+                try:
+                    check(spec.params[key])
+                except ValueError as err:
+                    raise ValueError(f"run {spec.run_id}: {err}") from err
+
+
 def plan(specs: list[RunSpec], root: str | Path = "runs") -> dict[str, list[RunSpec]]:
     """Split runs by state, checking schema and that finished runs match today's parameters."""
     by_state: dict[str, list[RunSpec]] = {}
@@ -551,6 +568,7 @@ def run_grid(
         specs = [s for s in specs if s.run_id in only]
     for spec in specs:
         check_parameters(spec.notebook, spec.params, where=f"run {spec.run_id}")
+    preflight(specs)
     groups = plan(specs, root)
     grid_dir = Path(root) / grid.name
     grid_dir.mkdir(parents=True, exist_ok=True)

@@ -298,3 +298,21 @@ def test_cache_waves_build_each_cache_entry_once_before_the_rest():
     assert [s.run_id for s in wave1] == ["a-last-0", "a-mean-0", "b-last-0", "b-mean-0"]
     assert len(wave2) == 8 and not set(wave1) & set(wave2)
     assert runs.cache_waves(specs[:1]) == [specs[:1]]
+
+
+def test_bad_strategy_or_preset_fails_before_any_run(tmp_path):
+    nb = make_notebook(tmp_path / "nb.ipynb")
+    bad = nbformat.read(nb, as_version=4)
+    bad.cells[0].source += '\nstrategy = "last"\npreset = "cpu-tiny"'
+    nbformat.write(bad, nb)
+    counter = tmp_path / "count.txt"
+    for params, message in [
+        ({"strategy": "norm_maen"}, "run norm_maen: .*norm_maen"),
+        ({"preset": "cpu-huge"}, "Unknown preset"),
+    ]:
+        grid = write_grid(
+            tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {k: [v] for k, v in params.items()}}
+        )
+        with pytest.raises(ValueError, match=message):
+            runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    assert not counter.exists() and not (tmp_path / "runs").exists()  # nothing executed, nothing written
