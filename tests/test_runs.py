@@ -316,3 +316,29 @@ def test_bad_strategy_or_preset_fails_before_any_run(tmp_path):
         with pytest.raises(ValueError, match=message):
             runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     assert not counter.exists() and not (tmp_path / "runs").exists()  # nothing executed, nothing written
+
+
+@pytest.mark.slow
+def test_run_notebook_end_to_end_on_a_tiny_model(tmp_path):
+    """notebooks/run.ipynb against the real package: encode, train, sample, score, write the run."""
+    notebook = Path(__file__).parent.parent / "notebooks" / "run.ipynb"
+    grid = write_grid(
+        tmp_path,
+        notebook,
+        {
+            "params": {"preset": "cpu-tiny", "max_train_steps": 4, "n_per_skill": 1, "sample_steps": 2,
+                       "train_options": {"pool_size": 32, "cache_dir": str(tmp_path / "cache")}},
+            "axes": {"encoder": ["minilm-l6"], "strategy": ["norm_mean"], "seed": [0]},
+        },
+    )  # fmt: skip
+    (result,) = runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    assert result.state == "done", result.error
+    out = Path(result.path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 8 and metrics["n_prompts"] == 8  # 1 prompt per covered skill
+    assert metrics["max_train_steps"] == 4 and metrics["guidance_scale"] == 3.0
+    assert len(metrics["input_scale_value"]) == 1 and metrics["input_scale_value"][0] > 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 8 and set(scores["score"]) <= {0.0, 1.0}
+    assert len(list((out / "samples").glob("*-s0.png"))) == 8
+    assert not (out / "train" / "checkpoints").exists()  # keep_checkpoints=False
