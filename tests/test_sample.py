@@ -92,7 +92,9 @@ def colour_benchmark(n: int = 48) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_short_training_run_beats_untrained_model_with_the_judge(tmp_path):
-    """~2-3 min: cpu-tiny, one object per scene, MiniLM `last`; scored colour-set exact with the pixel judge."""
+    """~2-3 min: cpu-tiny, one object per scene, MiniLM `last`, 600 steps; the pixel judge checks that the named
+    colour appears exactly once and no other colour appears. Measured (load 2.5): trained 0.21 exact / 0.71 of
+    constraints held, untrained 0.0 / 0.09."""
     from t2istudy.cache import EmbeddingCache
     from t2istudy.sample import sample_run
     from t2istudy.scoring import get_scorer
@@ -100,7 +102,7 @@ def test_short_training_run_beats_untrained_model_with_the_judge(tmp_path):
 
     bench = colour_benchmark()
     opts = TrainOptions(encoder="minilm-l6", strategy="last", preset="cpu-tiny", max_objects=1, pool_size=2048,
-                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "run"), max_train_steps=300,
+                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "run"), max_train_steps=600,
                         train_batch_size=32, learning_rate=3e-3, lr_warmup_steps=20, use_ema=False,
                         checkpointing_steps=1000, report_to="none", progress=False, num_threads=1)  # fmt: skip
     run = train(opts)
@@ -117,8 +119,12 @@ def test_short_training_run_beats_untrained_model_with_the_judge(tmp_path):
         sample(model, bench.prompt.tolist(), [0], text=text, null=null, preset="cpu-tiny", steps=20), bench
     )
     assert len(trained) == len(bench) and set(trained["score"]) <= {0.0, 1.0}
-    assert untrained["score"].mean() <= 0.05
-    assert trained["score"].mean() >= untrained["score"].mean() + 0.2, (
+    summary = (
         trained["score"].mean(),
+        trained["fraction"].mean(),
         untrained["score"].mean(),
+        untrained["fraction"].mean(),
     )
+    assert untrained["score"].mean() <= 0.05, summary
+    assert trained["score"].mean() >= untrained["score"].mean() + 0.1, summary
+    assert trained["fraction"].mean() >= untrained["fraction"].mean() + 0.3, summary

@@ -213,3 +213,17 @@ def test_shapes_pool_is_deterministic():
     assert (
         a.captions == b.captions and np.array_equal(a.images, b.images) and a.images.shape == (8, 16, 16, 3)
     )
+
+
+def test_learned_strategy_trains_layer_weights_in_bf16(cache_dir, tmp_path):
+    captions = shapes_pool(POOL, 0, get_preset("cpu-tiny").image_size).captions
+    EmbeddingCache.build(FakeEncoder(), "learned", captions, cache_dir, progress=False)
+    run = train(
+        options(
+            cache_dir, tmp_path / "learned", strategy="learned", max_train_steps=2, mixed_precision="bf16"
+        )
+    )
+    derived = json.loads((run / "options.json").read_text())["derived"]
+    assert derived["num_layers"] == 3 and len(derived["input_scale_value"]) == 3
+    cond = load_file(run / "final" / "conditioner.safetensors")
+    assert cond["layer_logits"].shape == (3,) and not torch.equal(cond["layer_logits"], torch.zeros(3))
