@@ -320,25 +320,33 @@ def test_bad_strategy_or_preset_fails_before_any_run(tmp_path):
 
 @pytest.mark.slow
 def test_run_notebook_end_to_end_on_a_tiny_model(tmp_path):
-    """notebooks/run.ipynb against the real package: encode, train, sample, score, write the run."""
+    """notebooks/run.ipynb against the real package: encode, train, sample, score, write the run; a
+    guidance sweep sharing one trained model (as grids/cfg_tune.yaml does) trains it only once."""
     notebook = Path(__file__).parent.parent / "notebooks" / "run.ipynb"
+    shared = tmp_path / "shared_train"
     grid = write_grid(
         tmp_path,
         notebook,
         {
             "params": {"preset": "cpu-tiny", "max_train_steps": 4, "n_per_skill": 1, "sample_steps": 2,
+                       "encoder": "minilm-l6", "strategy": "norm_mean", "shared_train_dir": str(shared),
                        "train_options": {"pool_size": 32, "cache_dir": str(tmp_path / "cache")}},
-            "axes": {"encoder": ["minilm-l6"], "strategy": ["norm_mean"], "seed": [0]},
+            "axes": {"guidance_scale": [2.0, 3.0]},
         },
     )  # fmt: skip
-    (result,) = runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
-    assert result.state == "done", result.error
-    out = Path(result.path)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["overall"]["n"] == 8 and metrics["n_prompts"] == 8  # 1 prompt per covered skill
-    assert metrics["max_train_steps"] == 4 and metrics["guidance_scale"] == 3.0
-    assert len(metrics["input_scale_value"]) == 1 and metrics["input_scale_value"][0] > 0
+    results = runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    assert [r.state for r in results] == ["done", "done"], [r.error for r in results]
+    first, second = (json.loads((Path(r.path) / "metrics.json").read_text()) for r in results)
+    assert first["overall"]["n"] == 8 and first["n_prompts"] == 8  # 1 prompt per covered skill
+    assert (first["guidance_scale"], second["guidance_scale"]) == (2.0, 3.0)
+    assert first["max_train_steps"] == 4 and first["input_scale_value"] == second["input_scale_value"]
+    assert (
+        second["train_seconds"] < 5 < first["train_seconds"]
+        or second["train_seconds"] < first["train_seconds"]
+    )
+    out = Path(results[0].path)
     scores = pd.read_csv(out / "scores.csv")
     assert len(scores) == 8 and set(scores["score"]) <= {0.0, 1.0}
     assert len(list((out / "samples").glob("*-s0.png"))) == 8
-    assert not (out / "train" / "checkpoints").exists()  # keep_checkpoints=False
+    assert (shared / "final" / "summary.json").exists() and not (out / "train").exists()
+    assert not (shared / "checkpoints").exists()  # keep_checkpoints=False
