@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--runs-dir", default="runs")
     study.add_argument("--figures-dir", default="figures")
-    study.add_argument("--workers", type=int, default=1, help="notebooks run at a time (local launcher)")
+    add_launcher_args(study)
     study.add_argument("--skip", nargs="*", default=[], help="steps to skip (see --list)")
     study.add_argument("--list", action="store_true", help="print the study's steps and exit")
 
@@ -55,14 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (grun, gstat):
         p.add_argument("grid", help="grid file (YAML/JSON), e.g. grids/quick.yaml")
         p.add_argument("--runs-dir", default="runs")
-    grun.add_argument("--workers", type=int, default=1)
-    grun.add_argument("--launcher", choices=("local", "slurm"), default="local")
-    grun.add_argument("--cluster", default=None, help="submitit backend for --launcher slurm (slurm | local)")
-    grun.add_argument("--partition", default=None)
-    grun.add_argument("--timeout-min", type=int, default=240)
-    grun.add_argument("--gpus", type=int, default=1, help="GPUs per job (slurm)")
-    grun.add_argument("--cpus", type=int, default=8, help="CPUs per job (slurm)")
-    grun.add_argument("--mem-gb", type=int, default=64)
+    add_launcher_args(grun)
     grun.add_argument("--only", nargs="*", default=None, help="run ids to run (default: all)")
     grun.add_argument("--dry-run", action="store_true", help="list the runs and their state, execute nothing")
     gstat.add_argument("--csv", default=None, help="also write the table to this CSV file")
@@ -78,6 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
         p.add_argument("--runs-dir", default="runs")
     return parser
+
+
+def add_launcher_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=1, help="notebooks run at a time (local launcher)")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    parser.add_argument(
+        "--cluster", default=None, help="submitit backend for --launcher slurm (slurm | local)"
+    )
+    parser.add_argument("--partition", default=None)
+    parser.add_argument("--timeout-min", type=int, default=240, help="time limit per job (slurm)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs per job (slurm)")
+    parser.add_argument("--cpus", type=int, default=8, help="CPUs per job (slurm)")
+    parser.add_argument("--mem-gb", type=int, default=64, help="memory per job (slurm)")
+
+
+def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
+    """run_grid keyword arguments from the launcher flags."""
+    slurm = {"timeout_min": args.timeout_min, "gpus_per_node": args.gpus, "cpus_per_task": args.cpus,
+             "mem_gb": args.mem_gb}  # fmt: skip
+    if args.partition:
+        slurm["slurm_partition"] = args.partition
+    return {"workers": args.workers, "launcher": args.launcher, "cluster": args.cluster,
+            "slurm": slurm if args.launcher == "slurm" else None}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +123,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             quick=args.quick,
             runs_dir=args.runs_dir,
             figures_dir=args.figures_dir,
-            workers=args.workers,
             skip=args.skip,
+            **launcher_options(args),
         )
         return 0 if ok else 1
     if args.command == "grid" and args.grid_command == "run":
@@ -119,19 +135,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                     f"{runs.run_state(runs.run_path(args.runs_dir, spec)):11s} {spec.run_id}  {spec.params}"
                 )
             return 0
-        slurm = {"timeout_min": args.timeout_min, "gpus_per_node": args.gpus, "cpus_per_task": args.cpus,
-                 "mem_gb": args.mem_gb}  # fmt: skip
-        if args.partition:
-            slurm["slurm_partition"] = args.partition
-        results = runs.run_grid(
-            args.grid,
-            args.runs_dir,
-            workers=args.workers,
-            launcher=args.launcher,
-            cluster=args.cluster,
-            slurm=slurm if args.launcher == "slurm" else None,
-            only=args.only,
-        )
+        results = runs.run_grid(args.grid, args.runs_dir, only=args.only, **launcher_options(args))
         return 1 if any(r.state == "failed" for r in results) else 0
     if args.command == "grid" and args.grid_command == "status":
         table = runs.grid_status(args.grid, args.runs_dir)

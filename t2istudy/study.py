@@ -114,8 +114,13 @@ def run_study(
     workers: int = 1,
     skip: list[str] | None = None,
     log: Callable[[str], None] = print,
+    **launcher: Any,
 ) -> bool:
-    """Execute every step not yet complete; prints progress and the total time. True when all succeeded."""
+    """Execute every step not yet complete; prints progress and the total time. True when all succeeded.
+
+    ``launcher`` (launcher, cluster, slurm) goes to ``runs.run_grid`` for the training grid; the side
+    and analysis notebooks always run on this machine.
+    """
     steps = default_study(quick, str(figures_dir))
     unknown = sorted(set(skip or []) - {s.name for s in steps})
     if unknown:
@@ -129,7 +134,7 @@ def run_study(
         log(
             f"== [{i}/{len(steps)}] {step.name}: {step.describe(runs_dir)}  (study {time.perf_counter() - start:.0f} s)"
         )
-        ok, message = _run_step(step, Path(runs_dir), workers, log)
+        ok, message = _run_step(step, Path(runs_dir), workers, log, launcher)
         if not ok:
             failures.append(f"{step.name}: {message}")
         log(f"   {step.name}: {'ok' if ok else 'FAILED ' + message}")
@@ -139,10 +144,10 @@ def run_study(
     return not failures
 
 
-def _run_step(step: Step, runs_dir: Path, workers: int, log) -> tuple[bool, str]:
+def _run_step(step: Step, runs_dir: Path, workers: int, log, launcher: dict[str, Any]) -> tuple[bool, str]:
     if step.grid:
         results = runs.run_grid(REPO / step.grid if not Path(step.grid).exists() else step.grid, runs_dir,
-                                workers=workers, log=lambda m: log("   " + m))  # fmt: skip
+                                workers=workers, log=lambda m: log("   " + m), **launcher)  # fmt: skip
         failed = [r.run_id for r in results if r.state == "failed"]
         return not failed, f"runs failed: {failed}" if failed else ""
     notebook = Path(step.notebook)

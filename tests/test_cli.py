@@ -131,3 +131,14 @@ def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
     study.run_study(quick=True, runs_dir=root, log=lines.append)
     again = counter.read_text().splitlines()[len(first) :]
     assert again == [str((root / "analysis" / "g").resolve())]  # only the always-rerun analysis executed
+
+
+def test_launcher_flags_map_to_submitit_parameters():
+    args = cli.build_parser().parse_args(["grid", "run", "g.yaml", "--launcher", "slurm", "--partition", "gpu",
+                                          "--gpus", "2", "--timeout-min", "90"])  # fmt: skip
+    assert cli.launcher_options(args) == {
+        "workers": 1, "launcher": "slurm", "cluster": None,
+        "slurm": {"timeout_min": 90, "gpus_per_node": 2, "cpus_per_task": 8, "mem_gb": 64, "slurm_partition": "gpu"},
+    }  # fmt: skip
+    local = cli.build_parser().parse_args(["study", "--quick", "--workers", "2"])
+    assert cli.launcher_options(local) == {"workers": 2, "launcher": "local", "cluster": None, "slurm": None}
