@@ -152,6 +152,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if result.state in ("done", "skipped") else 1
     if args.command in NOTEBOOK_COMMANDS:
         notebook, folder = NOTEBOOK_COMMANDS[args.command]
+        if not Path(notebook).exists():  # called from outside the repository root
+            from t2istudy.study import REPO
+
+            notebook = str(REPO / notebook)
         params = dict(parse_assignment(p) for p in args.param)
         out = Path(args.runs_dir) / folder / (runs.make_run_id(params) if params else "default")
         result = runs.execute_notebook(notebook, out, params)
