@@ -60,7 +60,7 @@ def make_step(preset_name: str, width: int, batch: int, dtype: torch.dtype | Non
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
