@@ -30,32 +30,42 @@ from t2istudy.model import TextConditioner, build_unet, count_parameters, get_pr
 from t2istudy.train import Denoiser, diffusion_loss
 
 
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_peak(device: str, n: int = 8192, repeats: int = 20) -> float:
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize()
+    sync(device)
     t = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    torch.cuda.synchronize()
+    sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t)
 
 
-def run_loop(kind: str, batch: int, steps: int, warmup: int, device: str) -> dict:
-    preset = get_preset("sd2-256")
+def run_loop(
+    kind: str, batch: int, steps: int, warmup: int, device: str, preset_name: str = "sd2-256"
+) -> dict:
+    preset = get_preset(preset_name)
     torch.manual_seed(0)
     unet = build_unet(preset).to(device)
     sched = preset.noise_scheduler()
-    latents = torch.randn(batch, 4, 32, 32, device=device)
-    text = torch.randn(batch, 77, 1024, device=device)
+    width = preset.cross_attention_dim
+    latents = torch.randn(
+        batch, preset.latent_channels, preset.latent_size, preset.latent_size, device=device
+    )
+    text = torch.randn(batch, 77, width, device=device)
     mask = torch.ones(batch, 77, dtype=torch.bool, device=device)
     if kind == "t2istudy":
         from accelerate import Accelerator
 
-        accelerator = Accelerator(mixed_precision="bf16")
-        model = Denoiser(unet, TextConditioner(1024, preset.cross_attention_dim).to(device))
+        accelerator = Accelerator(mixed_precision="bf16", cpu=device == "cpu")
+        model = Denoiser(unet, TextConditioner(width, preset.cross_attention_dim).to(device))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         model, opt = accelerator.prepare(model, opt)
 
@@ -75,7 +85,7 @@ def run_loop(kind: str, batch: int, steps: int, warmup: int, device: str) -> dic
         def step():
             noise = torch.randn_like(latents)
             t = torch.randint(0, 1000, (batch,), device=device)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(device, dtype=torch.bfloat16):
                 pred = unet(sched.add_noise(latents, noise, t), t, text).sample
             loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
             loss.backward()
@@ -87,15 +97,16 @@ def run_loop(kind: str, batch: int, steps: int, warmup: int, device: str) -> dic
         step()
     with FlopCounterMode(display=False) as counter:
         step()
-    torch.cuda.synchronize()
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    sync(device)
     sec = (time.perf_counter() - t0) / steps
     out = {
         "loop": kind, "batch": batch, "s_per_step": sec, "img_per_s": batch / sec,
-        "flop_per_step": counter.get_total_flops(), "max_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "flop_per_step": counter.get_total_flops(),
+        "max_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
         "unet_parameters": count_parameters(unet),
     }  # fmt: skip
     return out
@@ -107,19 +118,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default="figures/gpu_sd2_throughput")
+    ap.add_argument("--device", default="cuda", help="cpu only for a smoke test of this script")
+    ap.add_argument("--preset", default="sd2-256", help="another preset only for a smoke test")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("This benchmark needs a CUDA GPU; on CPU run benchmarks/train_step.py instead.")
     torch.backends.cuda.matmul.allow_tf32 = True
-    device = "cuda"
-    peak = matmul_peak(device)
-    print(f"{torch.cuda.get_device_name()}: dense bf16 matmul {peak / 1e12:.0f} TFLOP/s")
+    peak = matmul_peak(device, n=8192 if device == "cuda" else 512)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"{name}: dense bf16 matmul {peak / 1e12:.3f} TFLOP/s")
     rows = []
     for batch in args.batch:
         for kind in ("diffusers", "t2istudy"):
-            r = run_loop(kind, batch, args.steps, args.warmup, device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+            r = run_loop(kind, batch, args.steps, args.warmup, device, args.preset)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
             r["tflops"] = r["flop_per_step"] / r["s_per_step"] / 1e12
             r["fraction_of_peak"] = r["tflops"] * 1e12 / peak
             rows.append(r)
@@ -128,7 +143,7 @@ def main() -> None:
                 f"{r['tflops']:.0f} TFLOP/s ({r['fraction_of_peak']:.0%} of matmul)  {r['max_mem_gib']:.1f} GiB"
             )
     table = pd.DataFrame(rows)
-    table["device"] = torch.cuda.get_device_name()
+    table["device"] = name
     table["matmul_peak_tflops"] = peak / 1e12
     for batch, group in table.groupby("batch"):
         ratio = float(
@@ -151,7 +166,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     sns.barplot(data=table, x="batch", y="img_per_s", hue="loop", ax=ax)
-    ax.set(ylabel="training images / s (bf16)", title=f"sd2-256 U-Net, {table['device'].iloc[0]}")
+    ax.set(ylabel="training images / s (bf16)", title=f"{args.preset} U-Net, {name}")
     fig.tight_layout()
     for ext in ("png", "pdf"):
         fig.savefig(out.with_suffix(f".{ext}"), dpi=150)
