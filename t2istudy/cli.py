@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runs-dir", default="runs")
     add_launcher_args(grun)
     grun.add_argument("--only", nargs="*", default=None, help="run ids to run (default: all)")
+    grun.add_argument("--rerun-running", action="store_true", help="also run runs marked RUNNING (dead jobs)")
     grun.add_argument("--dry-run", action="store_true", help="list the runs and their state, execute nothing")
     gstat.add_argument("--csv", default=None, help="also write the table to this CSV file")
 
@@ -135,7 +136,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                     f"{runs.run_state(runs.run_path(args.runs_dir, spec)):11s} {spec.run_id}  {spec.params}"
                 )
             return 0
-        results = runs.run_grid(args.grid, args.runs_dir, only=args.only, **launcher_options(args))
+        results = runs.run_grid(
+            args.grid,
+            args.runs_dir,
+            only=args.only,
+            rerun_running=args.rerun_running,
+            **launcher_options(args),
+        )
         return 1 if any(r.state == "failed" for r in results) else 0
     if args.command == "grid" and args.grid_command == "status":
         table = runs.grid_status(args.grid, args.runs_dir)

@@ -549,6 +549,7 @@ def run_grid(
     cluster: str | None = None,
     slurm: dict[str, Any] | None = None,
     only: list[str] | None = None,
+    rerun_running: bool = False,
     log=print,
 ) -> list[RunResult]:
     """Execute every run of a grid that is not complete; returns one result per run (skipped included).
@@ -557,6 +558,8 @@ def run_grid(
     cpu_count // workers threads). ``launcher="slurm"`` submits one submitit job per run; ``cluster``
     picks submitit's backend ("slurm", or "local" to try the same path on one machine) and ``slurm``
     holds executor parameters (timeout_min, gpus_per_node, cpus_per_task, mem_gb, slurm_partition...).
+    Runs marked RUNNING by a live process here, or by any process on another host (a cluster job killed
+    at its time limit leaves the marker), are skipped unless ``rerun_running``.
     """
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
@@ -574,13 +577,10 @@ def run_grid(
     grid_dir.mkdir(parents=True, exist_ok=True)
     write_json(grid_dir / "grid.json", {"schema_version": SCHEMA_VERSION, **grid.__dict__})
     results = [RunResult(s.run_id, "skipped", path=str(run_path(root, s))) for s in groups.get("done", [])]
-    busy = groups.get("running", [])
-    results += [RunResult(s.run_id, "skipped", error="running elsewhere") for s in busy]
-    todo = [
-        s
-        for s in specs
-        if s in groups.get("pending", []) + groups.get("failed", []) + groups.get("interrupted", [])
-    ]
+    busy = [] if rerun_running else groups.get("running", [])
+    results += [RunResult(s.run_id, "skipped", error="running elsewhere (--rerun-running)") for s in busy]
+    states = ("pending", "failed", "interrupted") + (("running",) if rerun_running else ())
+    todo = [s for s in specs if any(s in groups.get(state, []) for state in states)]
     log(f"[grid {grid.name}] {len(specs)} runs: {len(specs) - len(todo) - len(busy)} done, "
         f"{len(busy)} running elsewhere, {len(todo)} to run ({launcher}, workers={workers})")  # fmt: skip
     if not todo:

@@ -347,3 +347,17 @@ def test_run_notebook_end_to_end_on_a_tiny_model(tmp_path):
     assert len(list((out / "samples").glob("*-s0.png"))) == 8
     assert (shared / "final" / "summary.json").exists() and not (out / "train").exists()
     assert not (shared / "checkpoints").exists()  # keep_checkpoints=False
+
+
+def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb):
+    counter = tmp_path / "count.txt"
+    grid = write_grid(tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {"seed": [0]}})
+    out = tmp_path / "runs" / "g" / "seed0"
+    out.mkdir(parents=True)
+    (out / "params.json").write_text(json.dumps({"schema_version": runs.SCHEMA_VERSION, "params": {}}))
+    (out / "RUNNING").write_text(json.dumps({"pid": 1, "host": "node-17", "started": "2026-11-26T00:00:00"}))
+    assert runs.run_state(out) == "running"
+    (result,) = runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    assert (result.state, "--rerun-running" in result.error) == ("skipped", True) and not counter.exists()
+    (result,) = runs.run_grid(grid, tmp_path / "runs", rerun_running=True, log=lambda *_: None)
+    assert result.state == "done" and executions(counter) == ["seed0"]
