@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
@@ -257,10 +258,14 @@ def train(opts: TrainOptions) -> Path:
     t_start = time.time()
 
     # Run directory: decided on the main process, shared with the others.
-    cpu = (
-        not torch.cuda.is_available()
-    )  # so torchrun on a CPU machine gives gloo multi-process, not N solo runs
+    # cpu=True without CUDA: torchrun on a CPU machine then forms one gloo group instead of N solo runs.
+    cpu = not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
+    if state.num_processes == 1:
+        # accelerate keeps mixed precision and accumulation in process-wide singletons; a notebook or test
+        # that trains twice with different settings would be refused, so single-process runs start clean.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
     run_dir = [None]
     if state.is_main_process:
         if opts.output_dir:
