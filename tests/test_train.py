@@ -227,3 +227,18 @@ def test_learned_strategy_trains_layer_weights_in_bf16(cache_dir, tmp_path):
     assert derived["num_layers"] == 3 and len(derived["input_scale_value"]) == 3
     cond = load_file(run / "final" / "conditioner.safetensors")
     assert cond["layer_logits"].shape == (3,) and not torch.equal(cond["layer_logits"], torch.zeros(3))
+
+
+def test_folder_data_with_on_the_fly_encoding(tmp_path):
+    """Paper-scale path at toy size: images + captions on disk, frozen encoder inside the loop."""
+    for i, color in enumerate(("red", "blue", "green", "yellow")):
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / "data" / f"{i}.png").write_bytes(_png(color))
+        (tmp_path / "data" / f"{i}.txt").write_text(f"a {color} rectangle")
+    (tmp_path / "data" / "9.png").write_bytes(_png("white"))  # no caption: skipped and counted
+    opts = TrainOptions(encoder="minilm-l6", strategy="norm_mean", preset="cpu-tiny", data=str(tmp_path / "data"),
+                        text="online", output_dir=str(tmp_path / "run"), max_train_steps=2, train_batch_size=4,
+                        report_to="none", progress=False, num_threads=1)  # fmt: skip
+    derived = json.loads((train(opts) / "options.json").read_text())["derived"]
+    assert derived["dataset_size"] == 4 and derived["cache_path"] is None
+    assert derived["skipped_pairs"] == {"missing or empty caption": 1} and derived["text_width"] == 384
