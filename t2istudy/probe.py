@@ -204,6 +204,20 @@ def chance(targets: Targets, train: np.ndarray, test: np.ndarray) -> pd.Series:
     return pd.Series(rates, name="chance")
 
 
+def ceiling(targets: Targets, train: np.ndarray, test: np.ndarray) -> pd.Series:
+    """Per-skill fraction of test prompts whose every determined fact takes a value its head saw in
+    training: the most any classifier probe can reach (e.g. the held-out count "three circles")."""
+    seen = [set(col[col >= 0].tolist()) for col in targets.values[train].T]
+    y = targets.values[test]
+    known = np.array([[v < 0 or v in seen[k] for k, v in enumerate(row)] for row in y.tolist()])
+    rates = {}
+    for skill, (applicable, correct) in skill_correct(
+        np.where(known, y, -2), targets, np.asarray(test)
+    ).items():
+        rates[skill] = correct[applicable].mean() if applicable.any() else float("nan")
+    return pd.Series(rates, name="ceiling")
+
+
 # ----------------------------------------------------------------------------------------------------
 # The shapes world: facts a caption determines, and the train / held-out split
 
@@ -343,7 +357,11 @@ def probe_dataset(
     pool = pool.groupby(pool.id.str.split("-").str[0], sort=False).head(-(-n_train // n_skills)).head(n_train)
     table = pd.concat([pool.assign(split="train"), test.assign(split="test")], ignore_index=True)
     table = table[["id", "prompt", "skills", "split", "spec"]]
-    facts = [spec_facts(spec) for spec in table.spec]
+    # A held-out pair's count is never above 0 in training, so no head could learn it: binding is scored
+    # on the allowed pairs of each held-out prompt ("a blue triangle and a red circle": red circle 1,
+    # blue circle 0, ...). Values a head never saw in training still count as wrong; see ``ceiling``.
+    unlearnable = {f"count_{c}_{s}" for c, s in holdout.pairs}
+    facts = [{k: v for k, v in spec_facts(spec).items() if k not in unlearnable} for spec in table.spec]
     targets = Targets.from_facts(facts, SKILL_FACTS, table.skills)
     rows = np.arange(len(table))
     return table, targets, rows[table.split.to_numpy() == "train"], rows[table.split.to_numpy() == "test"]
@@ -753,9 +771,13 @@ class SweepResult:
     chance: pd.Series
     timings: pd.DataFrame
     prompts: pd.DataFrame
+    ceiling: pd.Series | None = None
 
     def summary(self, n_boot: int = 1000) -> pd.DataFrame:
-        return summarize(self.table, self.chance, n_boot=n_boot)
+        out = summarize(self.table, self.chance, n_boot=n_boot)
+        if self.ceiling is not None:
+            out["ceiling"] = out.skill.map(self.ceiling)
+        return out
 
 
 def sweep(
@@ -896,7 +918,11 @@ def _sweep(
         )
         del features
     return SweepResult(
-        pd.concat(tables, ignore_index=True), chance(targets, train, test), pd.DataFrame(timings), prompts
+        pd.concat(tables, ignore_index=True),
+        chance(targets, train, test),
+        pd.DataFrame(timings),
+        prompts,
+        ceiling(targets, train, test),
     )
 
 
@@ -945,6 +971,8 @@ def plot_layer_curves(summary: pd.DataFrame, encoder: str, ncols: int = 4):
                 lw=1.2,
                 label="chance",
             )
+        if "ceiling" in d and d.ceiling.notna().any():
+            ax.axhline(d.ceiling.iloc[0], color="black", ls=(0, (1, 3)), lw=1, label="ceiling")
         ax.set_title(f"{skill} (n={int(d.n.max())})", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
