@@ -95,6 +95,9 @@ def test_targets_skill_correct_and_chance_by_hand():
     # train rows 0-2: modes a=1, b=x (tie x/y -> first); on all rows: one = 2/4, both = rows 1,2 -> 1/3
     ch = P.chance(t, np.arange(3), np.arange(4))
     assert ch["one"] == pytest.approx(0.5) and ch["both"] == pytest.approx(1 / 3)
+    # ceiling: row 3's a = 2 never occurs in training rows 0-2, so no head can predict it
+    ceil = P.ceiling(t, np.arange(3), np.arange(4))
+    assert ceil["one"] == pytest.approx(0.75) and ceil["both"] == pytest.approx(1.0)
     assert t.subset(["one"]).names == ["a"]
     with pytest.raises(ValueError, match="Unknown probe skills"):
         t.subset(["nope"])
@@ -227,6 +230,8 @@ def test_probe_dataset_split_is_held_out():
     assert len(test) == 40 and 70 <= len(train) <= 80
     assert not set(table.prompt[train]) & set(table.prompt[test])
     assert set(targets.groups) == set(P.SKILL_FACTS)
+    held_facts = {f"count_{c}_{s}" for c, s in P.shapes.DEFAULT_HOLDOUT.pairs}
+    assert not held_facts & set(targets.names) and len(targets.names) == 26  # 9 pairs + 4 + 3 + n + 9 others
     # every benchmark prompt is built on a held-out pair, count or relation; no training prompt states one
     held = [f"{c} {s}" for c, s in P.shapes.DEFAULT_HOLDOUT.pairs]
     assert not any(h in p for p in table.prompt[train] for h in held)
