@@ -301,9 +301,14 @@ class FrozenEncoder:
         )
 
     # -- tokenization --------------------------------------------------------------------------
-    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Right-padded ids and mask [N, T] plus the number of prompts cut at ``max_length``."""
-        _check_prompts(prompts)
+    def tokenize(
+        self, prompts: list[str], allow_empty: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Right-padded ids and mask [N, T] plus the number of prompts cut at ``max_length``.
+
+        Empty strings are refused unless ``allow_empty`` (only ``encode_null`` needs them).
+        """
+        _check_prompts(prompts, allow_empty)
         full = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
         n_truncated = sum(len(ids) > self.max_length for ids in full)
         if n_truncated:
@@ -353,13 +358,18 @@ class FrozenEncoder:
 
     @torch.inference_mode()
     def encode_aggregated(
-        self, prompts: list[str], strategy: str | Strategy, batch_size: int = 32, progress: bool = False
+        self,
+        prompts: list[str],
+        strategy: str | Strategy,
+        batch_size: int = 32,
+        progress: bool = False,
+        allow_empty: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Aggregated features [N, T, D'] ([N, T, L, D] for learned) and mask [N, T], computed by
         forward hooks that fold each layer into the result as it is produced (never all layers at once).
         """
         strategy = parse_strategy(strategy)
-        ids, mask, n_truncated = self.tokenize(prompts)
+        ids, mask, n_truncated = self.tokenize(prompts, allow_empty)
         n, t = ids.shape
         agg = Aggregator(strategy, self.num_states)  # validates layer indices for this encoder
         width = output_width(strategy, self.num_states, self.width)
@@ -369,6 +379,8 @@ class FrozenEncoder:
         for start in self._batches(n, batch_size, progress, f"encode {strategy}"):
             sl = slice(start, start + batch_size)
             length = int(mask[sl].sum(1).max())
+            if length == 0:  # only empty prompts whose tokenizer adds no special token: zero tokens
+                continue
             # On CPU the running result lives directly in the output tensor: no extra copy per batch.
             target = features[sl, :length] if self.device.type == "cpu" else None
             agg = Aggregator(strategy, self.num_states, out=target)
@@ -389,6 +401,14 @@ class FrozenEncoder:
                 features[sl, :length] = out.cpu()
         self.n_truncated = n_truncated
         return features, mask
+
+    def encode_null(self, strategy: str | Strategy) -> tuple[torch.Tensor, torch.Tensor]:
+        """The empty prompt "" under ``strategy``: the unconditional input of classifier-free guidance.
+
+        It holds only the tokenizer's special tokens (Gemma's BOS, BERT's [CLS] [SEP]); a tokenizer that
+        adds none (SmolLM2, Qwen2.5) gives a mask with no real token, which callers must handle.
+        """
+        return self.encode_aggregated([""], strategy, batch_size=1, allow_empty=True)
 
     def _check_finite(self, x: torch.Tensor) -> None:
         """Half precision overflows on the attention-sink token (norms up to ~1e5): say so, keep results."""
@@ -412,7 +432,7 @@ def _feeder(agg: Aggregator, index: int):
     return hook
 
 
-def _check_prompts(prompts) -> None:
+def _check_prompts(prompts, allow_empty: bool = False) -> None:
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got a single string; wrap it: [prompt].")
     prompts = list(prompts)
@@ -423,7 +443,7 @@ def _check_prompts(prompts) -> None:
             raise ValueError(
                 f"Prompt {i} is {type(p).__name__} ({p!r}), not a string; pass text prompts only."
             )
-        if not p.strip():
+        if not p.strip() and not allow_empty:
             raise ValueError(f"Prompt {i} is an empty string; remove it or give it text.")
 
 

@@ -348,3 +348,20 @@ def test_gguf_file_converts_once_into_cache(tmp_path, monkeypatch, smollm):
     assert (converted / "config.json").exists() and (converted / "tokenizer.json").exists()
     assert enc.num_states == 31
     torch.testing.assert_close(enc.encode(PROMPTS).hidden, smollm.encode(PROMPTS).hidden, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("fixture", "special_ids"), [("minilm", [101, 102]), ("gemma", [2]), ("smollm", [])])
+def test_null_prompt_holds_only_special_tokens(request, fixture, special_ids):
+    """encode_null encodes "" (the CFG input): [CLS] [SEP] for BERT, BOS for Gemma, nothing for SmolLM2."""
+    enc = request.getfixturevalue(fixture)
+    feats, mask = enc.encode_null("norm_mean")
+    assert mask.shape == (1, len(special_ids)) and bool(mask.all())
+    assert feats.shape == (1, len(special_ids), enc.width)
+    if special_ids:  # equal to aggregating the stacked states of the same ids
+        states = enc.model(
+            input_ids=torch.tensor([special_ids]),
+            output_hidden_states=True,
+            **({} if fixture == "minilm" else {"use_cache": False}),
+        ).hidden_states
+        expected = aggregate(torch.stack([h.float() for h in states]), mask, "norm_mean")
+        torch.testing.assert_close(feats, expected, atol=1e-5, rtol=1e-5)
