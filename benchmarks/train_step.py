@@ -128,7 +128,7 @@ def main() -> None:
 
     # Cached vs on-the-fly text embeddings, same step.
     captions = shapes_pool(512, 0, 32).captions
-    for name in args.encoders.split(","):
+    for name in filter(None, args.encoders.split(",")):  # --encoders "" skips this part
         compare_text(name, captions, args.preset, args.batch, args.repeats)
     print(f"load average after {os.getloadavg()}")
 
