@@ -293,11 +293,16 @@ class EmbeddingCache:
 def null_embedding(encoder: Encoder, strategy: str, feature_shape) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The empty prompt for classifier-free guidance, from the same encoder and strategy.
 
-    Encoders that refuse an empty string (or tokenize it to nothing) get an all-padding null: the
-    conditioner then attends to one zero token, i.e. the projection bias ("zero" in meta.json).
+    An empty prompt with no special token (SmolLM2, Qwen2.5), or an encoder that refuses "", gives an
+    all-padding null: the conditioner then attends to one zero token, the projection bias ("zero" in meta.json).
     """
     try:
-        feats, mask = encoder.encode_aggregated([""], strategy, batch_size=1)
+        if hasattr(
+            encoder, "encode_null"
+        ):  # t2istudy.encoders: special tokens only (Gemma's BOS, BERT's CLS/SEP)
+            feats, mask = encoder.encode_null(strategy)
+        else:
+            feats, mask = encoder.encode_aggregated([""], strategy, batch_size=1)
     except ValueError:
         feats, mask = torch.zeros(1, 0, *feature_shape), torch.zeros(1, 0, dtype=torch.bool)
     feats, mask = _trim(feats.float().cpu(), mask.bool().cpu())

@@ -136,6 +136,8 @@ def test_real_encoder_cache_equals_on_the_fly(tmp_path, name, strategy):
         assert torch.equal(cm, om)
         tol = 1e-3 * float(of.abs().max()) if cache.meta["dtype"] == "float16" else 1e-4
         assert torch.allclose(cf, of, atol=tol, rtol=1e-4)
+    expected_null = {"minilm-l6": "encoded", "smollm2-135m": "zero"}[name]  # [CLS] [SEP] vs no special token
+    assert cache.meta["null"] == expected_null
     if strategy == "mean":  # raw decoder layers: the first-token attention sink is huge (~1.6e4 here)
         assert cache.meta["max_abs"] > 1e3
     assert cache.meta["dtype"] == ("float16" if cache.meta["max_abs"] < 6e4 else "float32")
