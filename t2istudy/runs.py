@@ -426,9 +426,9 @@ def execute_run(
             papermill.execute_notebook(
                 spec.notebook,
                 str(out / "notebook.ipynb"),
-                parameters={
-                    **spec.params,
+                parameters={  # the run directory is the default out_dir; an explicit one wins
                     **({"out_dir": str(out)} if _declares_out_dir(spec.notebook) else {}),
+                    **spec.params,
                 },
                 progress_bar=False,
                 log_output=True,

@@ -55,19 +55,20 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
             "layer-norms",
             notebook="notebooks/layer_norms.ipynb",
             out=f"layer_norms/{tag}",
-            params=layer_norms,
+            params={**layer_norms, "out_dir": f"{figures_dir}/layer_norms"},
         ),
         Step(
             "judge-validation",
             notebook="notebooks/judge_validation.ipynb",
             out=f"judge_validation/{tag}",
-            params=QUICK_SIDE_PARAMS["judge_validation"] if quick else {"n_per_skill": 125},
+            params={**(QUICK_SIDE_PARAMS["judge_validation"] if quick else {"n_per_skill": 125}),
+                    "out_dir": f"{figures_dir}/judge_validation"},
         ),  # fmt: skip
         Step(
             "probe",
             notebook="notebooks/probe.ipynb",
             out=f"probe/{tag}",
-            params=QUICK_SIDE_PARAMS["probe"] if quick else {},
+            params={**(QUICK_SIDE_PARAMS["probe"] if quick else {}), "out_dir": f"{figures_dir}/probe"},
         ),  # fmt: skip
         Step(
             "analysis-tables",
@@ -83,7 +84,7 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
             params={
                 "grid": grid,
                 "figures_dir": figures_dir,
-                "layer_norms_csv": f"{{runs}}/layer_norms/{tag}/layer_norms.csv",
+                "layer_norms_csv": f"{figures_dir}/layer_norms/layer_norms.csv",
             },
             always=True,
         ),  # fmt: skip
