@@ -23,6 +23,7 @@ Probes of the same input shape train together as one ``torch.func`` ensemble (st
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -815,44 +816,25 @@ def sweep(
     if load is None:
         from t2istudy.encoders import load_encoder as load
     opts = options or ProbeOptions()
-    previous_threads = torch.get_num_threads()
-    if opts.threads:  # encoding too: with busy cores, 2 OpenMP threads wait on each other (~10x slower)
-        torch.set_num_threads(opts.threads)
+    with _torch_threads(opts.threads):  # encoding too: with busy cores, 2 OpenMP threads wait on each other
+        return _sweep(encoders, representations, skills, seeds, opts, n_train, n_eval, data_seed,
+                      shuffled, random_init, control_representations, load, progress)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run the block with ``n`` torch threads (None or 0: unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
     try:
-        return _sweep(
-            encoders,
-            representations,
-            skills,
-            seeds,
-            opts,
-            n_train,
-            n_eval,
-            data_seed,
-            shuffled,
-            random_init,
-            control_representations,
-            load,
-            progress,
-        )
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)
 
 
-def _sweep(
-    encoders,
-    representations,
-    skills,
-    seeds,
-    opts,
-    n_train,
-    n_eval,
-    data_seed,
-    shuffled,
-    random_init,
-    control_representations,
-    load,
-    progress,
-) -> SweepResult:
+def _sweep(encoders, representations, skills, seeds, opts, n_train, n_eval, data_seed, shuffled,
+           random_init, control_representations, load, progress) -> SweepResult:  # fmt: skip
     prompts, targets, train, test = probe_dataset(n_train, n_eval, seed=data_seed)
     targets = targets.subset(skills)
     tables, timings = [], []

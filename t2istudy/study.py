@@ -61,8 +61,10 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
             "judge-validation",
             notebook="notebooks/judge_validation.ipynb",
             out=f"judge_validation/{tag}",
-            params={**(QUICK_SIDE_PARAMS["judge_validation"] if quick else {"n_per_skill": 125}),
-                    "out_dir": f"{figures_dir}/judge_validation"},
+            params={
+                **(QUICK_SIDE_PARAMS["judge_validation"] if quick else {"n_per_skill": 125}),
+                "out_dir": f"{figures_dir}/judge_validation",
+            },
         ),  # fmt: skip
         Step(
             "probe",
