@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -166,6 +167,8 @@ class EmbeddingCache:
         digest = caption_hash(captions)
         folder = Path(root) / slug(encoder)
         for meta_file in sorted(folder.glob("*/meta.json")) if folder.is_dir() else []:
+            if ".tmp-" in meta_file.parent.name:  # a build in progress, not yet renamed into place
+                continue
             meta = json.loads(meta_file.read_text())
             if (
                 meta.get("encoder") == encoder
@@ -196,7 +199,7 @@ class EmbeddingCache:
         if dtype not in ("auto", "float16", "float32"):
             raise ValueError(f"dtype must be 'auto', 'float16' or 'float32', got {dtype!r}.")
         path = cls.entry_dir(root, encoder.name, canonical, encoder.max_length, unique)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: parallel builds never share one
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
 
@@ -262,8 +265,16 @@ class EmbeddingCache:
             "null": null_kind,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
+        if (path / "meta.json").exists():  # another process finished the same entry first: keep theirs
+            shutil.rmtree(tmp)
+            return cls(path)
+        shutil.rmtree(path, ignore_errors=True)  # an incomplete entry (no meta.json)
+        try:
+            tmp.rename(path)
+        except OSError:  # lost a rename race to an identical, complete entry
+            if not (path / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp)
         return cls(path)
 
     @classmethod

@@ -141,3 +141,13 @@ def test_real_encoder_cache_equals_on_the_fly(tmp_path, name, strategy):
     if strategy == "mean":  # raw decoder layers: the first-token attention sink is huge (~1.6e4 here)
         assert cache.meta["max_abs"] > 1e3
     assert cache.meta["dtype"] == ("float16" if cache.meta["max_abs"] < 6e4 else "float32")
+
+
+def test_parallel_builds_of_one_entry_keep_the_first_complete_one(tmp_path, monkeypatch):
+    """Two processes building the same entry: each writes its own tmp folder; the second keeps the first's."""
+    first = EmbeddingCache.build(FakeEncoder(), "last", ["a b", "c"], tmp_path, progress=False)
+    stamp = (first.path / "meta.json").stat().st_mtime_ns
+    monkeypatch.setattr("os.getpid", lambda: 99999)  # a different process id -> a different tmp folder
+    second = EmbeddingCache.build(FakeEncoder(), "last", ["a b", "c"], tmp_path, progress=False)
+    assert second.path == first.path and (first.path / "meta.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no tmp folder left behind
