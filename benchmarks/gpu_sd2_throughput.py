@@ -5,9 +5,12 @@ parameters) on 32x32x4 latents with random latents and random 1024-wide text sta
 - "t2istudy": the Denoiser (TextConditioner projection + U-Net with encoder_attention_mask) and
   diffusion_loss exactly as t2istudy.train runs them, through accelerate (mixed_precision="bf16");
 - "diffusers": the inner loop of diffusers' examples/text_to_image/train_text_to_image.py (unet(...).sample,
-  F.mse_loss, backward, clip, step) under torch.autocast.
+  F.mse_loss, backward, clip, step) under torch.autocast;
+- "diffusers+mask": the same plain loop passing encoder_attention_mask, to show what masking the padded
+  text tokens costs by itself (SDPA cannot take its flash kernel with a mask).
+Every (loop, batch) is measured --repeats times in alternating order, so clock drift does not favour one.
 Prints images/s per (loop, batch), FLOP/s against the card's dense bf16 matmul FLOP/s measured in the same
-run, and writes figures/gpu_sd2_throughput.{csv,png,pdf}.
+run, and writes figures/gpu/gpu_sd2_throughput.{csv,png,pdf}.
 
     python benchmarks/gpu_sd2_throughput.py --batch 32 64 --steps 20      # ~3-5 min on one H100
 """
@@ -79,6 +82,7 @@ def run_loop(
             opt.step()
             opt.zero_grad(set_to_none=True)
     else:
+        attn_mask = mask if kind == "diffusers+mask" else None
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
         unet.train()
 
@@ -86,7 +90,9 @@ def run_loop(
             noise = torch.randn_like(latents)
             t = torch.randint(0, 1000, (batch,), device=device)
             with torch.autocast(device, dtype=torch.bfloat16):
-                pred = unet(sched.add_noise(latents, noise, t), t, text).sample
+                pred = unet(
+                    sched.add_noise(latents, noise, t), t, text, encoder_attention_mask=attn_mask
+                ).sample
             loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -117,7 +123,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--out", default="figures/gpu_sd2_throughput")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default="figures/gpu/gpu_sd2_throughput")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test of this script")
     ap.add_argument("--preset", default="sd2-256", help="another preset only for a smoke test")
     args = ap.parse_args()
@@ -129,28 +136,35 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"{name}: dense bf16 matmul {peak / 1e12:.3f} TFLOP/s")
     rows = []
-    for batch in args.batch:
-        for kind in ("diffusers", "t2istudy"):
-            r = run_loop(kind, batch, args.steps, args.warmup, device, args.preset)
-            if device == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            r["tflops"] = r["flop_per_step"] / r["s_per_step"] / 1e12
-            r["fraction_of_peak"] = r["tflops"] * 1e12 / peak
-            rows.append(r)
-            print(
-                f"{kind:9s} batch {batch:3d}: {r['img_per_s']:7.1f} img/s  {r['s_per_step'] * 1e3:6.1f} ms/step  "
-                f"{r['tflops']:.0f} TFLOP/s ({r['fraction_of_peak']:.0%} of matmul)  {r['max_mem_gib']:.1f} GiB"
-            )
+    loops = ["diffusers", "diffusers+mask", "t2istudy"]
+    plan = [
+        (repeat, batch, kind)
+        for repeat in range(args.repeats)
+        for batch in args.batch
+        for kind in (loops if repeat % 2 == 0 else loops[::-1])
+    ]
+    for repeat, batch, kind in plan:
+        r = run_loop(kind, batch, args.steps, args.warmup, device, args.preset)
+        r["repeat"] = repeat
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        r["tflops"] = r["flop_per_step"] / r["s_per_step"] / 1e12
+        r["fraction_of_peak"] = r["tflops"] * 1e12 / peak
+        rows.append(r)
+        print(
+            f"{kind:14s} batch {batch:3d}: {r['img_per_s']:7.1f} img/s  {r['s_per_step'] * 1e3:6.1f} ms/step  "
+            f"{r['tflops']:.0f} TFLOP/s ({r['fraction_of_peak']:.0%} of matmul)  {r['max_mem_gib']:.1f} GiB"
+        )
     table = pd.DataFrame(rows)
     table["device"] = name
     table["matmul_peak_tflops"] = peak / 1e12
-    for batch, group in table.groupby("batch"):
-        ratio = float(
-            group.set_index("loop").loc["t2istudy", "img_per_s"]
-            / group.set_index("loop").loc["diffusers", "img_per_s"]
-        )
-        print(f"batch {batch}: t2istudy / diffusers throughput = {ratio:.3f}")
+    mean = table.groupby(["batch", "loop"])["img_per_s"].mean()
+    for batch in args.batch:
+        for kind in loops[1:]:
+            print(
+                f"batch {batch}: {kind} / diffusers throughput = {mean[batch, kind] / mean[batch, 'diffusers']:.3f}"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out.with_suffix(".csv"), index=False)

@@ -201,13 +201,12 @@ class TextConditioner(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = features.to(self.proj.weight.dtype)
-        mask = mask.bool()
-        empty = ~mask.any(dim=1)
-        if empty.any():  # keep attention well defined: one all-zero "real" token
-            features = features.clone()
-            mask = mask.clone()
-            features[empty, 0] = 0
-            mask[empty, 0] = True
+        real = mask.bool()
+        # Keep attention well defined without a host sync (no `if empty.any()`): an empty row attends to
+        # its first position, whose input is zeroed below with the padding.
+        first = torch.zeros_like(real)
+        first[:, 0] = True
+        attend = real | (first & ~real.any(dim=1, keepdim=True))
         if self.layer_logits is None:
             x = features * self.input_scale
         else:
@@ -218,8 +217,8 @@ class TextConditioner(nn.Module):
                 )
             w = self.layer_weights() * self.input_scale
             x = torch.einsum("btld,l->btd", features, w)
-        x = x * mask.unsqueeze(-1)  # padding carries no signal even if the encoder left values there
-        return self.proj(x), mask
+        x = x * real.unsqueeze(-1)  # padding carries no signal even if the encoder left values there
+        return self.proj(x), attend
 
     def config(self) -> dict:
         return {
