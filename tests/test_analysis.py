@@ -99,16 +99,39 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     figs = runs.execute_notebook(
         NOTEBOOKS / "analysis_figures.ipynb",
         tmp_path / "runs" / "analysis" / "figures",
-        {**common, "layer_norms_csv": str(tmp_path / "runs" / "layer_norms" / "default" / "layer_norms.csv")},
-    )
+        {**common, "layer_norms_csv": str(tmp_path / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
+         "probe_dir": str(FIXTURE.parent / "probe")},
+    )  # fmt: skip
     assert figs.state == "done", figs.error
     expected = {f"{stem}.{ext}" for stem in ("table1_last_layer", "table2_strategies", "claims", "skill_gains")
                 for ext in ("csv", "md", "tex")}  # fmt: skip
-    expected |= {f"{stem}.{ext}" for stem in ("skill_bars", "scaling", "claims_forest", "layer_norms")
-                 for ext in ("png", "pdf", "csv")}  # fmt: skip
+    expected |= {f"{stem}.{ext}" for stem in ("skill_bars", "scaling", "claims_forest", "layer_norms",
+                 "probe_vs_diffusion") for ext in ("png", "pdf", "csv")}  # fmt: skip
     assert {p.name for p in figures_dir.iterdir()} == expected
+    joined = pd.read_csv(
+        figures_dir / "probe_vs_diffusion.csv"
+    )  # both probe sweeps, merged: 2 x 2 x 8 points
+    assert len(joined) == 32 and set(joined.encoder) == {"gemma3-270m", "minilm-l6"}
+    assert (joined.accuracy - (0.2 + 0.6 * joined.score)).abs().max() < 1e-9
     claims = pd.read_csv(figures_dir / "claims.csv")
     assert claims.loc[claims.a == "gemma3-270m norm_mean", "verdict"].tolist() == ["held", "held", "held"]
     assert (tmp_path / "runs" / "analysis" / "tables" / "notebook.ipynb").exists()
     with pytest.raises(ValueError, match="not declared"):
         runs.execute_notebook(NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "x" / "y", {"grids": "fixture"})
+
+
+def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):
+    from t2istudy import probe
+
+    sweeps = FIXTURE.parent / "probe"
+    merged = probe.load_summaries(sweeps)
+    assert len(merged) == 32 and merged.groupby("encoder").size().to_dict() == {
+        "gemma3-270m": 16,
+        "minilm-l6": 16,
+    }
+    shutil.copytree(sweeps, tmp_path / "probe")
+    shutil.copytree(tmp_path / "probe" / "minilm-l6", tmp_path / "probe" / "again")
+    with pytest.raises(ValueError, match="several files"):
+        probe.load_summaries(tmp_path / "probe")
+    with pytest.raises(FileNotFoundError, match="notebooks/probe.ipynb"):
+        probe.load_summaries(tmp_path / "empty")

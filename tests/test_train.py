@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import FakeEncoder
 from PIL import Image
 from safetensors.torch import load_file
-from test_cache import FakeEncoder
 
 from t2istudy.cache import EmbeddingCache
 from t2istudy.data import FolderPairs, StepBatchSampler, shapes_pool
