@@ -1,5 +1,5 @@
 """Sampling: exactness with an oracle denoiser, per-(prompt, seed) determinism, files on disk, and a short
-cpu-tiny training run that the pixel judge scores clearly above the untrained model."""
+cpu-small training run that the pixel judge scores clearly above the untrained model."""
 
 import numpy as np
 import pandas as pd
@@ -91,32 +91,34 @@ def colour_benchmark(n: int = 48) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_short_training_run_beats_untrained_model_with_the_judge(tmp_path):
-    """~2-3 min: cpu-tiny, one object per scene, MiniLM `last`, 600 steps; the pixel judge checks that the named
-    colour appears exactly once and no other colour appears. Measured (load 2.5): trained 0.21 exact / 0.71 of
-    constraints held, untrained 0.0 / 0.09."""
+def test_short_cpu_small_run_beats_untrained_model_with_the_judge(tmp_path):
+    """~4 min on 2 cores: the cpu-small preset, one object per scene, MiniLM `last`, 400 steps of batch 32 at
+    lr 2e-3; the pixel judge checks that the named colour appears exactly once and no other colour appears.
+    Measured (1 thread, 2026-11-26): trained 0.25 exact / 0.69 of constraints held, untrained 0.02 / 0.50
+    (an untrained model draws grey noise, which already satisfies the "no blue" constraints). 200 steps gave
+    only 0.10 vs 0.02, and lr 1e-3 at 400 steps 0.17."""
     from t2istudy.cache import EmbeddingCache
     from t2istudy.sample import sample_run
     from t2istudy.scoring import get_scorer
     from t2istudy.train import TrainOptions, load_denoiser, train
 
     bench = colour_benchmark()
-    opts = TrainOptions(encoder="minilm-l6", strategy="last", preset="cpu-tiny", max_objects=1, pool_size=2048,
-                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "run"), max_train_steps=600,
-                        train_batch_size=32, learning_rate=3e-3, lr_warmup_steps=20, use_ema=False,
-                        checkpointing_steps=1000, report_to="none", progress=False, num_threads=1)  # fmt: skip
+    opts = TrainOptions(encoder="minilm-l6", strategy="last", preset="cpu-small", max_objects=1, pool_size=2048,
+                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "run"), max_train_steps=400,
+                        train_batch_size=32, learning_rate=2e-3, lr_warmup_steps=20, use_ema=False,
+                        checkpointing_steps=1000, report_to="none", progress=False, num_threads=2)  # fmt: skip
     run = train(opts)
     judge = get_scorer("judge")
     trained = judge.score(sample_run(run, bench.prompt.tolist(), [0], steps=20, guidance_scale=3.0), bench)
 
     model, _, null = load_denoiser(run)
     torch.manual_seed(0)
-    model.unet = build_unet("cpu-tiny")  # same text side, untrained U-Net
+    model.unet = build_unet("cpu-small")  # same text side, untrained U-Net
     text = EmbeddingCache.get_or_build(
         opts.cache_dir, "minilm-l6", "last", bench.prompt.tolist(), progress=False
     )
     untrained = judge.score(
-        sample(model, bench.prompt.tolist(), [0], text=text, null=null, preset="cpu-tiny", steps=20), bench
+        sample(model, bench.prompt.tolist(), [0], text=text, null=null, preset="cpu-small", steps=20), bench
     )
     assert len(trained) == len(bench) and set(trained["score"]) <= {0.0, 1.0}
     summary = (
@@ -126,5 +128,5 @@ def test_short_training_run_beats_untrained_model_with_the_judge(tmp_path):
         untrained["fraction"].mean(),
     )
     assert untrained["score"].mean() <= 0.05, summary
-    assert trained["score"].mean() >= untrained["score"].mean() + 0.1, summary
-    assert trained["fraction"].mean() >= untrained["fraction"].mean() + 0.3, summary
+    assert trained["score"].mean() >= untrained["score"].mean() + 0.12, summary
+    assert trained["fraction"].mean() >= untrained["fraction"].mean() + 0.1, summary
