@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from . import shapes
+from . import shapes_benchmark
 from .shapes import BACKGROUNDS, PALETTE, check_constraints, render
 
 MIN_AREA = 0.008  # components smaller than this fraction of the image are specks (8 px at 32x32)
@@ -242,14 +242,14 @@ def validate(
 
     Rows: one per (condition, kind, skill) with ``skill == "all"`` for the whole set; ``kind`` is
     ``positive`` (ground-truth render; correct = accepted) or ``negative`` (render of a near-miss scene
-    from :func:`shapes.hard_negative`; correct = rejected). Columns: condition, noise, blur, kind, skill,
+    from :func:`shapes_benchmark.hard_negative`; correct = rejected). Columns: condition, noise, blur, kind, skill,
     n, accuracy, accept_rate.
     """
     rng = np.random.default_rng(seed)
     items = []
     for row in bench.itertuples():
         skill = row.skills[0]
-        neg = shapes.hard_negative(row.scene, row.spec, rng, skill)
+        neg = shapes_benchmark.hard_negative(row.scene, row.spec, rng, skill)
         items.append((skill, row.spec, render(row.scene, resolution), True))
         if neg is not None:
             items.append((skill, row.spec, render(neg, resolution), False))

@@ -87,7 +87,7 @@ class JudgeScorer:
     def score(self, images: Sequence[ImageLike], prompts: pd.DataFrame) -> pd.DataFrame:
         if "spec" not in prompts.columns:
             raise ValueError(
-                "The judge needs a 'spec' column (make the table with shapes.make_benchmark); "
+                "The judge needs a 'spec' column (make the table with shapes_benchmark.make_benchmark); "
                 "GenAI-Bench prompts have no spec: score them with get_scorer('vqascore')."
             )
         for pid, spec in zip(prompts["id"], prompts["spec"], strict=True):

@@ -121,10 +121,10 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
 
 
 def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):
-    from t2istudy import probe
+    from t2istudy import probe_report
 
     sweeps = FIXTURE.parent / "probe"
-    merged = probe.load_summaries(sweeps)
+    merged = probe_report.load_summaries(sweeps)
     assert len(merged) == 32 and merged.groupby("encoder").size().to_dict() == {
         "gemma3-270m": 16,
         "minilm-l6": 16,
@@ -132,6 +132,6 @@ def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):
     shutil.copytree(sweeps, tmp_path / "probe")
     shutil.copytree(tmp_path / "probe" / "minilm-l6", tmp_path / "probe" / "again")
     with pytest.raises(ValueError, match="several files"):
-        probe.load_summaries(tmp_path / "probe")
+        probe_report.load_summaries(tmp_path / "probe")
     with pytest.raises(FileNotFoundError, match="notebooks/probe.ipynb"):
-        probe.load_summaries(tmp_path / "empty")
+        probe_report.load_summaries(tmp_path / "empty")

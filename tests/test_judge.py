@@ -5,7 +5,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from t2istudy.judge import degrade, detect, judge, validate
-from t2istudy.shapes import Obj, Scene, make_benchmark, render
+from t2istudy.shapes import Obj, Scene, render
+from t2istudy.shapes_benchmark import make_benchmark
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from t2istudy import probe as P
+from t2istudy import probe_report as R
+from t2istudy import probe_targets as T
+from t2istudy import shapes
 
 FAST = P.ProbeOptions(steps=150, batch_size=32, lr=5e-3, threads=1, n_boot=200)
 
@@ -31,7 +34,7 @@ def test_spec_facts_negation_fixes_shapes_not_colours():
             _count(None, None, 2),
         ]
     }
-    facts = P.spec_facts(spec)
+    facts = T.spec_facts(spec)
     assert facts["count_square"] == 1 and facts["count_triangle"] == 1 and facts["count_circle"] == 0
     assert facts["count_red"] == 0 and facts["n_objects"] == 2 and facts["count_blue_triangle"] == 1
     assert "count_blue" not in facts and "count_green" not in facts and "count_green_square" not in facts
@@ -52,11 +55,11 @@ def test_spec_facts_relations_and_exact_descriptions():
             {"type": "background", "color": "gray"},
         ]
     }
-    facts = P.spec_facts(spec)
+    facts = T.spec_facts(spec)
     # the blue square is the left object; every other kind is absent
     assert (facts["left_color"], facts["left_shape"], facts["background"]) == ("blue", "square", "gray")
     assert "top_color" not in facts and "larger_color" not in facts
-    assert sum(facts[f] for f in P.PAIR_FACTS) == 2 and facts["count_green_triangle"] == 0
+    assert sum(facts[f] for f in T.PAIR_FACTS) == 2 and facts["count_green_triangle"] == 0
     more = {
         "constraints": [
             {
@@ -68,7 +71,7 @@ def test_spec_facts_relations_and_exact_descriptions():
             _count(None, None, 3),
         ]
     }
-    facts = P.spec_facts(more)  # 3 objects, red circles > blue squares >= 1 -> exactly 2 and 1
+    facts = T.spec_facts(more)  # 3 objects, red circles > blue squares >= 1 -> exactly 2 and 1
     assert (facts["more_color"], facts["count_red_circle"], facts["count_blue_square"]) == ("red", 2, 1)
 
 
@@ -78,7 +81,7 @@ def test_spec_facts_relations_and_exact_descriptions():
 
 def _tiny_targets():
     facts = [{"a": 0, "b": "x"}, {"a": 1, "b": "y"}, {"a": 1}, {"a": 2, "b": "y"}]
-    return P.Targets.from_facts(
+    return T.Targets.from_facts(
         facts, {"one": ["a"], "both": ["a", "b"]}, tags=[("one", "both")] * 3 + [("one",)]
     )
 
@@ -88,15 +91,15 @@ def test_targets_skill_correct_and_chance_by_hand():
     assert t.names == ["a", "b"] and t.classes == [["0", "1", "2"], ["x", "y"]]
     assert t.values.tolist() == [[0, 0], [1, 1], [1, -1], [2, 1]]
     pred = np.array([[0, 1], [1, 1], [1, 0], [0, 1]])  # row 0 wrong on b, row 2's b is not stated
-    out = P.skill_correct(pred, t, np.arange(4))
+    out = T.skill_correct(pred, t, np.arange(4))
     assert out["one"][0].tolist() == [True] * 4 and out["one"][1].tolist() == [True, True, True, False]
     assert out["both"][0].tolist() == [True, True, True, False]  # row 3 is not tagged "both"
     assert out["both"][1][:3].tolist() == [False, True, True]
     # train rows 0-2: modes a=1, b=x (tie x/y -> first); on all rows: one = 2/4, both = rows 1,2 -> 1/3
-    ch = P.chance(t, np.arange(3), np.arange(4))
+    ch = T.chance(t, np.arange(3), np.arange(4))
     assert ch["one"] == pytest.approx(0.5) and ch["both"] == pytest.approx(1 / 3)
     # ceiling: row 3's a = 2 never occurs in training rows 0-2, so no head can predict it
-    ceil = P.ceiling(t, np.arange(3), np.arange(4))
+    ceil = T.ceiling(t, np.arange(3), np.arange(4))
     assert ceil["one"] == pytest.approx(0.75) and ceil["both"] == pytest.approx(1.0)
     assert t.subset(["one"]).names == ["a"]
     with pytest.raises(ValueError, match="Unknown probe skills"):
@@ -112,7 +115,7 @@ def _synthetic(n=400, tokens=6, width=16, layers=3, seed=0):
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, 3, n), rng.integers(0, 2, n)
     facts = [{"count": int(a[i]), "bind": int(b[i])} for i in range(n)]
-    targets = P.Targets.from_facts(facts, {"counting": ["count"], "attribute": ["bind"]})
+    targets = T.Targets.from_facts(facts, {"counting": ["count"], "attribute": ["bind"]})
     gen = torch.Generator().manual_seed(seed)
     hidden = 0.1 * torch.randn(layers, n, tokens, width, generator=gen)
     hidden[:2] += torch.randn(2, n, tokens, width, generator=gen)
@@ -152,7 +155,7 @@ def test_informative_near_100_noise_and_shuffled_near_chance(synthetic):
         features, targets, train, test, representations=["layer:0", "layer:2"], seeds=[0], options=FAST
     )
     acc = table.groupby(["representation", "skill"]).correct.mean()
-    chance = P.chance(targets, train, test)
+    chance = T.chance(targets, train, test)
     assert acc["layer:2", "counting"] >= 0.97 and acc["layer:2", "attribute"] >= 0.97
     for skill in ("counting", "attribute"):  # pure noise carries nothing
         assert abs(acc["layer:0", skill] - chance[skill]) < 0.15
@@ -226,16 +229,16 @@ def test_bad_input_is_named(synthetic):
 
 
 def test_probe_dataset_split_is_held_out():
-    table, targets, train, test = P.probe_dataset(n_train=80, n_eval=40, seed=0)
+    table, targets, train, test = T.probe_dataset(n_train=80, n_eval=40, seed=0)
     assert len(test) == 40 and 70 <= len(train) <= 80
     assert not set(table.prompt[train]) & set(table.prompt[test])
-    assert set(targets.groups) == set(P.SKILL_FACTS)
-    held_facts = {f"count_{c}_{s}" for c, s in P.shapes.DEFAULT_HOLDOUT.pairs}
+    assert set(targets.groups) == set(T.SKILL_FACTS)
+    held_facts = {f"count_{c}_{s}" for c, s in shapes.DEFAULT_HOLDOUT.pairs}
     assert not held_facts & set(targets.names) and len(targets.names) == 26  # 9 pairs + 4 + 3 + n + 9 others
     # every benchmark prompt is built on a held-out pair, count or relation; no training prompt states one
-    held = [f"{c} {s}" for c, s in P.shapes.DEFAULT_HOLDOUT.pairs]
+    held = [f"{c} {s}" for c, s in shapes.DEFAULT_HOLDOUT.pairs]
     assert not any(h in p for p in table.prompt[train] for h in held)
-    for skill, (applicable, _) in P.skill_correct(targets.values[test], targets, test).items():
+    for skill, (applicable, _) in T.skill_correct(targets.values[test], targets, test).items():
         assert applicable.sum() >= 5, skill
 
 
@@ -257,11 +260,11 @@ def test_relate_to_diffusion_rank_correlation():
             "mean": [0.3, 0.5, 0.1, 0.3, 0.05, 0.9],
         }
     )
-    joined, stats = P.relate_to_diffusion(summary, runs)
+    joined, stats = R.relate_to_diffusion(summary, runs)
     assert len(joined) == 4 and stats.n == 4 and stats.rho == pytest.approx(1.0)
     assert joined.set_index(["representation", "skill"]).score["last", "counting"] == pytest.approx(0.4)
     with pytest.raises(ValueError, match="columns"):
-        P.relate_to_diffusion(summary, runs, score="score")
+        R.relate_to_diffusion(summary, runs, score="score")
 
 
 # ---------------------------------------------------------------------------------------------------

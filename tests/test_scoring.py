@@ -9,7 +9,8 @@ from PIL import Image
 
 from t2istudy.genai_bench import load_genai_bench, skill_means
 from t2istudy.scoring import get_scorer, paired_difference, summarize
-from t2istudy.shapes import Obj, Scene, make_benchmark, render
+from t2istudy.shapes import Obj, Scene, render
+from t2istudy.shapes_benchmark import make_benchmark
 
 
 @pytest.fixture

@@ -17,17 +17,19 @@ from t2istudy.shapes import (
     Obj,
     Scene,
     ShapesWorld,
-    benchmark_from_json,
-    benchmark_to_json,
     check_constraints,
-    hard_negative,
-    load_benchmark,
-    make_benchmark,
     render,
-    save_benchmark,
     scene_facts,
     scene_satisfies,
     validate_spec,
+)
+from t2istudy.shapes_benchmark import (
+    benchmark_from_json,
+    benchmark_to_json,
+    hard_negative,
+    load_benchmark,
+    make_benchmark,
+    save_benchmark,
 )
 
 

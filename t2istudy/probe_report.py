@@ -1,0 +1,159 @@
+"""Probe results as figures and tables, merged across sweeps, and set against the diffusion study.
+
+Reads only summaries (``probe.summarize`` output or the ``probe_all.csv`` files it was saved to), so the
+analysis notebooks can use it without training anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import scipy.stats
+
+from t2istudy.aggregation import parse_strategy
+
+# ----------------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_layer_curves(summary: pd.DataFrame, encoder: str, ncols: int = 4):
+    """One panel per skill: accuracy per layer (seed min-max shaded, mean line), the strategies as
+    horizontal reference lines, controls (random init, shuffled) dashed, chance dotted."""
+    import matplotlib.pyplot as plt
+
+    data = summary[summary.encoder == encoder]
+    if data.empty:
+        raise ValueError(
+            f"No probe results for encoder {encoder!r}; have {sorted(summary.encoder.unique())}."
+        )
+    skills = list(dict.fromkeys(data.skill))
+    nrows = -(-len(skills) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharex=True, sharey=True, squeeze=False
+    )
+    palette = [
+        c for i, c in enumerate(plt.rcParams["axes.prop_cycle"].by_key()["color"]) if i != 3
+    ]  # red = chance
+    strategies = [
+        r for r in dict.fromkeys(data[data.control == "none"].representation) if not r.startswith("layer:")
+    ]
+    colours = {r: palette[i % len(palette)] for i, r in enumerate(strategies)}
+    for ax, skill in zip(axes.flat, skills, strict=False):
+        d = data[data.skill == skill]
+        layers = d[(d.control == "none") & d.layer.notna()].sort_values("layer")
+        if not layers.empty:
+            ax.plot(layers.layer, layers.accuracy, color="black", lw=1.5, label="layer k")
+            ax.fill_between(layers.layer, layers.seed_min, layers.seed_max, color="black", alpha=0.2, lw=0)
+        for _, row in d[d.layer.isna()].iterrows():
+            style = {"none": "-", "random_init": "--", "shuffled": ":"}[row.control]
+            colour = "gray" if row.control == "shuffled" else colours.get(row.representation, "gray")
+            label = row.representation if row.control == "none" else f"{row.representation} ({row.control})"
+            ax.axhline(row.accuracy, color=colour, ls=style, lw=1.2, label=label)
+        if "chance" in d and d.chance.notna().any():
+            ax.axhline(
+                d.chance.iloc[0],
+                color=plt.rcParams["axes.prop_cycle"].by_key()["color"][3],
+                ls="-.",
+                lw=1.2,
+                label="chance",
+            )
+        if "ceiling" in d and d.ceiling.notna().any():
+            ax.axhline(d.ceiling.iloc[0], color="black", ls=(0, (1, 3)), lw=1, label="ceiling")
+        ax.set_title(f"{skill} (n={int(d.n.max())})", fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(skills) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("layer index (0 = embedding)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out exact accuracy")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.suptitle(f"Probe of {encoder}: what each layer and strategy keeps, per skill (band: seed min-max)")
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 6), 1, 0.97))
+    return fig
+
+
+def save_figures(
+    summary: pd.DataFrame, out_dir: str | os.PathLike = "figures", prefix: str = "probe"
+) -> list[Path]:
+    """``<out_dir>/<prefix>_<encoder>.{png,pdf,csv}`` per encoder and ``<prefix>_all.csv``."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{prefix}_all.csv"]
+    summary.to_csv(written[0], index=False, float_format="%.4f")
+    for encoder in summary.encoder.unique():
+        stem = out / f"{prefix}_{encoder.replace('/', '_')}"
+        fig = plot_layer_curves(summary, encoder)
+        fig.savefig(stem.with_suffix(".png"), dpi=120)
+        fig.savefig(stem.with_suffix(".pdf"))
+        plt.close(fig)
+        summary[summary.encoder == encoder].to_csv(stem.with_suffix(".csv"), index=False, float_format="%.4f")
+        written += [stem.with_suffix(s) for s in (".png", ".pdf", ".csv")]
+    return written
+
+
+def load_summaries(folder: str | os.PathLike, name: str = "probe_all.csv") -> pd.DataFrame:
+    """Every probe summary under ``folder`` (its own ``probe_all.csv`` and its subfolders'), as one table.
+
+    Sweeps of different encoders are run and committed separately (``figures/probe/<encoder>/``); analysis
+    reads them together. An (encoder, control, representation, skill) found in two files is an error:
+    say which sweep counts by moving the other away.
+    """
+    paths = sorted(Path(folder).rglob(name))
+    if not paths:
+        raise FileNotFoundError(f"No {name} under {folder}: run notebooks/probe.ipynb with out_dir={folder}.")
+    frames = [pd.read_csv(path).assign(source=str(path)) for path in paths]
+    table = pd.concat(frames, ignore_index=True)
+    key = ["encoder", "control", "representation", "skill"]
+    dup = table[table.duplicated(key, keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        raise ValueError(
+            f"Probe results for {tuple(first[key])} appear in several files "
+            f"({sorted(set(dup[(dup[key] == first[key]).all(axis=1)].source))}): keep one sweep per encoder."
+        )
+    return table
+
+
+# ----------------------------------------------------------------------------------------------------
+# Does the probe predict the diffusion study?
+
+
+def relate_to_diffusion(
+    summary: pd.DataFrame, runs: pd.DataFrame, score: str = "mean", ax=None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Scatter probe accuracy against diffusion per-skill scores; report the Spearman rank correlation.
+
+    ``runs``: per-skill diffusion scores, e.g. ``runs.load_metrics("runs", grid)`` (columns ``encoder``,
+    ``strategy``, ``skill`` and the ``score`` column, default ``mean``); runs that differ only in seed are
+    averaged, group rows (basic / advanced / overall) drop out in the join. Strategy strings are
+    canonicalized with ``parse_strategy``. Returns (the joined table, Series of rho, p, n); draws on ``ax``.
+    """
+    needed = {"encoder", "strategy", "skill", score}
+    if not needed <= set(runs.columns):
+        raise ValueError(f"runs needs columns {sorted(needed)}, got {sorted(runs.columns)}.")
+    probes = summary[summary.control == "none"][["encoder", "representation", "skill", "accuracy"]]
+    runs = runs.assign(representation=[str(parse_strategy(s)) for s in runs.strategy])
+    scores = runs.groupby(["encoder", "representation", "skill"], as_index=False)[score].mean()
+    joined = scores.rename(columns={score: "score"}).merge(probes, on=["encoder", "representation", "skill"])
+    if len(joined) < 3:
+        raise ValueError(
+            f"Only {len(joined)} (encoder, strategy, skill) points are in both tables; probe the runs' "
+            "encoders and strategies (same skill names) first."
+        )
+    result = scipy.stats.spearmanr(joined.accuracy, joined.score)
+    stats = pd.Series({"rho": result.statistic, "p": result.pvalue, "n": len(joined)})
+    if ax is not None:
+        import seaborn as sns
+
+        sns.scatterplot(data=joined, x="accuracy", y="score", hue="skill", style="encoder", ax=ax)
+        ax.set_xlabel("probe accuracy (held-out, exact)")
+        ax.set_ylabel(f"diffusion score ({score})")
+        ax.set_title(f"Spearman rho = {stats.rho:.2f} (p = {stats.p:.3f}, n = {len(joined)})")
+    return joined, stats
