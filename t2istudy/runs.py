@@ -704,12 +704,23 @@ def find_runs(root: str | Path, grid: str | None = None, done_only: bool = True)
     return [d for d in dirs if not done_only or (d / "DONE").exists()]
 
 
-def load_metrics(root: str | Path, grid: str | None = None) -> pd.DataFrame:
+METRICS = {
+    "score": "the scorer's verdict per prompt (judge: 1 if every constraint holds; VQAScore: P(yes))",
+    "fraction": "share of the prompt's constraints that hold (judge only: partial credit)",
+}
+
+
+def load_metrics(root: str | Path, grid: str | None = None, metric: str = "score") -> pd.DataFrame:
     """Long table of complete runs: one row per (run, skill-or-group) with its parameters and stats.
 
     Columns: grid, run_id, every notebook parameter (encoder, strategy, seed, ...), skill
     (a skill name or basic / advanced / overall), n, mean, ci_low, ci_high, plus scalar extras.
+    ``metric="fraction"`` recomputes the stats from each run's scores.csv (the judge's partial credit),
+    for when the all-or-nothing score sits at the floor.
     """
+    from t2istudy.scoring import summarize  # scoring imports the judge; keep runs light to import
+
+    _check_metric(metric)
     rows = []
     for out in find_runs(root, grid):
         if not (out / "metrics.json").exists():  # a side notebook's directory (layer norms, probe, ...)
@@ -721,21 +732,48 @@ def load_metrics(root: str | Path, grid: str | None = None) -> pd.DataFrame:
             for k, v in metrics.items()
             if isinstance(v, (int, float, str, bool)) and k != "schema_version"
         }
-        stats = {k: metrics[k] for k in ("overall", "basic", "advanced") if k in metrics}
-        stats.update(metrics.get("skills", {}))
+        if metric == "score":
+            stats = {k: metrics[k] for k in ("overall", "basic", "advanced") if k in metrics}
+            stats.update(metrics.get("skills", {}))
+        else:
+            table = _read_scores(out, metric)
+            table["skills"] = [tuple(str(t).split("|")) for t in table["skills"]]  # as scores.csv joins them
+            stats = summarize(table, column=metric).to_dict(orient="index")
         for skill, values in stats.items():
             rows.append({**base, **extras, "skill": skill, **values})
     return pd.DataFrame(rows)
 
 
-def load_scores(root: str | Path, grid: str | None = None) -> pd.DataFrame:
-    """Per-prompt scores of complete runs, with each run's parameters as columns (for paired CIs)."""
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; use one of {sorted(METRICS)}.")
+
+
+def _read_scores(out: Path, metric: str) -> pd.DataFrame:
+    table = pd.read_csv(out / "scores.csv", dtype={"id": str})
+    if metric not in table.columns:
+        raise ValueError(
+            f"{out / 'scores.csv'} has no {metric!r} column (VQAScore runs have only 'score'); "
+            f"use metric='score' for this grid."
+        )
+    return table
+
+
+def load_scores(root: str | Path, grid: str | None = None, metric: str = "score") -> pd.DataFrame:
+    """Per-prompt scores of complete runs, with each run's parameters as columns (for paired CIs).
+
+    With ``metric="fraction"`` the ``score`` column holds the judge's share of constraints held (the
+    verdict is kept as ``verdict``), so every analysis function works on it unchanged.
+    """
+    _check_metric(metric)
     frames = []
     for out in find_runs(root, grid):
         if not (out / "scores.csv").exists():
             continue
         record = read_json(out / "params.json")
-        table = pd.read_csv(out / "scores.csv", dtype={"id": str})
+        table = _read_scores(out, metric)
+        if metric != "score":
+            table = table.rename(columns={"score": "verdict"}).assign(score=table[metric])
         for key, value in {
             "grid": record["grid"],
             "run_id": record["run_id"],

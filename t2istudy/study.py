@@ -72,25 +72,40 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
             out=f"probe/{tag}",
             params={**(QUICK_SIDE_PARAMS["probe"] if quick else {}), "out_dir": f"{figures_dir}/probe"},
         ),  # fmt: skip
+        *(
+            step
+            for metric, where in (("score", figures_dir), ("fraction", f"{figures_dir}/fraction"))
+            for step in analysis_steps(grid, metric, where, figures_dir)
+        ),
+    ]
+
+
+def analysis_steps(grid: str, metric: str, out_dir: str, figures_dir: str) -> list[Step]:
+    """Tables and figures from the runs, for one metric: the judge's verdict (``score``, into ``figures/``)
+    and its partial credit (``fraction``, into ``figures/fraction/``), which still separates arms when
+    small models rarely satisfy every constraint of a prompt."""
+    suffix = "" if metric == "score" else f"-{metric}"
+    return [
         Step(
-            "analysis-tables",
+            f"analysis-tables{suffix}",
             notebook="notebooks/analysis_tables.ipynb",
-            out=f"analysis/{grid}/tables",
-            params={"grid": grid, "figures_dir": figures_dir},
+            out=f"analysis/{grid}/tables{suffix}",
+            params={"grid": grid, "figures_dir": out_dir, "metric": metric},
             always=True,
-        ),  # fmt: skip
+        ),
         Step(
-            "analysis-figures",
+            f"analysis-figures{suffix}",
             notebook="notebooks/analysis_figures.ipynb",
-            out=f"analysis/{grid}/figures",
+            out=f"analysis/{grid}/figures{suffix}",
             params={
                 "grid": grid,
-                "figures_dir": figures_dir,
+                "figures_dir": out_dir,
+                "metric": metric,
                 "layer_norms_csv": f"{figures_dir}/layer_norms/layer_norms.csv",
                 "probe_dir": f"{figures_dir}/probe",
             },
             always=True,
-        ),  # fmt: skip
+        ),
     ]
 
 

@@ -116,6 +116,17 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     claims = pd.read_csv(figures_dir / "claims.csv")
     assert claims.loc[claims.a == "gemma3-270m norm_mean", "verdict"].tolist() == ["held", "held", "held"]
     assert (tmp_path / "runs" / "analysis" / "tables" / "notebook.ipynb").exists()
+    frac = runs.execute_notebook(
+        NOTEBOOKS / "analysis_tables.ipynb",
+        tmp_path / "runs" / "analysis" / "tables-fraction",
+        {**common, "figures_dir": str(tmp_path / "fraction"), "metric": "fraction"},
+    )
+    assert frac.state == "done", frac.error
+    by_metric = pd.read_csv(
+        tmp_path / "fraction" / "claims.csv"
+    )  # fraction = 0.5 + 0.5 x score: half the gap
+    held = by_metric[(by_metric.a == "gemma3-270m norm_mean") & (by_metric.b == "gemma3-270m last")]
+    assert held["diff"].tolist() == pytest.approx([0.125]) and held["verdict"].tolist() == ["held"]
     with pytest.raises(ValueError, match="not declared"):
         runs.execute_notebook(NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "x" / "y", {"grids": "fixture"})
 
@@ -135,3 +146,19 @@ def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):
         probe_report.load_summaries(tmp_path / "probe")
     with pytest.raises(FileNotFoundError, match="notebooks/probe.ipynb"):
         probe_report.load_summaries(tmp_path / "empty")
+
+
+def test_fraction_metric_recomputes_stats_from_the_scores(tmp_path):
+    score = runs.load_metrics(FIXTURE, "fixture").set_index(["run_id", "skill"])["mean"]
+    frac = runs.load_metrics(FIXTURE, "fixture", metric="fraction").set_index(["run_id", "skill"])["mean"]
+    assert frac.loc[("gemma3-270m__last__seed0", "overall")] == pytest.approx(0.5 + 0.5 * 8 / 16)
+    assert (frac - (0.5 + 0.5 * score)).abs().max() < 1e-12
+    scores = runs.load_scores(FIXTURE, "fixture", metric="fraction")
+    assert {"verdict", "fraction"} <= set(scores.columns) and (scores.score == scores.fraction).all()
+    with pytest.raises(ValueError, match="Unknown metric"):
+        runs.load_metrics(FIXTURE, "fixture", metric="vqa")
+    shutil.copytree(FIXTURE / "fixture", tmp_path / "fixture")
+    one = tmp_path / "fixture" / "minilm-l6__last__seed0" / "scores.csv"
+    pd.read_csv(one).drop(columns="fraction").to_csv(one, index=False)  # a VQAScore run has no partial credit
+    with pytest.raises(ValueError, match="no 'fraction' column"):
+        runs.load_scores(tmp_path, "fixture", metric="fraction")

@@ -86,11 +86,15 @@ def test_study_lists_its_steps(capsys):
         "probe",
         "analysis-tables",
         "analysis-figures",
+        "analysis-tables-fraction",
+        "analysis-figures-fraction",
     ]
     steps = {s.name: s for s in study.default_study(quick=True)}
     assert (
         steps["grid"].grid == "grids/quick.yaml"
         and steps["analysis-tables"].params["figures_dir"] == "figures/quick"
+        and steps["analysis-figures-fraction"].params["figures_dir"] == "figures/quick/fraction"
+        and steps["analysis-figures-fraction"].params["probe_dir"] == "figures/quick/probe"
     )
     for s in study.default_study(quick=False) + study.default_study(quick=True):  # notebooks declare these
         path = study.REPO / (s.grid or s.notebook)
