@@ -262,7 +262,10 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: st
     table.to_csv(paths[0], index=False)
     shown = table.copy()
     for col in shown.columns:  # counts stay counts (tabulate's floatfmt would print 3 as 3.000)
-        if pd.api.types.is_integer_dtype(shown[col]):
+        values = pd.to_numeric(shown[col], errors="coerce").dropna()
+        is_count = str(col) == "n" or str(col).startswith("n_")  # float once a paper row adds a NaN
+        whole = pd.api.types.is_numeric_dtype(shown[col]) and bool((values == values.round()).all())
+        if pd.api.types.is_integer_dtype(shown[col]) or (is_count and whole):
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
     text = (
         shown.astype(object)

@@ -83,6 +83,8 @@ def test_write_table_formats(tmp_path, loaded):
     paths = F.write_table(F.table1(loaded[3]), tmp_path, "t1", "Table 1")
     assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
     assert "| Mistral-7B" in paths[1].read_text() and "nan" not in paths[1].read_text()
+    gemma = next(line for line in paths[1].read_text().splitlines() if line.startswith("| gemma3-270m"))
+    assert gemma.split("|")[3].strip() == "2"  # n_seeds prints as a count, not 2.000
     assert "\\begin{tabular}" in paths[2].read_text()
     assert pd.read_csv(paths[0]).shape == (5, 14)
 
