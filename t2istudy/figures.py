@@ -45,6 +45,9 @@ class Options:
     baseline_strategy: str = "last"  # the paper's baseline: last-layer embeddings
     best_strategy: str = "norm_mean"  # the paper's proposal: layer-normalized mean
     plain_mean: str = "mean"
+    min_seeds: int = (
+        3  # below this a held / failed verdict is marked preliminary: seed variance under-sampled
+    )
     bidirectional_strategy: str = "last"  # the paper's T5-XXL baseline uses its last layer
 
 
@@ -125,15 +128,22 @@ def paired_difference(
     return {"diff": mean, "ci_low": low, "ci_high": high, "n_seeds": len(seeds), "n_prompts": len(prompts)}
 
 
-def verdict(row: dict | pd.Series) -> str:
-    """held (CI above 0), failed (CI below 0), inconclusive (CI covers 0), or missing runs."""
+def verdict(row: dict | pd.Series, min_seeds: int = 1) -> str:
+    """held (CI above 0), failed (CI below 0), inconclusive (CI covers 0), or missing runs.
+
+    With fewer than ``min_seeds`` paired seeds, held / failed read "(preliminary: k seeds)": the CI then
+    resamples too few training runs to cover run-to-run variance (the protocol asks for 3).
+    """
     if pd.isna(row["diff"]):
         return "not run"
     if row["ci_low"] > 0:
-        return "held"
-    if row["ci_high"] < 0:
-        return "failed"
-    return "inconclusive"
+        result = "held"
+    elif row["ci_high"] < 0:
+        result = "failed"
+    else:
+        return "inconclusive"
+    n = int(row.get("n_seeds", min_seeds))
+    return result if n >= min_seeds else f"{result} (preliminary: {n} seed{'s' if n != 1 else ''})"
 
 
 def arm_table(metrics: pd.DataFrame, scores: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
@@ -235,7 +245,7 @@ def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) 
                 "a": f"{enc_a} {strat_a}",
                 "b": f"{enc_b} {strat_b}",
                 **stats,
-                "verdict": verdict(stats),
+                "verdict": verdict(stats, opts.min_seeds),
             }
         )
     return pd.DataFrame(out)
@@ -250,7 +260,7 @@ def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Option
         b = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.baseline_strategy)]
         for skill in ["overall", *skills]:
             stats = paired_difference(a, b, skill, opts)
-            out.append({"encoder": enc, "skill": skill, **stats, "verdict": verdict(stats)})
+            out.append({"encoder": enc, "skill": skill, **stats, "verdict": verdict(stats, opts.min_seeds)})
     return pd.DataFrame(out)
 
 
@@ -342,9 +352,15 @@ def claims_plot(table: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     data = table.dropna(subset=["diff"]).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(data), 2) + 1))
     y = np.arange(len(data))[::-1]
-    colors = data["verdict"].map({"held": "tab:green", "failed": "tab:red"}).fillna("tab:gray")
+    outcome = data["verdict"].str.split(" ").str[0]  # "held (preliminary: 1 seed)" stays green, open marker
+    colors = outcome.map({"held": "tab:green", "failed": "tab:red"}).fillna("tab:gray")
+    preliminary = data["verdict"].str.contains("preliminary").to_numpy()
     ax.hlines(y, data["ci_low"], data["ci_high"], color=colors)
-    ax.scatter(data["diff"], y, color=colors, zorder=3)
+    ax.scatter(data["diff"][~preliminary], y[~preliminary], color=colors[~preliminary], zorder=3)
+    ax.scatter(data["diff"][preliminary], y[preliminary], facecolors="white", edgecolors=colors[preliminary],
+               zorder=3, label="preliminary (< 3 seeds)")  # fmt: skip
+    if preliminary.any():
+        ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(data["a"], data["b"], strict=True)], fontsize=8)
     ax.set_xlabel("paired difference in score (95% CI over prompts and seeds)")

@@ -47,6 +47,9 @@ def test_bootstrap_and_paired_difference_hand_values():
     assert F.verdict({"diff": -0.1, "ci_low": -0.2, "ci_high": -0.01}) == "failed"
     assert F.verdict({"diff": 0.1, "ci_low": -0.01, "ci_high": 0.2}) == "inconclusive"
     assert F.verdict({"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan}) == "not run"
+    one_seed = {"diff": 0.1, "ci_low": 0.01, "ci_high": 0.2, "n_seeds": 1}
+    assert F.verdict(one_seed, min_seeds=3) == "held (preliminary: 1 seed)"
+    assert F.verdict({**one_seed, "n_seeds": 3}, min_seeds=3) == "held"
 
 
 def test_tables_match_hand_computed_means(loaded):
@@ -67,7 +70,7 @@ def test_tables_match_hand_computed_means(loaded):
 
 def test_claims_verdicts(loaded):
     _, scores, info, _ = loaded
-    claims = F.claims(scores, info, F.Options(n_boot=500)).set_index(["a", "b"])
+    claims = F.claims(scores, info, F.Options(n_boot=500, min_seeds=2)).set_index(["a", "b"])
     held = claims.loc[("gemma3-270m norm_mean", "gemma3-270m last")]
     assert held["diff"] == pytest.approx(0.25) and held["verdict"] == "held"
     same = claims.loc[("smollm2-135m norm_mean", "smollm2-135m last")]
@@ -116,7 +119,10 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     assert len(joined) == 32 and set(joined.encoder) == {"gemma3-270m", "minilm-l6"}
     assert (joined.accuracy - (0.2 + 0.6 * joined.score)).abs().max() < 1e-9
     claims = pd.read_csv(figures_dir / "claims.csv")
-    assert claims.loc[claims.a == "gemma3-270m norm_mean", "verdict"].tolist() == ["held", "held", "held"]
+    assert (
+        claims.loc[claims.a == "gemma3-270m norm_mean", "verdict"].tolist()
+        == ["held (preliminary: 2 seeds)"] * 3
+    )
     assert (tmp_path / "runs" / "analysis" / "tables" / "notebook.ipynb").exists()
     frac = runs.execute_notebook(
         NOTEBOOKS / "analysis_tables.ipynb",
@@ -128,7 +134,9 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
         tmp_path / "fraction" / "claims.csv"
     )  # fraction = 0.5 + 0.5 x score: half the gap
     held = by_metric[(by_metric.a == "gemma3-270m norm_mean") & (by_metric.b == "gemma3-270m last")]
-    assert held["diff"].tolist() == pytest.approx([0.125]) and held["verdict"].tolist() == ["held"]
+    assert held["diff"].tolist() == pytest.approx([0.125]) and held["verdict"].tolist() == [
+        "held (preliminary: 2 seeds)"
+    ]
     with pytest.raises(ValueError, match="not declared"):
         runs.execute_notebook(NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "x" / "y", {"grids": "fixture"})
 
