@@ -347,7 +347,7 @@ def scaling_plot(arms: pd.DataFrame, info: pd.DataFrame) -> tuple[plt.Figure, pd
     return fig, data
 
 
-def claims_plot(table: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
+def claims_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure, pd.DataFrame]:
     """Forest plot of the paired differences behind each claim."""
     data = table.dropna(subset=["diff"]).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(data), 2) + 1))
@@ -363,7 +363,7 @@ def claims_plot(table: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(data["a"], data["b"], strict=True)], fontsize=8)
-    ax.set_xlabel("paired difference in score (95% CI over prompts and seeds)")
+    ax.set_xlabel(f"paired difference in {metric} (95% CI over prompts and seeds)")
     ax.set_title("The paper's claims at this scale (green: held, red: failed, grey: inconclusive)")
     return fig, data
 
