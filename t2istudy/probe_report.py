@@ -88,13 +88,14 @@ def save_figures(
     written = [out / f"{prefix}_all.csv"]
     summary.to_csv(written[0], index=False, float_format="%.4f")
     for encoder in summary.encoder.unique():
-        stem = out / f"{prefix}_{encoder.replace('/', '_')}"
+        # Not Path.with_suffix: "qwen2.5-0.5b" would lose its ".5b" as if it were an extension.
+        png, pdf, csv = (out / f"{prefix}_{encoder.replace('/', '_')}.{ext}" for ext in ("png", "pdf", "csv"))
         fig = plot_layer_curves(summary, encoder)
-        fig.savefig(stem.with_suffix(".png"), dpi=120)
-        fig.savefig(stem.with_suffix(".pdf"))
+        fig.savefig(png, dpi=120)
+        fig.savefig(pdf)
         plt.close(fig)
-        summary[summary.encoder == encoder].to_csv(stem.with_suffix(".csv"), index=False, float_format="%.4f")
-        written += [stem.with_suffix(s) for s in (".png", ".pdf", ".csv")]
+        summary[summary.encoder == encoder].to_csv(csv, index=False, float_format="%.4f")
+        written += [png, pdf, csv]
     return written
 
 

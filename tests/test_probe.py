@@ -301,3 +301,20 @@ def test_notebook_executes_on_a_small_budget(tmp_path):
         and len(summary[summary.control == "shuffled"]) == 2 * 8
     )
     assert (out / "probe_minilm-l6.png").stat().st_size > 0 and (out / "probe_minilm-l6.pdf").exists()
+
+
+def test_save_figures_keeps_dotted_encoder_names(tmp_path):
+    """A sweep summary (smollm2-135m, 2 skills, from a real sweep) renamed to a dotted encoder name."""
+    summary = pd.read_csv(Path(__file__).parent / "fixtures" / "probe_layers.csv").assign(
+        encoder="qwen2.5-0.5b"
+    )
+    written = R.save_figures(summary, tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "probe_all.csv",
+        "probe_qwen2.5-0.5b.csv",
+        "probe_qwen2.5-0.5b.pdf",
+        "probe_qwen2.5-0.5b.png",
+    ]
+    assert sorted(p.name for p in written) == names
+    assert pd.read_csv(tmp_path / "probe_qwen2.5-0.5b.csv").shape == summary.shape
