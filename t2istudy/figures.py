@@ -45,9 +45,8 @@ class Options:
     baseline_strategy: str = "last"  # the paper's baseline: last-layer embeddings
     best_strategy: str = "norm_mean"  # the paper's proposal: layer-normalized mean
     plain_mean: str = "mean"
-    min_seeds: int = (
-        3  # below this a held / failed verdict is marked preliminary: seed variance under-sampled
-    )
+    # Below min_seeds a held / failed verdict is marked preliminary: seed variance is under-sampled.
+    min_seeds: int = 3
     bidirectional_strategy: str = "last"  # the paper's T5-XXL baseline uses its last layer
 
 
