@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = grid.add_subparsers(dest="grid_command", required=True)
     grun = gsub.add_parser("run", help="execute every run of the grid that is not complete")
     gstat = gsub.add_parser("status", help="list done / failed / pending runs")
-    for p in (grun, gstat):
+    gres = gsub.add_parser(
+        "rescore", help="add the judge's shuffled-prompt control to complete runs, from their samples"
+    )
+    gres.add_argument("--force", action="store_true", help="recompute it where it exists")
+    for p in (grun, gstat, gres):
         p.add_argument("grid", help="grid file (YAML/JSON), e.g. grids/quick.yaml")
         p.add_argument("--runs-dir", default="runs")
     add_launcher_args(grun)
@@ -152,6 +156,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.csv:
             table.to_csv(args.csv, index=False)
         return 0
+    if args.command == "grid" and args.grid_command == "rescore":
+        from t2istudy.rescore import add_shuffled_controls
+
+        return 1 if add_shuffled_controls(args.runs_dir, runs.load_grid(args.grid).name, args.force) else 0
     if args.command == "notebook":
         params = dict(parse_assignment(p) for p in args.param)
         result = runs.execute_notebook(args.notebook, args.out_dir, params)

@@ -86,14 +86,14 @@ def arm_means(metrics: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _matrix(scores: pd.DataFrame, skill: str | None = None) -> pd.DataFrame:
+def _matrix(scores: pd.DataFrame, skill: str | None = None, column: str = "score") -> pd.DataFrame:
     """Per-prompt scores of one arm as a [seed x prompt] table, restricted to a skill or skill group."""
     if skill not in (None, "overall"):
         wanted = set(SKILL_GROUPS.get(skill, (skill,)))
         scores = scores[
             scores["skills"].fillna("").astype(str).str.split("|").map(lambda tags: bool(wanted & set(tags)))
         ]
-    return scores.pivot_table(index="seed", columns="id", values="score", aggfunc="mean")
+    return scores.pivot_table(index="seed", columns="id", values=column, aggfunc="mean")
 
 
 def bootstrap_mean(matrix: np.ndarray, opts: Options = Options()) -> tuple[float, float, float]:
@@ -260,6 +260,30 @@ def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Option
         for skill in ["overall", *skills]:
             stats = paired_difference(a, b, skill, opts)
             out.append({"encoder": enc, "skill": skill, **stats, "verdict": verdict(stats, opts.min_seeds)})
+    return pd.DataFrame(out)
+
+
+def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+    """Each arm's score next to its shuffled-prompt floor (the same prompt judged on an image drawn for
+    another prompt of its skill), and the difference: the credit earned by following the prompt.
+
+    Why: an image can satisfy part of a prompt it was not drawn for (no blue squares, two shapes, a gray
+    background), so a partial-credit score has a floor well above 0; only what lies above it measures
+    prompt following. Paired per prompt and seed, with the two-level bootstrap CI. Empty when the runs
+    were scored without the control (``t2istudy grid rescore`` adds it from their samples).
+    """
+    if "shuffled" not in scores.columns:
+        return pd.DataFrame()
+    scores = scores.dropna(subset=["shuffled"])
+    skills = sorted({t for tags in scores["skills"].dropna() for t in str(tags).split("|") if t})
+    out = []
+    for (enc, strategy), arm in scores.groupby(["encoder", "strategy"], sort=False):
+        for skill in ["overall", *skills]:
+            matched, floor = _matrix(arm, skill), _matrix(arm, skill, "shuffled")
+            above = bootstrap_mean(matched.to_numpy() - floor.to_numpy(), opts)
+            out.append({"encoder": enc, "strategy": strategy, "skill": skill, "n_seeds": len(matched),
+                        "score": float(np.nanmean(matched.to_numpy())), "floor": float(np.nanmean(floor.to_numpy())),
+                        "above_floor": above[0], "ci_low": above[1], "ci_high": above[2]})  # fmt: skip
     return pd.DataFrame(out)
 
 

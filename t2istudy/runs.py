@@ -763,7 +763,8 @@ def load_scores(root: str | Path, grid: str | None = None, metric: str = "score"
     """Per-prompt scores of complete runs, with each run's parameters as columns (for paired CIs).
 
     With ``metric="fraction"`` the ``score`` column holds the judge's share of constraints held (the
-    verdict is kept as ``verdict``), so every analysis function works on it unchanged.
+    verdict is kept as ``verdict``), so every analysis function works on it unchanged. Where the judge
+    wrote its shuffled-prompt control, ``shuffled`` holds the same metric on the stand-in image.
     """
     _check_metric(metric)
     frames = []
@@ -772,6 +773,8 @@ def load_scores(root: str | Path, grid: str | None = None, metric: str = "score"
             continue
         record = read_json(out / "params.json")
         table = _read_scores(out, metric)
+        if f"{metric}_shuffled" in table.columns:  # the judge's shuffled-prompt control (the floor)
+            table["shuffled"] = table[f"{metric}_shuffled"]
         if metric != "score":
             table = table.rename(columns={"score": "verdict"}).assign(score=table[metric])
         for key, value in {

@@ -76,13 +76,47 @@ def _base_rows(prompts: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def shuffled_pairing(prompts: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """For row i, the row j != i whose image stands in for prompt i in the shuffled-prompt control.
+
+    j is drawn from the prompts with the same skill tags (a random cyclic shift of each skill's rows, so
+    every image is used once), so the stand-in image was drawn for a prompt of the same kind (as many
+    objects, a background or not) but not this one. Fixed by ``seed`` and the table alone: every arm is
+    scored on the same pairing (paired differences stay paired). Tag sets held by a single prompt are
+    pooled into one mixed group.
+    """
+    n = len(prompts)
+    if n < 2:
+        raise ValueError("The shuffled-prompt control needs at least 2 prompts.")
+    rng = np.random.default_rng(seed)
+    keys = ["|".join(t) if isinstance(t, (tuple, list)) else str(t) for t in prompts["skills"]]
+    groups = [[i for i, k in enumerate(keys) if k == key] for key in sorted(set(keys))]
+    lone = [g[0] for g in groups if len(g) == 1]  # single-prompt tag sets share one mixed group
+    groups = [g for g in groups if len(g) > 1] + ([lone] if lone else [])
+    other = np.empty(n, dtype=int)
+    for rows in groups:
+        if len(rows) == 1:  # the only lone prompt of the table: any other image will do
+            other[rows[0]] = (rows[0] + 1) % n
+            continue
+        order = np.array(rows)[rng.permutation(len(rows))]
+        other[order] = np.roll(order, 1)  # a cycle through the group: nobody keeps its own image
+    return other
+
+
 class JudgeScorer:
-    """Pixel judge on the shapes benchmark: score = 1 if every constraint holds; ``fraction`` = share held."""
+    """Pixel judge on the shapes benchmark: score = 1 if every constraint holds; ``fraction`` = share held.
+
+    With ``shuffled_control`` (default) every prompt is also judged on the image drawn for another prompt
+    of the same skill (:func:`shuffled_pairing`): ``score_shuffled`` / ``fraction_shuffled`` are the
+    credit an image earns without following *this* prompt (zero counts, backgrounds and negations hold
+    by chance), so ``fraction - fraction_shuffled`` is the credit earned by following it.
+    """
 
     name = "judge"
 
-    def __init__(self, resolution: int | None = None) -> None:
+    def __init__(self, resolution: int | None = None, shuffled_control: bool = True) -> None:
         self.resolution = resolution
+        self.shuffled_control = shuffled_control
 
     def score(self, images: Sequence[ImageLike], prompts: pd.DataFrame) -> pd.DataFrame:
         if "spec" not in prompts.columns:
@@ -97,6 +131,13 @@ class JudgeScorer:
         table = _base_rows(prompts)
         table["score"] = [float(all(d["verdicts"])) for d in details]
         table["fraction"] = [sum(d["verdicts"]) / len(d["verdicts"]) for d in details]
+        if self.shuffled_control:
+            other = shuffled_pairing(prompts)
+            control = [
+                judge_detail(arrays[j], s)["verdicts"] for j, s in zip(other, prompts["spec"], strict=True)
+            ]
+            table["score_shuffled"] = [float(all(v)) for v in control]
+            table["fraction_shuffled"] = [sum(v) / len(v) for v in control]
         table["n_objects"] = [len(d["objects"]) for d in details]
         table["background"] = [d["background"] for d in details]
         table["detected"] = [

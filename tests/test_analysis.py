@@ -108,7 +108,8 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
          "probe_dir": str(FIXTURE.parent / "probe")},
     )  # fmt: skip
     assert figs.state == "done", figs.error
-    expected = {f"{stem}.{ext}" for stem in ("table1_last_layer", "table2_strategies", "claims", "skill_gains")
+    expected = {f"{stem}.{ext}" for stem in ("table1_last_layer", "table2_strategies", "claims", "skill_gains",
+                                             "prompt_following")
                 for ext in ("csv", "md", "tex")}  # fmt: skip
     expected |= {f"{stem}.{ext}" for stem in ("skill_bars", "scaling", "claims_forest", "layer_norms",
                  "probe_vs_diffusion") for ext in ("png", "pdf", "csv")}  # fmt: skip
@@ -139,6 +140,24 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     ]
     with pytest.raises(ValueError, match="not declared"):
         runs.execute_notebook(NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "x" / "y", {"grids": "fixture"})
+
+
+def test_prompt_following_is_the_score_above_the_shuffled_prompt_floor(tmp_path):
+    opts = F.Options(n_boot=200)
+    frac = F.prompt_following(runs.load_scores(FIXTURE, "fixture", metric="fraction"), opts)
+    row = frac.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "last", "overall")]
+    # fraction = 0.5 + 0.5 x score, floor 0.5: above the floor = 0.5 x (8 + 10) / 32
+    assert (row["score"], row["floor"], row["above_floor"]) == pytest.approx((0.78125, 0.5, 0.28125))
+    assert row["ci_low"] <= row["above_floor"] <= row["ci_high"] and row["n_seeds"] == 2
+    verdicts = F.prompt_following(runs.load_scores(FIXTURE, "fixture"), opts)  # score floor 0
+    assert (verdicts["score"] == verdicts["above_floor"]).all() and (verdicts["floor"] == 0).all()
+    shutil.copytree(FIXTURE, tmp_path / "runs")
+    one = tmp_path / "runs" / "fixture" / "gemma3-270m__last__seed0" / "scores.csv"
+    pd.read_csv(one).drop(columns=["score_shuffled", "fraction_shuffled"]).to_csv(one, index=False)
+    # one run scored without the control: its seed drops out of the table, the other seed remains
+    older = F.prompt_following(runs.load_scores(tmp_path / "runs", "fixture"), opts)
+    last = older.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "last", "overall")]
+    assert last["n_seeds"] == 1 and last["score"] == pytest.approx(10 / 16)  # only seed 1 counts
 
 
 def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):

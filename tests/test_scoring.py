@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from t2istudy.genai_bench import load_genai_bench, skill_means
-from t2istudy.scoring import get_scorer, paired_difference, summarize
+from t2istudy.scoring import get_scorer, paired_difference, shuffled_pairing, summarize
 from t2istudy.shapes import Obj, Scene, render
 from t2istudy.shapes_benchmark import make_benchmark
 
@@ -163,3 +163,39 @@ def test_scorer_bad_input_is_named(small_bench, tmp_path):
         scorer.score(images, small_bench.drop(columns="spec"))
     with pytest.raises(ValueError, match="Unknown scorer 'clip'"):
         get_scorer("clip")
+
+
+def test_shuffled_pairing_stays_within_the_skill_and_uses_every_image_once():
+    bench = make_benchmark(n_per_skill=5)
+    other = shuffled_pairing(bench)
+    assert (other != np.arange(len(bench))).all()  # nobody is judged on its own image
+    assert sorted(other) == list(range(len(bench)))  # every image stands in exactly once
+    tags = bench["skills"].to_numpy()
+    shared = pd.Series(tags).map(pd.Series(tags).value_counts()) > 1  # tag sets held by 2+ prompts
+    assert (tags[other][shared] == tags[shared]).all()
+    assert (shuffled_pairing(bench) == other).all()  # fixed: every arm gets the same pairing
+    lone = pd.DataFrame({"id": ["a", "b"], "prompt": ["x", "y"], "skills": [("scene",), ("counting",)]})
+    assert shuffled_pairing(lone).tolist() == [1, 0]  # single-prompt tag sets are pooled
+
+
+def test_judge_shuffled_control_judges_each_prompt_on_its_stand_in_image():
+    scenes = [
+        Scene("gray", [Obj("circle", "red", 0.25, 0.5, 0.5)]),
+        Scene("gray", [Obj("square", "blue", 0.25, 0.5, 0.5)]),
+    ]
+    red_circle = {"color": "red", "shape": "circle", "op": "=="}
+    spec = [  # prompt 0: "one red circle on gray"; prompt 1: "no red circle"
+        {"constraints": [{"type": "background", "color": "gray"}, {"type": "count", **red_circle, "n": 1}]},
+        {"constraints": [{"type": "count", **red_circle, "n": 0}]},
+    ]
+    bench = pd.DataFrame(
+        {"id": ["p0", "p1"], "prompt": ["a", "b"], "skills": [("negation",)] * 2, "spec": spec}
+    )
+    table = get_scorer("judge").score([render(s) for s in scenes], bench)
+    assert table["score"].tolist() == [1.0, 1.0]
+    # p0 judged on the blue square: background holds, the count does not; p1 on the red circle: fails.
+    assert table["fraction_shuffled"].tolist() == [0.5, 0.0]
+    assert table["score_shuffled"].tolist() == [0.0, 0.0]
+    assert "fraction_shuffled" not in get_scorer("judge", shuffled_control=False).score(
+        [render(s) for s in scenes], bench
+    )

@@ -1,0 +1,81 @@
+"""Add the judge's shuffled-prompt control to runs that finished before it existed.
+
+Why: ``scores.csv`` of a run scored by an older judge lacks ``score_shuffled`` / ``fraction_shuffled``
+(see :class:`t2istudy.scoring.JudgeScorer`). Sampling is the expensive part of a run and its images
+are kept in ``samples/``, so the control is computed from them without retraining or resampling. The
+stored verdicts are recomputed first and must match exactly: if the judge changed since the run, the
+run's scores are left as they are and the error says so.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .runs import find_runs, notebook_parameters, read_json
+from .scoring import JudgeScorer
+from .shapes_benchmark import make_benchmark
+
+CONTROL_COLUMNS = ("score_shuffled", "fraction_shuffled")
+
+
+def run_parameters(run_dir: Path) -> dict[str, Any]:
+    """The parameters a run executed with: its notebook's defaults, overridden by params.json."""
+    record = read_json(run_dir / "params.json")
+    declared = notebook_parameters(record["notebook"])
+    values = {name: ast.literal_eval(p["default"]) for name, p in declared.items() if name != "out_dir"}
+    return {**values, **record.get("params", {})}
+
+
+def add_shuffled_control(run_dir: str | Path, force: bool = False) -> str:
+    """Write the control columns into one run's scores.csv; returns what was done (for the log)."""
+    run_dir = Path(run_dir)
+    scores_path = run_dir / "scores.csv"
+    stored = pd.read_csv(scores_path, dtype={"id": str})
+    if set(CONTROL_COLUMNS) <= set(stored.columns) and not force:
+        return "has the control already"
+    params = run_parameters(run_dir)
+    if params.get("benchmark") != "shapes" or params.get("scorer") != "judge":
+        return f"skipped: the control needs the shapes benchmark and the judge, not {params.get('scorer')}"
+    bench = make_benchmark(n_per_skill=int(params["n_per_skill"]), seed=int(params["benchmark_seed"]))
+    files = [run_dir / "samples" / f"{i:04d}-s{params['sample_seed']}.png" for i in range(len(bench))]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{run_dir}: {len(missing)} of {len(files)} samples are missing (e.g. {missing[0].name}). Samples are "
+            f"git-ignored: add the control on the machine that ran the run, or rerun the run."
+        )
+    if stored["id"].tolist() != bench["id"].tolist():
+        raise ValueError(f"{scores_path} does not list the benchmark's prompts in order; it was not changed.")
+    fresh = JudgeScorer().score(files, bench)
+    for column in ("score", "fraction"):
+        if not np.array_equal(fresh[column].to_numpy(float), stored[column].to_numpy(float)):
+            raise ValueError(
+                f"{run_dir}: the judge's {column} now differs from the stored one on "
+                f"{int((fresh[column] != stored[column]).sum())} prompts (the judge changed since the run); "
+                f"scores.csv was not changed. Rerun the run to score it with the current judge."
+            )
+    for column in CONTROL_COLUMNS:
+        stored[column] = fresh[column].to_numpy()
+    tmp = scores_path.with_suffix(".csv.tmp")
+    stored.to_csv(tmp, index=False)
+    os.replace(tmp, scores_path)
+    means = stored[["fraction", "fraction_shuffled"]].mean()
+    return f"added: fraction {means['fraction']:.3f}, shuffled {means['fraction_shuffled']:.3f}"
+
+
+def add_shuffled_controls(root: str | Path, grid: str, force: bool = False, log=print) -> int:
+    """The control for every complete run of a grid; a run whose samples are gone is reported, not fatal."""
+    failed = 0
+    for run_dir in find_runs(root, grid):
+        try:
+            log(f"{run_dir.name}: {add_shuffled_control(run_dir, force)}")
+        except (FileNotFoundError, ValueError) as err:
+            failed += 1
+            log(f"{run_dir.name}: not changed: {err}")
+    return failed
