@@ -42,14 +42,31 @@ def matmul_flops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / min(times)
 
 
-def make_step(preset_name: str, width: int, batch: int, dtype: torch.dtype | None):
+VARIANTS = {  # name -> make_step keyword arguments; compared side by side by --variants
+    "baseline": {},
+    "channels_last": {"channels_last": True},
+    "fused_adamw": {"fused": True},
+    "channels_last+fused": {"channels_last": True, "fused": True},
+}
+
+
+def make_step(
+    preset_name: str,
+    width: int,
+    batch: int,
+    dtype: torch.dtype | None,
+    channels_last: bool = False,
+    fused: bool = False,
+):
     preset = get_preset(preset_name)
     torch.manual_seed(0)
     model = Denoiser(build_unet(preset), TextConditioner(width, preset.cross_attention_dim))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.unet.to(memory_format=memory_format)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
     sched = preset.noise_scheduler()
     shape = (preset.latent_channels, preset.latent_size, preset.latent_size)
-    x0 = torch.randn(batch, *shape)
+    x0 = torch.randn(batch, *shape).contiguous(memory_format=memory_format)
 
     def step(features: torch.Tensor, mask: torch.Tensor, i: int = 0) -> float:
         noise, t, _ = step_randomness(0, i, batch, shape, sched.config.num_train_timesteps, 0.0)
@@ -75,6 +92,31 @@ def time_it(fn, repeats: int, warmup: int = 2) -> float:
         fn(i)
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def compare_variants(preset: str, batch: int, rounds: int, peak: float) -> None:
+    """Step variants timed in interleaved rounds (best of ``rounds`` each), so that a neighbour's burst
+    slows all of them alike; ratios are to the baseline measured in the same rounds."""
+    width, tokens = 640, 16
+    feats, mask = torch.randn(batch, tokens, width), torch.ones(batch, tokens, dtype=torch.bool)
+    steps = {name: make_step(preset, width, batch, None, **kw) for name, kw in VARIANTS.items()}
+    with FlopCounterMode(display=False) as counter:
+        steps["baseline"](feats, mask)
+    flops = counter.get_total_flops()
+    for step in steps.values():
+        step(feats, mask, 1)
+    best = dict.fromkeys(steps, float("inf"))
+    for r in range(rounds):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            step(feats, mask, r)
+            best[name] = min(best[name], time.perf_counter() - t)
+    peak = max(peak, matmul_flops())
+    for name, sec in best.items():
+        print(
+            f"  {name:22s} {sec:.3f} s/step  x{best['baseline'] / sec:.2f} vs baseline  "
+            f"{flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / peak:.0%} of matmul peak"
+        )
 
 
 def compare_text(name: str, captions: list[str], preset: str, batch: int, repeats: int) -> None:
@@ -105,6 +147,7 @@ def main() -> None:
     ap.add_argument("--encoders", default="smollm2-135m,qwen2.5-0.5b")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     ap.add_argument("--quick", action="store_true", help="3 repeats, small encoder only")
+    ap.add_argument("--variants", type=int, default=0, metavar="ROUNDS", help="also compare step variants")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.encoders = 3, args.encoders.split(",")[0]
@@ -127,6 +170,10 @@ def main() -> None:
             f"{args.preset} step {name}, batch {args.batch}: {sec:.3f} s/step, {args.batch / sec:.1f} img/s, "
             f"{flops / 1e9:.2f} GFLOP/step, {flops / sec / 1e9:.1f} GFLOP/s = {flops / sec / peak:.0%} of matmul peak"
         )
+
+    if args.variants:
+        print(f"step variants, batch {args.batch}, interleaved, best of {args.variants} rounds:")
+        compare_variants(args.preset, args.batch, args.variants, peak)
 
     # Cached vs on-the-fly text embeddings, same step.
     captions = shapes_pool(512, 0, 32).captions
