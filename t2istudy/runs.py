@@ -707,6 +707,8 @@ def find_runs(root: str | Path, grid: str | None = None, done_only: bool = True)
 METRICS = {
     "score": "the scorer's verdict per prompt (judge: 1 if every constraint holds; VQAScore: P(yes))",
     "fraction": "share of the prompt's constraints that hold (judge only: partial credit)",
+    "above_floor": "fraction minus the shuffled-prompt floor: the partial credit earned by following this "
+    "prompt rather than by chance (judge only; secondary)",
 }
 
 
@@ -751,6 +753,13 @@ def _check_metric(metric: str) -> None:
 
 def _read_scores(out: Path, metric: str) -> pd.DataFrame:
     table = pd.read_csv(out / "scores.csv", dtype={"id": str})
+    if metric == "above_floor":
+        if "fraction_shuffled" not in table.columns:
+            raise ValueError(
+                f"{out / 'scores.csv'} has no shuffled-prompt control (fraction_shuffled): add it from the run's "
+                f"samples with `t2istudy grid rescore <grid file>`, or use metric='fraction'."
+            )
+        table["above_floor"] = table["fraction"] - table["fraction_shuffled"]
     if metric not in table.columns:
         raise ValueError(
             f"{out / 'scores.csv'} has no {metric!r} column (VQAScore runs have only 'score'); "

@@ -72,20 +72,21 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
             out=f"probe/{tag}",
             params={**(QUICK_SIDE_PARAMS["probe"] if quick else {}), "out_dir": f"{figures_dir}/probe"},
         ),  # fmt: skip
-        *(
-            step
-            for metric, where in (("score", figures_dir), ("fraction", f"{figures_dir}/fraction"))
-            for step in analysis_steps(grid, metric, where, figures_dir)
-        ),
+        *analysis_steps(grid, "score", figures_dir, figures_dir),
+        *analysis_steps(grid, "fraction", f"{figures_dir}/fraction", figures_dir),
+        *analysis_steps(grid, "above_floor", f"{figures_dir}/above_floor", figures_dir, with_figures=False),
     ]
 
 
-def analysis_steps(grid: str, metric: str, out_dir: str, figures_dir: str) -> list[Step]:
-    """Tables and figures from the runs, for one metric: the judge's verdict (``score``, into ``figures/``)
-    and its partial credit (``fraction``, into ``figures/fraction/``), which still separates arms when
-    small models rarely satisfy every constraint of a prompt."""
+def analysis_steps(
+    grid: str, metric: str, out_dir: str, figures_dir: str, with_figures: bool = True
+) -> list[Step]:
+    """Tables and figures from the runs, for one metric: the judge's verdict (``score``, into ``figures/``),
+    its partial credit (``fraction``, into ``figures/fraction/``), which still separates arms when small
+    models rarely satisfy every constraint of a prompt, and the partial credit above the shuffled-prompt
+    floor (``above_floor``, tables only: a secondary view that removes what images earn by chance)."""
     suffix = "" if metric == "score" else f"-{metric}"
-    return [
+    steps = [
         Step(
             f"analysis-tables{suffix}",
             notebook="notebooks/analysis_tables.ipynb",
@@ -107,6 +108,7 @@ def analysis_steps(grid: str, metric: str, out_dir: str, figures_dir: str) -> li
             always=True,
         ),
     ]
+    return steps if with_figures else steps[:1]
 
 
 # Quick settings of the side notebooks, as their owners' parameters cells declare them.

@@ -138,6 +138,14 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     assert held["diff"].tolist() == pytest.approx([0.125]) and held["verdict"].tolist() == [
         "held (preliminary: 2 seeds)"
     ]
+    above = runs.execute_notebook(
+        NOTEBOOKS / "analysis_tables.ipynb",
+        tmp_path / "runs" / "analysis" / "tables-above_floor",
+        {**common, "figures_dir": str(tmp_path / "above_floor"), "metric": "above_floor"},
+    )
+    assert above.state == "done", above.error  # fraction - floor 0.5 = 0.5 x score: the same gap as fraction
+    gap = pd.read_csv(tmp_path / "above_floor" / "claims.csv").set_index(["a", "b"])["diff"]
+    assert gap[("gemma3-270m norm_mean", "gemma3-270m last")] == pytest.approx(0.125)
     with pytest.raises(ValueError, match="not declared"):
         runs.execute_notebook(NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "x" / "y", {"grids": "fixture"})
 
@@ -158,6 +166,8 @@ def test_prompt_following_is_the_score_above_the_shuffled_prompt_floor(tmp_path)
     older = F.prompt_following(runs.load_scores(tmp_path / "runs", "fixture"), opts)
     last = older.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "last", "overall")]
     assert last["n_seeds"] == 1 and last["score"] == pytest.approx(10 / 16)  # only seed 1 counts
+    with pytest.raises(ValueError, match="grid rescore"):  # the secondary metric needs the control
+        runs.load_scores(tmp_path / "runs", "fixture", metric="above_floor")
 
 
 def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):

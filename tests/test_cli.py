@@ -88,6 +88,7 @@ def test_study_lists_its_steps(capsys):
         "analysis-figures",
         "analysis-tables-fraction",
         "analysis-figures-fraction",
+        "analysis-tables-above_floor",
     ]
     steps = {s.name: s for s in study.default_study(quick=True)}
     assert (
