@@ -9,6 +9,7 @@ A run is one execution of a parameterized notebook, e.g. one (encoder, strategy,
         scores.csv      one row per benchmark prompt (written by the notebook; needed for paired CIs)
         logs/ samples/  heavy or noisy, git-ignored
         RUNNING         pid and host while a process executes the run
+        .gitignore      "*" while it runs: a commit made meanwhile cannot pick up a half-written run
         FAILED          the error, when the notebook failed (the next batch retries the run)
         DONE            written last: a run is complete only when DONE exists
 
@@ -412,6 +413,7 @@ def execute_run(
         os.replace(out / "notebook.ipynb", out / "notebook.previous.ipynb")
     write_json(out / "params.json", _params_record(spec))
     write_json(out / "RUNNING", {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()})
+    (out / ".gitignore").write_text("# in progress: git ignores this run until it has finished\n*\n")
     os.environ[RUNNER_ENV] = "1"
     os.environ.setdefault("TQDM_DISABLE", "1")  # bars would only clutter the executed notebook and logs
     if threads:
@@ -451,6 +453,9 @@ def execute_run(
         return RunResult(spec.run_id, "done", seconds, path=str(out))
     finally:  # also on Ctrl-C: the run is then "interrupted" and the next batch executes it again
         (out / "RUNNING").unlink(missing_ok=True)
+        (out / ".gitignore").unlink(
+            missing_ok=True
+        )  # a killed process leaves it: half-written runs stay out of git
 
 
 def execute_notebook(

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 from t2istudy import runs
 out = Path(out_dir)
+(out / "ignored_while_running.txt").write_text(str((out / ".gitignore").exists()))
 with open(Path(counter), "a") as f:  # one line per execution: lets tests count re-executions
     f.write(out.name + "\\n")
 if fail:
@@ -137,6 +138,9 @@ def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
         o.get("ename") == "ValueError" for c in error_nb.cells if c.cell_type == "code" for o in c.outputs
     )
     assert not (failed_dir / "DONE").exists()
+    for run_dir in (p.parent for p in (root / "g").glob("*/params.json")):  # ignored while running only
+        assert (run_dir / "ignored_while_running.txt").read_text() == "True"
+        assert not (run_dir / ".gitignore").exists()
 
     done = root / "g" / "x0.75__failFalse"
     params = json.loads((done / "params.json").read_text())
