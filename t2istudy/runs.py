@@ -453,9 +453,8 @@ def execute_run(
         return RunResult(spec.run_id, "done", seconds, path=str(out))
     finally:  # also on Ctrl-C: the run is then "interrupted" and the next batch executes it again
         (out / "RUNNING").unlink(missing_ok=True)
-        (out / ".gitignore").unlink(
-            missing_ok=True
-        )  # a killed process leaves it: half-written runs stay out of git
+        # A killed process never gets here and leaves the .gitignore: half-written runs stay out of git.
+        (out / ".gitignore").unlink(missing_ok=True)
 
 
 def execute_notebook(

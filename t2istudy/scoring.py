@@ -22,7 +22,7 @@ from PIL import Image
 
 from .genai_bench import group_masks
 from .judge import as_array, judge_detail
-from .shapes import validate_spec
+from .shapes import check_constraints, validate_spec
 
 ImageLike = np.ndarray | Image.Image | str | Path
 
@@ -132,9 +132,10 @@ class JudgeScorer:
         table["score"] = [float(all(d["verdicts"])) for d in details]
         table["fraction"] = [sum(d["verdicts"]) / len(d["verdicts"]) for d in details]
         if self.shuffled_control:
-            other = shuffled_pairing(prompts)
+            other = shuffled_pairing(prompts)  # reuse each image's detections: only the spec changes
             control = [
-                judge_detail(arrays[j], s)["verdicts"] for j, s in zip(other, prompts["spec"], strict=True)
+                check_constraints(details[j]["background"], details[j]["objects"], s)
+                for j, s in zip(other, prompts["spec"], strict=True)
             ]
             table["score_shuffled"] = [float(all(v)) for v in control]
             table["fraction_shuffled"] = [sum(v) / len(v) for v in control]
