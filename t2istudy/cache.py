@@ -192,90 +192,57 @@ class EmbeddingCache:
         progress: bool = True,
     ) -> EmbeddingCache:
         """Encode each unique caption once and write the entry (meta.json last, so a crash leaves no entry)."""
-        canonical = str(parse_strategy(strategy))
+        return cls.build_many(
+            encoder, [strategy], captions, root, batch_size=batch_size, dtype=dtype, progress=progress
+        )[0]
+
+    @classmethod
+    def build_many(
+        cls,
+        encoder: Encoder,
+        strategies: list[str],
+        captions: list[str],
+        root: str | Path,
+        *,
+        batch_size: int = 64,
+        dtype: str = "auto",
+        progress: bool = True,
+    ) -> list[EmbeddingCache]:
+        """One entry per strategy from a single pass of the encoder over the captions (an encoder with
+        ``encode_aggregated_many``); the entries are the same as ``build`` would write one by one."""
+        canonical = list(dict.fromkeys(str(parse_strategy(s)) for s in strategies))
         unique = sorted(set(captions))
         if not unique:
             raise ValueError("Cannot build an embedding cache from an empty caption list.")
+        if not canonical:
+            raise ValueError("build_many needs at least one strategy.")
         if dtype not in ("auto", "float16", "float32"):
             raise ValueError(f"dtype must be 'auto', 'float16' or 'float32', got {dtype!r}.")
-        path = cls.entry_dir(root, encoder.name, canonical, encoder.max_length, unique)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # per process: parallel builds never share one
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-
-        # Pass 1: encode in chunks (float32, each chunk padded to its own longest caption).
-        chunks, max_t, max_abs, sq, count = [], 1, 0.0, None, 0
+        writers = [
+            _EntryWriter(cls.entry_dir(root, encoder.name, s, encoder.max_length, unique)) for s in canonical
+        ]
         steps = range(0, len(unique), batch_size)
-        for i, start in enumerate(tqdm(steps, desc=f"encode {encoder.name}", disable=not progress)):
+        label = f"encode {encoder.name}" + (f" ({len(canonical)} strategies)" if len(canonical) > 1 else "")
+        for i, start in enumerate(tqdm(steps, desc=label, disable=not progress)):
             batch = unique[start : start + batch_size]
-            feats, mask = encoder.encode_aggregated(batch, canonical, batch_size=batch_size)
-            feats, mask = _trim(feats.float().cpu(), mask.bool().cpu())
-            if not torch.isfinite(feats).all():
-                raise ValueError(
-                    f"Encoder {encoder.name} produced non-finite values for strategy {canonical}."
-                )
-            max_t = max(max_t, feats.shape[1])
-            max_abs = max(max_abs, float(feats.abs().max()))
-            real = feats[mask].double()
-            sq = real.pow(2).sum(dim=(0, -1)) if sq is None else sq + real.pow(2).sum(dim=(0, -1))
-            count += real.shape[0] * real.shape[-1]
-            np.save(tmp / f"chunk{i:06d}.npy", feats.numpy())
-            np.save(tmp / f"mask{i:06d}.npy", mask.numpy())
-            chunks.append(i)
-        rms = (sq / max(count, 1)).sqrt().reshape(-1).tolist()
-
-        # Pass 2: one padded memory-mapped array, float16 only if every value fits.
-        store = dtype if dtype != "auto" else ("float16" if max_abs < FP16_LIMIT else "float32")
-        if store == "float16" and max_abs >= FP16_LIMIT:
-            raise ValueError(
-                f"max |value| {max_abs:.3g} does not fit float16 (limit {FP16_LIMIT:g}); use dtype='float32'."
+            if hasattr(encoder, "encode_aggregated_many"):
+                all_feats, mask = encoder.encode_aggregated_many(batch, canonical, batch_size=batch_size)
+                outputs = [(f, mask) for f in all_feats]
+            else:  # a minimal Encoder: one call per strategy
+                outputs = [encoder.encode_aggregated(batch, s, batch_size=batch_size) for s in canonical]
+            for writer, strategy, (feats, mask) in zip(writers, canonical, outputs, strict=True):
+                writer.add_chunk(i, feats, mask, f"Encoder {encoder.name} produced non-finite values for "
+                                 f"strategy {strategy}.")  # fmt: skip
+        entries = []
+        for writer, strategy in zip(writers, canonical, strict=True):
+            meta = {"version": CACHE_VERSION, "encoder": encoder.name, "strategy": strategy,
+                    "max_length": encoder.max_length, "caption_hash": caption_hash(unique),
+                    "num_captions": len(unique)}  # fmt: skip
+            path = writer.finish(
+                unique, meta, dtype, lambda shape, s=strategy: null_embedding(encoder, s, shape)
             )
-        first = np.load(tmp / "chunk000000.npy", mmap_mode="r")
-        shape = (len(unique), max_t, *first.shape[2:])
-        features = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=store, shape=shape)
-        masks = np.zeros((len(unique), max_t), dtype=bool)
-        for i in chunks:
-            f = np.load(tmp / f"chunk{i:06d}.npy")
-            m = np.load(tmp / f"mask{i:06d}.npy")
-            rows = slice(i * batch_size, i * batch_size + f.shape[0])
-            features[rows] = 0
-            features[rows, : f.shape[1]] = f
-            masks[rows, : m.shape[1]] = m
-            (tmp / f"chunk{i:06d}.npy").unlink()
-            (tmp / f"mask{i:06d}.npy").unlink()
-        features.flush()
-        del features
-        np.save(tmp / "mask.npy", masks)
-
-        null_f, null_m, null_kind = null_embedding(encoder, canonical, first.shape[2:])
-        np.save(tmp / "null_features.npy", null_f.numpy())
-        np.save(tmp / "null_mask.npy", null_m.numpy())
-        (tmp / "captions.json").write_text(json.dumps(unique, ensure_ascii=False))
-        meta = {
-            "version": CACHE_VERSION,
-            "encoder": encoder.name,
-            "strategy": canonical,
-            "max_length": encoder.max_length,
-            "caption_hash": caption_hash(unique),
-            "num_captions": len(unique),
-            "shape": list(shape),
-            "dtype": store,
-            "max_abs": max_abs,
-            "token_rms": rms,
-            "null": null_kind,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if (path / "meta.json").exists():  # another process finished the same entry first: keep theirs
-            shutil.rmtree(tmp)
-            return cls(path)
-        shutil.rmtree(path, ignore_errors=True)  # an incomplete entry (no meta.json)
-        try:
-            tmp.rename(path)
-        except OSError:  # lost a rename race to an identical, complete entry
-            if not (path / "meta.json").exists():
-                raise
-            shutil.rmtree(tmp)
-        return cls(path)
+            entries.append(cls(path))
+        return entries
 
     @classmethod
     def get_or_build(
@@ -290,15 +257,116 @@ class EmbeddingCache:
         progress: bool = True,
     ) -> EmbeddingCache:
         """Open the matching entry, or load the encoder (only then) and build it."""
-        name = encoder if isinstance(encoder, str) else encoder.name
-        found = cls.find(root, name, strategy, captions, max_length)
-        if found is not None:
-            return found
-        if isinstance(encoder, str):
-            from t2istudy.encoders import load_encoder
+        return cls.get_or_build_many(
+            root,
+            encoder,
+            [strategy],
+            captions,
+            max_length=max_length,
+            batch_size=batch_size,
+            progress=progress,
+        )[0]
 
-            encoder = load_encoder(encoder, max_length=max_length)
-        return cls.build(encoder, strategy, captions, root, batch_size=batch_size, progress=progress)
+    @classmethod
+    def get_or_build_many(
+        cls,
+        root: str | Path,
+        encoder: str | Encoder,
+        strategies: list[str],
+        captions: list[str],
+        *,
+        max_length: int | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> list[EmbeddingCache]:
+        """The entries for these strategies; the missing ones are built together, in one encoder pass."""
+        name = encoder if isinstance(encoder, str) else encoder.name
+        found = {s: cls.find(root, name, s, captions, max_length) for s in strategies}
+        missing = [s for s, entry in found.items() if entry is None]
+        if missing:
+            if isinstance(encoder, str):
+                from t2istudy.encoders import load_encoder
+
+                encoder = load_encoder(encoder, max_length=max_length)
+            built = cls.build_many(encoder, missing, captions, root, batch_size=batch_size, progress=progress)
+            found.update(zip(missing, built, strict=True))
+        return [found[s] for s in strategies]
+
+
+class _EntryWriter:
+    """Writes one cache entry: float32 chunks while encoding, then one padded memory-mapped array."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        # One folder per process: parallel builds of the same entry never share one.
+        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.chunks: list[tuple[int, int]] = []  # (chunk index, rows)
+        self.max_t, self.max_abs, self.sq, self.count = 1, 0.0, None, 0
+
+    def add_chunk(self, i: int, feats: torch.Tensor, mask: torch.Tensor, non_finite: str) -> None:
+        """Pass 1: keep one encoded chunk (each padded to its own longest caption) and its statistics."""
+        feats, mask = _trim(feats.float().cpu(), mask.bool().cpu())
+        if not torch.isfinite(feats).all():
+            raise ValueError(non_finite)
+        self.max_t = max(self.max_t, feats.shape[1])
+        self.max_abs = max(self.max_abs, float(feats.abs().max()))
+        real = feats[mask].double()
+        sq = real.pow(2).sum(dim=(0, -1))
+        self.sq = sq if self.sq is None else self.sq + sq
+        self.count += real.shape[0] * real.shape[-1]
+        np.save(self.tmp / f"chunk{i:06d}.npy", feats.numpy())
+        np.save(self.tmp / f"mask{i:06d}.npy", mask.numpy())
+        self.chunks.append((i, feats.shape[0]))
+
+    def finish(self, captions: list[str], meta: dict, dtype: str, null_fn) -> Path:
+        """Pass 2: one padded array (float16 only if every value fits), then meta.json, then the rename."""
+        tmp = self.tmp
+        rms = (self.sq / max(self.count, 1)).sqrt().reshape(-1).tolist()
+        store = dtype if dtype != "auto" else ("float16" if self.max_abs < FP16_LIMIT else "float32")
+        if store == "float16" and self.max_abs >= FP16_LIMIT:
+            raise ValueError(
+                f"max |value| {self.max_abs:.3g} does not fit float16 (limit {FP16_LIMIT:g}); use dtype='float32'."
+            )
+        first = np.load(tmp / "chunk000000.npy", mmap_mode="r")
+        shape = (len(captions), self.max_t, *first.shape[2:])
+        features = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=store, shape=shape)
+        masks = np.zeros((len(captions), self.max_t), dtype=bool)
+        row = 0
+        for i, _ in self.chunks:
+            f = np.load(tmp / f"chunk{i:06d}.npy")
+            m = np.load(tmp / f"mask{i:06d}.npy")
+            rows = slice(row, row + f.shape[0])
+            features[rows] = 0
+            features[rows, : f.shape[1]] = f
+            masks[rows, : m.shape[1]] = m
+            row += f.shape[0]
+            (tmp / f"chunk{i:06d}.npy").unlink()
+            (tmp / f"mask{i:06d}.npy").unlink()
+        features.flush()
+        del features
+        np.save(tmp / "mask.npy", masks)
+
+        null_f, null_m, null_kind = null_fn(first.shape[2:])
+        np.save(tmp / "null_features.npy", null_f.numpy())
+        np.save(tmp / "null_mask.npy", null_m.numpy())
+        (tmp / "captions.json").write_text(json.dumps(captions, ensure_ascii=False))
+        meta = {**meta, "shape": list(shape), "dtype": store, "max_abs": self.max_abs, "token_rms": rms,
+                "null": null_kind}  # fmt: skip
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        path = self.path
+        if (path / "meta.json").exists():  # another process finished the same entry first: keep theirs
+            shutil.rmtree(tmp)
+            return path
+        shutil.rmtree(path, ignore_errors=True)  # an incomplete entry (no meta.json)
+        try:
+            tmp.rename(path)
+        except OSError:  # lost a rename race to an identical, complete entry
+            if not (path / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp)
+        return path
 
 
 def null_embedding(encoder: Encoder, strategy: str, feature_shape) -> tuple[torch.Tensor, torch.Tensor, str]:

@@ -3,6 +3,7 @@
 t2istudy study [--quick]                      the default study end to end (resumable: rerun to continue)
 t2istudy grid run grids/small.yaml [--workers 2 | --launcher slurm --partition gpu --gpus 1]
 t2istudy grid status grids/small.yaml         done / failed / pending runs with their overall score
+t2istudy grid prepare grids/small.yaml        fill the runs' embedding caches, one encoder pass per encoder
 t2istudy notebook notebooks/run.ipynb runs/manual/r1 -p encoder=gemma3-270m -p seed=1
 t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.train)
 t2istudy layer-norms | probe | judge-validation   the study's other notebooks with their defaults
@@ -56,13 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
         "rescore", help="add the judge's shuffled-prompt control to complete runs, from their samples"
     )
     gres.add_argument("--force", action="store_true", help="recompute it where it exists")
-    for p in (grun, gstat, gres):
+    gprep = gsub.add_parser(
+        "prepare",
+        help="build the cache entries the incomplete runs need, one encoder pass for all strategies",
+    )
+    gprep.add_argument("--only", nargs="*", default=None, help="run ids to prepare for (default: all)")
+    gprep.add_argument("--dry-run", action="store_true", help="list what would be built, build nothing")
+    for p in (grun, gstat, gres, gprep):
         p.add_argument("grid", help="grid file (YAML/JSON), e.g. grids/quick.yaml")
         p.add_argument("--runs-dir", default="runs")
     add_launcher_args(grun)
     grun.add_argument("--only", nargs="*", default=None, help="run ids to run (default: all)")
     grun.add_argument("--rerun-running", action="store_true", help="also run runs marked RUNNING (dead jobs)")
     grun.add_argument("--dry-run", action="store_true", help="list the runs and their state, execute nothing")
+    grun.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="let each run build its own cache entry (one encoder pass each)",
+    )
     gstat.add_argument("--csv", default=None, help="also write the table to this CSV file")
 
     nb = sub.add_parser("notebook", help="execute one notebook into a run directory (checks its parameters)")
@@ -145,6 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.runs_dir,
             only=args.only,
             rerun_running=args.rerun_running,
+            prepare=not args.no_prepare,
             **launcher_options(args),
         )
         return 1 if any(r.state == "failed" for r in results) else 0
@@ -160,6 +173,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from t2istudy.rescore import add_shuffled_controls
 
         return 1 if add_shuffled_controls(args.runs_dir, runs.load_grid(args.grid).name, args.force) else 0
+    if args.command == "grid" and args.grid_command == "prepare":
+        from t2istudy.prepare import prepare_grid
+
+        prepare_grid(args.grid, args.runs_dir, only=args.only, dry_run=args.dry_run)
+        return 0
     if args.command == "notebook":
         params = dict(parse_assignment(p) for p in args.param)
         result = runs.execute_notebook(args.notebook, args.out_dir, params)

@@ -356,7 +356,6 @@ class FrozenEncoder:
         self.n_truncated = n_truncated
         return LayerStates(hidden=hidden, mask=mask, ids=ids, n_truncated=n_truncated)
 
-    @torch.inference_mode()
     def encode_aggregated(
         self,
         prompts: list[str],
@@ -368,37 +367,60 @@ class FrozenEncoder:
         """Aggregated features [N, T, D'] ([N, T, L, D] for learned) and mask [N, T], computed by
         forward hooks that fold each layer into the result as it is produced (never all layers at once).
         """
-        strategy = parse_strategy(strategy)
+        features, mask = self.encode_aggregated_many(prompts, [strategy], batch_size, progress, allow_empty)
+        return features[0], mask
+
+    @torch.inference_mode()
+    def encode_aggregated_many(
+        self,
+        prompts: list[str],
+        strategies: list[str | Strategy],
+        batch_size: int = 32,
+        progress: bool = False,
+        allow_empty: bool = False,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every strategy's features from one forward pass: the LLM runs once however many strategies
+        a study compares (a cache for last, layer:k, mean and norm_mean costs one pass, not four)."""
+        parsed = [parse_strategy(s) for s in strategies]
+        if not parsed:
+            raise ValueError("encode_aggregated_many needs at least one strategy.")
         ids, mask, n_truncated = self.tokenize(prompts, allow_empty)
         n, t = ids.shape
-        agg = Aggregator(strategy, self.num_states)  # validates layer indices for this encoder
-        width = output_width(strategy, self.num_states, self.width)
-        shape = (n, t, len(agg.wanted), width) if strategy.kind == "learned" else (n, t, width)
-        features = torch.zeros(shape)
+        features = []
+        for strategy in parsed:
+            agg = Aggregator(strategy, self.num_states)  # validates layer indices for this encoder
+            width = output_width(strategy, self.num_states, self.width)
+            shape = (n, t, len(agg.wanted), width) if strategy.kind == "learned" else (n, t, width)
+            features.append(torch.zeros(shape))
         embed, blocks, final_norm = _hook_points(self.model)
-        for start in self._batches(n, batch_size, progress, f"encode {strategy}"):
+        label = ", ".join(map(str, parsed))
+        for start in self._batches(n, batch_size, progress, f"encode {label}"):
             sl = slice(start, start + batch_size)
             length = int(mask[sl].sum(1).max())
             if length == 0:  # only empty prompts whose tokenizer adds no special token: zero tokens
                 continue
             # On CPU the running result lives directly in the output tensor: no extra copy per batch.
-            target = features[sl, :length] if self.device.type == "cpu" else None
-            agg = Aggregator(strategy, self.num_states, out=target)
-
+            aggs = [
+                Aggregator(s, self.num_states, out=f[sl, :length] if self.device.type == "cpu" else None)
+                for s, f in zip(parsed, features, strict=True)
+            ]
             points = [embed, *blocks]
             indices = list(range(len(points)))
             if final_norm is not None:  # transformers' hidden_states[-1] is final_norm(last block)
                 points[-1], indices[-1] = final_norm, len(blocks)
-            handles = [m.register_forward_hook(_feeder(agg, i)) for m, i in zip(points, indices, strict=True)]
+            handles = [
+                m.register_forward_hook(_feeder(aggs, i)) for m, i in zip(points, indices, strict=True)
+            ]
             try:
                 self._forward(ids[sl, :length], mask[sl, :length], hidden_states=False)
             finally:
                 for handle in handles:
                     handle.remove()
-            out = agg.result(mask[sl, :length].to(self.device))
-            self._check_finite(out)
-            if target is None:
-                features[sl, :length] = out.cpu()
+            for agg, f in zip(aggs, features, strict=True):
+                out = agg.result(mask[sl, :length].to(self.device))
+                self._check_finite(out)
+                if self.device.type != "cpu":
+                    f[sl, :length] = out.cpu()
         self.n_truncated = n_truncated
         return features, mask
 
@@ -423,11 +445,13 @@ class FrozenEncoder:
                 )
 
 
-def _feeder(agg: Aggregator, index: int):
-    """Forward hook that hands a module's output to the aggregator as hidden state ``index``."""
+def _feeder(aggs: list[Aggregator], index: int):
+    """Forward hook that hands a module's output to every aggregator as hidden state ``index``."""
 
     def hook(_module, _inputs, output):
-        agg.add(index, output[0] if isinstance(output, tuple) else output)
+        hidden = output[0] if isinstance(output, tuple) else output
+        for agg in aggs:
+            agg.add(index, hidden)
 
     return hook
 

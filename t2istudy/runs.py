@@ -554,6 +554,7 @@ def run_grid(
     slurm: dict[str, Any] | None = None,
     only: list[str] | None = None,
     rerun_running: bool = False,
+    prepare: bool = True,
     log=print,
 ) -> list[RunResult]:
     """Execute every run of a grid that is not complete; returns one result per run (skipped included).
@@ -563,7 +564,9 @@ def run_grid(
     picks submitit's backend ("slurm", or "local" to try the same path on one machine) and ``slurm``
     holds executor parameters (timeout_min, gpus_per_node, cpus_per_task, mem_gb, slurm_partition...).
     Runs marked RUNNING by a live process here, or by any process on another host (a cluster job killed
-    at its time limit leaves the marker), are skipped unless ``rerun_running``.
+    at its time limit leaves the marker), are skipped unless ``rerun_running``. With ``prepare`` (local
+    launcher) the runs' missing embedding caches are first built with one encoder pass per encoder
+    (`t2istudy.prepare`); on a cluster, run `t2istudy grid prepare` as a job of its own first.
     """
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
@@ -592,6 +595,15 @@ def run_grid(
     if launcher not in ("local", "slurm"):
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
     start = time.perf_counter()
+    if prepare and launcher == "local":
+        from t2istudy.prepare import prepare_grid
+
+        try:
+            prepare_grid(grid, root, only=[s.run_id for s in todo], log=log)
+        except Exception as err:  # noqa: BLE001 - each run then builds its own entry, or fails on its own
+            log(
+                f"[grid {grid.name}] preparing the caches failed ({_error_message(err)}); each run builds its own"
+            )
     parallel = launcher == "slurm" or workers > 1
     for wave in cache_waves(todo) if parallel else [todo]:
         if launcher == "local":

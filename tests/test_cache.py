@@ -128,3 +128,50 @@ def test_parallel_builds_of_one_entry_keep_the_first_complete_one(tmp_path, monk
     second = EmbeddingCache.build(FakeEncoder(), "last", ["a b", "c"], tmp_path, progress=False)
     assert second.path == first.path and (first.path / "meta.json").stat().st_mtime_ns == stamp
     assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no tmp folder left behind
+
+
+def test_build_many_writes_the_entries_build_writes_one_by_one(tmp_path):
+    """A minimal encoder (no encode_aggregated_many) still gets one entry per strategy, byte-identical."""
+    captions = ["a red circle", "two blue squares", "a b c d e f", "c"]
+    many = EmbeddingCache.build_many(FakeEncoder(), ["last", "learned", "last"], captions, tmp_path / "m",
+                                     batch_size=3, progress=False)  # fmt: skip
+    assert [e.strategy for e in many] == ["last", "learned"]  # duplicates collapse
+    for entry in many:
+        alone = EmbeddingCache.build(FakeEncoder(), entry.strategy, captions, tmp_path / "a", batch_size=3,
+                                     progress=False)  # fmt: skip
+        assert entry.path.name == alone.path.name and entry.meta == alone.meta
+        for name in ("features.npy", "mask.npy", "null_features.npy", "captions.json"):
+            assert (entry.path / name).read_bytes() == (alone.path / name).read_bytes()
+
+
+def test_get_or_build_many_encodes_only_the_missing_strategies(tmp_path):
+    enc = FakeEncoder()
+    captions = ["a b", "c", "d e f"]
+    kept = EmbeddingCache.build(enc, "last", captions, tmp_path, progress=False)
+    calls = enc.calls
+    last, learned = EmbeddingCache.get_or_build_many(
+        tmp_path, enc, ["last", "learned"], captions, progress=False
+    )
+    assert last.path == kept.path and learned.strategy == "learned"
+    assert enc.calls == calls + 1 + 1  # one chunk for the missing strategy, plus its empty-prompt null
+
+
+@pytest.mark.slow
+def test_one_pass_for_every_strategy_equals_one_pass_each(tmp_path):
+    """The real encoder's single pass (hooks feeding four aggregators) writes the same bytes as four passes."""
+    from t2istudy.encoders import load_encoder
+
+    enc = load_encoder("smollm2-135m")
+    captions = ["a red circle", "two blue squares and one yellow triangle", "three green squares", "a b"]
+    strategies = ["last", "layer:15", "mean", "norm_mean"]
+    calls = []
+    original = enc.encode_aggregated_many
+    enc.encode_aggregated_many = lambda *a, **k: calls.append(a[1]) or original(*a, **k)
+    many = EmbeddingCache.build_many(enc, strategies, captions, tmp_path / "m", batch_size=3, progress=False)
+    del enc.encode_aggregated_many
+    assert calls == [strategies] * 2 + [[s] for s in strategies]  # two chunks, each encoded once for all
+    # four strategies; then each entry's empty prompt (the CFG null)
+    for entry, strategy in zip(many, strategies, strict=True):
+        alone = EmbeddingCache.build(enc, strategy, captions, tmp_path / "a", batch_size=3, progress=False)
+        assert entry.meta == alone.meta
+        assert (entry.path / "features.npy").read_bytes() == (alone.path / "features.npy").read_bytes()

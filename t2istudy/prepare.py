@@ -1,0 +1,126 @@
+"""Fill a grid's embedding caches before its runs start: one encoder pass per (encoder, caption set) for
+every strategy the grid compares, where each run would otherwise make its own pass.
+
+A run builds the cache entry it needs on first use, so comparing four strategies costs four passes of the
+LLM over the training captions (Gemma-3-270M: ~13 min each on 2 CPU cores; at paper scale, a pass over the
+whole dataset per strategy). `t2istudy grid prepare` runs each encoder once and fills every missing entry
+from the same forward pass; the runs then find their entries and never load the encoder for training.
+
+It reads runs through the run notebook's parameters (encoder, strategy, preset, train_options, benchmark,
+n_per_skill, benchmark_seed); runs of a notebook that does not declare encoder and strategy are left alone.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2istudy import runs
+from t2istudy.aggregation import parse_strategy
+from t2istudy.cache import EmbeddingCache, caption_hash
+
+PROMPT_BATCH = 64  # sample.sample_run encodes benchmark prompts with get_or_build's default batch size
+
+
+@dataclass
+class CacheRequest:
+    """The strategies wanted for one (encoder, caption set) under one cache root."""
+
+    encoder: str
+    max_length: int | None
+    cache_dir: str
+    what: str  # "training captions" or "benchmark prompts", for the log
+    captions: list[str]
+    batch_size: int  # as the run would encode them: chunk padding must match for the same numbers
+    strategies: list[str] = field(default_factory=list)
+
+    def missing(self) -> list[str]:
+        return [s for s in self.strategies
+                if EmbeddingCache.find(self.cache_dir, self.encoder, s, self.captions, self.max_length) is None]  # fmt: skip
+
+
+def run_values(spec: runs.RunSpec) -> dict[str, Any] | None:
+    """The run's parameters (notebook defaults overridden by the grid), or None for another notebook."""
+    declared = runs.notebook_parameters(spec.notebook)
+    if not {"encoder", "strategy"} <= declared.keys():
+        return None
+    values = {name: ast.literal_eval(p["default"]) for name, p in declared.items() if name != "out_dir"}
+    return {**values, **spec.params}
+
+
+def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
+    """What the runs will look up in the cache: their training captions and their benchmark prompts."""
+    from t2istudy import train
+    from t2istudy.model import get_preset
+    from t2istudy.shapes_benchmark import make_benchmark
+
+    requests: dict[tuple, CacheRequest] = {}
+    captions_of: dict[tuple, list[str]] = {}  # one caption pool per data setting, built once
+
+    def want(encoder, max_length, cache_dir, what, captions, batch_size, strategy):
+        key = (encoder, max_length, str(cache_dir), caption_hash(captions), batch_size)
+        request = requests.setdefault(
+            key, CacheRequest(encoder, max_length, str(cache_dir), what, captions, batch_size)
+        )
+        if strategy not in request.strategies:
+            request.strategies.append(strategy)
+
+    for spec in specs:
+        values = run_values(spec)
+        if values is None:
+            continue
+        opts = train.resolve_options(train.TrainOptions(
+            encoder=values["encoder"], strategy=values["strategy"], preset=values.get("preset", "cpu-small"),
+            seed=values.get("seed", 0), **values.get("train_options", {}),
+        ))  # fmt: skip
+        if opts.text != "cache":
+            continue
+        data_key = (opts.data, opts.pool_size, opts.data_seed, opts.max_objects, opts.preset)
+        if data_key not in captions_of:
+            captions_of[data_key] = list(train.build_data(opts, get_preset(opts.preset)).captions)
+        strategy = str(parse_strategy(opts.strategy))
+        want(opts.encoder, opts.max_length, opts.cache_dir, "training captions", captions_of[data_key],
+             opts.encode_batch_size, strategy)  # fmt: skip
+        if values.get("benchmark") == "shapes":  # genai-bench prompts are encoded at sampling time
+            bench = make_benchmark(n_per_skill=int(values["n_per_skill"]), seed=int(values["benchmark_seed"]))
+            want(opts.encoder, opts.max_length, opts.cache_dir, "benchmark prompts", bench["prompt"].tolist(),
+                 PROMPT_BATCH, strategy)  # fmt: skip
+    return list(requests.values())
+
+
+def prepare_grid(
+    grid: runs.Grid | str | Path,
+    root: str | Path = "runs",
+    only: list[str] | None = None,
+    dry_run: bool = False,
+    log=print,
+) -> list[CacheRequest]:
+    """Build every cache entry that the grid's incomplete runs will need, one encoder pass per request."""
+    if not isinstance(grid, runs.Grid):
+        grid = runs.load_grid(grid)
+    specs = runs.expand_grid(grid)
+    if only:
+        unknown = sorted(set(only) - {s.run_id for s in specs})
+        if unknown:
+            raise ValueError(f"--only names unknown run ids {unknown}; see `t2istudy grid status`.")
+        specs = [s for s in specs if s.run_id in only]
+    specs = [s for s in specs if runs.run_state(runs.run_path(root, s)) != "done"]
+    requests = [r for r in cache_requests(specs) if r.missing()]
+    if not requests:
+        log(f"[prepare {grid.name}] every cache entry the incomplete runs need exists")
+    for request in requests:
+        missing = request.missing()
+        log(f"[prepare {grid.name}] {request.encoder}: {', '.join(missing)} on {len(set(request.captions))} "
+            f"{request.what}, one pass" + (" (dry run)" if dry_run else ""))  # fmt: skip
+        if not dry_run:
+            EmbeddingCache.get_or_build_many(
+                request.cache_dir,
+                request.encoder,
+                missing,
+                request.captions,
+                max_length=request.max_length,
+                batch_size=request.batch_size,
+            )
+    return requests

@@ -1,0 +1,101 @@
+"""Preparing a grid's caches: one encoder pass per (encoder, caption set) fills every strategy's entry,
+and those are the entries the runs look up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from helpers import FakeEncoder
+
+from t2istudy import prepare, runs
+from t2istudy.cache import EmbeddingCache
+from t2istudy.data import shapes_pool
+from t2istudy.shapes_benchmark import make_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_grid(tmp_path: Path) -> Path:
+    grid = {
+        "name": "prep",
+        "notebook": str(REPO / "notebooks" / "run.ipynb"),
+        "params": {
+            "preset": "cpu-tiny",
+            "n_per_skill": 2,
+            "train_options": {"pool_size": 40, "cache_dir": str(tmp_path / "cache")},
+        },  # fmt: skip
+        "axes": {"encoder": ["fake-a", "fake-b"], "strategy": ["last", "learned", "mean"], "seed": [0, 1]},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_one_pass_per_encoder_and_caption_set(tmp_path, monkeypatch):
+    loads: list[str] = []
+
+    def load_encoder(name, max_length=None, **_):
+        loads.append(name)
+        return FakeEncoder(name=name)
+
+    monkeypatch.setattr("t2istudy.encoders.load_encoder", load_encoder)
+    grid = write_grid(tmp_path)
+    requests = prepare.prepare_grid(grid, tmp_path / "runs", log=lambda *_: None)
+
+    # 2 encoders x (training captions, benchmark prompts), each wanting the 3 strategies (seeds share entries)
+    assert sorted((r.encoder, r.what) for r in requests) == sorted(
+        (e, w) for e in ("fake-a", "fake-b") for w in ("training captions", "benchmark prompts")
+    )
+    assert all(r.strategies == ["last", "learned", "mean"] for r in requests)
+    train_captions = shapes_pool(40, 0, 16).captions
+    prompts = make_benchmark(n_per_skill=2, seed=0)["prompt"].tolist()
+    for r in requests:
+        assert set(r.captions) == set(train_captions if r.what == "training captions" else prompts)
+        assert r.batch_size == 64
+
+    # Each encoder loaded once per caption set (not once per strategy); every entry a run looks up exists.
+    assert sorted(loads) == ["fake-a", "fake-a", "fake-b", "fake-b"]
+    for name in ("fake-a", "fake-b"):
+        for captions in (train_captions, prompts):
+            for strategy in ("last", "learned", "mean"):
+                entry = EmbeddingCache.find(tmp_path / "cache", name, strategy, captions)
+                assert entry is not None and entry.strategy == strategy
+
+    # Nothing is missing any more: a second prepare builds nothing.
+    monkeypatch.setattr(
+        "t2istudy.encoders.load_encoder", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
+    )
+    assert prepare.prepare_grid(grid, tmp_path / "runs", log=lambda *_: None) == []
+
+
+def test_dry_run_builds_nothing_and_done_runs_are_left_out(tmp_path):
+    grid = write_grid(tmp_path)
+    specs = runs.expand_grid(runs.load_grid(grid))
+    for spec in specs:  # every fake-b run is complete
+        if spec.params["encoder"] == "fake-b":
+            out = runs.run_path(tmp_path / "runs", spec)
+            out.mkdir(parents=True)
+            runs.write_json(
+                out / "params.json", {"schema_version": runs.SCHEMA_VERSION, "params": spec.params}
+            )
+            (out / "DONE").write_text("")
+    lines: list[str] = []
+    requests = prepare.prepare_grid(grid, tmp_path / "runs", dry_run=True, log=lines.append)
+    assert {r.encoder for r in requests} == {"fake-a"}
+    assert len(lines) == 2 and all("last, learned, mean" in line and "dry run" in line for line in lines)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_only_other_notebooks_runs_are_ignored(tmp_path):
+    nb = tmp_path / "other.ipynb"
+    import nbformat
+
+    book = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell('out_dir = ""\nx = 1')
+    cell.metadata["tags"] = ["parameters"]
+    book.cells = [cell]
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(book, nb)
+    spec = runs.RunSpec(grid="g", run_id="x-1", notebook=str(nb), params={"x": 1})
+    assert prepare.cache_requests([spec]) == []
