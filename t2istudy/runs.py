@@ -595,17 +595,21 @@ def run_grid(
     if launcher not in ("local", "slurm"):
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
     start = time.perf_counter()
+    prepared = False
     if prepare and launcher == "local":
         from t2istudy.prepare import prepare_grid
 
         try:
             prepare_grid(grid, root, only=[s.run_id for s in todo], log=log)
+            prepared = True
         except Exception as err:  # noqa: BLE001 - each run then builds its own entry, or fails on its own
             log(
                 f"[grid {grid.name}] preparing the caches failed ({_error_message(err)}); each run builds its own"
             )
+    # Unprepared parallel runs go in waves so that no cache entry is built twice at once; once every
+    # entry exists, waves would only idle workers (two seeds of one arm would run one after the other).
     parallel = launcher == "slurm" or workers > 1
-    for wave in cache_waves(todo) if parallel else [todo]:
+    for wave in cache_waves(todo) if parallel and not prepared else [todo]:
         if launcher == "local":
             results += _run_local(wave, root, workers, log, start)
         else:

@@ -99,3 +99,30 @@ def test_only_other_notebooks_runs_are_ignored(tmp_path):
     nbformat.write(book, nb)
     spec = runs.RunSpec(grid="g", run_id="x-1", notebook=str(nb), params={"x": 1})
     assert prepare.cache_requests([spec]) == []
+
+
+def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch):
+    """Once every cache entry exists, two seeds of one arm run side by side, not one after the other;
+    if preparing fails, the runs keep the build-once waves."""
+    waves: list[list[str]] = []
+    monkeypatch.setattr(
+        runs, "_run_local", lambda wave, *a, **k: waves.append([s.run_id for s in wave]) or []
+    )
+    grid = write_grid(tmp_path)
+    only = [  # two seeds of one arm: the same cache entry
+        s.run_id
+        for s in runs.expand_grid(runs.load_grid(grid))
+        if (s.params["encoder"], s.params["strategy"]) == ("fake-a", "last")
+    ]
+    assert len(only) == 2
+
+    monkeypatch.setattr("t2istudy.prepare.prepare_grid", lambda *a, **k: [])
+    runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
+    assert waves == [only]
+
+    waves.clear()
+    monkeypatch.setattr(
+        "t2istudy.prepare.prepare_grid", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no disk"))
+    )
+    runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
+    assert waves == [only[:1], only[1:]]
