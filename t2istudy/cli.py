@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("grid", help="grid file (YAML/JSON), e.g. grids/quick.yaml")
         p.add_argument("--runs-dir", default="runs")
     add_launcher_args(grun)
-    grun.add_argument("--only", nargs="*", default=None, help="run ids to run (default: all)")
+    grun.add_argument(
+        "--only", nargs="*", default=None, help="run ids to run, in this order (default: all, in grid order)"
+    )
     grun.add_argument("--rerun-running", action="store_true", help="also run runs marked RUNNING (dead jobs)")
     grun.add_argument("--dry-run", action="store_true", help="list the runs and their state, execute nothing")
     grun.add_argument(

@@ -575,7 +575,8 @@ def run_grid(
         missing = sorted(set(only) - {s.run_id for s in specs})
         if missing:
             raise ValueError(f"--only names unknown run ids {missing}; see `t2istudy grid status`.")
-        specs = [s for s in specs if s.run_id in only]
+        by_id = {s.run_id: s for s in specs}  # in the order asked: first named, first run
+        specs = [by_id[run_id] for run_id in dict.fromkeys(only)]
     for spec in specs:
         check_parameters(spec.notebook, spec.params, where=f"run {spec.run_id}")
     preflight(specs)

@@ -126,3 +126,17 @@ def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch):
     )
     runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
     assert waves == [only[:1], only[1:]]
+
+
+def test_only_runs_in_the_order_named(tmp_path, monkeypatch):
+    """`--only c a b` runs c first: the user's priority, not the grid's order."""
+    waves: list[list[str]] = []
+    monkeypatch.setattr(
+        runs, "_run_local", lambda wave, *a, **k: waves.append([s.run_id for s in wave]) or []
+    )
+    monkeypatch.setattr("t2istudy.prepare.prepare_grid", lambda *a, **k: [])
+    grid = write_grid(tmp_path)
+    ids = [s.run_id for s in runs.expand_grid(runs.load_grid(grid))]
+    only = [ids[-1], ids[0], ids[5], ids[0]]  # a repeat runs once
+    runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
+    assert waves == [[ids[-1], ids[0], ids[5]]]
