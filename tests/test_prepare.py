@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import FakeEncoder
 
@@ -101,13 +102,19 @@ def test_only_other_notebooks_runs_are_ignored(tmp_path):
     assert prepare.cache_requests([spec]) == []
 
 
-def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch):
+@pytest.fixture
+def waves(monkeypatch) -> list[list[str]]:
+    """The run ids of each wave the local launcher is handed; nothing is executed."""
+    handed: list[list[str]] = []
+    monkeypatch.setattr(
+        runs, "_run_local", lambda wave, *a, **k: handed.append([s.run_id for s in wave]) or []
+    )
+    return handed
+
+
+def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch, waves):
     """Once every cache entry exists, two seeds of one arm run side by side, not one after the other;
     if preparing fails, the runs keep the build-once waves."""
-    waves: list[list[str]] = []
-    monkeypatch.setattr(
-        runs, "_run_local", lambda wave, *a, **k: waves.append([s.run_id for s in wave]) or []
-    )
     grid = write_grid(tmp_path)
     only = [  # two seeds of one arm: the same cache entry
         s.run_id
@@ -128,12 +135,8 @@ def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch):
     assert waves == [only[:1], only[1:]]
 
 
-def test_only_runs_in_the_order_named(tmp_path, monkeypatch):
+def test_only_runs_in_the_order_named(tmp_path, monkeypatch, waves):
     """`--only c a b` runs c first: the user's priority, not the grid's order."""
-    waves: list[list[str]] = []
-    monkeypatch.setattr(
-        runs, "_run_local", lambda wave, *a, **k: waves.append([s.run_id for s in wave]) or []
-    )
     monkeypatch.setattr("t2istudy.prepare.prepare_grid", lambda *a, **k: [])
     grid = write_grid(tmp_path)
     ids = [s.run_id for s in runs.expand_grid(runs.load_grid(grid))]
