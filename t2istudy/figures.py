@@ -317,14 +317,21 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: st
 # Figures: every figure as PNG + PDF with its numbers as CSV beside it
 
 
+def write_png_pdf(fig: plt.Figure, png: Path, pdf: Path, dpi: int = 150, tight: bool = True) -> None:
+    """Every figure's PNG and PDF. The PDF carries no creation date, so rerunning an unchanged
+    notebook writes the same bytes and leaves the git tree clean (PNGs hold no date already)."""
+    bbox = "tight" if tight else None
+    fig.savefig(png, dpi=dpi, bbox_inches=bbox)
+    fig.savefig(pdf, bbox_inches=bbox, metadata={"CreationDate": None})
+
+
 def save_figure(
     fig: plt.Figure, out_dir: str | Path, stem: str, data: pd.DataFrame | None = None
 ) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})  # same bytes on a rerun
+    write_png_pdf(fig, paths[0], paths[1])
     if data is not None:
         paths.append(out_dir / f"{stem}.csv")
         data.to_csv(paths[-1], index=False)

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from t2istudy.figures import write_png_pdf
+
 
 def plot_layer_norms(stats: pd.DataFrame) -> plt.Figure:
     """Raw token norm per layer (log scale), one line per encoder, x = relative depth.
@@ -71,7 +73,6 @@ def save_figure(fig: plt.Figure, table: pd.DataFrame, out_dir: str | Path, stem:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf", out / f"{stem}.csv"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    write_png_pdf(fig, paths[0], paths[1])
     table.to_csv(paths[2], index=False)
     return paths

@@ -83,6 +83,8 @@ def save_figures(
     """``<out_dir>/<prefix>_<encoder>.{png,pdf,csv}`` per encoder and ``<prefix>_all.csv``."""
     import matplotlib.pyplot as plt
 
+    from t2istudy.figures import write_png_pdf
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{prefix}_all.csv"]
@@ -91,8 +93,7 @@ def save_figures(
         # Not Path.with_suffix: "qwen2.5-0.5b" would lose its ".5b" as if it were an extension.
         png, pdf, csv = (out / f"{prefix}_{encoder.replace('/', '_')}.{ext}" for ext in ("png", "pdf", "csv"))
         fig = plot_layer_curves(summary, encoder)
-        fig.savefig(png, dpi=120)
-        fig.savefig(pdf)
+        write_png_pdf(fig, png, pdf, dpi=120, tight=False)
         plt.close(fig)
         summary[summary.encoder == encoder].to_csv(csv, index=False, float_format="%.4f")
         written += [png, pdf, csv]

@@ -318,3 +318,6 @@ def test_save_figures_keeps_dotted_encoder_names(tmp_path):
     ]
     assert sorted(p.name for p in written) == names
     assert pd.read_csv(tmp_path / "probe_qwen2.5-0.5b.csv").shape == summary.shape
+    first = {p: p.read_bytes() for p in written}
+    R.save_figures(summary, tmp_path)
+    assert [p.name for p in written if p.read_bytes() != first[p]] == []  # a rerun writes the same bytes

@@ -135,6 +135,11 @@ def test_plots_write_png_pdf_csv(tmp_path):
         .splitlines()[0]
         .startswith("encoder,layer,depth,norm,tokens")
     )
+    # A rerun writes the same bytes (no PDF creation date), so re-executing a notebook leaves git clean.
+    first = {p: p.read_bytes() for p in paths}
+    save_figure(plot_layer_norms(stats), stats, tmp_path, "layer_norms")
+    save_figure(plot_layer_similarity(sim), sim, tmp_path, "layer_similarity")
+    assert all(p.read_bytes() == first[p] for p in paths)
 
 
 def test_load_prompts_sources(tmp_path):
