@@ -35,6 +35,7 @@ class CacheRequest:
     captions: list[str]
     batch_size: int  # as the run would encode them: chunk padding must match for the same numbers
     strategies: list[str] = field(default_factory=list)
+    wanted_by: dict[str, list[str]] = field(default_factory=dict)  # strategy -> ids of the runs using it
 
     def missing(self) -> list[str]:
         return [s for s in self.strategies
@@ -58,14 +59,16 @@ def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
 
     requests: dict[tuple, CacheRequest] = {}
     captions_of: dict[tuple, list[str]] = {}  # one caption pool per data setting, built once
+    prompts_of: dict[tuple, list[str]] = {}  # one benchmark per (n_per_skill, benchmark_seed), likewise
 
-    def want(encoder, max_length, cache_dir, what, captions, batch_size, strategy):
+    def want(encoder, max_length, cache_dir, what, captions, batch_size, strategy, run_id):
         key = (encoder, max_length, str(cache_dir), caption_hash(captions), batch_size)
         request = requests.setdefault(
             key, CacheRequest(encoder, max_length, str(cache_dir), what, captions, batch_size)
         )
         if strategy not in request.strategies:
             request.strategies.append(strategy)
+        request.wanted_by.setdefault(strategy, []).append(run_id)
 
     for spec in specs:
         values = run_values(spec)
@@ -82,12 +85,26 @@ def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
             captions_of[data_key] = list(train.build_data(opts, get_preset(opts.preset)).captions)
         strategy = str(parse_strategy(opts.strategy))
         want(opts.encoder, opts.max_length, opts.cache_dir, "training captions", captions_of[data_key],
-             opts.encode_batch_size, strategy)  # fmt: skip
+             opts.encode_batch_size, strategy, spec.run_id)  # fmt: skip
         if values.get("benchmark") == "shapes":  # genai-bench prompts are encoded at sampling time
-            bench = make_benchmark(n_per_skill=int(values["n_per_skill"]), seed=int(values["benchmark_seed"]))
-            want(opts.encoder, opts.max_length, opts.cache_dir, "benchmark prompts", bench["prompt"].tolist(),
-                 PROMPT_BATCH, strategy)  # fmt: skip
+            bench_key = (int(values["n_per_skill"]), int(values["benchmark_seed"]))
+            if bench_key not in prompts_of:
+                bench = make_benchmark(n_per_skill=bench_key[0], seed=bench_key[1])
+                prompts_of[bench_key] = bench["prompt"].tolist()
+            want(opts.encoder, opts.max_length, opts.cache_dir, "benchmark prompts", prompts_of[bench_key],
+                 PROMPT_BATCH, strategy, spec.run_id)  # fmt: skip
     return list(requests.values())
+
+
+def runs_awaiting_build(specs: list[runs.RunSpec]) -> set[str]:
+    """Ids of the runs that would build a cache entry themselves: the ones a parallel launch must keep
+    from building the same entry twice at once (`runs.cache_waves`)."""
+    return {
+        run_id
+        for request in cache_requests(specs)
+        for strategy in request.missing()
+        for run_id in request.wanted_by[strategy]
+    }
 
 
 def prepare_grid(
@@ -100,18 +117,12 @@ def prepare_grid(
     """Build every cache entry that the grid's incomplete runs will need, one encoder pass per request."""
     if not isinstance(grid, runs.Grid):
         grid = runs.load_grid(grid)
-    specs = runs.expand_grid(grid)
-    if only:
-        unknown = sorted(set(only) - {s.run_id for s in specs})
-        if unknown:
-            raise ValueError(f"--only names unknown run ids {unknown}; see `t2istudy grid status`.")
-        specs = [s for s in specs if s.run_id in only]
+    specs = runs.select_runs(runs.expand_grid(grid), only)
     specs = [s for s in specs if runs.run_state(runs.run_path(root, s)) != "done"]
-    requests = [r for r in cache_requests(specs) if r.missing()]
-    if not requests:
+    todo = [(r, missing) for r in cache_requests(specs) if (missing := r.missing())]
+    if not todo:
         log(f"[prepare {grid.name}] every cache entry the incomplete runs need exists")
-    for request in requests:
-        missing = request.missing()
+    for request, missing in todo:
         log(f"[prepare {grid.name}] {request.encoder}: {', '.join(missing)} on {len(set(request.captions))} "
             f"{request.what}, one pass" + (" (dry run)" if dry_run else ""))  # fmt: skip
         if not dry_run:
@@ -123,4 +134,4 @@ def prepare_grid(
                 max_length=request.max_length,
                 batch_size=request.batch_size,
             )
-    return requests
+    return [request for request, _ in todo]

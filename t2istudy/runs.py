@@ -570,13 +570,7 @@ def run_grid(
     """
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
-    specs = expand_grid(grid)
-    if only:
-        missing = sorted(set(only) - {s.run_id for s in specs})
-        if missing:
-            raise ValueError(f"--only names unknown run ids {missing}; see `t2istudy grid status`.")
-        by_id = {s.run_id: s for s in specs}  # in the order asked: first named, first run
-        specs = [by_id[run_id] for run_id in dict.fromkeys(only)]
+    specs = select_runs(expand_grid(grid), only)
     for spec in specs:
         check_parameters(spec.notebook, spec.params, where=f"run {spec.run_id}")
     preflight(specs)
@@ -596,21 +590,19 @@ def run_grid(
     if launcher not in ("local", "slurm"):
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
     start = time.perf_counter()
-    prepared = False
     if prepare and launcher == "local":
         from t2istudy.prepare import prepare_grid
 
         try:
             prepare_grid(grid, root, only=[s.run_id for s in todo], log=log)
-            prepared = True
         except Exception as err:  # noqa: BLE001 - each run then builds its own entry, or fails on its own
             log(
                 f"[grid {grid.name}] preparing the caches failed ({_error_message(err)}); each run builds its own"
             )
-    # Unprepared parallel runs go in waves so that no cache entry is built twice at once; once every
-    # entry exists, waves would only idle workers (two seeds of one arm would run one after the other).
-    parallel = launcher == "slurm" or workers > 1
-    for wave in cache_waves(todo) if parallel and not prepared else [todo]:
+    waves = cache_waves(todo) if launcher == "slurm" or workers > 1 else [todo]
+    if len(waves) > 1:  # some runs share a cache entry: wait only where that entry is still missing
+        waves = cache_waves(todo, _awaiting_build(todo, log))
+    for wave in waves:
         if launcher == "local":
             results += _run_local(wave, root, workers, log, start)
         else:
@@ -622,15 +614,44 @@ def run_grid(
     return results
 
 
-def cache_waves(todo: list[RunSpec], keys: tuple[str, ...] = CACHE_KEYS) -> list[list[RunSpec]]:
-    """Two waves for parallel execution: first one run per embedding cache entry (encoder, strategy),
-    then the rest, so that two processes never build the same cache entry at the same time."""
+def select_runs(specs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
+    """The runs ``--only`` names, in the order named (the user's priority); a repeated id once."""
+    if not only:
+        return specs
+    unknown = sorted(set(only) - {s.run_id for s in specs})
+    if unknown:
+        raise ValueError(f"--only names unknown run ids {unknown}; see `t2istudy grid status`.")
+    by_id = {s.run_id: s for s in specs}
+    return [by_id[run_id] for run_id in dict.fromkeys(only)]
+
+
+def cache_waves(
+    todo: list[RunSpec], building: set[str] | None = None, keys: tuple[str, ...] = CACHE_KEYS
+) -> list[list[RunSpec]]:
+    """Waves for parallel execution, so that two processes never build the same cache entry at once.
+
+    Runs whose entries exist (not in ``building``) all go in the first wave, side by side; of the runs
+    that would build an entry, one per entry (encoder, strategy) goes with them and the rest wait for
+    the second wave. ``building=None`` (nothing could be looked up) treats every run as building."""
     first: dict[tuple, RunSpec] = {}
     for spec in todo:
-        first.setdefault(tuple(str(spec.params.get(k)) for k in keys), spec)
-    wave1 = list(first.values())
+        if building is None or spec.run_id in building:
+            first.setdefault(tuple(str(spec.params.get(k)) for k in keys), spec)
+    wave1 = [s for s in todo if s in first.values() or (building is not None and s.run_id not in building)]
     wave2 = [s for s in todo if s not in wave1]
     return [w for w in (wave1, wave2) if w]
+
+
+def _awaiting_build(todo: list[RunSpec], log) -> set[str] | None:
+    """The runs that would build a cache entry themselves; None if the caches cannot be looked up here
+    (a cluster's login node without the cache, say): then every run is treated as building."""
+    from t2istudy.prepare import runs_awaiting_build
+
+    try:
+        return runs_awaiting_build(todo)
+    except Exception as err:  # noqa: BLE001 - waves are a precaution; the runs themselves report errors
+        log(f"[grid] could not look up the runs' cache entries ({_error_message(err)}); running in waves")
+        return None
 
 
 def _report(log, i: int, n: int, result: RunResult, start: float) -> None:

@@ -112,27 +112,46 @@ def waves(monkeypatch) -> list[list[str]]:
     return handed
 
 
-def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch, waves):
-    """Once every cache entry exists, two seeds of one arm run side by side, not one after the other;
-    if preparing fails, the runs keep the build-once waves."""
-    grid = write_grid(tmp_path)
-    only = [  # two seeds of one arm: the same cache entry
-        s.run_id
-        for s in runs.expand_grid(runs.load_grid(grid))
-        if (s.params["encoder"], s.params["strategy"]) == ("fake-a", "last")
-    ]
-    assert len(only) == 2
+def fake_encoders(monkeypatch) -> None:
+    monkeypatch.setattr("t2istudy.encoders.load_encoder", lambda name, **_: FakeEncoder(name=name))
 
-    monkeypatch.setattr("t2istudy.prepare.prepare_grid", lambda *a, **k: [])
+
+def arm(grid: Path, encoder: str, strategy: str) -> list[str]:
+    """The run ids of one arm (its seeds): runs that share one cache entry."""
+    specs = runs.expand_grid(runs.load_grid(grid))
+    return [s.run_id for s in specs if (s.params["encoder"], s.params["strategy"]) == (encoder, strategy)]
+
+
+def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch, waves):
+    """Once `run_grid` has prepared every cache entry, two seeds of one arm run side by side, not one
+    after the other; if the entries cannot be looked up, the runs keep the build-once waves."""
+    fake_encoders(monkeypatch)
+    grid = write_grid(tmp_path)
+    only = arm(grid, "fake-a", "last")
+    assert len(only) == 2
     runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
     assert waves == [only]
 
     waves.clear()
     monkeypatch.setattr(
-        "t2istudy.prepare.prepare_grid", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no disk"))
+        "t2istudy.prepare.runs_awaiting_build", lambda *a: (_ for _ in ()).throw(RuntimeError("no disk"))
     )
-    runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
+    runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, prepare=False, log=lambda *_: None)
     assert waves == [only[:1], only[1:]]
+
+
+def test_only_runs_that_would_build_the_same_entry_wait(tmp_path, monkeypatch, waves):
+    """Unprepared (a SLURM launch, `--no-prepare`): the seeds of an arm whose entry exists start together;
+    of an arm whose entry is missing, one builds it and the other waits for the second wave."""
+    fake_encoders(monkeypatch)
+    grid = write_grid(tmp_path)
+    last, mean = arm(grid, "fake-a", "last"), arm(grid, "fake-a", "mean")
+    prepare.prepare_grid(grid, tmp_path / "runs", only=last, log=lambda *_: None)  # only `last` exists
+    assert prepare.runs_awaiting_build(
+        [s for s in runs.expand_grid(runs.load_grid(grid)) if s.run_id in last + mean]
+    ) == set(mean)
+    runs.run_grid(grid, tmp_path / "runs", workers=2, only=last + mean, prepare=False, log=lambda *_: None)
+    assert waves == [[*last, mean[0]], [mean[1]]]
 
 
 def test_only_runs_in_the_order_named(tmp_path, monkeypatch, waves):

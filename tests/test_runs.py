@@ -302,6 +302,11 @@ def test_cache_waves_build_each_cache_entry_once_before_the_rest():
     assert [s.run_id for s in wave1] == ["a-last-0", "a-mean-0", "b-last-0", "b-mean-0"]
     assert len(wave2) == 8 and not set(wave1) & set(wave2)
     assert runs.cache_waves(specs[:1]) == [specs[:1]]
+    # Entries of a-last and b-* exist: only a-mean's seeds would build one, so only two of them wait.
+    building = {"a-mean-0", "a-mean-1", "a-mean-2"}
+    wave1, wave2 = runs.cache_waves(specs, building)
+    assert [s.run_id for s in wave2] == ["a-mean-1", "a-mean-2"] and len(wave1) == 10
+    assert runs.cache_waves(specs, set()) == [specs]
 
 
 def test_bad_strategy_or_preset_fails_before_any_run(tmp_path):
