@@ -307,7 +307,10 @@ def train(opts: TrainOptions) -> Path:
     conditioner = TextConditioner(probe_features.shape[-1], preset.cross_attention_dim, num_layers)
     set_input_scale(conditioner, scale)
     model = Denoiser(unet, conditioner)
-    vae = load_vae(opts.vae_path).to(accelerator.device) if preset.vae else None
+    # The frozen VAE runs in the mixed-precision dtype, as in diffusers' train_text_to_image (bf16 encodes
+    # 1.6x faster than fp32 on an H100, where fp32 took a third of the sd2-256 loop; figures/gpu/).
+    vae_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.mixed_precision, torch.float32)
+    vae = load_vae(opts.vae_path).to(accelerator.device, vae_dtype) if preset.vae else None
     scheduler = preset.noise_scheduler(opts.prediction_type)
     ema = EMAModel(model.parameters(), decay=opts.ema_decay, use_ema_warmup=True) if opts.use_ema else None
 
@@ -353,6 +356,8 @@ def train(opts: TrainOptions) -> Path:
                 f"Checkpoint {ckpt} cannot be loaded ({type(err).__name__}: {err}). It is probably incomplete or "
                 f"corrupt: move it aside and resume from an earlier one in {ckpt.parent}, or start a new run."
             ) from err
+        if ema is not None:  # accelerate loads the EMA's shadow weights onto the CPU: back beside the model
+            ema.to(accelerator.device)
         start_step = int(ckpt.name.split("-")[-1])
         log = run_dir / "train_log.jsonl"
         if accelerator.is_main_process and log.is_file():  # a killed run logged steps past its checkpoint
@@ -402,7 +407,8 @@ def train(opts: TrainOptions) -> Path:
                     g = torch.Generator(accelerator.device).manual_seed(
                         opts.seed * 1_000_003 + step * 97 + lo
                     )
-                    x0 = vae.encode(x0).latent_dist.sample(generator=g) * vae.config.scaling_factor
+                    x0 = vae.encode(x0.to(vae.dtype)).latent_dist.sample(generator=g).float()
+                    x0 = x0 * vae.config.scaling_factor
             features, mask = text.embed(list(captions))
             if drop.any():  # caption dropout: swap in the empty prompt, same encoder and strategy
                 kept = [
