@@ -135,20 +135,20 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     marks: dict[int, tuple[float, float]] = {}  # step -> (checkpoint save begins, ends)
-    save = T.save_checkpoint
+    save, write = T.save_checkpoint, args.loop_variants is None  # --loop-variants: time, never write
 
     def timed_save(accelerator, run_dir, step, keep):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         begin = time.perf_counter()
-        save(accelerator, run_dir, step, keep)
+        if write:
+            save(accelerator, run_dir, step, keep)
         marks[step] = (begin, time.perf_counter())
 
     T.save_checkpoint = timed_save
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     if args.loop_variants is not None:  # steps stop+1..steps timed between two skipped checkpoint writes
-        save = lambda *a: None  # noqa: E731 - timed_save now times without writing
         for workers in args.loop_variants:
             marks.clear()
             T.train(options(args, work / f"w{workers}", dataloader_num_workers=workers))

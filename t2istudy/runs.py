@@ -590,18 +590,20 @@ def run_grid(
     if launcher not in ("local", "slurm"):
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
     start = time.perf_counter()
+    prepared = False  # True: every cache entry the runs need exists now
     if prepare and launcher == "local":
         from t2istudy.prepare import prepare_grid
 
         try:
             prepare_grid(grid, root, only=[s.run_id for s in todo], log=log)
+            prepared = True
         except Exception as err:  # noqa: BLE001 - each run then builds its own entry, or fails on its own
             log(
                 f"[grid {grid.name}] preparing the caches failed ({_error_message(err)}); each run builds its own"
             )
     waves = cache_waves(todo) if launcher == "slurm" or workers > 1 else [todo]
     if len(waves) > 1:  # some runs share a cache entry: wait only where that entry is still missing
-        waves = cache_waves(todo, _awaiting_build(todo, log))
+        waves = cache_waves(todo, set() if prepared else _awaiting_build(todo, log))
     for wave in waves:
         if launcher == "local":
             results += _run_local(wave, root, workers, log, start)
@@ -633,13 +635,14 @@ def cache_waves(
     Runs whose entries exist (not in ``building``) all go in the first wave, side by side; of the runs
     that would build an entry, one per entry (encoder, strategy) goes with them and the rest wait for
     the second wave. ``building=None`` (nothing could be looked up) treats every run as building."""
-    first: dict[tuple, RunSpec] = {}
+    builder: dict[tuple, RunSpec] = {}  # the one run per entry that builds it
+    wait = []
     for spec in todo:
         if building is None or spec.run_id in building:
-            first.setdefault(tuple(str(spec.params.get(k)) for k in keys), spec)
-    wave1 = [s for s in todo if s in first.values() or (building is not None and s.run_id not in building)]
-    wave2 = [s for s in todo if s not in wave1]
-    return [w for w in (wave1, wave2) if w]
+            key = tuple(str(spec.params.get(k)) for k in keys)
+            if builder.setdefault(key, spec) is not spec:
+                wait.append(spec)
+    return [w for w in ([s for s in todo if s not in wait], wait) if w]
 
 
 def _awaiting_build(todo: list[RunSpec], log) -> set[str] | None:
