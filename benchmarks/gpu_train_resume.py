@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import t2istudy.train as T  # noqa: E402
@@ -84,18 +83,6 @@ def vae_encode_rate(path: str, batch: int, dtype: torch.dtype) -> float:
             vae.encode(x).latent_dist.sample()
         torch.cuda.synchronize()
     return batch * 10 / (time.perf_counter() - t)
-
-
-def weights(run: Path, sub: str) -> dict[str, torch.Tensor]:
-    folder = run / "final" / sub
-    return {
-        **load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
-        **{f"cond.{k}": v for k, v in load_file(folder / "conditioner.safetensors").items()},
-    }
-
-
-def losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
 def main() -> None:
@@ -173,15 +160,15 @@ def main() -> None:
     part = T.train(options(args, work / "part", stop_after_steps=args.stop))
     assert not (part / "final").exists()
     T.train(options(args, work / "part", resume_from_checkpoint="latest"))
-    a, b = losses(full), losses(part)
+    a, b = ([r["loss"] for r in T.read_train_log(run)] for run in (full, part))
     assert len(a) == len(b) == args.steps, (len(a), len(b))
     diff = [abs(x - y) for x, y in zip(a, b, strict=True)]
     report["loss_full"], report["loss_resumed"] = a, b
     report["max_loss_diff_before_stop"] = max(diff[: args.stop])
     report["max_loss_diff_after_stop"] = max(diff[args.stop :])
     report["bitwise_equal_losses"] = a == b
-    for sub, name in (("", "ema"), ("raw", "raw")):
-        wa, wb = weights(full, sub), weights(part, sub)
+    for which, name in (("final", "ema"), ("raw", "raw")):
+        wa, wb = T.final_weights(full, which), T.final_weights(part, which)
         assert wa.keys() == wb.keys()
         report[f"max_weight_diff_{name}"] = max(
             float((wa[k].float() - wb[k].float()).abs().max()) for k in wa

@@ -506,10 +506,30 @@ def save_final(model: Denoiser, ema: EMAModel | None, run_dir: Path, null, summa
     tmp.rename(out)
 
 
+def read_train_log(run_dir: str | Path) -> list[dict]:
+    """Every logged step of a run (``train_log.jsonl``), oldest first; [] before the first log."""
+    log = Path(run_dir) / "train_log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
 def _last_logged_loss(run_dir: Path) -> float | None:
-    log = run_dir / "train_log.jsonl"
-    lines = log.read_text().splitlines() if log.is_file() else []
-    return json.loads(lines[-1])["loss"] if lines else None
+    logged = read_train_log(run_dir)
+    return logged[-1]["loss"] if logged else None
+
+
+def final_weights(run_dir: str | Path, weights: str = "final") -> dict[str, torch.Tensor]:
+    """Every trained tensor of final/ (EMA when trained with it) or final/raw/, in one flat dict.
+
+    The conditioner's names get a ``cond.`` prefix. For comparing runs tensor by tensor (a resumed run
+    against an uninterrupted one); ``load_denoiser`` is the way to sample from a run.
+    """
+    folder = Path(run_dir) / "final" if weights == "final" else Path(run_dir) / "final" / "raw"
+    if not (folder / "conditioner.safetensors").is_file():
+        raise FileNotFoundError(f"No trained weights in {folder}: the run has not finished.")
+    return {
+        **load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
+        **{f"cond.{k}": v for k, v in load_file(folder / "conditioner.safetensors").items()},
+    }
 
 
 def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:

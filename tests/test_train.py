@@ -19,7 +19,15 @@ from safetensors.torch import load_file
 from t2istudy.cache import EmbeddingCache
 from t2istudy.data import FolderPairs, StepBatchSampler, shapes_pool
 from t2istudy.model import get_preset
-from t2istudy.train import TrainOptions, build_parser, diffusion_loss, resolve_options, train
+from t2istudy.train import (
+    TrainOptions,
+    build_parser,
+    diffusion_loss,
+    final_weights,
+    read_train_log,
+    resolve_options,
+    train,
+)
 
 POOL = 64
 
@@ -38,14 +46,6 @@ def options(cache_dir, out, **kw) -> TrainOptions:
                 output_dir=str(out), max_train_steps=6, train_batch_size=8, lr_warmup_steps=2,
                 checkpointing_steps=3, logging_steps=1, report_to="none", progress=False, num_threads=1)  # fmt: skip
     return TrainOptions(**{**base, **kw})
-
-
-def weights(run: Path, sub: str = "") -> dict[str, torch.Tensor]:
-    folder = run / "final" / sub
-    return {
-        **load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
-        **{f"cond.{k}": v for k, v in load_file(folder / "conditioner.safetensors").items()},
-    }
 
 
 # ---- data order ---------------------------------------------------------------------------------------------
@@ -125,13 +125,15 @@ def test_resume_is_bitwise_identical(cache_dir, tmp_path):
     full = train(options(cache_dir, tmp_path / "full", **kw))
     part = train(options(cache_dir, tmp_path / "part", stop_after_steps=3, **kw))
     assert not (part / "final").exists() and (part / "checkpoints" / "checkpoint-3").is_dir()
+    with pytest.raises(FileNotFoundError, match="has not finished"):
+        final_weights(part)
+    assert [r["step"] for r in read_train_log(part)] == [1, 2, 3]
     train(options(cache_dir, tmp_path / "part", resume_from_checkpoint="latest", **kw))
-    for sub in ("", "raw"):  # EMA weights and raw weights
-        a, b = weights(full, sub), weights(part, sub)
+    for which in ("final", "raw"):  # EMA weights and raw weights
+        a, b = final_weights(full, which), final_weights(part, which)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    log_full = (full / "train_log.jsonl").read_text().splitlines()
-    log_part = (part / "train_log.jsonl").read_text().splitlines()
-    assert log_full == log_part  # same losses at every logged step
+    assert len(read_train_log(full)) == 6
+    assert read_train_log(full) == read_train_log(part)  # same losses at every logged step
     opts = json.loads((full / "options.json").read_text())
     assert opts["derived"]["input_scale_value"][0] == pytest.approx(1 / opts["derived"]["token_rms"][0])
     assert opts["derived"]["global_batch_size"] == 8 and opts["use_ema"] is True
@@ -180,11 +182,7 @@ def test_vae_encodes_in_the_mixed_precision_dtype(cache_dir, tmp_path, monkeypat
     run = train(options(cache_dir, tmp_path / "run", preset="tiny-vae", vae_path=str(tmp_path / "vae"),
                         mixed_precision=precision, max_train_steps=2, checkpointing_steps=2))  # fmt: skip
     assert len(seen) == 2 and set(seen) == {(dtype, dtype)}  # one encode per step, input and weights alike
-    assert all(np.isfinite(r["loss"]) for r in _log(run))
-
-
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in read_train_log(run))
 
 
 @pytest.mark.slow
@@ -207,11 +205,11 @@ def test_two_processes_equal_one_process_at_same_global_batch(cache_dir, tmp_pat
     assert (derived["num_processes"], derived["global_batch_size"]) == (2, 8)
     # Same loss and same (averaged, not summed) gradient norm at every step ...
     for run in (two, acc):
-        for x, y in zip(_log(one), _log(run), strict=True):
+        for x, y in zip(read_train_log(one), read_train_log(run), strict=True):
             assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
             assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
     # ... and the same weights.
-    a, b, c = weights(one), weights(two), weights(acc)
+    a, b, c = final_weights(one), final_weights(two), final_weights(acc)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=5e-5), k
         assert torch.allclose(a[k], c[k], atol=5e-5), k
