@@ -719,12 +719,37 @@ def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFr
         out = run_path(root, spec)
         check_schema(out)
         rows.append(_status_row(out, spec.run_id))
-    return pd.DataFrame(rows, columns=["run_id", "state", "overall", "ci_low", "ci_high", "seconds", "error"])
+    columns = ["run_id", "state", "overall", "ci_low", "ci_high", "seconds", "progress", "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def training_progress(out: Path) -> str | None:
+    """'step 650/800, last checkpoint-600' for an unfinished training run; None otherwise.
+
+    Read from the train_log.jsonl / options.json / checkpoints/ that ``t2istudy.train`` writes in the run's
+    training folder (``<run>/train`` for the study notebook), so that ``grid status`` shows what a
+    killed or failed run has kept: the next ``grid run`` resumes it from that checkpoint.
+    """
+    for folder in (out, *sorted(p for p in out.glob("*") if p.is_dir())):
+        log = folder / "train_log.jsonl"
+        if not log.is_file():
+            continue
+        lines = log.read_text().splitlines()
+        step = json.loads(lines[-1])["step"] if lines else 0
+        options = folder / "options.json"
+        total = read_json(options).get("max_train_steps") if options.is_file() else None
+        saved = [int(p.name.split("-")[-1]) for p in (folder / "checkpoints").glob("checkpoint-*")
+                 if p.is_dir() and p.name.split("-")[-1].isdigit()]  # fmt: skip
+        text = f"step {step}/{total}" if total else f"step {step}"
+        return text + (f", last checkpoint-{max(saved)}" if saved else ", no checkpoint yet")
+    return None
 
 
 def _status_row(out: Path, run_id: str) -> dict[str, Any]:
     state = run_state(out)
     row: dict[str, Any] = {"run_id": run_id, "state": state}
+    if state in ("failed", "running", "interrupted"):
+        row["progress"] = training_progress(out)
     if state == "done":
         overall = (
             read_json(out / "metrics.json").get("overall", {}) if (out / "metrics.json").exists() else {}

@@ -366,6 +366,18 @@ def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb
     (out / "params.json").write_text(json.dumps({"schema_version": runs.SCHEMA_VERSION, "params": {}}))
     (out / "RUNNING").write_text(json.dumps({"pid": 1, "host": "node-17", "started": "2026-11-26T00:00:00"}))
     assert runs.run_state(out) == "running"
+    status = runs.grid_status(grid, tmp_path / "runs").set_index("run_id")
+    assert status.loc["seed0", "progress"] is None  # no training folder yet
+    train = out / "train"
+    (train / "checkpoints" / "checkpoint-600").mkdir(parents=True)
+    (train / "checkpoints" / "checkpoint-400").mkdir()
+    (train / "checkpoints" / "checkpoint-800.tmp").mkdir()  # a save cut short: not a checkpoint
+    (train / "options.json").write_text(json.dumps({"max_train_steps": 800}))
+    (train / "train_log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 0.1}) + "\n" for s in (640, 650))
+    )
+    status = runs.grid_status(grid, tmp_path / "runs").set_index("run_id")
+    assert status.loc["seed0", "progress"] == "step 650/800, last checkpoint-600"
     (result,) = runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     assert (result.state, "--rerun-running" in result.error) == ("skipped", True) and not counter.exists()
     (result,) = runs.run_grid(grid, tmp_path / "runs", rerun_running=True, log=lambda *_: None)
