@@ -741,6 +741,8 @@ def training_progress(out: Path) -> str | None:
         saved = [int(p.name.split("-")[-1]) for p in (folder / "checkpoints").glob("checkpoint-*")
                  if p.is_dir() and p.name.split("-")[-1].isdigit()]  # fmt: skip
         text = f"step {step}/{total}" if total else f"step {step}"
+        if (folder / "final").is_dir():
+            return text + ", trained (sampling and scoring next)"
         return text + (f", last checkpoint-{max(saved)}" if saved else ", no checkpoint yet")
     return None
 

@@ -378,6 +378,9 @@ def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb
     )
     status = runs.grid_status(grid, tmp_path / "runs").set_index("run_id")
     assert status.loc["seed0", "progress"] == "step 650/800, last checkpoint-600"
+    (train / "final").mkdir()  # training finished (checkpoints are then dropped), sampling goes on
+    status = runs.grid_status(grid, tmp_path / "runs").set_index("run_id")
+    assert status.loc["seed0", "progress"] == "step 650/800, trained (sampling and scoring next)"
     (result,) = runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     assert (result.state, "--rerun-running" in result.error) == ("skipped", True) and not counter.exists()
     (result,) = runs.run_grid(grid, tmp_path / "runs", rerun_running=True, log=lambda *_: None)
