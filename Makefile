@@ -16,11 +16,11 @@ quick: setup  ## a few-minute smoke run of the whole study that still writes eve
 	$(PY) -m t2istudy.cli study --quick
 
 test: setup  ## lint + the test suite
-	.venv/bin/ruff check t2istudy tests benchmarks
+	.venv/bin/ruff check t2istudy tests benchmarks notebooks
 	$(PY) -m pytest -q
 
 lint: setup
-	.venv/bin/ruff check t2istudy tests benchmarks
+	.venv/bin/ruff check t2istudy tests benchmarks notebooks
 	.venv/bin/ruff format --check t2istudy tests benchmarks
 
 lab: setup  ## JupyterLab on the notebooks
