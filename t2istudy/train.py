@@ -523,13 +523,22 @@ def final_weights(run_dir: str | Path, weights: str = "final") -> dict[str, torc
     The conditioner's names get a ``cond.`` prefix. For comparing runs tensor by tensor (a resumed run
     against an uninterrupted one); ``load_denoiser`` is the way to sample from a run.
     """
-    folder = Path(run_dir) / "final" if weights == "final" else Path(run_dir) / "final" / "raw"
-    if not (folder / "conditioner.safetensors").is_file():
-        raise FileNotFoundError(f"No trained weights in {folder}: the run has not finished.")
+    folder = _weights_folder(Path(run_dir), weights)
     return {
         **load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
         **{f"cond.{k}": v for k, v in load_file(folder / "conditioner.safetensors").items()},
     }
+
+
+def _weights_folder(run_dir: Path, weights: str) -> Path:
+    """final/ or final/raw/, checked to hold a finished run's weights."""
+    folder = run_dir / "final" if weights == "final" else run_dir / "final" / "raw"
+    if not (folder / "unet").is_dir() or not (folder / "conditioner.safetensors").is_file():
+        raise FileNotFoundError(
+            f"No trained weights in {folder}: the run has not finished. Resume it with "
+            f"--output_dir {run_dir} --resume_from_checkpoint latest."
+        )
+    return folder
 
 
 def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:
@@ -544,12 +553,7 @@ def load_denoiser(run_dir: str | Path, weights: str = "final") -> tuple[Denoiser
     """(model, options, null embedding) from final/ (EMA if trained with it) or final/raw/."""
     run_dir = Path(run_dir)
     opts, derived = load_options(run_dir)
-    folder = run_dir / "final" if weights == "final" else run_dir / "final" / "raw"
-    if not (folder / "unet").is_dir():
-        raise FileNotFoundError(
-            f"No trained weights in {folder}: the run has not finished. Resume it with "
-            f"--output_dir {run_dir} --resume_from_checkpoint latest."
-        )
+    folder = _weights_folder(run_dir, weights)
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"))
