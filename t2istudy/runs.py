@@ -36,6 +36,8 @@ from typing import Any
 
 import pandas as pd
 
+from t2istudy import train_folder
+
 SCHEMA_VERSION = 1
 GRID_KEYS = ("name", "notebook", "description", "schema_version", "params", "axes", "exclude", "include")
 MARKERS = ("DONE", "FAILED", "RUNNING")
@@ -724,26 +726,15 @@ def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFr
 
 
 def training_progress(out: Path) -> str | None:
-    """'step 650/800, last checkpoint-600' for an unfinished training run; None otherwise.
+    """'step 650/800, last checkpoint-600' for an unfinished training run; None when none has started.
 
-    Read from the train_log.jsonl / options.json / checkpoints/ that ``t2istudy.train`` writes in the run's
-    training folder (``<run>/train`` for the study notebook), so that ``grid status`` shows what a
-    killed or failed run has kept: the next ``grid run`` resumes it from that checkpoint.
+    Looks in the run directory and its subfolders (``<run>/train`` for the study notebook) for the folder
+    that ``t2istudy.train`` writes, so that ``grid status`` shows what a killed or failed run has kept:
+    the next ``grid run`` resumes it from that checkpoint.
     """
     for folder in (out, *sorted(p for p in out.glob("*") if p.is_dir())):
-        log = folder / "train_log.jsonl"
-        if not log.is_file():
-            continue
-        lines = log.read_text().splitlines()
-        step = json.loads(lines[-1])["step"] if lines else 0
-        options = folder / "options.json"
-        total = read_json(options).get("max_train_steps") if options.is_file() else None
-        saved = [int(p.name.split("-")[-1]) for p in (folder / "checkpoints").glob("checkpoint-*")
-                 if p.is_dir() and p.name.split("-")[-1].isdigit()]  # fmt: skip
-        text = f"step {step}/{total}" if total else f"step {step}"
-        if (folder / "final").is_dir():
-            return text + ", trained (sampling and scoring next)"
-        return text + (f", last checkpoint-{max(saved)}" if saved else ", no checkpoint yet")
+        if train_folder.is_training_folder(folder):
+            return train_folder.training_progress(folder)
     return None
 
 

@@ -8,7 +8,8 @@ a pure function of (seed, s) for the whole global batch, and each process takes 
 run repeats an uninterrupted one bit for bit, and N processes reproduce 1 process at the same global batch
 (up to float summation order).
 
-Run directory (auto-numbered `runs/train/00003-<encoder>-<strategy>/` unless --output_dir is given):
+Run directory (auto-numbered `runs/train/00003-<encoder>-<strategy>/` unless --output_dir is given; its
+layout lives in `t2istudy.train_folder`, which `grid status` reads without importing torch):
     options.json   every option, resolved, plus `derived` (input scale, sizes, processes, cache path)
     checkpoints/checkpoint-<step>/   accelerate state (model, optimizer, LR schedule, EMA, RNG)
     logs/          TensorBoard;  train_log.jsonl  step, loss, lr (one line per logging step)
@@ -51,6 +52,15 @@ from t2istudy.model import (
     get_preset,
     load_vae,
     set_input_scale,
+)
+from t2istudy.train_folder import (
+    CHECKPOINTS,
+    FINAL,
+    OPTIONS,
+    TRAIN_LOG,
+    checkpoint_step,
+    complete_checkpoints,
+    read_train_log,
 )
 
 
@@ -154,13 +164,6 @@ def new_run_dir(opts: TrainOptions) -> Path:
     return run
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints in step order; a `.tmp` folder (a save that was interrupted) never counts."""
-    folder = run_dir / "checkpoints"
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
 def find_checkpoint(run_dir: Path, which: str) -> Path:
     if which == "latest":
         found = complete_checkpoints(run_dir)
@@ -171,7 +174,7 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
             )
         return found[-1]
     path = Path(which)
-    if not path.is_dir() or not path.name.split("-")[-1].isdigit():
+    if not path.is_dir() or checkpoint_step(path) is None:
         raise FileNotFoundError(
             f"Checkpoint {which!r} is not a checkpoint-<step> folder: pass 'latest' or a folder from "
             f"{run_dir / 'checkpoints'}."
@@ -358,13 +361,13 @@ def train(opts: TrainOptions) -> Path:
             ) from err
         if ema is not None:  # accelerate loads the EMA's shadow weights onto the CPU: back beside the model
             ema.to(accelerator.device)
-        start_step = int(ckpt.name.split("-")[-1])
-        log = run_dir / "train_log.jsonl"
+        start_step = checkpoint_step(ckpt)
+        log = run_dir / TRAIN_LOG
         if accelerator.is_main_process and log.is_file():  # a killed run logged steps past its checkpoint
             kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= start_step]
             log.write_text("".join(line + "\n" for line in kept))
     if accelerator.is_main_process:
-        (run_dir / "options.json").write_text(json.dumps({**asdict(opts), "derived": derived}, indent=1))
+        (run_dir / OPTIONS).write_text(json.dumps({**asdict(opts), "derived": derived}, indent=1))
         if opts.report_to != "none":
             flat = {k: v for k, v in asdict(opts).items() if isinstance(v, int | float | str | bool)}
             accelerator.init_trackers("train", config=flat)
@@ -452,7 +455,7 @@ def train(opts: TrainOptions) -> Path:
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
             if accelerator.is_main_process:
-                with open(run_dir / "train_log.jsonl", "a") as f:
+                with open(run_dir / TRAIN_LOG, "a") as f:
                     f.write(json.dumps(record) + "\n")
         if step % opts.checkpointing_steps == 0 or step == stop_step:
             save_checkpoint(accelerator, run_dir, step, opts.checkpoints_total_limit)
@@ -473,7 +476,7 @@ def train(opts: TrainOptions) -> Path:
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int | None) -> None:
     """Write to checkpoint-<step>.tmp, then rename: a crash mid-save never looks like a checkpoint."""
-    final = run_dir / "checkpoints" / f"checkpoint-{step}"
+    final = run_dir / CHECKPOINTS / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -491,7 +494,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
 
 def save_final(model: Denoiser, ema: EMAModel | None, run_dir: Path, null, summary: dict) -> None:
     """final/: the weights used for sampling (EMA when enabled; raw ones in final/raw/)."""
-    out = run_dir / "final"
+    out = run_dir / FINAL
     tmp = out.with_name("final.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if ema is not None:
@@ -504,12 +507,6 @@ def save_final(model: Denoiser, ema: EMAModel | None, run_dir: Path, null, summa
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-
-
-def read_train_log(run_dir: str | Path) -> list[dict]:
-    """Every logged step of a run (``train_log.jsonl``), oldest first; [] before the first log."""
-    log = Path(run_dir) / "train_log.jsonl"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
 
 
 def _last_logged_loss(run_dir: Path) -> float | None:
@@ -532,7 +529,7 @@ def final_weights(run_dir: str | Path, weights: str = "final") -> dict[str, torc
 
 def _weights_folder(run_dir: Path, weights: str) -> Path:
     """final/ or final/raw/, checked to hold a finished run's weights."""
-    folder = run_dir / "final" if weights == "final" else run_dir / "final" / "raw"
+    folder = run_dir / FINAL if weights == "final" else run_dir / FINAL / "raw"
     if not (folder / "unet").is_dir() or not (folder / "conditioner.safetensors").is_file():
         raise FileNotFoundError(
             f"No trained weights in {folder}: the run has not finished. Resume it with "
@@ -543,7 +540,7 @@ def _weights_folder(run_dir: Path, weights: str) -> Path:
 
 def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:
     """The resolved options and derived values a run was trained with."""
-    data = json.loads((Path(run_dir) / "options.json").read_text())
+    data = json.loads((Path(run_dir) / OPTIONS).read_text())
     derived = data.pop("derived", {})
     known = {f.name for f in dataclasses.fields(TrainOptions)}
     return TrainOptions(**{k: v for k, v in data.items() if k in known}), derived
@@ -561,7 +558,7 @@ def load_denoiser(run_dir: str | Path, weights: str = "final") -> tuple[Denoiser
         derived["text_width"], unet.config.cross_attention_dim, derived["num_layers"]
     )
     conditioner.load_state_dict(load_file(folder / "conditioner.safetensors"))
-    null = load_file(run_dir / "final" / "null.safetensors")
+    null = load_file(run_dir / FINAL / "null.safetensors")
     return Denoiser(unet, conditioner).eval(), opts, (null["features"], null["mask"].bool())
 
 
