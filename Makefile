@@ -10,10 +10,10 @@ setup:
 	@bash scripts/setup.sh
 
 study: setup  ## the default small study end to end (hours on 2 CPU cores; resumable: rerun to continue)
-	$(PY) -m t2istudy.cli study
+	$(PY) -m t2istudy.study.cli study
 
 quick: setup  ## a few-minute smoke run of the whole study that still writes every figure and table
-	$(PY) -m t2istudy.cli study --quick
+	$(PY) -m t2istudy.study.cli study --quick
 
 test: setup  ## lint + the test suite
 	.venv/bin/ruff check t2istudy tests benchmarks notebooks

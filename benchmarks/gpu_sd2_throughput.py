@@ -3,7 +3,7 @@
 Prepared for a GPU session (not run on the CPU machine). Both loops train the same SD2 U-Net (865.9M
 parameters) on 32x32x4 latents with random latents and random 1024-wide text states, AdamW, bf16 autocast:
 - "t2istudy": the Denoiser (TextConditioner projection + U-Net with encoder_attention_mask) and
-  diffusion_loss exactly as t2istudy.train runs them, through accelerate (mixed_precision="bf16");
+  diffusion_loss exactly as t2istudy.diffusion.train runs them, through accelerate (mixed_precision="bf16");
 - "diffusers": the inner loop of diffusers' examples/text_to_image/train_text_to_image.py (unet(...).sample,
   F.mse_loss, backward, clip, step) under torch.autocast;
 - "diffusers+mask": the same plain loop passing encoder_attention_mask, to show what masking the padded
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import t2istudy  # noqa: F401
-from t2istudy.model import TextConditioner, build_unet, count_parameters, get_preset
-from t2istudy.train import Denoiser, diffusion_loss
+from t2istudy.diffusion.model import TextConditioner, build_unet, count_parameters, get_preset
+from t2istudy.diffusion.train import Denoiser, diffusion_loss
 
 
 def sync(device: str) -> None:

@@ -1,4 +1,4 @@
-"""The paper-scale training loop on one GPU: `t2istudy.train` end to end with the sd2-256 preset in bf16
+"""The paper-scale training loop on one GPU: `t2istudy.diffusion.train` end to end with the sd2-256 preset in bf16
 (VAE encode, cached LLM-side text, EMA, Min-SNR, checkpoints), an interrupted-and-resumed run against an
 uninterrupted one, and the whole loop's images/s next to the bare training step.
 
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import t2istudy.train as T  # noqa: E402
-from t2istudy.cache import EmbeddingCache  # noqa: E402
-from t2istudy.model import get_preset  # noqa: E402
+import t2istudy.diffusion.train as T  # noqa: E402
+from t2istudy.diffusion.model import get_preset  # noqa: E402
+from t2istudy.text.cache import EmbeddingCache  # noqa: E402
 
 ENCODER, STRATEGY, PRESET = "minilm-l6", "norm_mean", "sd2-256"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 
-from t2istudy import runs
+from t2istudy.study import runs
 
 BODY = "import pandas as pd\nfrom t2istudy import runs\nx = sum(range(n))"
 

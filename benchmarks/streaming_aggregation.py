@@ -27,9 +27,9 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from t2istudy.aggregation import Aggregator, aggregate
-from t2istudy.encoders import load_encoder
-from t2istudy.stats import load_prompts
+from t2istudy.text.aggregation import Aggregator, aggregate
+from t2istudy.text.encoders import load_encoder
+from t2istudy.text.stats import load_prompts
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:

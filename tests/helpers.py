@@ -16,7 +16,7 @@ class FakeEncoder:
     def encode_aggregated(self, prompts, strategy, batch_size=32, progress=False):
         self.calls += 1
         if any(not p.strip() for p in prompts):
-            raise ValueError("Prompt is an empty string")  # as t2istudy.encoders does
+            raise ValueError("Prompt is an empty string")  # as t2istudy.text.encoders does
         ids = [[int(hashlib.md5(w.encode()).hexdigest(), 16) % 97 for w in p.split()] for p in prompts]
         t = max(len(i) for i in ids)
         feats = torch.zeros(len(prompts), t, self.num_states, self.width)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from t2istudy.aggregation import (
+from t2istudy.text.aggregation import (
     Aggregator,
     Strategy,
     aggregate,

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from t2istudy import figures as F
-from t2istudy import runs
+from t2istudy.study import analysis as F
+from t2istudy.study import runs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs"
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
@@ -171,7 +171,7 @@ def test_prompt_following_is_the_score_above_the_shuffled_prompt_floor(tmp_path)
 
 
 def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):
-    from t2istudy import probe_report
+    from t2istudy.probe import report as probe_report
 
     sweeps = FIXTURE.parent / "probe"
     merged = probe_report.load_summaries(sweeps)

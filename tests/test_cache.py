@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import FakeEncoder
 
-from t2istudy.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, token_rms
+from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, token_rms
 
 CAPTIONS = [
     "a red circle",
@@ -97,7 +97,7 @@ def test_pad_cat_right_pads():
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "strategy"), [("minilm-l6", "norm_mean"), ("smollm2-135m", "mean")])
 def test_real_encoder_cache_equals_on_the_fly(tmp_path, name, strategy):
-    from t2istudy.encoders import load_encoder
+    from t2istudy.text.encoders import load_encoder
 
     enc = load_encoder(name)
     captions = [
@@ -159,7 +159,7 @@ def test_get_or_build_many_encodes_only_the_missing_strategies(tmp_path):
 @pytest.mark.slow
 def test_one_pass_for_every_strategy_equals_one_pass_each(tmp_path):
     """The real encoder's single pass (hooks feeding four aggregators) writes the same bytes as four passes."""
-    from t2istudy.encoders import load_encoder
+    from t2istudy.text.encoders import load_encoder
 
     enc = load_encoder("smollm2-135m")
     captions = ["a red circle", "two blue squares and one yellow triangle", "three green squares", "a b"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from t2istudy import cli, runs, study
+from t2istudy.study import cli, runs
+from t2istudy.study import pipeline as study
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs"
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2istudy.aggregation import aggregate
-from t2istudy.encoders import (
+from t2istudy.text.aggregation import aggregate
+from t2istudy.text.encoders import (
     BUILTIN_ENCODERS,
     PAPER_ENCODERS,
     FrozenEncoder,
@@ -323,7 +323,7 @@ def test_bad_prompts_and_layer_range(gemma):
 def test_missing_builtin_package_says_how_to_install(monkeypatch):
     import importlib.util
 
-    from t2istudy import builtin_models
+    from t2istudy.text import builtin_models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -337,7 +337,7 @@ def test_missing_builtin_package_says_how_to_install(monkeypatch):
 def test_gguf_file_converts_once_into_cache(tmp_path, monkeypatch, smollm):
     """A .gguf path converts to <T2ISTUDY_HOME>/encoders/gguf-<stem>-<size>/ (no temp dirs left), then
     reloads from there with the same states as the built-in."""
-    from t2istudy.builtin_models import locate
+    from t2istudy.text.builtin_models import locate
 
     directory, gguf_file = locate("smollm2-135m")
     monkeypatch.setenv("T2ISTUDY_HOME", str(tmp_path))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from t2istudy.judge import degrade, detect, judge, validate
-from t2istudy.shapes import Obj, Scene, render
-from t2istudy.shapes_benchmark import make_benchmark
+from t2istudy.scoring.judge import degrade, detect, judge, validate
+from t2istudy.world.shapes import Obj, Scene, render
+from t2istudy.world.shapes_benchmark import make_benchmark
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from t2istudy.model import (
+from t2istudy.diffusion.model import (
     PRESETS,
     TextConditioner,
     build_unet,

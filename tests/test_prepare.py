@@ -9,10 +9,10 @@ import pytest
 import yaml
 from helpers import FakeEncoder
 
-from t2istudy import prepare, runs
-from t2istudy.cache import EmbeddingCache
-from t2istudy.data import shapes_pool
-from t2istudy.shapes_benchmark import make_benchmark
+from t2istudy.diffusion.data import shapes_pool
+from t2istudy.study import prepare, runs
+from t2istudy.text.cache import EmbeddingCache
+from t2istudy.world.shapes_benchmark import make_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_one_pass_per_encoder_and_caption_set(tmp_path, monkeypatch):
         loads.append(name)
         return FakeEncoder(name=name)
 
-    monkeypatch.setattr("t2istudy.encoders.load_encoder", load_encoder)
+    monkeypatch.setattr("t2istudy.text.encoders.load_encoder", load_encoder)
     grid = write_grid(tmp_path)
     requests = prepare.prepare_grid(grid, tmp_path / "runs", log=lambda *_: None)
 
@@ -65,7 +65,7 @@ def test_one_pass_per_encoder_and_caption_set(tmp_path, monkeypatch):
 
     # Nothing is missing any more: a second prepare builds nothing.
     monkeypatch.setattr(
-        "t2istudy.encoders.load_encoder", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
+        "t2istudy.text.encoders.load_encoder", lambda *a, **k: (_ for _ in ()).throw(AssertionError)
     )
     assert prepare.prepare_grid(grid, tmp_path / "runs", log=lambda *_: None) == []
 
@@ -113,7 +113,7 @@ def waves(monkeypatch) -> list[list[str]]:
 
 
 def fake_encoders(monkeypatch) -> None:
-    monkeypatch.setattr("t2istudy.encoders.load_encoder", lambda name, **_: FakeEncoder(name=name))
+    monkeypatch.setattr("t2istudy.text.encoders.load_encoder", lambda name, **_: FakeEncoder(name=name))
 
 
 def arm(grid: Path, encoder: str, strategy: str) -> list[str]:
@@ -134,7 +134,8 @@ def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch, waves):
 
     waves.clear()
     monkeypatch.setattr(
-        "t2istudy.prepare.runs_awaiting_build", lambda *a: (_ for _ in ()).throw(RuntimeError("no disk"))
+        "t2istudy.study.prepare.runs_awaiting_build",
+        lambda *a: (_ for _ in ()).throw(RuntimeError("no disk")),
     )
     runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, prepare=False, log=lambda *_: None)
     assert waves == [only[:1], only[1:]]
@@ -156,7 +157,7 @@ def test_only_runs_that_would_build_the_same_entry_wait(tmp_path, monkeypatch, w
 
 def test_only_runs_in_the_order_named(tmp_path, monkeypatch, waves):
     """`--only c a b` runs c first: the user's priority, not the grid's order."""
-    monkeypatch.setattr("t2istudy.prepare.prepare_grid", lambda *a, **k: [])
+    monkeypatch.setattr("t2istudy.study.prepare.prepare_grid", lambda *a, **k: [])
     grid = write_grid(tmp_path)
     ids = [s.run_id for s in runs.expand_grid(runs.load_grid(grid))]
     only = [ids[-1], ids[0], ids[5], ids[0]]  # a repeat runs once

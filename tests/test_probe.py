@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from t2istudy import probe as P
-from t2istudy import probe_report as R
-from t2istudy import probe_targets as T
-from t2istudy import shapes
+from t2istudy.probe import layerwise as P
+from t2istudy.probe import report as R
+from t2istudy.probe import targets as T
+from t2istudy.world import shapes
 
 FAST = P.ProbeOptions(steps=150, batch_size=32, lr=5e-3, threads=1, n_boot=200)
 

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from t2istudy import runs
-from t2istudy.rescore import add_shuffled_control, add_shuffled_controls
-from t2istudy.scoring import get_scorer, summarize
-from t2istudy.shapes import Obj, Scene, render
-from t2istudy.shapes_benchmark import make_benchmark
+from t2istudy.scoring.scorers import get_scorer, summarize
+from t2istudy.study import runs
+from t2istudy.study.rescore import add_shuffled_control, add_shuffled_controls
+from t2istudy.world.shapes import Obj, Scene, render
+from t2istudy.world.shapes_benchmark import make_benchmark
 
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "run.ipynb"
 

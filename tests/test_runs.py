@@ -15,13 +15,13 @@ import nbformat
 import pandas as pd
 import pytest
 
-from t2istudy import runs
+from t2istudy.study import runs
 
 FAKE_SOURCE = """
 import json, time
 from pathlib import Path
 import pandas as pd
-from t2istudy import runs
+from t2istudy.study import runs
 out = Path(out_dir)
 (out / "ignored_while_running.txt").write_text(str((out / ".gitignore").exists()))
 with open(Path(counter), "a") as f:  # one line per execution: lets tests count re-executions

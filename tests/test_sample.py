@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from t2istudy.model import TextConditioner, build_unet, get_preset
-from t2istudy.sample import sample
-from t2istudy.train import Denoiser
+from t2istudy.diffusion.model import TextConditioner, build_unet, get_preset
+from t2istudy.diffusion.sample import sample
+from t2istudy.diffusion.train import Denoiser
 
 PRESET = get_preset("cpu-tiny")
 NULL = (torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool))
@@ -70,7 +70,7 @@ def test_images_depend_only_on_prompt_and_seed(tmp_path):
 
 def colour_benchmark(n: int = 48) -> pd.DataFrame:
     """Single-object captions from the world; the judge checks the named colour appears exactly once, alone."""
-    from t2istudy.shapes import PALETTE, ShapesWorld
+    from t2istudy.world.shapes import PALETTE, ShapesWorld
 
     world, rng, rows = ShapesWorld(seed=123, max_objects=1), np.random.default_rng(123), []
     for i in range(n):
@@ -97,10 +97,10 @@ def test_short_cpu_small_run_beats_untrained_model_with_the_judge(tmp_path):
     Measured (2026-11-26): trained 0.25 exact / 0.69 of constraints held, untrained 0.02 / 0.50 on 1 thread;
     0.23 / 0.68 vs 0.06 / 0.47 on 2 threads (an untrained model draws grey noise, which already satisfies the
     "no blue" constraints). 200 steps gave only 0.10 vs 0.02, and lr 1e-3 at 400 steps 0.17."""
-    from t2istudy.cache import EmbeddingCache
-    from t2istudy.sample import sample_run
-    from t2istudy.scoring import get_scorer
-    from t2istudy.train import TrainOptions, load_denoiser, train
+    from t2istudy.diffusion.sample import sample_run
+    from t2istudy.diffusion.train import TrainOptions, load_denoiser, train
+    from t2istudy.scoring.scorers import get_scorer
+    from t2istudy.text.cache import EmbeddingCache
 
     bench = colour_benchmark()
     opts = TrainOptions(encoder="minilm-l6", strategy="last", preset="cpu-small", max_objects=1, pool_size=2048,

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from t2istudy.genai_bench import load_genai_bench, skill_means
-from t2istudy.scoring import get_scorer, paired_difference, shuffled_pairing, summarize
-from t2istudy.shapes import Obj, Scene, render
-from t2istudy.shapes_benchmark import make_benchmark
+from t2istudy.scoring.scorers import get_scorer, paired_difference, shuffled_pairing, summarize
+from t2istudy.world.genai_bench import load_genai_bench, skill_means
+from t2istudy.world.shapes import Obj, Scene, render
+from t2istudy.world.shapes_benchmark import make_benchmark
 
 
 @pytest.fixture

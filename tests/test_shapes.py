@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from t2istudy.genai_bench import SKILLS
-from t2istudy.shapes import (
+from t2istudy.world.genai_bench import SKILLS
+from t2istudy.world.shapes import (
     BACKGROUNDS,
     COVERED_SKILLS,
     DEFAULT_HOLDOUT,
@@ -23,7 +23,7 @@ from t2istudy.shapes import (
     scene_satisfies,
     validate_spec,
 )
-from t2istudy.shapes_benchmark import (
+from t2istudy.world.shapes_benchmark import (
     benchmark_from_json,
     benchmark_to_json,
     hard_negative,

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from t2istudy.encoders import LayerStates, load_encoder
-from t2istudy.plots_layers import plot_layer_norms, plot_layer_similarity, save_figure
-from t2istudy.stats import (
+from t2istudy.text.encoders import LayerStates, load_encoder
+from t2istudy.text.plots_layers import plot_layer_norms, plot_layer_similarity, save_figure
+from t2istudy.text.stats import (
     encoder_layer_stats,
     layer_norm_stats,
     layer_similarity,

@@ -16,10 +16,9 @@ from helpers import FakeEncoder
 from PIL import Image
 from safetensors.torch import load_file
 
-from t2istudy.cache import EmbeddingCache
-from t2istudy.data import FolderPairs, StepBatchSampler, shapes_pool
-from t2istudy.model import get_preset
-from t2istudy.train import (
+from t2istudy.diffusion.data import FolderPairs, StepBatchSampler, shapes_pool
+from t2istudy.diffusion.model import get_preset
+from t2istudy.diffusion.train import (
     TrainOptions,
     build_parser,
     diffusion_loss,
@@ -28,6 +27,7 @@ from t2istudy.train import (
     resolve_options,
     train,
 )
+from t2istudy.text.cache import EmbeddingCache
 
 POOL = 64
 
@@ -163,7 +163,7 @@ def test_vae_encodes_in_the_mixed_precision_dtype(cache_dir, tmp_path, monkeypat
 
     from diffusers import AutoencoderKL
 
-    from t2istudy import model
+    from t2istudy.diffusion import model
 
     tiny = replace(get_preset("cpu-tiny"), name="tiny-vae", vae=True, latent_channels=4, latent_size=8)
     monkeypatch.setitem(model.PRESETS, "tiny-vae", tiny)
@@ -192,7 +192,7 @@ def test_two_processes_equal_one_process_at_same_global_batch(cache_dir, tmp_pat
     kw = dict(max_train_steps=3, adam_epsilon=1e-6)
     one = train(options(cache_dir, tmp_path / "one", **kw))
     acc = train(options(cache_dir, tmp_path / "acc", train_batch_size=4, gradient_accumulation_steps=2, **kw))
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "t2istudy.train",
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "t2istudy.diffusion.train",
            "--encoder", "fake-8", "--preset", "cpu-tiny", "--pool_size", str(POOL), "--cache_dir", str(cache_dir),
            "--output_dir", str(tmp_path / "two"), "--max_train_steps", "3", "--train_batch_size", "4",
            "--adam_epsilon", "1e-6", "--lr_warmup_steps", "2", "--checkpointing_steps", "3", "--logging_steps", "1",

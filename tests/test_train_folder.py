@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from t2istudy import train_folder as tf
+from t2istudy.diffusion import train_folder as tf
 
 
 def test_checkpoint_step_reads_only_complete_checkpoint_names():
@@ -36,6 +36,6 @@ def test_progress_of_a_run_killed_before_its_first_log(tmp_path):
 
 def test_grid_status_does_not_import_torch():
     """Listing a grid must stay quick: runs.py reads the training folder through train_folder only."""
-    code = "import sys, t2istudy.runs, t2istudy.train_folder; print('torch' in sys.modules)"
+    code = "import sys, t2istudy.study.runs, t2istudy.diffusion.train_folder; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from vqa_server import FakeVQAServer
 
-from t2istudy.scoring import get_scorer
-from t2istudy.vqascore import QUESTION_TEMPLATE, VQAScore, VQAScoreError, yes_no_probs
+from t2istudy.scoring.scorers import get_scorer
+from t2istudy.scoring.vqascore import QUESTION_TEMPLATE, VQAScore, VQAScoreError, yes_no_probs
 
 KEY = "sk-test-secret-123"
 

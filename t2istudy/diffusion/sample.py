@@ -20,9 +20,9 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
-from t2istudy.cache import EmbeddingCache, pad_cat
-from t2istudy.data import to_uint8
-from t2istudy.model import Preset, get_preset
+from t2istudy.diffusion.data import to_uint8
+from t2istudy.diffusion.model import Preset, get_preset
+from t2istudy.text.cache import EmbeddingCache, pad_cat
 
 SAMPLERS = ("ddim", "dpm++")
 
@@ -139,7 +139,7 @@ def sample_run(
     Without `text`, the prompts get their own cache entry under the run's cache_dir (the encoder loads
     only if that entry is missing).
     """
-    from t2istudy.train import load_denoiser
+    from t2istudy.diffusion.train import load_denoiser
 
     model, opts, null = load_denoiser(run_dir, weights)
     if text is None:
@@ -155,7 +155,7 @@ def sample_run(
         text.check(opts.encoder, opts.strategy)
     vae = None
     if get_preset(opts.preset).vae:
-        from t2istudy.model import load_vae
+        from t2istudy.diffusion.model import load_vae
 
         vae = load_vae(vae_path or opts.vae_path)
     return sample(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from t2istudy.aggregation import parse_strategy
+from t2istudy.text.aggregation import parse_strategy
 
 CACHE_VERSION = 1
 FP16_LIMIT = (
@@ -36,7 +36,7 @@ FP16_LIMIT = (
 
 
 class Encoder(Protocol):
-    """What the cache needs from `t2istudy.encoders.FrozenEncoder`."""
+    """What the cache needs from `t2istudy.text.encoders.FrozenEncoder`."""
 
     name: str
     max_length: int
@@ -285,7 +285,7 @@ class EmbeddingCache:
         missing = [s for s, entry in found.items() if entry is None]
         if missing:
             if isinstance(encoder, str):
-                from t2istudy.encoders import load_encoder
+                from t2istudy.text.encoders import load_encoder
 
                 encoder = load_encoder(encoder, max_length=max_length)
             built = cls.build_many(encoder, missing, captions, root, batch_size=batch_size, progress=progress)
@@ -378,7 +378,7 @@ def null_embedding(encoder: Encoder, strategy: str, feature_shape) -> tuple[torc
     try:
         if hasattr(
             encoder, "encode_null"
-        ):  # t2istudy.encoders: special tokens only (Gemma's BOS, BERT's CLS/SEP)
+        ):  # t2istudy.text.encoders: special tokens only (Gemma's BOS, BERT's CLS/SEP)
             feats, mask = encoder.encode_null(strategy)
         else:
             feats, mask = encoder.encode_aggregated([""], strategy, batch_size=1)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from t2istudy.genai_bench import SKILL_GROUPS
+from t2istudy.world.genai_bench import SKILL_GROUPS
 
 OURS = "ours (shapes world, pixel judge)"
 PAPER = "paper (GenAI-Bench, VQAScore)"
@@ -400,7 +400,7 @@ def claims_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure,
 
 def layer_norm_plot(stats: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     """The layer-norm figure of notebooks/layer_norms.ipynb, redrawn from its CSV (its plot function)."""
-    from t2istudy.plots_layers import plot_layer_norms
+    from t2istudy.text.plots_layers import plot_layer_norms
 
     needed = {"encoder", "layer", "depth", "norm", "tokens", "mean", "max"}
     if not needed <= set(stats.columns):

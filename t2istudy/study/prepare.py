@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2istudy import runs
-from t2istudy.aggregation import parse_strategy
-from t2istudy.cache import EmbeddingCache, caption_hash
+from t2istudy.study import runs
+from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.cache import EmbeddingCache, caption_hash
 
 PROMPT_BATCH = 64  # sample.sample_run encodes benchmark prompts with get_or_build's default batch size
 
@@ -53,9 +53,9 @@ def run_values(spec: runs.RunSpec) -> dict[str, Any] | None:
 
 def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
     """What the runs will look up in the cache: their training captions and their benchmark prompts."""
-    from t2istudy import train
-    from t2istudy.model import get_preset
-    from t2istudy.shapes_benchmark import make_benchmark
+    from t2istudy.diffusion import train
+    from t2istudy.diffusion.model import get_preset
+    from t2istudy.world.shapes_benchmark import make_benchmark
 
     requests: dict[tuple, CacheRequest] = {}
     captions_of: dict[tuple, list[str]] = {}  # one caption pool per data setting, built once

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from t2istudy import shapes, shapes_benchmark
+from t2istudy.world import shapes, shapes_benchmark
 
 # ----------------------------------------------------------------------------------------------------
 # Targets: categorical facts per prompt, grouped per skill

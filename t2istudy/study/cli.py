@@ -5,7 +5,7 @@ t2istudy grid run grids/small.yaml [--workers 2 | --launcher slurm --partition g
 t2istudy grid status grids/small.yaml         done / failed / pending runs with their overall score
 t2istudy grid prepare grids/small.yaml        fill the runs' embedding caches, one encoder pass per encoder
 t2istudy notebook notebooks/run.ipynb runs/manual/r1 -p encoder=gemma3-270m -p seed=1
-t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.train)
+t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.diffusion.train)
 t2istudy layer-norms | probe | judge-validation   the study's other notebooks with their defaults
 """
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from t2istudy import runs
+from t2istudy.study import runs
 
 NOTEBOOK_COMMANDS = {  # subcommand -> (notebook, output folder under --runs-dir)
     "layer-norms": ("notebooks/layer_norms.ipynb", "layer_norms"),
@@ -118,7 +118,7 @@ def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # every flag belongs to the training script
-        from t2istudy import train
+        from t2istudy.diffusion import train
 
         train.main(argv[1:])
         return 0
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "study":
-        from t2istudy import study
+        from t2istudy.study import pipeline as study
 
         if args.list:
             for step in study.default_study(quick=args.quick):
@@ -172,11 +172,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             table.to_csv(args.csv, index=False)
         return 0
     if args.command == "grid" and args.grid_command == "rescore":
-        from t2istudy.rescore import add_shuffled_controls
+        from t2istudy.study.rescore import add_shuffled_controls
 
         return 1 if add_shuffled_controls(args.runs_dir, runs.load_grid(args.grid).name, args.force) else 0
     if args.command == "grid" and args.grid_command == "prepare":
-        from t2istudy.prepare import prepare_grid
+        from t2istudy.study.prepare import prepare_grid
 
         prepare_grid(args.grid, args.runs_dir, only=args.only, dry_run=args.dry_run)
         return 0
@@ -188,7 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in NOTEBOOK_COMMANDS:
         notebook, folder = NOTEBOOK_COMMANDS[args.command]
         if not Path(notebook).exists():  # called from outside the repository root
-            from t2istudy.study import REPO
+            from t2istudy.study.pipeline import REPO
 
             notebook = str(REPO / notebook)
         params = dict(parse_assignment(p) for p in args.param)

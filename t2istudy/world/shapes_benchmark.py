@@ -1,9 +1,9 @@
 """The shapes benchmark: GenAI-Bench-like prompts with machine-checkable specs, on held-out compositions.
 
 Why: the study's per-skill claims need prompts whose truth can be checked in pixels. Every prompt of
-:func:`make_benchmark` is built on a composition that :mod:`t2istudy.shapes` keeps out of every training
+:func:`make_benchmark` is built on a composition that :mod:`t2istudy.world.shapes` keeps out of every training
 caption (a held-out colour-shape pair, count or relation), tagged with its GenAI-Bench skills and carrying a
-spec that :func:`t2istudy.shapes.check_constraints` decides. :func:`hard_negative` draws a minimally
+spec that :func:`t2istudy.world.shapes.check_constraints` decides. :func:`hard_negative` draws a minimally
 different scene that breaks a spec, for validating the judge.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from t2istudy.shapes import (
+from t2istudy.world.shapes import (
     BACKGROUNDS,
     COVERED_SKILLS,
     DEFAULT_HOLDOUT,

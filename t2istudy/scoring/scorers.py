@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .genai_bench import group_masks
-from .judge import as_array, judge_detail
-from .shapes import check_constraints, validate_spec
+from t2istudy.scoring.judge import as_array, judge_detail
+from t2istudy.world.genai_bench import group_masks
+from t2istudy.world.shapes import check_constraints, validate_spec
 
 ImageLike = np.ndarray | Image.Image | str | Path
 
@@ -154,7 +154,7 @@ class VQAScorer:
     name = "vqascore"
 
     def __init__(self, **options: Any) -> None:
-        from .vqascore import VQAScore  # checks the API key before any work
+        from t2istudy.scoring.vqascore import VQAScore  # checks the API key before any work
 
         self.client = VQAScore(**options)
 

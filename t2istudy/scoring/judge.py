@@ -16,7 +16,7 @@ How, top to bottom:
    gets a sub-pixel box from them, and templates are tried blurred at several strengths: a blurred
    8-pixel square still reads as a square. (A first version used fill ratio and compactness thresholds;
    it fell to ~85% under blur sigma 1 px, the template fit holds 100%.) Squares are axis-aligned.
-5. Box centre and half-extent feed :func:`t2istudy.shapes.check_constraints`, the evaluator that also
+5. Box centre and half-extent feed :func:`t2istudy.world.shapes.check_constraints`, the evaluator that also
    decides specs on ground-truth scenes.
 """
 
@@ -29,8 +29,8 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from . import shapes_benchmark
-from .shapes import BACKGROUNDS, PALETTE, check_constraints, render
+from t2istudy.world import shapes_benchmark
+from t2istudy.world.shapes import BACKGROUNDS, PALETTE, check_constraints, render
 
 MIN_AREA = 0.008  # components smaller than this fraction of the image are specks (8 px at 32x32)
 ALPHA = 0.5  # blend weight above which a pixel belongs to the object

@@ -1,6 +1,6 @@
 """The layout of a training run folder, in one place and without torch.
 
-`t2istudy.train` writes the folder; `grid status` (`t2istudy.runs`, which stays free of torch so that
+`t2istudy.diffusion.train` writes the folder; `grid status` (`t2istudy.study.runs`, which stays free of torch so that
 listing a grid takes a second) reads how far a killed run got. Both go through these names, so the writer
 and the reader cannot drift apart:
 
@@ -41,7 +41,7 @@ def read_train_log(run_dir: str | Path) -> list[dict]:
 
 
 def is_training_folder(folder: str | Path) -> bool:
-    """Whether `t2istudy.train` has started writing here (its options or its first log line)."""
+    """Whether `t2istudy.diffusion.train` has started writing here (its options or its first log line)."""
     return (Path(folder) / OPTIONS).is_file() or (Path(folder) / TRAIN_LOG).is_file()
 
 

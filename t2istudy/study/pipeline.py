@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2istudy import runs
+from t2istudy.study import runs
 
-REPO = Path(__file__).resolve().parent.parent  # grids/ and notebooks/ live beside the package
+REPO = Path(__file__).resolve().parents[2]  # grids/ and notebooks/ live beside the package
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The training loop: one function, read top to bottom, identical for every encoder and every machine.
 
-    python -m t2istudy.train --encoder gemma3-270m --strategy norm_mean --preset cpu-small
-    accelerate launch --num_processes 8 -m t2istudy.train --preset sd2-256 --data /data/shards --text online ...
+    python -m t2istudy.diffusion.train --encoder gemma3-270m --strategy norm_mean --preset cpu-small
+    accelerate launch --num_processes 8 -m t2istudy.diffusion.train --preset sd2-256 --data /data/shards --text online ...
 
 Determinism is by construction: the batch indices, noise, timesteps and caption-dropout draws of step s are
 a pure function of (seed, s) for the whole global batch, and each process takes its slice. So a resumed
@@ -9,7 +9,7 @@ run repeats an uninterrupted one bit for bit, and N processes reproduce 1 proces
 (up to float summation order).
 
 Run directory (auto-numbered `runs/train/00003-<encoder>-<strategy>/` unless --output_dir is given; its
-layout lives in `t2istudy.train_folder`, which `grid status` reads without importing torch):
+layout lives in `t2istudy.diffusion.train_folder`, which `grid status` reads without importing torch):
     options.json   every option, resolved, plus `derived` (input scale, sizes, processes, cache path)
     checkpoints/checkpoint-<step>/   accelerate state (model, optimizer, LR schedule, EMA, RNG)
     logs/          TensorBoard;  train_log.jsonl  step, loss, lr (one line per logging step)
@@ -41,10 +41,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from t2istudy.aggregation import parse_strategy
-from t2istudy.cache import EmbeddingCache, OnlineText, pad_cat, slug, token_rms
-from t2istudy.data import FolderPairs, StepBatchSampler, shapes_pool
-from t2istudy.model import (
+from t2istudy.diffusion.data import FolderPairs, StepBatchSampler, shapes_pool
+from t2istudy.diffusion.model import (
     Preset,
     TextConditioner,
     build_unet,
@@ -53,7 +51,7 @@ from t2istudy.model import (
     load_vae,
     set_input_scale,
 )
-from t2istudy.train_folder import (
+from t2istudy.diffusion.train_folder import (
     CHECKPOINTS,
     FINAL,
     OPTIONS,
@@ -62,6 +60,8 @@ from t2istudy.train_folder import (
     complete_checkpoints,
     read_train_log,
 )
+from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.cache import EmbeddingCache, OnlineText, pad_cat, slug, token_rms
 
 
 @dataclass
@@ -241,7 +241,7 @@ def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator
                 batch_size=opts.encode_batch_size, progress=opts.progress and accelerator.is_main_process,
             )  # fmt: skip
         return text.check(opts.encoder, opts.strategy), text.token_rms, str(text.path)
-    from t2istudy.encoders import load_encoder
+    from t2istudy.text.encoders import load_encoder
 
     encoder = load_encoder(opts.encoder, device=accelerator.device, max_length=opts.max_length)
     text = OnlineText(encoder, opts.strategy, opts.encode_batch_size)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import scipy.stats
 
-from t2istudy.aggregation import parse_strategy
+from t2istudy.text.aggregation import parse_strategy
 
 # ----------------------------------------------------------------------------------------------------
 # Figures
@@ -83,7 +83,7 @@ def save_figures(
     """``<out_dir>/<prefix>_<encoder>.{png,pdf,csv}`` per encoder and ``<prefix>_all.csv``."""
     import matplotlib.pyplot as plt
 
-    from t2istudy.figures import write_png_pdf
+    from t2istudy.study.analysis import write_png_pdf
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

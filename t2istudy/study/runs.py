@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from t2istudy import train_folder
+from t2istudy.diffusion import train_folder
 
 SCHEMA_VERSION = 1
 GRID_KEYS = ("name", "notebook", "description", "schema_version", "params", "axes", "exclude", "include")
@@ -512,8 +512,8 @@ def preflight(specs: list[RunSpec]) -> None:
     """Validate strategy and preset strings with their one parser before any run starts, so that a
     typo fails in a second, not after a kernel start per run (encoders are checked by the run itself:
     their weights may exist only on the compute nodes)."""
-    from t2istudy.aggregation import parse_strategy
-    from t2istudy.model import get_preset
+    from t2istudy.diffusion.model import get_preset
+    from t2istudy.text.aggregation import parse_strategy
 
     checks = {"strategy": parse_strategy, "preset": get_preset}
     for spec in specs:
@@ -568,7 +568,7 @@ def run_grid(
     Runs marked RUNNING by a live process here, or by any process on another host (a cluster job killed
     at its time limit leaves the marker), are skipped unless ``rerun_running``. With ``prepare`` (local
     launcher) the runs' missing embedding caches are first built with one encoder pass per encoder
-    (`t2istudy.prepare`); on a cluster, run `t2istudy grid prepare` as a job of its own first.
+    (`t2istudy.study.prepare`); on a cluster, run `t2istudy grid prepare` as a job of its own first.
     """
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
@@ -594,7 +594,7 @@ def run_grid(
     start = time.perf_counter()
     prepared = False  # True: every cache entry the runs need exists now
     if prepare and launcher == "local":
-        from t2istudy.prepare import prepare_grid
+        from t2istudy.study.prepare import prepare_grid
 
         try:
             prepare_grid(grid, root, only=[s.run_id for s in todo], log=log)
@@ -650,7 +650,7 @@ def cache_waves(
 def _awaiting_build(todo: list[RunSpec], log) -> set[str] | None:
     """The runs that would build a cache entry themselves; None if the caches cannot be looked up here
     (a cluster's login node without the cache, say): then every run is treated as building."""
-    from t2istudy.prepare import runs_awaiting_build
+    from t2istudy.study.prepare import runs_awaiting_build
 
     try:
         return runs_awaiting_build(todo)
@@ -729,7 +729,7 @@ def training_progress(out: Path) -> str | None:
     """'step 650/800, last checkpoint-600' for an unfinished training run; None when none has started.
 
     Looks in the run directory and its subfolders (``<run>/train`` for the study notebook) for the folder
-    that ``t2istudy.train`` writes, so that ``grid status`` shows what a killed or failed run has kept:
+    that ``t2istudy.diffusion.train`` writes, so that ``grid status`` shows what a killed or failed run has kept:
     the next ``grid run`` resumes it from that checkpoint.
     """
     for folder in (out, *sorted(p for p in out.glob("*") if p.is_dir())):
@@ -783,7 +783,7 @@ def load_metrics(root: str | Path, grid: str | None = None, metric: str = "score
     ``metric="fraction"`` recomputes the stats from each run's scores.csv (the judge's partial credit),
     for when the all-or-nothing score sits at the floor.
     """
-    from t2istudy.scoring import summarize  # scoring imports the judge; keep runs light to import
+    from t2istudy.scoring.scorers import summarize  # scoring imports the judge; keep runs light to import
 
     _check_metric(metric)
     rows = []

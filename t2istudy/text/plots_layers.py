@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from t2istudy.figures import write_png_pdf
+from t2istudy.study.analysis import write_png_pdf
 
 
 def plot_layer_norms(stats: pd.DataFrame) -> plt.Figure:

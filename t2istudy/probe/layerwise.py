@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2istudy.aggregation import aggregate, parse_strategy
-from t2istudy.probe_targets import Targets, ceiling, chance, probe_dataset, skill_correct
+from t2istudy.probe.targets import Targets, ceiling, chance, probe_dataset, skill_correct
+from t2istudy.text.aggregation import aggregate, parse_strategy
 
 LAYERS = "layers"  # representation keyword: every hidden state, one probe per layer ("layer:k"); "layers/k"
 # "concat" and "learned" are supported too; each costs about as much as the whole per-layer sweep.
@@ -509,7 +509,7 @@ def sweep(
             f"random_init names {missing}, which are not in encoders {list(encoders)}; add them there."
         )
     if load is None:
-        from t2istudy.encoders import load_encoder as load
+        from t2istudy.text.encoders import load_encoder as load
     opts = options or ProbeOptions()
     with _torch_threads(opts.threads):  # encoding too: with busy cores, 2 OpenMP threads wait on each other
         return _sweep(encoders, representations, skills, seeds, opts, n_train, n_eval, data_seed,

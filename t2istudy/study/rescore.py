@@ -1,7 +1,7 @@
 """Add the judge's shuffled-prompt control to runs that finished before it existed.
 
 Why: ``scores.csv`` of a run scored by an older judge lacks ``score_shuffled`` / ``fraction_shuffled``
-(see :class:`t2istudy.scoring.JudgeScorer`). Sampling is the expensive part of a run and its images
+(see :class:`t2istudy.scoring.scorers.JudgeScorer`). Sampling is the expensive part of a run and its images
 are kept in ``samples/``, so the control is computed from them without retraining or resampling. The
 stored verdicts are recomputed first and must match exactly: if the judge changed since the run, the
 run's scores are left as they are and the error says so.
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .runs import find_runs, notebook_parameters, read_json
-from .scoring import JudgeScorer
-from .shapes_benchmark import make_benchmark
+from t2istudy.scoring.scorers import JudgeScorer
+from t2istudy.study.runs import find_runs, notebook_parameters, read_json
+from t2istudy.world.shapes_benchmark import make_benchmark
 
 CONTROL_COLUMNS = ("score_shuffled", "fraction_shuffled")
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from t2istudy.aggregation import Aggregator, Strategy, output_width, parse_strategy
-from t2istudy.builtin_models import BUILTINS, cache_root, locate
+from t2istudy.text.aggregation import Aggregator, Strategy, output_width, parse_strategy
+from t2istudy.text.builtin_models import BUILTINS, cache_root, locate
 
 BUILTIN_ENCODERS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "minilm-l6")
 DEFAULT_MAX_LENGTH = 128  # tokens; the paper's prompts (GenAI-Bench) fit, longer ones are truncated
@@ -474,7 +474,7 @@ def _check_prompts(prompts, allow_empty: bool = False) -> None:
 def prepare(names: list[str] | tuple[str, ...] = BUILTIN_ENCODERS) -> dict[str, float]:
     """Convert (once) and load each encoder, so later runs start in seconds; returns seconds per name.
 
-    ``python -m t2istudy.encoders [names...]`` does this for the built-ins (e.g. in a setup script).
+    ``python -m t2istudy.text.encoders [names...]`` does this for the built-ins (e.g. in a setup script).
     """
     import time
 

@@ -1,0 +1,1 @@
+"""Image side: U-Net presets and text conditioning, training data, the training loop, checkpoints, sampling."""

@@ -1,0 +1,1 @@
+"""Text side: frozen encoders, aggregation over their layers, the embedding cache, layer statistics."""
