@@ -8,6 +8,7 @@ optional learned layer weights -> a fixed input scale -> one trainable Linear to
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ class Preset:
     latent_size: int  # spatial size the U-Net sees
     unet: dict  # kwargs for UNet2DConditionModel (sample_size/in/out channels filled in by build_unet)
     vae: bool = False  # True: images go through an AutoencoderKL loaded from a local path
+    autoencoder: str | None = None  # the t2istudy.autoencoder recipe trained once per machine when no
+    # --vae_path is given (small latent presets); None: a VAE path is required (sd2-256)
     beta_schedule: str = "squaredcos_cap_v2"
     beta_start: float = 0.0001
     beta_end: float = 0.02
@@ -118,6 +121,61 @@ PRESETS: dict[str, Preset] = {
             "checkpointing_steps": 200,
         },
     ),
+    # Latent diffusion as SD2 does it, at CPU size: a frozen autoencoder shared by every arm (trained once per
+    # machine, t2istudy.autoencoder "shapes-f2c4") turns 32x32 pixels into 16x16x4 latents, encoded once
+    # (--latents cache). Cross-attention at every level, so a word can reach each object's 2x2 latent cells.
+    "cpu-latent": Preset(
+        name="cpu-latent",
+        image_size=32,
+        latent_channels=4,
+        latent_size=16,
+        unet={
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3,
+            "up_block_types": ("CrossAttnUpBlock2D",) * 3,
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "block_out_channels": (32, 64, 64),
+            "attention_head_dim": 2,  # diffusers' name for the head count here: 2 heads, as cpu-small
+            "cross_attention_dim": 64,
+        },
+        vae=True,
+        autoencoder="shapes-f2c4",
+        guidance_scale=3.0,
+        train_defaults={
+            "train_batch_size": 64,
+            "learning_rate": 1e-3,
+            "lr_warmup_steps": 100,
+            "max_train_steps": 2000,
+            "use_ema": True,
+            "snr_gamma": 5.0,
+            "checkpointing_steps": 250,
+            "latents": "cache",
+        },
+    ),
+    # Tests and smoke runs of the latent path: cpu-latent's layout with the tiny autoencoder and U-Net.
+    "cpu-tiny-latent": Preset(
+        name="cpu-tiny-latent",
+        image_size=32,
+        latent_channels=4,
+        latent_size=16,
+        unet={
+            **_SMALL_BLOCKS,
+            "block_out_channels": (8, 16, 16),
+            "attention_head_dim": 4,
+            "cross_attention_dim": 16,
+        },
+        vae=True,
+        autoencoder="shapes-tiny",
+        guidance_scale=3.0,
+        train_defaults={
+            "train_batch_size": 16,
+            "learning_rate": 1e-3,
+            "lr_warmup_steps": 10,
+            "max_train_steps": 50,
+            "checkpointing_steps": 25,
+            "latents": "cache",
+        },
+    ),
     # Tests and smoke runs only: 16x16 pixels, ~0.1M parameters, a step takes tens of milliseconds.
     "cpu-tiny": Preset(
         name="cpu-tiny",
@@ -164,6 +222,11 @@ def build_unet(preset: str | Preset) -> UNet2DConditionModel:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(t.numel() for t in module.parameters())
+
+
+def load_vae_config(path: str | Path) -> dict:
+    """The VAE folder's config (scaling factor, channels) without loading its weights."""
+    return json.loads((Path(path) / "config.json").read_text())
 
 
 def load_vae(path: str | Path | None) -> AutoencoderKL:

@@ -41,7 +41,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from t2istudy.diffusion.autoencoder import get_or_train
 from t2istudy.diffusion.data import FolderPairs, StepBatchSampler, shapes_pool
+from t2istudy.diffusion.latents import LatentCache, LatentPairs, sample_latents
 from t2istudy.diffusion.model import (
     Preset,
     TextConditioner,
@@ -49,6 +51,7 @@ from t2istudy.diffusion.model import (
     count_parameters,
     get_preset,
     load_vae,
+    load_vae_config,
     set_input_scale,
 )
 from t2istudy.diffusion.train_folder import (
@@ -61,7 +64,7 @@ from t2istudy.diffusion.train_folder import (
     read_train_log,
 )
 from t2istudy.text.aggregation import parse_strategy
-from t2istudy.text.cache import EmbeddingCache, OnlineText, pad_cat, slug, token_rms
+from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, slug, token_rms
 
 
 @dataclass
@@ -86,7 +89,10 @@ class TrainOptions:
     text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
     cache_dir: str = "cache/embeddings"
     encode_batch_size: int = 64
-    vae_path: str | None = None  # sd2-256: local diffusers AutoencoderKL folder
+    vae_path: str | None = None  # local diffusers AutoencoderKL folder (sd2-256); None: the preset's own
+    # autoencoder, trained once per machine (cpu-latent; t2istudy.autoencoder)
+    latents: str | None = None  # VAE presets: online (encode every step) | cache (encode the pool once, mmap)
+    latent_cache_dir: str = "cache/latents"
     dataloader_num_workers: int = 0
     # optimisation
     train_batch_size: int | None = None  # per process
@@ -120,7 +126,7 @@ class TrainOptions:
     progress: bool = True
 
 
-FALLBACKS = {"use_ema": False, "mixed_precision": "no", "checkpointing_steps": 500}
+FALLBACKS = {"use_ema": False, "mixed_precision": "no", "checkpointing_steps": 500, "latents": "online"}
 
 
 def resolve_options(opts: TrainOptions) -> TrainOptions:
@@ -139,6 +145,7 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
         "prediction_type": ("epsilon", "v_prediction"),
         "mixed_precision": ("no", "fp16", "bf16"),
         "report_to": ("tensorboard", "none"),
+        "latents": ("online", "cache"),
     }
     for key, allowed in choices.items():
         if values[key] not in allowed:
@@ -146,6 +153,11 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
         if values[key] < 1:
             raise ValueError(f"--{key} must be >= 1, got {values[key]}.")
+    if values["latents"] == "cache" and not preset.vae:
+        raise ValueError(
+            f"--latents cache needs a preset with a VAE; {preset.name} trains on pixels. Drop the flag or pick "
+            "cpu-latent / sd2-256."
+        )
     if not 0.0 <= values["caption_dropout"] < 1.0:
         raise ValueError(f"--caption_dropout must be in [0, 1), got {values['caption_dropout']}.")
     return TrainOptions(**values)
@@ -232,6 +244,15 @@ def build_data(opts: TrainOptions, preset: Preset):
     return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad)
 
 
+def data_id(opts: TrainOptions, dataset) -> str:
+    """What identifies the training images for the latent cache: the source, its size and its captions."""
+    if opts.data == "shapes":
+        source = f"shapes-n{opts.pool_size}-d{opts.data_seed}-o{opts.max_objects}-r{get_preset(opts.preset).image_size}"
+    else:
+        source = f"{slug(str(Path(opts.data).resolve()))[-48:]}-n{len(dataset)}"
+    return f"{source}-{caption_hash(dataset.captions)}"
+
+
 def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator):
     """The cache (built once, by the main process) or the frozen encoder, plus its input-scale statistic."""
     if opts.text == "cache":
@@ -296,6 +317,24 @@ def train(opts: TrainOptions) -> Path:
     # Data and text.
     dataset = build_data(opts, preset)
     text, rms, cache_path = build_text(opts, dataset.captions, accelerator)
+    # Images: the frozen VAE (the preset's own autoencoder unless --vae_path), and its cached latents.
+    vae_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.mixed_precision, torch.float32)
+    vae, latent_cache = None, None
+    if preset.vae:
+        if opts.vae_path is None and preset.autoencoder:
+            with accelerator.main_process_first():
+                opts.vae_path = str(get_or_train(preset.autoencoder, progress=opts.progress))
+        # The frozen VAE runs in the mixed-precision dtype, as in diffusers' train_text_to_image (bf16 encodes
+        # 1.6x faster than fp32 on an H100, where fp32 took a third of the sd2-256 loop; figures/gpu/).
+        vae = load_vae(opts.vae_path).to(accelerator.device, vae_dtype)
+        if opts.latents == "cache":
+            with accelerator.main_process_first():
+                latent_cache = LatentCache.get_or_build(
+                    opts.latent_cache_dir, vae, dataset, data_id(opts, dataset), batch_size=opts.encode_batch_size,
+                    progress=opts.progress and accelerator.is_main_process,
+                )  # fmt: skip
+            dataset = LatentPairs(latent_cache, dataset.captions)
+            vae = None  # the loop reads moments; no VAE pass per step
     probe_features, _ = text.embed(dataset.captions[:1])
     num_layers = probe_features.shape[2] if probe_features.dim() == 4 else None
     if (num_layers is not None) != (parse_strategy(opts.strategy).kind == "learned"):
@@ -310,10 +349,6 @@ def train(opts: TrainOptions) -> Path:
     conditioner = TextConditioner(probe_features.shape[-1], preset.cross_attention_dim, num_layers)
     set_input_scale(conditioner, scale)
     model = Denoiser(unet, conditioner)
-    # The frozen VAE runs in the mixed-precision dtype, as in diffusers' train_text_to_image (bf16 encodes
-    # 1.6x faster than fp32 on an H100, where fp32 took a third of the sd2-256 loop; figures/gpu/).
-    vae_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.mixed_precision, torch.float32)
-    vae = load_vae(opts.vae_path).to(accelerator.device, vae_dtype) if preset.vae else None
     scheduler = preset.noise_scheduler(opts.prediction_type)
     ema = EMAModel(model.parameters(), decay=opts.ema_decay, use_ema_warmup=True) if opts.use_ema else None
 
@@ -346,6 +381,8 @@ def train(opts: TrainOptions) -> Path:
         "dataset_size": len(dataset),
         "skipped_pairs": dict(getattr(dataset, "skipped", {})),
         "cache_path": cache_path,
+        "latent_cache_path": str(latent_cache.path) if latent_cache else None,
+        "vae_scaling_factor": float(load_vae_config(opts.vae_path)["scaling_factor"]) if preset.vae else None,
     }
 
     # Resume.
@@ -405,13 +442,14 @@ def train(opts: TrainOptions) -> Path:
         )
         with accelerator.accumulate(model):
             x0 = images.to(accelerator.device)
-            if vae is not None:
-                with torch.no_grad():
-                    g = torch.Generator(accelerator.device).manual_seed(
-                        opts.seed * 1_000_003 + step * 97 + lo
-                    )
-                    x0 = vae.encode(x0.to(vae.dtype)).latent_dist.sample(generator=g).float()
-                    x0 = x0 * vae.config.scaling_factor
+            if preset.vae:  # one latent draw per image and step, from the same generator either way
+                g = torch.Generator(accelerator.device).manual_seed(opts.seed * 1_000_003 + step * 97 + lo)
+                if latent_cache is not None:  # images are the cached moments
+                    x0 = sample_latents(x0, g, derived["vae_scaling_factor"])
+                else:
+                    with torch.no_grad():
+                        x0 = vae.encode(x0.to(vae.dtype)).latent_dist.sample(generator=g).float()
+                        x0 = x0 * vae.config.scaling_factor
             features, mask = text.embed(list(captions))
             if drop.any():  # caption dropout: swap in the empty prompt, same encoder and strategy
                 kept = [

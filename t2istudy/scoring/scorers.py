@@ -23,6 +23,7 @@ from PIL import Image
 from t2istudy.scoring.judge import as_array, judge_detail
 from t2istudy.world.genai_bench import group_masks
 from t2istudy.world.shapes import check_constraints, validate_spec
+from t2istudy.world.shapes_geneval import TASKS
 
 ImageLike = np.ndarray | Image.Image | str | Path
 
@@ -45,7 +46,8 @@ def load_images(
             f"Got {len(images)} images for {len(prompts)} prompts; pass exactly one image per prompt row, "
             f"in the table's order."
         )
-    group_masks(prompts)  # unknown skill tags fail here, naming the prompt
+    if "task" not in prompts.columns:  # GenAI-Bench-style tags; the GenEval-style tier tags its task
+        group_masks(prompts)  # unknown skill tags fail here, naming the prompt
     out: list[np.ndarray] = []
     for pid, image in zip(prompts["id"], images, strict=True):
         name = f"image for prompt {pid!r}"
@@ -67,13 +69,9 @@ def load_images(
 
 
 def _base_rows(prompts: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "id": prompts["id"].tolist(),
-            "prompt": prompts["prompt"].tolist(),
-            "skills": prompts["skills"].tolist(),
-        }
-    )
+    """The prompt columns every score table keeps (``task`` too for the GenEval-style tier)."""
+    keep = ["id", "prompt", "skills"] + (["task"] if "task" in prompts.columns else [])
+    return pd.DataFrame({c: prompts[c].tolist() for c in keep})
 
 
 def shuffled_pairing(prompts: pd.DataFrame, seed: int = 0) -> np.ndarray:
@@ -210,6 +208,33 @@ def summarize(
     for name, mask in group_masks(table).items():
         lo, hi = _bootstrap(values[mask], n_boot, rng, level)
         rows[name] = {"n": int(mask.sum()), "mean": float(values[mask].mean()), "ci_low": lo, "ci_high": hi}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "group"
+    return out
+
+
+def summarize_geneval(
+    table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, column: str = "score", level: float = 0.95
+) -> pd.DataFrame:
+    """GenEval's summary of the GenEval-style tier: one row per task, and ``overall`` = the mean of the
+    task means (not of prompts), with bootstrap CIs that resample prompts within each task."""
+    if "task" not in table.columns or column not in table.columns:
+        raise ValueError(f"A GenEval-style table needs 'task' and {column!r} columns (make_geneval_tier).")
+    rng = np.random.default_rng(seed)
+    tail = (1 - level) / 2 * 100
+    rows, boots = {}, []
+    for task in TASKS:
+        values = table.loc[table["task"] == task, column].to_numpy(dtype=float)
+        if len(values) == 0:
+            raise ValueError(f"The GenEval-style table has no {task!r} prompts; overall needs all six tasks.")
+        means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+        boots.append(means)
+        lo, hi = np.percentile(means, [tail, 100 - tail])
+        rows[task] = {"n": len(values), "mean": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+    overall = np.mean(boots, axis=0)
+    lo, hi = np.percentile(overall, [tail, 100 - tail])
+    mean = float(np.mean([r["mean"] for r in rows.values()]))
+    rows["overall"] = {"n": len(table), "mean": mean, "ci_low": float(lo), "ci_high": float(hi)}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "group"
     return out

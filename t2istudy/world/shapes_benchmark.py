@@ -431,6 +431,12 @@ def hard_negative(
         "differentiation": (recolor, same_size),
         "negation": (recolor,),
         "universal": (recolor, reshape),
+        # the GenEval-style tier's tasks (t2istudy.shapes_geneval)
+        "single_object": (reshape,),
+        "two_object": (reshape, drop_one),
+        "colors": (recolor, reshape),
+        "position": (mirror,),
+        "color_attr": (swap_colors, recolor),
     }.get(skill or "", ())
     generic = [drop_one, add_copy, recolor, reshape, rebackground, mirror, *pairwise]
     for attempt in range(tries):

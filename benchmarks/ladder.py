@@ -1,0 +1,55 @@
+"""The ladder: verdict on both benchmark tiers against training machine-minutes (figures/ladder.*).
+
+One training run per (preset, arm) climbs its rungs; each rung is judged on the GenEval-style tier and on
+the held-out tier; the figure draws every ladder found under runs/ladder/. Rerunning resumes: finished
+rungs are skipped, and training resumes from the last rung's checkpoint.
+
+    .venv/bin/python benchmarks/ladder.py --preset cpu-latent --rungs 250,500,1000,2000
+    .venv/bin/python benchmarks/ladder.py --preset cpu-small --rungs 400,800,1600
+    .venv/bin/python benchmarks/ladder.py --plot-only          # redraw figures/ladder.* from runs/ladder/
+
+Machine-minutes = wall seconds x threads / 60 with the load average beside them (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
+from t2istudy.study.ladder import climb, collect, plot
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="cpu-latent")
+    parser.add_argument("--encoder", default="gemma3-270m")
+    parser.add_argument("--strategy", default="norm_mean")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rungs", default="250,500,1000,2000", help="step counts, comma-separated")
+    parser.add_argument("--geneval_per_task", type=int, default=50)
+    parser.add_argument("--heldout_per_skill", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--guidance_scale", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--train_options", default="{}", help="JSON: other TrainOptions fields")
+    parser.add_argument(
+        "--name", default=None, help="ladder folder name (default: preset-encoder-strategy-sSEED)"
+    )
+    parser.add_argument("--root", default="runs/ladder")
+    parser.add_argument("--figures", default="figures")
+    parser.add_argument("--plot-only", action="store_true")
+    args = parser.parse_args()
+    if not args.plot_only:
+        name = args.name or f"{args.preset}-{args.encoder}-{args.strategy}-s{args.seed}"
+        table = climb(
+            f"{args.root}/{name}", [int(r) for r in args.rungs.split(",")], preset=args.preset,
+            encoder=args.encoder, strategy=args.strategy, seed=args.seed, threads=args.threads,
+            sizes={"geneval": args.geneval_per_task, "heldout": args.heldout_per_skill},
+            guidance_scale=args.guidance_scale, train_options=json.loads(args.train_options),
+        )  # fmt: skip
+        print(table.to_string(index=False))
+    print("wrote", *plot(collect([args.root]), args.figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""A small autoencoder for the shapes world, trained once and frozen: the small presets' "VAE".
+
+Why: Stable Diffusion 2 trains its U-Net on the latents of a frozen VAE shared by every model. The small
+latent presets do the same, so the U-Net works on 16x16 latents instead of 32x32 pixels and the same
+CPU minutes buy ~4x the steps. The autoencoder is a diffusers ``AutoencoderKL`` (the class SD2's VAE is),
+so training, sampling and the latent cache run one code path at both scales: a run points ``--vae_path``
+at this folder exactly as a paper-scale run points it at SD2's VAE.
+
+The autoencoder is a pure function of its recipe: fresh shapes-world scenes every step, drawn from
+seeded generators, fixed initialization. ``get_or_train`` trains it once per machine into
+``cache/autoencoders/<recipe>-<hash>/`` and every arm of a study loads the same folder. Training scenes
+come from the training world, so no held-out composition is ever seen by the autoencoder either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from t2istudy.diffusion.data import to_tensor
+from t2istudy.world.shapes import ShapesWorld
+
+
+@dataclass(frozen=True)
+class AutoencoderRecipe:
+    """Everything that decides the trained autoencoder (its folder name hashes all of it)."""
+
+    name: str
+    image_size: int = 32  # pixels of the images it encodes (the preset's image_size)
+    latent_channels: int = 4  # SD's VAE uses 4
+    block_out_channels: tuple[int, ...] = (32, 64)  # one block per level; len - 1 halvings of the side
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    steps: int = 3000  # optimizer steps on fresh scenes
+    batch_size: int = 64
+    learning_rate: float = 2e-3  # cosine-decayed to 0 over `steps`
+    kl_weight: float = 1e-6  # SD's VAE regularizes its latents lightly; here only to keep them bounded
+    seed: int = 0
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.block_out_channels) - 1)
+
+    def key(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return f"{self.name}-{hashlib.sha1(blob).hexdigest()[:10]}"
+
+
+RECIPES: dict[str, AutoencoderRecipe] = {
+    # 32x32x3 pixels -> 16x16x4 latents (3x fewer numbers); what the cpu-latent preset trains on.
+    "shapes-f2c4": AutoencoderRecipe(name="shapes-f2c4"),
+    # Tests and smoke runs: a few steps, judged only for plumbing.
+    "shapes-tiny": AutoencoderRecipe(
+        name="shapes-tiny", block_out_channels=(8, 16), norm_num_groups=4, steps=20, batch_size=16
+    ),
+}
+
+
+def get_recipe(name: str | AutoencoderRecipe) -> AutoencoderRecipe:
+    if isinstance(name, AutoencoderRecipe):
+        return name
+    if name not in RECIPES:
+        raise ValueError(
+            f"Unknown autoencoder recipe {name!r}: choose one of {sorted(RECIPES)} (t2istudy/autoencoder.py)."
+        )
+    return RECIPES[name]
+
+
+def build_autoencoder(recipe: AutoencoderRecipe) -> AutoencoderKL:
+    """A freshly initialised AutoencoderKL of the recipe's shape (no attention: the scenes are local)."""
+    levels = len(recipe.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=recipe.block_out_channels,
+        layers_per_block=recipe.layers_per_block,
+        latent_channels=recipe.latent_channels,
+        norm_num_groups=recipe.norm_num_groups,
+        sample_size=recipe.image_size,
+        mid_block_add_attention=False,
+    )
+
+
+def scene_batch(recipe: AutoencoderRecipe, step: int) -> torch.Tensor:
+    """The fresh training images of one step, [B, 3, H, W] in [-1, 1], a pure function of (seed, step)."""
+    rng = np.random.default_rng([recipe.seed, step, 7])
+    images, _, _ = ShapesWorld(seed=recipe.seed).batch(recipe.batch_size, rng, recipe.image_size)
+    return torch.stack([to_tensor(im) for im in images])
+
+
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Encode (distribution mode) and decode, in [-1, 1]."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            z = vae.encode(images[i : i + batch_size]).latent_dist.mode()
+            out.append(vae.decode(z).sample.clamp(-1, 1))
+    return torch.cat(out)
+
+
+def train_autoencoder(
+    recipe: str | AutoencoderRecipe,
+    out_dir: str | Path,
+    *,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the recipe's autoencoder and save it as a diffusers folder; returns ``out_dir``.
+
+    Loss: MSE to the input plus ``kl_weight`` x KL (the VAE objective without its GAN and LPIPS terms,
+    which flat-coloured scenes do not need). ``scaling_factor`` is set to 1 / std of the training latents,
+    as SD does, so the diffusion model sees unit-variance latents.
+    """
+    recipe = get_recipe(recipe)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    torch.manual_seed(recipe.seed)
+    vae = build_autoencoder(recipe)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.steps)
+    log = []
+    bar = tqdm(range(recipe.steps), desc=f"autoencoder {recipe.name}", disable=not progress)
+    for step in bar:
+        x = scene_batch(recipe, step)
+        posterior = vae.encode(x).latent_dist
+        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+        recon = vae.decode(posterior.sample(generator=g)).sample
+        mse = torch.nn.functional.mse_loss(recon, x)
+        loss = mse + recipe.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == recipe.steps - 1:
+            log.append({"step": step + 1, "mse": float(mse)})
+            bar.set_postfix(mse=f"{float(mse):.5f}")
+    vae.eval()
+    with torch.no_grad():
+        probe = torch.cat([scene_batch(recipe, recipe.steps + k) for k in range(4)])
+        std = float(vae.encode(probe).latent_dist.mode().std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    summary = {
+        "recipe": dataclasses.asdict(recipe),
+        "latent_std": std,
+        "final_mse": log[-1]["mse"],
+        "wall_seconds": time.time() - t0,
+        "parameters": sum(p.numel() for p in vae.parameters()),
+        "log": log,
+    }
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def autoencoder_dir(recipe: str | AutoencoderRecipe, root: str | Path = "cache/autoencoders") -> Path:
+    return Path(root) / get_recipe(recipe).key()
+
+
+def get_or_train(
+    recipe: str | AutoencoderRecipe,
+    root: str | Path = "cache/autoencoders",
+    *,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """The trained autoencoder's folder, training it first if this machine has none yet."""
+    path = autoencoder_dir(recipe, root)
+    if not (path / "config.json").is_file():
+        train_autoencoder(recipe, path, num_threads=num_threads, progress=progress)
+    return path

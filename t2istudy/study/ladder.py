@@ -1,0 +1,113 @@
+"""The ladder: the verdict on both tiers against training machine-minutes, for one preset and arm.
+
+Why: "does this preset draw?" is a curve, not a number. One training run climbs rung by rung: train to
+the rung's step count (resuming the previous rung's checkpoint: with a constant learning rate after
+warm-up the first N steps of a long run are exactly the N-step run), sample both tiers from the final
+(EMA) weights, judge them, append a row to ``<out>/ladder.csv``. Rerunning skips finished rungs.
+
+Machine-minutes are wall seconds x threads / 60, recorded beside the load average: on a shared machine
+they overstate the quiet-machine cost, never understate it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from t2istudy.diffusion.train import TrainOptions, train
+from t2istudy.diffusion.train_folder import complete_checkpoints
+from t2istudy.study.analysis import save_figure
+from t2istudy.study.tiers import evaluate_tiers
+
+COLUMNS = ("preset", "encoder", "strategy", "seed", "steps", "train_seconds", "threads", "machine_minutes",
+           "load_average", "guidance_scale", "sample_seconds")  # fmt: skip
+
+
+def climb(
+    out: str | Path,
+    rungs: list[int],
+    *,
+    preset: str,
+    encoder: str = "gemma3-270m",
+    strategy: str = "norm_mean",
+    seed: int = 0,
+    sizes: dict[str, int] | None = None,
+    threads: int = 1,
+    guidance_scale: float | None = None,
+    train_options: dict | None = None,
+) -> pd.DataFrame:
+    """Train to each rung in turn and judge both tiers there; returns the ladder table."""
+    out = Path(out)
+    sizes = sizes or {"geneval": 50, "heldout": 50}
+    table_path = out / "ladder.csv"
+    done = pd.read_csv(table_path) if table_path.is_file() else pd.DataFrame(columns=COLUMNS)
+    train_dir = out / "train"
+    for steps in sorted(rungs):
+        if steps in set(done["steps"]):
+            continue
+        opts = TrainOptions(
+            encoder=encoder, strategy=strategy, preset=preset, seed=seed, max_train_steps=steps,
+            output_dir=str(train_dir), report_to="none", progress=False, num_threads=threads,
+            checkpoints_total_limit=1, **(train_options or {}),
+        )  # fmt: skip
+        if complete_checkpoints(train_dir):
+            opts.resume_from_checkpoint = "latest"
+        t0 = time.time()
+        train(opts)
+        seconds = time.time() - t0 + (float(done["train_seconds"].max()) if len(done) else 0.0)
+        load = os.getloadavg()[0]
+        t0 = time.time()
+        results = evaluate_tiers(train_dir, sizes, guidance_scale=guidance_scale)
+        rung = out / f"rung-{steps:05d}"
+        rung.mkdir(parents=True, exist_ok=True)
+        row = {"preset": preset, "encoder": encoder, "strategy": strategy, "seed": seed, "steps": steps,
+               "train_seconds": round(seconds, 1), "threads": threads,
+               "machine_minutes": round(seconds * threads / 60, 2), "load_average": round(load, 2),
+               "guidance_scale": guidance_scale, "sample_seconds": round(time.time() - t0, 1)}  # fmt: skip
+        for tier, (scores, summary) in results.items():
+            scores.drop(columns=["skills"]).to_csv(rung / f"scores_{tier}.csv", index=False)
+            summary.to_csv(rung / f"summary_{tier}.csv")
+            for group, values in summary["mean"].items():
+                row[f"{tier}_{group}"] = round(float(values), 4)
+        shutil.copy(train_dir / "options.json", rung / "options.json")
+        done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+        done.to_csv(table_path, index=False)
+        (out / "ladder.json").write_text(json.dumps({"rungs": sorted(rungs), "sizes": sizes}, indent=1))
+    return done
+
+
+def collect(paths: list[str | Path]) -> pd.DataFrame:
+    """Every ladder.csv under ``paths`` as one table (one row per rung)."""
+    files = sorted({f for p in paths for f in Path(p).rglob("ladder.csv")})
+    if not files:
+        raise FileNotFoundError(f"No ladder.csv under {', '.join(map(str, paths))}: climb a ladder first.")
+    return pd.concat([pd.read_csv(f).assign(source=str(f.parent)) for f in files], ignore_index=True)
+
+
+def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list[Path]:
+    """Verdict (all-or-nothing) on both tiers against training machine-minutes, one line per ladder."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, (col, title) in zip(
+        axes, [("geneval_overall", "GenEval-style tier (seen compositions)"),
+               ("heldout_overall", "held-out tier (new compositions)")], strict=True,
+    ):  # fmt: skip
+        for (_, preset), group in table.groupby(["source", "preset"]):
+            group = group.sort_values("machine_minutes")
+            label = f"{preset} ({group['encoder'].iloc[0]} {group['strategy'].iloc[0]})"
+            ax.plot(group["machine_minutes"], group[col], marker="o", label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training machine-minutes (1 thread)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("verdict (all-or-nothing)")
+    axes[0].axhline(0.5, color="gray", ls=":", lw=1)
+    axes[1].axhline(0.2, color="gray", ls=":", lw=1)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, stem, table)
