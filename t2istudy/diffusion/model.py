@@ -140,6 +140,11 @@ PRESETS: dict[str, Preset] = {
         },
         vae=True,
         autoencoder="shapes-f2c4",
+        # SD2's schedule for latents: its last alpha_bar (~0.005) keeps the first sampling step well posed
+        # (the pixel presets' cosine schedule ends at ~2e-9 and needs x0 clipping, which latents cannot use)
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
         guidance_scale=3.0,
         train_defaults={
             "train_batch_size": 64,
@@ -166,6 +171,9 @@ PRESETS: dict[str, Preset] = {
         },
         vae=True,
         autoencoder="shapes-tiny",
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
         guidance_scale=3.0,
         train_defaults={
             "train_batch_size": 16,
