@@ -41,8 +41,9 @@ class AutoencoderRecipe:
     block_out_channels: tuple[int, ...] = (32, 64)  # one block per level; len - 1 halvings of the side
     layers_per_block: int = 1
     norm_num_groups: int = 8
-    steps: int = 3000  # optimizer steps on fresh scenes
-    batch_size: int = 64
+    steps: int = 1500  # optimizer steps on fresh scenes (MSE 0.0017 at the end; the judge reads >= 99.7% of
+    # reconstructed benchmark scenes right, tests/test_latent.py)
+    batch_size: int = 32
     learning_rate: float = 2e-3  # cosine-decayed to 0 over `steps`
     kl_weight: float = 1e-6  # SD's VAE regularizes its latents lightly; here only to keep them bounded
     seed: int = 0
