@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import t2istudy  # noqa: F401
+from t2istudy.diffusion.checkpoint import Denoiser
 from t2istudy.diffusion.model import TextConditioner, build_unet, count_parameters, get_preset
-from t2istudy.diffusion.train import Denoiser, diffusion_loss
+from t2istudy.diffusion.train import diffusion_loss
 
 
 def sync(device: str) -> None:

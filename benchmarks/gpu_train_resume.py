@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import t2istudy.diffusion.train as T  # noqa: E402
+from t2istudy.diffusion.checkpoint import final_weights  # noqa: E402
 from t2istudy.diffusion.model import get_preset  # noqa: E402
 from t2istudy.text.cache import EmbeddingCache  # noqa: E402
 
@@ -168,7 +169,7 @@ def main() -> None:
     report["max_loss_diff_after_stop"] = max(diff[args.stop :])
     report["bitwise_equal_losses"] = a == b
     for which, name in (("final", "ema"), ("raw", "raw")):
-        wa, wb = T.final_weights(full, which), T.final_weights(part, which)
+        wa, wb = final_weights(full, which), final_weights(part, which)
         assert wa.keys() == wb.keys()
         report[f"max_weight_diff_{name}"] = max(
             float((wa[k].float() - wb[k].float()).abs().max()) for k in wa

@@ -17,9 +17,9 @@ import time
 import torch
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
+from t2istudy.diffusion.checkpoint import Denoiser
 from t2istudy.diffusion.model import TextConditioner, build_unet, get_preset
 from t2istudy.diffusion.sample import sample
-from t2istudy.diffusion.train import Denoiser
 
 
 class FixedText:

@@ -24,9 +24,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
+from t2istudy.diffusion.checkpoint import Denoiser
 from t2istudy.diffusion.data import shapes_pool
 from t2istudy.diffusion.model import TextConditioner, build_unet, get_preset
-from t2istudy.diffusion.train import Denoiser, diffusion_loss, step_randomness
+from t2istudy.diffusion.train import diffusion_loss, step_randomness
 from t2istudy.text.cache import EmbeddingCache, OnlineText
 
 

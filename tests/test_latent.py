@@ -13,9 +13,11 @@ from diffusers import AutoencoderKL
 from helpers import FakeEncoder
 
 from t2istudy.diffusion.autoencoder import RECIPES, build_autoencoder, get_or_train, reconstruct
+from t2istudy.diffusion.checkpoint import final_weights
 from t2istudy.diffusion.data import shapes_pool, to_tensor
 from t2istudy.diffusion.latents import LatentCache, LatentPairs, sample_latents
-from t2istudy.diffusion.train import TrainOptions, final_weights, train
+from t2istudy.diffusion.options import TrainOptions
+from t2istudy.diffusion.train import train
 from t2istudy.diffusion.train_folder import read_train_log
 from t2istudy.scoring.judge import judge
 from t2istudy.scoring.scorers import summarize_geneval

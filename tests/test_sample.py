@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
+from t2istudy.diffusion.checkpoint import Denoiser, load_denoiser
 from t2istudy.diffusion.model import TextConditioner, build_unet, get_preset
+from t2istudy.diffusion.options import TrainOptions
 from t2istudy.diffusion.sample import sample
-from t2istudy.diffusion.train import Denoiser
+from t2istudy.diffusion.train import train
 
 PRESET = get_preset("cpu-tiny")
 NULL = (torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool))
@@ -98,7 +100,6 @@ def test_short_cpu_small_run_beats_untrained_model_with_the_judge(tmp_path):
     0.23 / 0.68 vs 0.06 / 0.47 on 2 threads (an untrained model draws grey noise, which already satisfies the
     "no blue" constraints). 200 steps gave only 0.10 vs 0.02, and lr 1e-3 at 400 steps 0.17."""
     from t2istudy.diffusion.sample import sample_run
-    from t2istudy.diffusion.train import TrainOptions, load_denoiser, train
     from t2istudy.scoring.scorers import get_scorer
     from t2istudy.text.cache import EmbeddingCache
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from t2istudy.figure_files import save_figure
 from t2istudy.text.encoders import LayerStates, load_encoder
-from t2istudy.text.plots_layers import plot_layer_norms, plot_layer_similarity, save_figure
+from t2istudy.text.plots_layers import plot_layer_norms, plot_layer_similarity
 from t2istudy.text.stats import (
     encoder_layer_stats,
     layer_norm_stats,
@@ -122,8 +123,8 @@ def test_chunked_encoder_stats_equal_one_shot(minilm):
 def test_plots_write_png_pdf_csv(tmp_path):
     stats = layer_norm_stats(STATES, encoder="toy")
     sim = layer_similarity(STATES, encoder="toy")
-    paths = save_figure(plot_layer_norms(stats), stats, tmp_path, "layer_norms")
-    paths += save_figure(plot_layer_similarity(sim), sim, tmp_path, "layer_similarity")
+    paths = save_figure(plot_layer_norms(stats), tmp_path, "layer_norms", stats)
+    paths += save_figure(plot_layer_similarity(sim), tmp_path, "layer_similarity", sim)
     names = sorted(p.name for p in paths)
     assert names == sorted(
         f"{s}.{e}" for s in ("layer_norms", "layer_similarity") for e in ("png", "pdf", "csv")
@@ -137,8 +138,8 @@ def test_plots_write_png_pdf_csv(tmp_path):
     )
     # A rerun writes the same bytes (no PDF creation date), so re-executing a notebook leaves git clean.
     first = {p: p.read_bytes() for p in paths}
-    save_figure(plot_layer_norms(stats), stats, tmp_path, "layer_norms")
-    save_figure(plot_layer_similarity(sim), sim, tmp_path, "layer_similarity")
+    save_figure(plot_layer_norms(stats), tmp_path, "layer_norms", stats)
+    save_figure(plot_layer_similarity(sim), tmp_path, "layer_similarity", sim)
     assert all(p.read_bytes() == first[p] for p in paths)
 
 

@@ -16,17 +16,12 @@ from helpers import FakeEncoder
 from PIL import Image
 from safetensors.torch import load_file
 
+from t2istudy.diffusion.checkpoint import final_weights
 from t2istudy.diffusion.data import FolderPairs, StepBatchSampler, shapes_pool
 from t2istudy.diffusion.model import get_preset
-from t2istudy.diffusion.train import (
-    TrainOptions,
-    build_parser,
-    diffusion_loss,
-    final_weights,
-    read_train_log,
-    resolve_options,
-    train,
-)
+from t2istudy.diffusion.options import TrainOptions, resolve_options
+from t2istudy.diffusion.train import build_parser, diffusion_loss, train
+from t2istudy.diffusion.train_folder import read_train_log
 from t2istudy.text.cache import EmbeddingCache
 
 POOL = 64

@@ -20,8 +20,9 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
+from t2istudy.diffusion.checkpoint import load_denoiser
 from t2istudy.diffusion.data import to_uint8
-from t2istudy.diffusion.model import Preset, get_preset
+from t2istudy.diffusion.model import Preset, get_preset, load_vae
 from t2istudy.text.cache import EmbeddingCache, pad_cat
 
 SAMPLERS = ("ddim", "dpm++")
@@ -63,7 +64,7 @@ def sample(
 ) -> list[np.ndarray]:
     """One uint8 [H, W, 3] image per (prompt, seed), prompt-major (image i*len(seeds)+j = prompts[i], seeds[j]).
 
-    `model` is a `train.Denoiser`; `text` anything with `embed(captions) -> (features, mask)` (an
+    `model` is a `checkpoint.Denoiser`; `text` anything with `embed(captions) -> (features, mask)` (an
     `EmbeddingCache` or `OnlineText`); `null` the empty-prompt embedding the model was trained with.
     Writes `<out_dir>/<prompt index>-s<seed>.png` and `grid.png` (rows = prompts) when out_dir is given.
     """
@@ -139,8 +140,6 @@ def sample_run(
     Without `text`, the prompts get their own cache entry under the run's cache_dir (the encoder loads
     only if that entry is missing).
     """
-    from t2istudy.diffusion.train import load_denoiser
-
     model, opts, null = load_denoiser(run_dir, weights)
     if text is None:
         text = EmbeddingCache.get_or_build(
@@ -155,8 +154,6 @@ def sample_run(
         text.check(opts.encoder, opts.strategy)
     vae = None
     if get_preset(opts.preset).vae:
-        from t2istudy.diffusion.model import load_vae
-
         vae = load_vae(vae_path or opts.vae_path)
     return sample(
         model, prompts, seeds, text=text, null=null, preset=opts.preset, prediction_type=opts.prediction_type,

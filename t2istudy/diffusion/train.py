@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import typing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,12 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from t2istudy.diffusion.autoencoder import get_or_train
+from t2istudy.diffusion.checkpoint import Denoiser
 from t2istudy.diffusion.data import FolderPairs, StepBatchSampler, shapes_pool
 from t2istudy.diffusion.latents import LatentCache, LatentPairs, sample_latents
 from t2istudy.diffusion.model import (
@@ -54,6 +54,7 @@ from t2istudy.diffusion.model import (
     load_vae_config,
     set_input_scale,
 )
+from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train_folder import (
     CHECKPOINTS,
     FINAL,
@@ -65,103 +66,7 @@ from t2istudy.diffusion.train_folder import (
 )
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, slug, token_rms
-
-
-@dataclass
-class TrainOptions:
-    """Every training flag with its default (diffusers train_text_to_image names where they exist).
-
-    `None` means "the preset's default" (see `Preset.train_defaults`), resolved by `resolve_options`.
-    """
-
-    # what is compared
-    encoder: str = "gemma3-270m"
-    strategy: str = "norm_mean"
-    preset: str = "cpu-small"
-    input_scale: str = "rms"  # rms: one dataset-wide factor bringing token RMS to 1 | none
-    max_length: int | None = None  # encoder token limit (None: the encoder's default)
-    # data and text
-    data: str = "shapes"  # "shapes" (the procedural world) or a folder of images + captions / .tar shards
-    pool_size: int = 8192  # shapes: scenes in the fixed training pool (every caption gets cached)
-    max_objects: int | None = None  # shapes: cap objects per scene (None: the world's maximum)
-    data_seed: int = 0
-    on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
-    text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
-    cache_dir: str = "cache/embeddings"
-    encode_batch_size: int = 64
-    vae_path: str | None = None  # local diffusers AutoencoderKL folder (sd2-256); None: the preset's own
-    # autoencoder, trained once per machine (cpu-latent; t2istudy.autoencoder)
-    latents: str | None = None  # VAE presets: online (encode every step) | cache (encode the pool once, mmap)
-    latent_cache_dir: str = "cache/latents"
-    dataloader_num_workers: int = 0
-    # optimisation
-    train_batch_size: int | None = None  # per process
-    gradient_accumulation_steps: int = 1
-    max_train_steps: int | None = None
-    learning_rate: float | None = None
-    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
-    lr_warmup_steps: int | None = None
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0  # <= 0 disables clipping
-    prediction_type: str | None = None  # epsilon | v_prediction
-    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; <= 0 disables
-    caption_dropout: float = 0.1  # fraction of captions replaced by the empty prompt (for CFG)
-    use_ema: bool | None = None
-    ema_decay: float = 0.9999  # upper bound; EMA warm-up (power 2/3) makes early decay smaller
-    mixed_precision: str | None = None  # no | fp16 | bf16
-    seed: int = 0
-    # run directory, checkpoints, logging
-    output_dir: str | None = None
-    runs_root: str = "runs/train"
-    checkpointing_steps: int | None = None
-    checkpoints_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
-    stop_after_steps: int | None = None  # save a checkpoint and stop at this step (as if killed)
-    logging_steps: int = 10
-    report_to: str = "tensorboard"  # tensorboard | none
-    num_threads: int | None = None  # torch CPU threads per process
-    progress: bool = True
-
-
-FALLBACKS = {"use_ema": False, "mixed_precision": "no", "checkpointing_steps": 500, "latents": "online"}
-
-
-def resolve_options(opts: TrainOptions) -> TrainOptions:
-    """Fill `None` fields from the preset, validate choices, canonicalize the strategy."""
-    preset = get_preset(opts.preset)
-    values = asdict(opts)
-    for key, value in {**FALLBACKS, **preset.train_defaults}.items():
-        if values.get(key) is None:
-            values[key] = value
-    values["prediction_type"] = values["prediction_type"] or preset.prediction_type
-    values["strategy"] = str(parse_strategy(values["strategy"]))
-    choices = {
-        "input_scale": ("rms", "none"),
-        "text": ("cache", "online"),
-        "on_bad": ("skip", "stop"),
-        "prediction_type": ("epsilon", "v_prediction"),
-        "mixed_precision": ("no", "fp16", "bf16"),
-        "report_to": ("tensorboard", "none"),
-        "latents": ("online", "cache"),
-    }
-    for key, allowed in choices.items():
-        if values[key] not in allowed:
-            raise ValueError(f"--{key} {values[key]!r} is not valid: choose one of {', '.join(allowed)}.")
-    for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
-        if values[key] < 1:
-            raise ValueError(f"--{key} must be >= 1, got {values[key]}.")
-    if values["latents"] == "cache" and not preset.vae:
-        raise ValueError(
-            f"--latents cache needs a preset with a VAE; {preset.name} trains on pixels. Drop the flag or pick "
-            "cpu-latent / sd2-256."
-        )
-    if not 0.0 <= values["caption_dropout"] < 1.0:
-        raise ValueError(f"--caption_dropout must be in [0, 1), got {values['caption_dropout']}.")
-    return TrainOptions(**values)
-
+from t2istudy.text.encoders import load_encoder
 
 # ---- run directory -----------------------------------------------------------------------------------------
 
@@ -195,21 +100,6 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
 
 
 # ---- the model being trained -------------------------------------------------------------------------------
-
-
-class Denoiser(nn.Module):
-    """U-Net + text conditioner as one module, so DDP, EMA and checkpoints treat them together."""
-
-    def __init__(self, unet: nn.Module, conditioner: TextConditioner):
-        super().__init__()
-        self.unet = unet
-        self.conditioner = conditioner
-
-    def forward(
-        self, noisy: torch.Tensor, t: torch.Tensor, features: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        context, mask = self.conditioner(features, mask)
-        return self.unet(noisy, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
 
 
 def step_randomness(
@@ -262,8 +152,6 @@ def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator
                 batch_size=opts.encode_batch_size, progress=opts.progress and accelerator.is_main_process,
             )  # fmt: skip
         return text.check(opts.encoder, opts.strategy), text.token_rms, str(text.path)
-    from t2istudy.text.encoders import load_encoder
-
     encoder = load_encoder(opts.encoder, device=accelerator.device, max_length=opts.max_length)
     text = OnlineText(encoder, opts.strategy, opts.encode_batch_size)
     probe = sorted(set(captions))[:512]  # the statistic the cache would compute, on a fixed subset
@@ -550,54 +438,6 @@ def save_final(model: Denoiser, ema: EMAModel | None, run_dir: Path, null, summa
 def _last_logged_loss(run_dir: Path) -> float | None:
     logged = read_train_log(run_dir)
     return logged[-1]["loss"] if logged else None
-
-
-def final_weights(run_dir: str | Path, weights: str = "final") -> dict[str, torch.Tensor]:
-    """Every trained tensor of final/ (EMA when trained with it) or final/raw/, in one flat dict.
-
-    The conditioner's names get a ``cond.`` prefix. For comparing runs tensor by tensor (a resumed run
-    against an uninterrupted one); ``load_denoiser`` is the way to sample from a run.
-    """
-    folder = _weights_folder(Path(run_dir), weights)
-    return {
-        **load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
-        **{f"cond.{k}": v for k, v in load_file(folder / "conditioner.safetensors").items()},
-    }
-
-
-def _weights_folder(run_dir: Path, weights: str) -> Path:
-    """final/ or final/raw/, checked to hold a finished run's weights."""
-    folder = run_dir / FINAL if weights == "final" else run_dir / FINAL / "raw"
-    if not (folder / "unet").is_dir() or not (folder / "conditioner.safetensors").is_file():
-        raise FileNotFoundError(
-            f"No trained weights in {folder}: the run has not finished. Resume it with "
-            f"--output_dir {run_dir} --resume_from_checkpoint latest."
-        )
-    return folder
-
-
-def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:
-    """The resolved options and derived values a run was trained with."""
-    data = json.loads((Path(run_dir) / OPTIONS).read_text())
-    derived = data.pop("derived", {})
-    known = {f.name for f in dataclasses.fields(TrainOptions)}
-    return TrainOptions(**{k: v for k, v in data.items() if k in known}), derived
-
-
-def load_denoiser(run_dir: str | Path, weights: str = "final") -> tuple[Denoiser, TrainOptions, tuple]:
-    """(model, options, null embedding) from final/ (EMA if trained with it) or final/raw/."""
-    run_dir = Path(run_dir)
-    opts, derived = load_options(run_dir)
-    folder = _weights_folder(run_dir, weights)
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"))
-    conditioner = TextConditioner(
-        derived["text_width"], unet.config.cross_attention_dim, derived["num_layers"]
-    )
-    conditioner.load_state_dict(load_file(folder / "conditioner.safetensors"))
-    null = load_file(run_dir / FINAL / "null.safetensors")
-    return Denoiser(unet, conditioner).eval(), opts, (null["features"], null["mask"].bool())
 
 
 # ---- command line ------------------------------------------------------------------------------------------

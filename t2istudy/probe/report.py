@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import scipy.stats
+import seaborn as sns
 
+from t2istudy.figure_files import write_png_pdf
 from t2istudy.text.aggregation import parse_strategy
 
 # ----------------------------------------------------------------------------------------------------
@@ -21,8 +24,6 @@ from t2istudy.text.aggregation import parse_strategy
 def plot_layer_curves(summary: pd.DataFrame, encoder: str, ncols: int = 4):
     """One panel per skill: accuracy per layer (seed min-max shaded, mean line), the strategies as
     horizontal reference lines, controls (random init, shuffled) dashed, chance dotted."""
-    import matplotlib.pyplot as plt
-
     data = summary[summary.encoder == encoder]
     if data.empty:
         raise ValueError(
@@ -81,10 +82,6 @@ def save_figures(
     summary: pd.DataFrame, out_dir: str | os.PathLike = "figures", prefix: str = "probe"
 ) -> list[Path]:
     """``<out_dir>/<prefix>_<encoder>.{png,pdf,csv}`` per encoder and ``<prefix>_all.csv``."""
-    import matplotlib.pyplot as plt
-
-    from t2istudy.study.analysis import write_png_pdf
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{prefix}_all.csv"]
@@ -152,8 +149,6 @@ def relate_to_diffusion(
     result = scipy.stats.spearmanr(joined.accuracy, joined.score)
     stats = pd.Series({"rho": result.statistic, "p": result.pvalue, "n": len(joined)})
     if ax is not None:
-        import seaborn as sns
-
         sns.scatterplot(data=joined, x="accuracy", y="score", hue="skill", style="encoder", ax=ax)
         ax.set_xlabel("probe accuracy (held-out, exact)")
         ax.set_ylabel(f"diffusion score ({score})")

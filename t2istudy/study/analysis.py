@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from t2istudy.text.plots_layers import plot_layer_norms
 from t2istudy.world.genai_bench import SKILL_GROUPS
 
 OURS = "ours (shapes world, pixel judge)"
@@ -314,28 +315,7 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: st
 
 
 # ---------------------------------------------------------------------------------------------
-# Figures: every figure as PNG + PDF with its numbers as CSV beside it
-
-
-def write_png_pdf(fig: plt.Figure, png: Path, pdf: Path, dpi: int = 150, tight: bool = True) -> None:
-    """Every figure's PNG and PDF. The PDF carries no creation date, so rerunning an unchanged
-    notebook writes the same bytes and leaves the git tree clean (PNGs hold no date already)."""
-    bbox = "tight" if tight else None
-    fig.savefig(png, dpi=dpi, bbox_inches=bbox)
-    fig.savefig(pdf, bbox_inches=bbox, metadata={"CreationDate": None})
-
-
-def save_figure(
-    fig: plt.Figure, out_dir: str | Path, stem: str, data: pd.DataFrame | None = None
-) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    write_png_pdf(fig, paths[0], paths[1])
-    if data is not None:
-        paths.append(out_dir / f"{stem}.csv")
-        data.to_csv(paths[-1], index=False)
-    return paths
+# Figures (each saved by figure_files.save_figure: PNG + PDF with its numbers as CSV beside it)
 
 
 def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
@@ -400,8 +380,6 @@ def claims_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure,
 
 def layer_norm_plot(stats: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     """The layer-norm figure of notebooks/layer_norms.ipynb, redrawn from its CSV (its plot function)."""
-    from t2istudy.text.plots_layers import plot_layer_norms
-
     needed = {"encoder", "layer", "depth", "norm", "tokens", "mean", "max"}
     if not needed <= set(stats.columns):
         raise ValueError(

@@ -20,9 +20,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from t2istudy.diffusion.train import TrainOptions, train
+from t2istudy.diffusion.options import TrainOptions
+from t2istudy.diffusion.train import train
 from t2istudy.diffusion.train_folder import complete_checkpoints
-from t2istudy.study.analysis import save_figure
+from t2istudy.figure_files import save_figure
 from t2istudy.study.tiers import evaluate_tiers
 
 COLUMNS = ("preset", "encoder", "strategy", "seed", "steps", "train_seconds", "threads", "machine_minutes",

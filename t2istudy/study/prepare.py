@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from t2istudy.diffusion import train
+from t2istudy.diffusion.model import get_preset
+from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.study import runs
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, caption_hash
+from t2istudy.world.shapes_benchmark import make_benchmark
 
 PROMPT_BATCH = 64  # sample.sample_run encodes benchmark prompts with get_or_build's default batch size
 
@@ -53,10 +57,6 @@ def run_values(spec: runs.RunSpec) -> dict[str, Any] | None:
 
 def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
     """What the runs will look up in the cache: their training captions and their benchmark prompts."""
-    from t2istudy.diffusion import train
-    from t2istudy.diffusion.model import get_preset
-    from t2istudy.world.shapes_benchmark import make_benchmark
-
     requests: dict[tuple, CacheRequest] = {}
     captions_of: dict[tuple, list[str]] = {}  # one caption pool per data setting, built once
     prompts_of: dict[tuple, list[str]] = {}  # one benchmark per (n_per_skill, benchmark_seed), likewise
@@ -74,7 +74,7 @@ def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
         values = run_values(spec)
         if values is None:
             continue
-        opts = train.resolve_options(train.TrainOptions(
+        opts = resolve_options(TrainOptions(
             encoder=values["encoder"], strategy=values["strategy"], preset=values.get("preset", "cpu-small"),
             seed=values.get("seed", 0), **values.get("train_options", {}),
         ))  # fmt: skip

@@ -1,18 +1,16 @@
 """Figures for the layer-norm explorer: token norm per layer, cross-layer cosine similarity.
 
-Each figure is saved as PNG and PDF with the numbers it shows as CSV beside it (``save_figure``).
+Each figure is saved as PNG and PDF with the numbers it shows as CSV beside it
+(``t2istudy.figure_files.save_figure``).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-
-from t2istudy.study.analysis import write_png_pdf
 
 
 def plot_layer_norms(stats: pd.DataFrame) -> plt.Figure:
@@ -66,13 +64,3 @@ def plot_layer_similarity(similarity: pd.DataFrame) -> plt.Figure:
     fig.suptitle("Mean cosine similarity of a token's states across layers (first token excluded)")
     fig.tight_layout()
     return fig
-
-
-def save_figure(fig: plt.Figure, table: pd.DataFrame, out_dir: str | Path, stem: str) -> list[Path]:
-    """Write ``<out_dir>/<stem>.png``, ``.pdf`` and the numbers as ``.csv``; return the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf", out / f"{stem}.csv"]
-    write_png_pdf(fig, paths[0], paths[1])
-    table.to_csv(paths[2], index=False)
-    return paths

@@ -1,0 +1,120 @@
+"""Every training flag in one dataclass, and how a run's options.json reads back into it.
+
+Torch-free apart from the preset and strategy parsers, so that sampling, `grid prepare` and the run
+notebook can name and resolve options without importing the training loop (accelerate, data, cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from t2istudy.diffusion.model import get_preset
+from t2istudy.diffusion.train_folder import OPTIONS
+from t2istudy.text.aggregation import parse_strategy
+
+
+@dataclass
+class TrainOptions:
+    """Every training flag with its default (diffusers train_text_to_image names where they exist).
+
+    `None` means "the preset's default" (see `Preset.train_defaults`), resolved by `resolve_options`.
+    """
+
+    # what is compared
+    encoder: str = "gemma3-270m"
+    strategy: str = "norm_mean"
+    preset: str = "cpu-small"
+    input_scale: str = "rms"  # rms: one dataset-wide factor bringing token RMS to 1 | none
+    max_length: int | None = None  # encoder token limit (None: the encoder's default)
+    # data and text
+    data: str = "shapes"  # "shapes" (the procedural world) or a folder of images + captions / .tar shards
+    pool_size: int = 8192  # shapes: scenes in the fixed training pool (every caption gets cached)
+    max_objects: int | None = None  # shapes: cap objects per scene (None: the world's maximum)
+    data_seed: int = 0
+    on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
+    text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
+    cache_dir: str = "cache/embeddings"
+    encode_batch_size: int = 64
+    vae_path: str | None = None  # local diffusers AutoencoderKL folder (sd2-256); None: the preset's own
+    # autoencoder, trained once per machine (cpu-latent; t2istudy.diffusion.autoencoder)
+    latents: str | None = None  # VAE presets: online (encode every step) | cache (encode the pool once, mmap)
+    latent_cache_dir: str = "cache/latents"
+    dataloader_num_workers: int = 0
+    # optimisation
+    train_batch_size: int | None = None  # per process
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int | None = None
+    learning_rate: float | None = None
+    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0  # <= 0 disables clipping
+    prediction_type: str | None = None  # epsilon | v_prediction
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; <= 0 disables
+    caption_dropout: float = 0.1  # fraction of captions replaced by the empty prompt (for CFG)
+    use_ema: bool | None = None
+    ema_decay: float = 0.9999  # upper bound; EMA warm-up (power 2/3) makes early decay smaller
+    mixed_precision: str | None = None  # no | fp16 | bf16
+    seed: int = 0
+    # run directory, checkpoints, logging
+    output_dir: str | None = None
+    runs_root: str = "runs/train"
+    checkpointing_steps: int | None = None
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+    stop_after_steps: int | None = None  # save a checkpoint and stop at this step (as if killed)
+    logging_steps: int = 10
+    report_to: str = "tensorboard"  # tensorboard | none
+    num_threads: int | None = None  # torch CPU threads per process
+    progress: bool = True
+
+
+FALLBACKS = {"use_ema": False, "mixed_precision": "no", "checkpointing_steps": 500, "latents": "online"}
+
+
+def resolve_options(opts: TrainOptions) -> TrainOptions:
+    """Fill `None` fields from the preset, validate choices, canonicalize the strategy."""
+    preset = get_preset(opts.preset)
+    values = asdict(opts)
+    for key, value in {**FALLBACKS, **preset.train_defaults}.items():
+        if values.get(key) is None:
+            values[key] = value
+    values["prediction_type"] = values["prediction_type"] or preset.prediction_type
+    values["strategy"] = str(parse_strategy(values["strategy"]))
+    choices = {
+        "input_scale": ("rms", "none"),
+        "text": ("cache", "online"),
+        "on_bad": ("skip", "stop"),
+        "prediction_type": ("epsilon", "v_prediction"),
+        "mixed_precision": ("no", "fp16", "bf16"),
+        "report_to": ("tensorboard", "none"),
+        "latents": ("online", "cache"),
+    }
+    for key, allowed in choices.items():
+        if values[key] not in allowed:
+            raise ValueError(f"--{key} {values[key]!r} is not valid: choose one of {', '.join(allowed)}.")
+    for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
+        if values[key] < 1:
+            raise ValueError(f"--{key} must be >= 1, got {values[key]}.")
+    if values["latents"] == "cache" and not preset.vae:
+        raise ValueError(
+            f"--latents cache needs a preset with a VAE; {preset.name} trains on pixels. Drop the flag or pick "
+            "cpu-latent / sd2-256."
+        )
+    if not 0.0 <= values["caption_dropout"] < 1.0:
+        raise ValueError(f"--caption_dropout must be in [0, 1), got {values['caption_dropout']}.")
+    return TrainOptions(**values)
+
+
+def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:
+    """The resolved options and derived values a run was trained with."""
+    data = json.loads((Path(run_dir) / OPTIONS).read_text())
+    derived = data.pop("derived", {})
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    return TrainOptions(**{k: v for k, v in data.items() if k in known}), derived
