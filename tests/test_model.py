@@ -29,13 +29,17 @@ def test_small_presets_sizes():
     with torch.device("meta"):
         assert count_parameters(build_unet("cpu-small")) == 1_687_075
         assert count_parameters(build_unet("cpu-tiny")) == 108_619
+        assert count_parameters(build_unet("cpu-latent")) == 1_763_396  # 4 latent channels, attention x3
+        assert count_parameters(build_unet("cpu-tiny-latent")) == 108_764
+    latent = get_preset("cpu-latent")
+    assert (latent.latent_channels, latent.latent_size, latent.autoencoder) == (4, 16, "shapes-f2c4")
     assert get_preset("cpu-small").guidance_scale == 3.0 and get_preset("sd2-256").guidance_scale == 7.0
 
 
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="Unknown preset 'sd3'.*cpu-small"):
         get_preset("sd3")
-    assert set(PRESETS) == {"sd2-256", "cpu-small", "cpu-tiny"}
+    assert set(PRESETS) == {"sd2-256", "cpu-small", "cpu-latent", "cpu-tiny", "cpu-tiny-latent"}
 
 
 def test_missing_vae_is_a_clear_error(tmp_path):

@@ -163,3 +163,30 @@ def test_only_runs_in_the_order_named(tmp_path, monkeypatch, waves):
     only = [ids[-1], ids[0], ids[5], ids[0]]  # a repeat runs once
     runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
     assert waves == [[ids[-1], ids[0], ids[5]]]
+
+
+def test_latent_preset_trains_its_autoencoder_and_fills_its_latent_cache_once(tmp_path, monkeypatch):
+    """A latent grid's runs find their autoencoder and latent cache ready: prepared once for all runs."""
+    from t2istudy.diffusion import autoencoder
+
+    trained: list[str] = []
+    real = autoencoder.train_autoencoder
+    monkeypatch.setattr(
+        autoencoder, "train_autoencoder", lambda r, *a, **k: trained.append(r) or real(r, *a, **k)
+    )
+    grid = yaml.safe_load(write_grid(tmp_path).read_text())
+    grid["params"]["preset"] = "cpu-tiny-latent"
+    grid["params"]["train_options"].update(
+        autoencoder_dir=str(tmp_path / "ae"), latent_cache_dir=str(tmp_path / "latents")
+    )
+    grid["axes"] = {"encoder": ["fake-a"], "strategy": ["last", "mean"], "seed": [0, 1]}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    specs = runs.expand_grid(runs.load_grid(tmp_path / "grid.yaml"))
+    assert prepare.prepare_images(specs, log=lambda *_: None) == 1  # 4 runs, one image side
+    assert len(trained) == 1
+    entries = list((tmp_path / "latents").iterdir())
+    assert len(entries) == 1 and (entries[0] / "meta.json").is_file()
+    assert len(list((tmp_path / "ae").iterdir())) == 1
+    assert (
+        prepare.prepare_images(specs, log=lambda *_: None) == 1 and len(trained) == 1
+    )  # found, not retrained

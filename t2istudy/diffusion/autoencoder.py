@@ -147,8 +147,8 @@ def train_autoencoder(
         optimizer.step()
         schedule.step()
         if step % 50 == 0 or step == recipe.steps - 1:
-            log.append({"step": step + 1, "mse": float(mse)})
-            bar.set_postfix(mse=f"{float(mse):.5f}")
+            log.append({"step": step + 1, "mse": mse.item()})
+            bar.set_postfix(mse=f"{mse.item():.5f}")
     vae.eval()
     with torch.no_grad():
         probe = torch.cat([scene_batch(recipe, recipe.steps + k) for k in range(4)])

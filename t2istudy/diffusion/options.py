@@ -42,6 +42,7 @@ class TrainOptions:
     # autoencoder, trained once per machine (cpu-latent; t2istudy.diffusion.autoencoder)
     latents: str | None = None  # VAE presets: online (encode every step) | cache (encode the pool once, mmap)
     latent_cache_dir: str = "cache/latents"
+    autoencoder_dir: str = "cache/autoencoders"  # where a preset's own autoencoder is trained once
     dataloader_num_workers: int = 0
     # optimisation
     train_batch_size: int | None = None  # per process

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from t2istudy.diffusion import train
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
@@ -96,6 +98,28 @@ def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
     return list(requests.values())
 
 
+def prepare_images(specs: list[runs.RunSpec], log=print) -> int:
+    """Train each latent preset's autoencoder and fill its latent cache once, before parallel runs would
+    each do it; returns how many image sides were prepared."""
+    done: set[tuple] = set()
+    for spec in specs:
+        values = run_values(spec)
+        if values is None:
+            continue
+        opts = resolve_options(TrainOptions(
+            encoder=values["encoder"], strategy=values["strategy"], preset=values.get("preset", "cpu-small"),
+            seed=values.get("seed", 0), **values.get("train_options", {}),
+        ))  # fmt: skip
+        preset = get_preset(opts.preset)
+        key = (opts.preset, opts.vae_path, opts.latents, opts.data, opts.pool_size, opts.data_seed, opts.max_objects)
+        if not preset.vae or key in done:
+            continue
+        log(f"[prepare] {opts.preset}: autoencoder and latent cache ({opts.latents})")
+        train.build_images(opts, preset, train.build_data(opts, preset), "cpu", torch.float32, progress=True)
+        done.add(key)
+    return len(done)
+
+
 def runs_awaiting_build(specs: list[runs.RunSpec]) -> set[str]:
     """Ids of the runs that would build a cache entry themselves: the ones a parallel launch must keep
     from building the same entry twice at once (`runs.cache_waves`)."""
@@ -119,6 +143,8 @@ def prepare_grid(
         grid = runs.load_grid(grid)
     specs = runs.select_runs(runs.expand_grid(grid), only)
     specs = [s for s in specs if runs.run_state(runs.run_path(root, s)) != "done"]
+    if not dry_run:
+        prepare_images(specs, log)
     todo = [(r, missing) for r in cache_requests(specs) if (missing := r.missing())]
     if not todo:
         log(f"[prepare {grid.name}] every cache entry the incomplete runs need exists")
