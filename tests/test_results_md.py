@@ -1,0 +1,122 @@
+"""RESULTS.md quotes figures/ exactly: every number in its tables matches the CSV it names."""
+
+from pathlib import Path
+
+import pytest
+
+from t2istudy.study.results_check import (
+    CheckReport,
+    ResultsCheckError,
+    check_results,
+    compare_cell,
+    key_words,
+    parse_tables,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "RESULTS.md"
+
+ARM_ROW = "| Gemma-3 `last` | 3 | 0.281 | 0.216 | 0.066 [0.051, 0.081] |"
+CLAIM_ROW = "| 1 | | SmolLM2 | 3 | **+0.013 [+0.004, +0.024] held** |"
+
+
+def check_edited(tmp_path: Path, old: str, new: str) -> CheckReport:
+    """Check a copy of RESULTS.md with one edit, against the real figures/."""
+    text = RESULTS.read_text()
+    assert text.count(old) == 1, f"the test expects {old!r} once in RESULTS.md"
+    copy = tmp_path / "RESULTS.md"
+    copy.write_text(text.replace(old, new))
+    return check_results(copy, root=REPO)
+
+
+def test_results_md_matches_figures() -> None:
+    report = check_results(RESULTS)
+    assert [str(mismatch) for mismatch in report.mismatches] == []
+    # the arm, claims, per-skill and probe tables; a comment that silently checked nothing would show here
+    assert report.tables_checked == 4
+    assert report.numbers_checked >= 220
+
+
+def test_a_changed_number_is_caught_naming_table_row_and_column(tmp_path: Path) -> None:
+    report = check_edited(tmp_path, ARM_ROW, ARM_ROW.replace("0.066 [0.051", "0.067 [0.051"))
+    assert len(report.mismatches) == 1
+    mismatch = report.mismatches[0]
+    assert mismatch.table.endswith("(Claims)")
+    assert mismatch.row == "Gemma-3 last"
+    assert mismatch.column == "above the floor [95% CI]"
+    assert (mismatch.quoted, mismatch.csv_value) == ("0.067", "+0.066 (0.0659388888888889)")
+
+
+def test_a_changed_ci_bound_and_verdict_are_caught(tmp_path: Path) -> None:
+    edited = CLAIM_ROW.replace("+0.024] held", "+0.025] inconclusive")
+    report = check_edited(tmp_path, CLAIM_ROW, edited)
+    problems = sorted((m.row, m.column, m.quoted, m.problem) for m in report.mismatches)
+    assert problems == [
+        (
+            "1 SmolLM2",
+            "score [95% CI]",
+            "**+0.013 [+0.004, +0.025] inconclusive**",
+            "the CSV's word is missing from the cell",
+        ),
+        ("1 SmolLM2", "score [95% CI]", "+0.025", "number differs from the CSV"),
+    ]
+
+
+def test_a_table_without_a_source_comment_is_reported(tmp_path: Path) -> None:
+    report = check_edited(tmp_path, "<!-- source: none (the protocol's settings, not results) -->\n", "")
+    assert len(report.mismatches) == 1
+    assert report.mismatches[0].table.startswith("table at line ")
+    assert "Protocol" in report.mismatches[0].table
+    assert "no source comment" in report.mismatches[0].problem
+
+
+def test_a_missing_source_csv_names_the_path(tmp_path: Path) -> None:
+    old = "<!-- source: figures/fraction/prompt_following.csv where skill=overall"
+    with pytest.raises(FileNotFoundError, match=r"figures/fraction/gone\.csv does not exist"):
+        check_edited(tmp_path, old, old.replace("prompt_following", "gone"))
+
+
+def test_an_undeclared_column_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ResultsCheckError, match=r"not declared: \['seeds'\]"):
+        check_edited(
+            tmp_path, "column: seeds = n_seeds\ncolumn: fraction = score", "column: fraction = score"
+        )
+
+
+def test_a_row_no_csv_row_matches_is_reported(tmp_path: Path) -> None:
+    report = check_edited(tmp_path, ARM_ROW, ARM_ROW.replace("`last`", "`layer:4`"))
+    assert [(m.row, m.column) for m in report.mismatches][:1] == [("Gemma-3 layer:4", "seeds")]
+    assert "0 rows of figures/fraction/prompt_following.csv match" in report.mismatches[0].problem
+
+
+def test_compare_cell_rounds_to_the_quoted_precision() -> None:
+    assert compare_cell("+0.051 [+0.019, +0.082]", [0.05128, 0.01933, 0.08162]) == ([], 3)
+    assert compare_cell("0.05 [0.02, 0.08]", [0.05128, 0.01933, 0.08162]) == ([], 3)
+    assert compare_cell("-0.002", [-0.0021]) == ([], 1)
+    assert compare_cell("+0.001", [-0.0021]) == (
+        [("+0.001", "-0.002 (-0.0021)", "number differs from the CSV")],
+        1,
+    )
+    assert compare_cell("0.066", [0.066, 0.05, 0.08]) == (
+        [("0.066", "0.066, 0.05, 0.08", "quotes 1 numbers where the CSV gives 3")],
+        0,
+    )
+
+
+def test_key_cells_become_csv_ids() -> None:
+    assert key_words("Gemma-3 `layer:9`", 2) == ["gemma3-270m", "layer:9"]
+    assert key_words("attribute (binding)", 1) == ["attribute"]
+    assert key_words("**SmolLM2**", 1) == ["smollm2-135m"]
+
+
+def test_parse_tables_keeps_the_comment_right_above_only() -> None:
+    markdown = "# A\n\n<!-- source: x.csv -->\n| a |\n|---|\n| 1 |\n\nprose\n\n| b |\n|---|\n| 2 |\n"
+    first, second = parse_tables(markdown)
+    assert (first.line, first.heading, first.header, first.rows, first.comment) == (
+        4,
+        "A",
+        ["a"],
+        [["1"]],
+        "source: x.csv",
+    )
+    assert (second.line, second.header, second.comment) == (10, ["b"], None)
