@@ -57,6 +57,11 @@ def test_geneval_tier_uses_seen_compositions_and_geneval_rules():
         assert not any((o.color, o.shape) in held for o in row.scene.objects)
     counting = tier[tier["task"] == "counting"]
     assert {c["op"] for s in counting["spec"] for c in s["constraints"]} == {"=="}  # counting is exact
+    for row in tier.itertuples():  # exactly the named objects: clutter never passes by chance
+        total = [c for c in row.spec["constraints"] if c["type"] == "count" and c["shape"] is None]
+        assert total == [
+            {"type": "count", "color": None, "shape": None, "op": "==", "n": len(row.scene.objects)}
+        ]
     single = tier[tier["task"] == "single_object"]["spec"].iloc[0]["constraints"]
     assert single[0]["op"] == ">=" and single[0]["color"] is None  # GenEval: the object is there
     assert make_geneval_tier(5, seed=1)["prompt"].tolist() == tier.groupby("task").head(5)["prompt"].tolist()

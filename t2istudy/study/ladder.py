@@ -64,9 +64,9 @@ def climb(
         seconds = time.time() - t0 + (float(done["train_seconds"].max()) if len(done) else 0.0)
         load = os.getloadavg()[0]
         t0 = time.time()
-        results = evaluate_tiers(train_dir, sizes, guidance_scale=guidance_scale)
         rung = out / f"rung-{steps:05d}"
         rung.mkdir(parents=True, exist_ok=True)
+        results = evaluate_tiers(train_dir, sizes, out_dir=rung, guidance_scale=guidance_scale)
         row = {"preset": preset, "encoder": encoder, "strategy": strategy, "seed": seed, "steps": steps,
                "train_seconds": round(seconds, 1), "threads": threads,
                "machine_minutes": round(seconds * threads / 60, 2), "load_average": round(load, 2),
