@@ -34,6 +34,9 @@ class Preset:
     beta_end: float = 0.02
     num_train_timesteps: int = 1000
     prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False  # rescale betas so the last step is pure noise (Lin et al. 2024); needs
+    # v-prediction, and lets a model set an image's mean brightness (black and white backgrounds)
+    timestep_spacing: str = "leading"  # sampling steps; "trailing" starts at the last training timestep
     clip_sample: bool = False  # pixel space: clip the predicted x0 to [-1, 1] while sampling (the cosine
     # schedule's last alpha_bar is ~2e-9, so an unclipped first DDIM step amplifies eps errors ~2e4x)
     guidance_scale: float = 7.0  # CFG default for sampling (the paper's 7.0; small presets tune it)
@@ -53,6 +56,8 @@ class Preset:
             beta_end=self.beta_end,
             prediction_type=prediction_type or self.prediction_type,
             clip_sample=False,
+            rescale_betas_zero_snr=self.zero_terminal_snr,
+            timestep_spacing=self.timestep_spacing,
         )
 
 
