@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
+from t2istudy.diffusion.model import PRESETS, get_preset, replace_preset
 from t2istudy.study.ladder import climb, collect, plot
 
 
@@ -33,6 +35,11 @@ def main() -> None:
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the preset's")
     parser.add_argument("--train_options", default="{}", help="JSON: other TrainOptions fields")
     parser.add_argument(
+        "--preset_changes", default="{}",
+        help='JSON: a lever measured as a variant of --preset, e.g. {"unet": {...}} or {"zero_terminal_snr": true}; '
+        "registered as <preset>+<name> for this process and recorded in the ladder's preset.json",
+    )  # fmt: skip
+    parser.add_argument(
         "--name", default=None, help="ladder folder name (default: preset-encoder-strategy-sSEED)"
     )
     parser.add_argument("--root", default="runs/ladder")
@@ -41,6 +48,18 @@ def main() -> None:
     args = parser.parse_args()
     if not args.plot_only:
         name = args.name or f"{args.preset}-{args.encoder}-{args.strategy}-s{args.seed}"
+        changes = json.loads(args.preset_changes)
+        if changes and not args.name:
+            parser.error("--preset_changes needs --name: the lever's ladder gets its own folder and preset name")
+        if changes:  # a lever: the preset with some fields changed, under its own name
+            base = get_preset(args.preset)
+            if isinstance(changes.get("unet"), dict):
+                changes["unet"] = {**base.unet, **changes["unet"]}
+            args.preset = f"{args.preset}+{args.name}"
+            PRESETS[args.preset] = replace_preset(base, name=args.preset, **changes)
+            out = Path(args.root) / name
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "preset.json").write_text(json.dumps({"base": base.name, "changes": changes}, indent=1))
         table = climb(
             f"{args.root}/{name}", [int(r) for r in args.rungs.split(",")], preset=args.preset,
             encoder=args.encoder, strategy=args.strategy, seed=args.seed, threads=args.threads,
