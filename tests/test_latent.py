@@ -176,3 +176,31 @@ def test_autoencoder_round_trip_is_read_right_by_the_judge():
     recon = ((reconstruct(vae, images) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     passed = [judge(im, spec)[0] for im, spec in zip(recon, bench["spec"], strict=True)]
     assert np.mean(passed) >= 0.99, np.mean(passed)
+
+
+def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp_path, monkeypatch):
+    from t2istudy.study import ladder
+    from t2istudy.study.tiers import make_tier
+
+    calls = []
+    real_train = ladder.train
+    monkeypatch.setattr(ladder, "train", lambda opts: calls.append(opts.max_train_steps) or real_train(opts))
+    options = latent_options(text_cache, tiny_vae, tmp_path / "unused")
+    keep = {k: getattr(options, k) for k in ("pool_size", "cache_dir", "vae_path", "latent_cache_dir",
+                                              "train_batch_size", "lr_warmup_steps", "checkpointing_steps")}  # fmt: skip
+    for tier in ("geneval", "heldout"):  # the tiers' prompts embedded by the fake encoder, as prepare would
+        prompts = make_tier(tier, 1)["prompt"].tolist()
+        EmbeddingCache.build(FakeEncoder(), "norm_mean", prompts, text_cache, progress=False)
+    kw = dict(
+        preset="cpu-tiny-latent", encoder="fake-8", sizes={"geneval": 1, "heldout": 1}, train_options=keep
+    )
+    table = ladder.climb(tmp_path / "lad", [4, 2], **kw)
+    assert table["steps"].tolist() == [2, 4] and calls == [2, 4]
+    assert (table["train_seconds"].diff().dropna() > 0).all()  # cumulative training time
+    assert {"geneval_overall", "geneval_color_attr", "heldout_overall", "heldout_attribute"} <= set(
+        table.columns
+    )
+    again = ladder.climb(tmp_path / "lad", [2, 4], **kw)  # finished rungs are skipped, nothing retrains
+    assert calls == [2, 4] and again["train_seconds"].tolist() == table["train_seconds"].tolist()
+    paths = ladder.plot(ladder.collect([tmp_path / "lad"]), tmp_path / "fig")
+    assert sorted(p.name for p in paths) == ["ladder.csv", "ladder.pdf", "ladder.png"]
