@@ -98,9 +98,9 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list
         axes, [("geneval_overall", "GenEval-style tier (seen compositions)"),
                ("heldout_overall", "held-out tier (new compositions)")], strict=True,
     ):  # fmt: skip
-        for (_, preset), group in table.groupby(["source", "preset"]):
+        for source, group in table.groupby("source"):
             group = group.sort_values("machine_minutes")
-            label = f"{preset} ({group['encoder'].iloc[0]} {group['strategy'].iloc[0]})"
+            label = Path(source).name  # the ladder's folder: preset (or lever), encoder, strategy, seed
             ax.plot(group["machine_minutes"], group[col], marker="o", label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training machine-minutes (1 thread)")
