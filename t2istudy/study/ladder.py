@@ -88,7 +88,7 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
     files = sorted({f for p in paths for f in Path(p).rglob("ladder.csv")})
     if not files:
         raise FileNotFoundError(f"No ladder.csv under {', '.join(map(str, paths))}: climb a ladder first.")
-    return pd.concat([pd.read_csv(f).assign(source=str(f.parent)) for f in files], ignore_index=True)
+    return pd.concat([pd.read_csv(f).assign(ladder=f.parent.name) for f in files], ignore_index=True)
 
 
 def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list[Path]:
@@ -98,9 +98,8 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list
         axes, [("geneval_overall", "GenEval-style tier (seen compositions)"),
                ("heldout_overall", "held-out tier (new compositions)")], strict=True,
     ):  # fmt: skip
-        for source, group in table.groupby("source"):
+        for label, group in table.groupby("ladder"):  # the folder: preset (or lever), encoder, strategy, seed
             group = group.sort_values("machine_minutes")
-            label = Path(source).name  # the ladder's folder: preset (or lever), encoder, strategy, seed
             ax.plot(group["machine_minutes"], group[col], marker="o", label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training machine-minutes (1 thread)")
