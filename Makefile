@@ -10,18 +10,19 @@ setup:
 	@bash scripts/setup.sh
 
 study: setup  ## the default small study end to end (hours on 2 CPU cores; resumable: rerun to continue)
-	$(PY) -m t2istudy.study.cli study
+	$(PY) -m t2istudy study
 
 quick: setup  ## a few-minute smoke run of the whole study that still writes every figure and table
-	$(PY) -m t2istudy.study.cli study --quick
+	$(PY) -m t2istudy study --quick
 
 test: setup  ## lint + the test suite
 	.venv/bin/ruff check t2istudy tests benchmarks notebooks
 	$(PY) -m pytest -q
 
-lint: setup
+lint: setup  ## ruff, and the import rule between the layers (import-linter contracts in pyproject.toml)
 	.venv/bin/ruff check t2istudy tests benchmarks notebooks
 	.venv/bin/ruff format --check t2istudy tests benchmarks
+	.venv/bin/lint-imports
 
 lab: setup  ## JupyterLab on the notebooks
 	.venv/bin/jupyter lab notebooks/

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import nbformat
 
-from t2istudy.study import runs
+from t2istudy.study import runner
 
-BODY = "import pandas as pd\nfrom t2istudy import runs\nx = sum(range(n))"
+BODY = "import pandas as pd\nfrom t2istudy.study import run_folder\nx = sum(range(n))"
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
             exec(compile("n = 1000\n" + BODY, "cell", "exec"), {})
             direct.append(time.perf_counter() - start)
             start = time.perf_counter()
-            result = runs.execute_notebook(path, Path(tmp) / "runs" / "bench" / f"r{i}", {"n": 1000})
+            result = runner.execute_notebook(path, Path(tmp) / "runs" / "bench" / f"r{i}", {"n": 1000})
             papermill.append(time.perf_counter() - start)
             assert result.state == "done", result.error
     load = os.getloadavg()

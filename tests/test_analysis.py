@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from t2istudy.scoring.bootstrap import mean_ci_over_seeds_and_prompts
 from t2istudy.study import analysis as F
-from t2istudy.study import runs
+from t2istudy.study import run_results, runner
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs"
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
@@ -19,8 +20,8 @@ NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
 @pytest.fixture(scope="module")
 def loaded():
-    metrics = runs.load_metrics(FIXTURE, "fixture")
-    scores = runs.load_scores(FIXTURE, "fixture")
+    metrics = run_results.load_metrics(FIXTURE, "fixture")
+    scores = run_results.load_scores(FIXTURE, "fixture")
     return metrics, scores, F.encoder_info(metrics), F.arm_table(metrics, scores, F.Options(n_boot=300))
 
 
@@ -33,14 +34,14 @@ def test_fixture_loads_with_known_counts(loaded):
     assert info.set_index("encoder").loc["gemma3-270m", "params"] == pytest.approx(268.1e6)
 
 
-def test_bootstrap_and_paired_difference_hand_values():
+def test_bootstrap_and_arm_difference_hand_values():
     constant = np.full((3, 10), 0.4)
-    assert F.bootstrap_mean(constant) == pytest.approx((0.4, 0.4, 0.4))
+    assert mean_ci_over_seeds_and_prompts(constant) == pytest.approx((0.4, 0.4, 0.4))
     a = pd.DataFrame(
         {"seed": [0, 0, 1, 1], "id": ["p", "q"] * 2, "score": [1.0, 1.0, 1.0, 0.0], "skills": "x"}
     )
     b = a.assign(score=[0.0, 1.0, 0.0, 0.0])
-    diff = F.paired_difference(a, b)
+    diff = F.arm_difference(a, b)
     assert diff["diff"] == pytest.approx(0.5) and (diff["n_seeds"], diff["n_prompts"]) == (2, 2)
     assert 0.0 <= diff["ci_low"] <= 0.5 <= diff["ci_high"] <= 1.0
     assert F.verdict({"diff": 0.1, "ci_low": 0.01, "ci_high": 0.2}) == "held"
@@ -97,11 +98,11 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "runs")
     figures_dir = tmp_path / "figures"
     common = {"runs_dir": str(tmp_path / "runs"), "grid": "fixture", "figures_dir": str(figures_dir)}
-    tables = runs.execute_notebook(
+    tables = runner.execute_notebook(
         NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "runs" / "analysis" / "tables", common
     )
     assert tables.state == "done", tables.error
-    figs = runs.execute_notebook(
+    figs = runner.execute_notebook(
         NOTEBOOKS / "analysis_figures.ipynb",
         tmp_path / "runs" / "analysis" / "figures",
         {**common, "layer_norms_csv": str(tmp_path / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
@@ -125,7 +126,7 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
         == ["held (preliminary: 2 seeds)"] * 3
     )
     assert (tmp_path / "runs" / "analysis" / "tables" / "notebook.ipynb").exists()
-    frac = runs.execute_notebook(
+    frac = runner.execute_notebook(
         NOTEBOOKS / "analysis_tables.ipynb",
         tmp_path / "runs" / "analysis" / "tables-fraction",
         {**common, "figures_dir": str(tmp_path / "fraction"), "metric": "fraction"},
@@ -138,7 +139,7 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     assert held["diff"].tolist() == pytest.approx([0.125]) and held["verdict"].tolist() == [
         "held (preliminary: 2 seeds)"
     ]
-    above = runs.execute_notebook(
+    above = runner.execute_notebook(
         NOTEBOOKS / "analysis_tables.ipynb",
         tmp_path / "runs" / "analysis" / "tables-above_floor",
         {**common, "figures_dir": str(tmp_path / "above_floor"), "metric": "above_floor"},
@@ -147,27 +148,29 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     gap = pd.read_csv(tmp_path / "above_floor" / "claims.csv").set_index(["a", "b"])["diff"]
     assert gap[("gemma3-270m norm_mean", "gemma3-270m last")] == pytest.approx(0.125)
     with pytest.raises(ValueError, match="not declared"):
-        runs.execute_notebook(NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "x" / "y", {"grids": "fixture"})
+        runner.execute_notebook(
+            NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "x" / "y", {"grids": "fixture"}
+        )
 
 
 def test_prompt_following_is_the_score_above_the_shuffled_prompt_floor(tmp_path):
     opts = F.Options(n_boot=200)
-    frac = F.prompt_following(runs.load_scores(FIXTURE, "fixture", metric="fraction"), opts)
+    frac = F.prompt_following(run_results.load_scores(FIXTURE, "fixture", metric="fraction"), opts)
     row = frac.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "last", "overall")]
     # fraction = 0.5 + 0.5 x score, floor 0.5: above the floor = 0.5 x (8 + 10) / 32
     assert (row["score"], row["floor"], row["above_floor"]) == pytest.approx((0.78125, 0.5, 0.28125))
     assert row["ci_low"] <= row["above_floor"] <= row["ci_high"] and row["n_seeds"] == 2
-    verdicts = F.prompt_following(runs.load_scores(FIXTURE, "fixture"), opts)  # score floor 0
+    verdicts = F.prompt_following(run_results.load_scores(FIXTURE, "fixture"), opts)  # score floor 0
     assert (verdicts["score"] == verdicts["above_floor"]).all() and (verdicts["floor"] == 0).all()
     shutil.copytree(FIXTURE, tmp_path / "runs")
     one = tmp_path / "runs" / "fixture" / "gemma3-270m__last__seed0" / "scores.csv"
     pd.read_csv(one).drop(columns=["score_shuffled", "fraction_shuffled"]).to_csv(one, index=False)
     # one run scored without the control: its seed drops out of the table, the other seed remains
-    older = F.prompt_following(runs.load_scores(tmp_path / "runs", "fixture"), opts)
+    older = F.prompt_following(run_results.load_scores(tmp_path / "runs", "fixture"), opts)
     last = older.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "last", "overall")]
     assert last["n_seeds"] == 1 and last["score"] == pytest.approx(10 / 16)  # only seed 1 counts
     with pytest.raises(ValueError, match="grid rescore"):  # the secondary metric needs the control
-        runs.load_scores(tmp_path / "runs", "fixture", metric="above_floor")
+        run_results.load_scores(tmp_path / "runs", "fixture", metric="above_floor")
 
 
 def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):
@@ -188,16 +191,18 @@ def test_probe_summaries_merge_across_sweeps_and_refuse_duplicates(tmp_path):
 
 
 def test_fraction_metric_recomputes_stats_from_the_scores(tmp_path):
-    score = runs.load_metrics(FIXTURE, "fixture").set_index(["run_id", "skill"])["mean"]
-    frac = runs.load_metrics(FIXTURE, "fixture", metric="fraction").set_index(["run_id", "skill"])["mean"]
+    score = run_results.load_metrics(FIXTURE, "fixture").set_index(["run_id", "skill"])["mean"]
+    frac = run_results.load_metrics(FIXTURE, "fixture", metric="fraction").set_index(["run_id", "skill"])[
+        "mean"
+    ]
     assert frac.loc[("gemma3-270m__last__seed0", "overall")] == pytest.approx(0.5 + 0.5 * 8 / 16)
     assert (frac - (0.5 + 0.5 * score)).abs().max() < 1e-12
-    scores = runs.load_scores(FIXTURE, "fixture", metric="fraction")
+    scores = run_results.load_scores(FIXTURE, "fixture", metric="fraction")
     assert {"verdict", "fraction"} <= set(scores.columns) and (scores.score == scores.fraction).all()
     with pytest.raises(ValueError, match="Unknown metric"):
-        runs.load_metrics(FIXTURE, "fixture", metric="vqa")
+        run_results.load_metrics(FIXTURE, "fixture", metric="vqa")
     shutil.copytree(FIXTURE / "fixture", tmp_path / "fixture")
     one = tmp_path / "fixture" / "minilm-l6__last__seed0" / "scores.csv"
     pd.read_csv(one).drop(columns="fraction").to_csv(one, index=False)  # a VQAScore run has no partial credit
     with pytest.raises(ValueError, match="no 'fraction' column"):
-        runs.load_scores(tmp_path, "fixture", metric="fraction")
+        run_results.load_scores(tmp_path, "fixture", metric="fraction")

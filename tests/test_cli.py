@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from t2istudy.study import cli, runs
+from t2istudy.study import cli, grids, paths, run_folder
 from t2istudy.study import pipeline as study
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs"
@@ -99,21 +99,21 @@ def test_study_lists_its_steps(capsys):
         and steps["analysis-figures-fraction"].params["probe_dir"] == "figures/quick/probe"
     )
     for s in study.default_study(quick=False) + study.default_study(quick=True):  # notebooks declare these
-        path = study.REPO / (s.grid or s.notebook)
+        path = paths.REPO / (s.grid or s.notebook)
         if s.grid:
-            assert len(runs.load_grid(path).runs()) in (36, 4)
+            assert len(grids.load_grid(path).runs()) in (36, 4)
         elif path.exists():
-            declared = runs.notebook_parameters(path)
+            declared = grids.notebook_parameters(path)
             assert set(s.params) <= set(declared), (s.name, sorted(declared))
 
 
 @pytest.mark.slow
 def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
     counter = tmp_path / "count.txt"
-    body = f'open({str(counter)!r}, "a").write(out_dir + "\\n")\nfrom t2istudy import runs\n'
+    body = f'open({str(counter)!r}, "a").write(out_dir + "\\n")\nfrom t2istudy.study import run_folder\n'
     run_nb = fake_notebook(tmp_path / "run.ipynb", 'x = 0\nout_dir = ""', body + (
         "import pandas as pd\nrows = pd.DataFrame({'skill': ['overall'], 'n': [1], 'mean': [x], 'ci_low': [x], 'ci_high': [x]})\n"
-        "runs.write_results(out_dir, pd.DataFrame({'id': ['1'], 'score': [x]}), rows)"))  # fmt: skip
+        "run_folder.write_results(out_dir, pd.DataFrame({'id': ['1'], 'score': [x]}), rows)"))  # fmt: skip
     side_nb = fake_notebook(tmp_path / "side.ipynb", 'n = 1\nout_dir = ""', body)
     (tmp_path / "g.yaml").write_text(
         json.dumps({"name": "g", "notebook": str(run_nb), "axes": {"x": [0, 1]}})
@@ -130,7 +130,7 @@ def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
     assert study.run_study(quick=True, runs_dir=root, log=lines.append) is False
     assert any("missing: FAILED" in line and "does not exist" in line for line in lines)
     assert lines[-1].startswith("== study --quick finished in") and "1 step(s) failed" in lines[-1]
-    assert runs.run_state(root / "side" / "quick") == "done"
+    assert run_folder.run_state(root / "side" / "quick") == "done"
     first = counter.read_text().splitlines()
     assert len(first) == 4  # 2 grid runs + side + analysis
     lines.clear()

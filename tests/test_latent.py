@@ -20,7 +20,7 @@ from t2istudy.diffusion.options import TrainOptions
 from t2istudy.diffusion.train import train
 from t2istudy.diffusion.train_folder import read_train_log
 from t2istudy.scoring.judge import judge
-from t2istudy.scoring.scorers import summarize_geneval
+from t2istudy.scoring.summaries import summarize_geneval
 from t2istudy.text.cache import EmbeddingCache
 from t2istudy.world.shapes import render, scene_satisfies
 from t2istudy.world.shapes_benchmark import hard_negative, make_benchmark

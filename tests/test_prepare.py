@@ -10,7 +10,7 @@ import yaml
 from helpers import FakeEncoder
 
 from t2istudy.diffusion.data import shapes_pool
-from t2istudy.study import prepare, runs
+from t2istudy.study import grids, prepare, run_folder, runner
 from t2istudy.text.cache import EmbeddingCache
 from t2istudy.world.shapes_benchmark import make_benchmark
 
@@ -72,13 +72,13 @@ def test_one_pass_per_encoder_and_caption_set(tmp_path, monkeypatch):
 
 def test_dry_run_builds_nothing_and_done_runs_are_left_out(tmp_path):
     grid = write_grid(tmp_path)
-    specs = runs.expand_grid(runs.load_grid(grid))
+    specs = grids.expand_grid(grids.load_grid(grid))
     for spec in specs:  # every fake-b run is complete
         if spec.params["encoder"] == "fake-b":
-            out = runs.run_path(tmp_path / "runs", spec)
+            out = grids.run_path(tmp_path / "runs", spec)
             out.mkdir(parents=True)
-            runs.write_json(
-                out / "params.json", {"schema_version": runs.SCHEMA_VERSION, "params": spec.params}
+            run_folder.write_json(
+                out / "params.json", {"schema_version": grids.SCHEMA_VERSION, "params": spec.params}
             )
             (out / "DONE").write_text("")
     lines: list[str] = []
@@ -98,7 +98,7 @@ def test_only_other_notebooks_runs_are_ignored(tmp_path):
     book.cells = [cell]
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(book, nb)
-    spec = runs.RunSpec(grid="g", run_id="x-1", notebook=str(nb), params={"x": 1})
+    spec = grids.RunSpec(grid="g", run_id="x-1", notebook=str(nb), params={"x": 1})
     assert prepare.cache_requests([spec]) == []
 
 
@@ -107,7 +107,7 @@ def waves(monkeypatch) -> list[list[str]]:
     """The run ids of each wave the local launcher is handed; nothing is executed."""
     handed: list[list[str]] = []
     monkeypatch.setattr(
-        runs, "_run_local", lambda wave, *a, **k: handed.append([s.run_id for s in wave]) or []
+        runner, "_run_local", lambda wave, *a, **k: handed.append([s.run_id for s in wave]) or []
     )
     return handed
 
@@ -118,7 +118,7 @@ def fake_encoders(monkeypatch) -> None:
 
 def arm(grid: Path, encoder: str, strategy: str) -> list[str]:
     """The run ids of one arm (its seeds): runs that share one cache entry."""
-    specs = runs.expand_grid(runs.load_grid(grid))
+    specs = grids.expand_grid(grids.load_grid(grid))
     return [s.run_id for s in specs if (s.params["encoder"], s.params["strategy"]) == (encoder, strategy)]
 
 
@@ -129,15 +129,15 @@ def test_prepared_parallel_runs_go_in_one_wave(tmp_path, monkeypatch, waves):
     grid = write_grid(tmp_path)
     only = arm(grid, "fake-a", "last")
     assert len(only) == 2
-    runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
+    runner.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
     assert waves == [only]
 
     waves.clear()
     monkeypatch.setattr(
-        "t2istudy.study.prepare.runs_awaiting_build",
+        "t2istudy.study.runner.runs_awaiting_build",
         lambda *a: (_ for _ in ()).throw(RuntimeError("no disk")),
     )
-    runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, prepare=False, log=lambda *_: None)
+    runner.run_grid(grid, tmp_path / "runs", workers=2, only=only, prepare=False, log=lambda *_: None)
     assert waves == [only[:1], only[1:]]
 
 
@@ -149,19 +149,19 @@ def test_only_runs_that_would_build_the_same_entry_wait(tmp_path, monkeypatch, w
     last, mean = arm(grid, "fake-a", "last"), arm(grid, "fake-a", "mean")
     prepare.prepare_grid(grid, tmp_path / "runs", only=last, log=lambda *_: None)  # only `last` exists
     assert prepare.runs_awaiting_build(
-        [s for s in runs.expand_grid(runs.load_grid(grid)) if s.run_id in last + mean]
+        [s for s in grids.expand_grid(grids.load_grid(grid)) if s.run_id in last + mean]
     ) == set(mean)
-    runs.run_grid(grid, tmp_path / "runs", workers=2, only=last + mean, prepare=False, log=lambda *_: None)
+    runner.run_grid(grid, tmp_path / "runs", workers=2, only=last + mean, prepare=False, log=lambda *_: None)
     assert waves == [[*last, mean[0]], [mean[1]]]
 
 
 def test_only_runs_in_the_order_named(tmp_path, monkeypatch, waves):
     """`--only c a b` runs c first: the user's priority, not the grid's order."""
-    monkeypatch.setattr("t2istudy.study.prepare.prepare_grid", lambda *a, **k: [])
+    monkeypatch.setattr("t2istudy.study.runner.prepare_grid", lambda *a, **k: [])
     grid = write_grid(tmp_path)
-    ids = [s.run_id for s in runs.expand_grid(runs.load_grid(grid))]
+    ids = [s.run_id for s in grids.expand_grid(grids.load_grid(grid))]
     only = [ids[-1], ids[0], ids[5], ids[0]]  # a repeat runs once
-    runs.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
+    runner.run_grid(grid, tmp_path / "runs", workers=2, only=only, log=lambda *_: None)
     assert waves == [[ids[-1], ids[0], ids[5]]]
 
 

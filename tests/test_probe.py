@@ -186,7 +186,7 @@ def test_same_seed_same_numbers_and_members_are_independent(synthetic):
     assert np.array_equal(a, alone.correct.to_numpy())
 
 
-def test_summarize_seed_spread_and_ci():
+def test_summarize_accuracy_seed_spread_and_ci():
     table = pd.DataFrame(
         {
             "encoder": "e",
@@ -198,7 +198,7 @@ def test_summarize_seed_spread_and_ci():
             "correct": [1, 1, 0, 0, 1, 1, 1, 0],
         }
     )
-    row = P.summarize(table, pd.Series({"s": 0.25}), n_boot=500).iloc[0]
+    row = P.summarize_accuracy(table, pd.Series({"s": 0.25}), n_boot=500).iloc[0]
     assert (row.accuracy, row.seed_min, row.seed_max, row.seed_std) == (0.625, 0.5, 0.75, 0.125)
     assert (row.n, row.seeds, row.layer, row.chance) == (4, 2, 1.0, 0.25)
     assert 0.0 <= row.ci_low <= 0.625 <= row.ci_high <= 1.0

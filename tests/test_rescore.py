@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from t2istudy.scoring.scorers import get_scorer, summarize
-from t2istudy.study import runs
+from t2istudy.scoring.scorers import get_scorer
+from t2istudy.scoring.summaries import summarize
+from t2istudy.study import grids, run_folder
 from t2istudy.study.rescore import add_shuffled_control, add_shuffled_controls
 from t2istudy.world.shapes import Obj, Scene, render
 from t2istudy.world.shapes_benchmark import make_benchmark
@@ -29,11 +30,11 @@ def finished_run(root: Path) -> tuple[Path, list[Path], pd.DataFrame]:
         files[-1].parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(files[-1])
     params = {"n_per_skill": 2, "benchmark_seed": 3, "sample_seed": 1}
-    runs.write_json(out / "params.json", {"schema_version": runs.SCHEMA_VERSION, "grid": "g", "run_id": "r",
+    run_folder.write_json(out / "params.json", {"schema_version": grids.SCHEMA_VERSION, "grid": "g", "run_id": "r",
                                           "notebook": str(NOTEBOOK), "params": params})  # fmt: skip
     table = get_scorer("judge", shuffled_control=False).score(files, bench)
-    runs.write_results(out, table, summarize(table))
-    runs.write_json(out / "DONE", {"finished": "now"})
+    run_folder.write_results(out, table, summarize(table))
+    run_folder.write_json(out / "DONE", {"finished": "now"})
     return out, files, bench
 
 

@@ -15,13 +15,13 @@ import nbformat
 import pandas as pd
 import pytest
 
-from t2istudy.study import runs
+from t2istudy.study import grids, paths, run_folder, run_results, runner
 
 FAKE_SOURCE = """
 import json, time
 from pathlib import Path
 import pandas as pd
-from t2istudy.study import runs
+from t2istudy.study import grids, paths, run_folder, run_results, runner
 out = Path(out_dir)
 (out / "ignored_while_running.txt").write_text(str((out / ".gitignore").exists()))
 with open(Path(counter), "a") as f:  # one line per execution: lets tests count re-executions
@@ -34,8 +34,8 @@ scores = pd.DataFrame({"id": ["1", "2"], "prompt": ["a", "b"], "skills": [("colo
                        "score": [x, 1.0 - x]})
 summary = pd.DataFrame({"skill": ["color", "count", "overall"], "n": [1, 1, 2],
                         "mean": [x, 1.0 - x, 0.5], "ci_low": [x, 1 - x, 0.0], "ci_high": [x, 1 - x, 1.0]})
-runs.write_results(out, scores, summary, {"train_seconds": 1.5})
-runs.finish_run(out)
+run_folder.write_results(out, scores, summary, {"train_seconds": 1.5})
+run_folder.finish_run(out)
 """
 
 
@@ -67,7 +67,7 @@ def executions(counter: Path) -> list[str]:
 
 
 def test_grid_expansion_product_exclude_include(tmp_path, nb):
-    grid = runs.load_grid(
+    grid = grids.load_grid(
         write_grid(
             tmp_path,
             nb,
@@ -86,7 +86,7 @@ def test_grid_expansion_product_exclude_include(tmp_path, nb):
     assert "minilm-l6__seed2" not in ids
     assert ids[-1] == "norm_mean-standardize__seed7"
     assert specs[0].params == {"x": 0.5, "encoder": "gemma3-270m", "seed": 0}
-    assert runs.make_run_id({"strategy": "layer[9]", "cfg": 3.0}) == "layer-9__cfg3.0"
+    assert grids.make_run_id({"strategy": "layer[9]", "cfg": 3.0}) == "layer-9__cfg3.0"
 
 
 @pytest.mark.parametrize(
@@ -102,17 +102,17 @@ def test_grid_expansion_product_exclude_include(tmp_path, nb):
 )
 def test_bad_grids_are_rejected_with_a_clear_error(tmp_path, nb, body, message):
     with pytest.raises(ValueError, match=message):
-        runs.load_grid(write_grid(tmp_path, nb, body)).runs()
+        grids.load_grid(write_grid(tmp_path, nb, body)).runs()
 
 
 def test_grid_file_not_found_and_notebook_without_parameters(tmp_path):
     with pytest.raises(FileNotFoundError, match="Grid file not found"):
-        runs.load_grid(tmp_path / "nope.yaml")
+        grids.load_grid(tmp_path / "nope.yaml")
     bare = nbformat.v4.new_notebook()
     bare.cells = [nbformat.v4.new_code_cell("x = 1")]
     nbformat.write(bare, tmp_path / "bare.ipynb")
     with pytest.raises(ValueError, match="tagged 'parameters'"):
-        runs.load_grid(write_grid(tmp_path, tmp_path / "bare.ipynb", {"axes": {"x": [1]}}))
+        grids.load_grid(write_grid(tmp_path, tmp_path / "bare.ipynb", {"axes": {"x": [1]}}))
 
 
 def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
@@ -124,7 +124,7 @@ def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
          "include": [{"x": 0.5, "fail": True}]},
     )  # fmt: skip
     root = tmp_path / "runs"
-    results = {r.run_id: r for r in runs.run_grid(grid, root, log=lambda *_: None)}
+    results = {r.run_id: r for r in runner.run_grid(grid, root, log=lambda *_: None)}
     assert {k: r.state for k, r in results.items()} == {
         "x0.25__failFalse": "done",
         "x0.75__failFalse": "done",
@@ -144,7 +144,7 @@ def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
 
     done = root / "g" / "x0.75__failFalse"
     params = json.loads((done / "params.json").read_text())
-    assert params["schema_version"] == runs.SCHEMA_VERSION
+    assert params["schema_version"] == grids.SCHEMA_VERSION
     assert params["params"] == {"counter": str(counter), "x": 0.75, "fail": False}
     metrics = json.loads((done / "metrics.json").read_text())
     assert metrics["overall"] == {"n": 2, "mean": 0.5, "ci_low": 0.0, "ci_high": 1.0}
@@ -152,7 +152,7 @@ def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
     assert pd.read_csv(done / "scores.csv")["skills"].tolist() == ["color", "count"]
     assert sorted(executions(counter)) == sorted(results)
 
-    status = runs.grid_status(grid, root).set_index("run_id")
+    status = run_results.grid_status(grid, root).set_index("run_id")
     assert status["state"].to_dict() == {
         "x0.25__failFalse": "done",
         "x0.75__failFalse": "done",
@@ -161,16 +161,16 @@ def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
     assert status.loc["x0.75__failFalse", "overall"] == 0.5
 
     # second batch: complete runs are skipped, the failed one is retried (and keeps failing)
-    again = {r.run_id: r.state for r in runs.run_grid(grid, root, log=lambda *_: None)}
+    again = {r.run_id: r.state for r in runner.run_grid(grid, root, log=lambda *_: None)}
     assert again == {"x0.25__failFalse": "skipped", "x0.75__failFalse": "skipped", "x0.5__failTrue": "failed"}
     assert executions(counter).count("x0.5__failTrue") == 2 and len(executions(counter)) == 4
     assert (failed_dir / "notebook.previous.ipynb").exists()
 
-    metrics = runs.load_metrics(root, "g")
+    metrics = run_results.load_metrics(root, "g")
     assert sorted(metrics["run_id"].unique()) == ["x0.25__failFalse", "x0.75__failFalse"]
     row = metrics[(metrics.run_id == "x0.25__failFalse") & (metrics.skill == "count")].iloc[0]
     assert (row["mean"], row["x"], row["train_seconds"]) == (0.75, 0.25, 1.5)
-    scores = runs.load_scores(root, "g")
+    scores = run_results.load_scores(root, "g")
     assert len(scores) == 4 and scores["score"].sum() == pytest.approx(2.0)
 
 
@@ -178,10 +178,10 @@ def test_done_run_with_changed_parameters_is_an_error(tmp_path, nb):
     counter = tmp_path / "count.txt"
     body = {"params": {"counter": str(counter), "x": 0.25}, "axes": {"seed": [0]}}
     root = tmp_path / "runs"
-    runs.run_grid(write_grid(tmp_path, nb, body), root, log=lambda *_: None)
+    runner.run_grid(write_grid(tmp_path, nb, body), root, log=lambda *_: None)
     body["params"]["x"] = 0.5
     with pytest.raises(ValueError, match=r"different values for \['x'\]"):
-        runs.run_grid(write_grid(tmp_path, nb, body), root, log=lambda *_: None)
+        runner.run_grid(write_grid(tmp_path, nb, body), root, log=lambda *_: None)
 
 
 def test_older_schema_is_rejected(tmp_path, nb):
@@ -190,9 +190,9 @@ def test_older_schema_is_rejected(tmp_path, nb):
     old.mkdir(parents=True)
     (old / "params.json").write_text(json.dumps({"schema_version": 0, "params": {}}))
     with pytest.raises(ValueError, match="schema version 0"):
-        runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+        runner.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     with pytest.raises(ValueError, match="Move that runs/ directory aside"):
-        runs.load_metrics(tmp_path / "runs")
+        run_results.load_metrics(tmp_path / "runs")
 
 
 @pytest.mark.slow
@@ -205,21 +205,21 @@ def test_resume_after_kill_loses_no_finished_run(tmp_path, nb):
         {"params": {"counter": str(counter), "sleep_while": str(hold)}, "axes": {"seed": [2, 0, 1]}},
     )
     root = tmp_path / "runs"
-    script = f"from t2istudy import runs; runs.run_grid({str(grid)!r}, {str(root)!r})"
+    script = f"from t2istudy.study import runner; runner.run_grid({str(grid)!r}, {str(root)!r})"
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, cwd=tmp_path)
     try:
         deadline = time.time() + 120
         while executions(counter) != ["seed2", "seed0", "seed1"] and time.time() < deadline:
             time.sleep(0.5)
         assert executions(counter) == ["seed2", "seed0", "seed1"]  # seed1 is now blocked on `hold`
-        assert runs.run_state(root / "g" / "seed1") == "running"
+        assert run_folder.run_state(root / "g" / "seed1") == "running"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert runs.run_state(root / "g" / "seed0") == "done"
-    assert runs.run_state(root / "g" / "seed1") == "interrupted"
+    assert run_folder.run_state(root / "g" / "seed0") == "done"
+    assert run_folder.run_state(root / "g" / "seed1") == "interrupted"
     (hold / "seed1").rmdir()
-    states = {r.run_id: r.state for r in runs.run_grid(grid, root, log=lambda *_: None)}
+    states = {r.run_id: r.state for r in runner.run_grid(grid, root, log=lambda *_: None)}
     assert states == {"seed0": "skipped", "seed2": "skipped", "seed1": "done"}
     assert executions(counter) == ["seed2", "seed0", "seed1", "seed1"]
 
@@ -229,11 +229,11 @@ def test_parallel_workers_and_submitit_local_executor(tmp_path, nb):
     counter = tmp_path / "count.txt"
     grid = write_grid(tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {"seed": [0, 1]}})
     lines: list[str] = []
-    results = runs.run_grid(grid, tmp_path / "local", workers=2, log=lines.append)
+    results = runner.run_grid(grid, tmp_path / "local", workers=2, log=lines.append)
     assert sorted((r.run_id, r.state) for r in results) == [("seed0", "done"), ("seed1", "done")]
     assert any("workers=2" in line for line in lines)
 
-    results = runs.run_grid(
+    results = runner.run_grid(
         grid,
         tmp_path / "slurm",
         launcher="slurm",
@@ -243,29 +243,29 @@ def test_parallel_workers_and_submitit_local_executor(tmp_path, nb):
     )
     assert sorted((r.run_id, r.state) for r in results) == [("seed0", "done"), ("seed1", "done")]
     assert list((tmp_path / "slurm" / "g" / ".submitit").iterdir())  # submitit's job folders
-    status = runs.grid_status(grid, tmp_path / "slurm")
+    status = run_results.grid_status(grid, tmp_path / "slurm")
     assert status["state"].tolist() == ["done", "done"] and status["overall"].tolist() == [0.5, 0.5]
     assert sorted(executions(counter)) == ["seed0", "seed0", "seed1", "seed1"]
 
 
 def test_finish_run_marks_interactive_runs_done(tmp_path, monkeypatch):
-    monkeypatch.delenv(runs.RUNNER_ENV, raising=False)
+    monkeypatch.delenv(run_folder.RUNNER_ENV, raising=False)
     out = tmp_path / "runs" / "manual" / "r1"
     with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
-        runs.finish_run(out)
+        run_folder.finish_run(out)
     scores = pd.DataFrame({"id": ["1"], "prompt": ["a"], "skills": [("color", "count")], "score": [1.0]})
     summary = pd.DataFrame(
         {"n": [1, 1], "mean": [1.0, 1.0], "ci_low": [1.0, 1.0], "ci_high": [1.0, 1.0]},
         index=["color", "overall"],
     )
-    runs.write_results(out, scores, summary)
-    runs.finish_run(out)
-    assert runs.run_state(out) == "done"
-    assert runs.load_scores(tmp_path / "runs")["skills"].tolist() == ["color|count"]
-    monkeypatch.setenv(runs.RUNNER_ENV, "1")
+    run_folder.write_results(out, scores, summary)
+    run_folder.finish_run(out)
+    assert run_folder.run_state(out) == "done"
+    assert run_results.load_scores(tmp_path / "runs")["skills"].tolist() == ["color|count"]
+    monkeypatch.setenv(run_folder.RUNNER_ENV, "1")
     (out / "DONE").unlink()
-    runs.finish_run(out)
-    assert runs.run_state(out) == "interrupted"  # under the runner, DONE is the runner's job
+    run_folder.finish_run(out)
+    assert run_folder.run_state(out) == "interrupted"  # under the runner, DONE is the runner's job
 
 
 def test_fake_notebook_source_compiles():
@@ -277,36 +277,36 @@ def test_parameter_line_papermill_cannot_parse_is_reported(tmp_path, nb):
     bad = nbformat.read(nb, as_version=4)
     bad.cells[0].source += "\nsteps = 3  # keep >= 2"
     nbformat.write(bad, tmp_path / "bad.ipynb")
-    assert "steps" not in runs.notebook_parameters(tmp_path / "bad.ipynb")  # papermill skipped the line
-    assert runs.unparsable_parameters(tmp_path / "bad.ipynb") == {"steps": "steps = 3  # keep >= 2"}
-    runs.check_parameters(tmp_path / "bad.ipynb", {"x": 1})  # fine while 'steps' is not set
+    assert "steps" not in grids.notebook_parameters(tmp_path / "bad.ipynb")  # papermill skipped the line
+    assert grids.unparsable_parameters(tmp_path / "bad.ipynb") == {"steps": "steps = 3  # keep >= 2"}
+    grids.check_parameters(tmp_path / "bad.ipynb", {"x": 1})  # fine while 'steps' is not set
     with pytest.raises(ValueError, match="'steps' on a line papermill cannot parse.*only one '='"):
-        runs.check_parameters(tmp_path / "bad.ipynb", {"steps": 1})
+        grids.check_parameters(tmp_path / "bad.ipynb", {"steps": 1})
 
 
 def test_at_repo_root_moves_out_of_notebooks_only_in_a_checkout(tmp_path, monkeypatch):
     for d in ("t2istudy", "grids", "notebooks", "other/notebooks"):
         (tmp_path / d).mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "notebooks")
-    assert runs.at_repo_root() == tmp_path
+    assert paths.at_repo_root() == tmp_path
     monkeypatch.chdir(tmp_path / "other" / "notebooks")
-    assert runs.at_repo_root() == tmp_path / "other" / "notebooks"  # not a checkout: stay
+    assert paths.at_repo_root() == tmp_path / "other" / "notebooks"  # not a checkout: stay
 
 
 def test_cache_waves_build_each_cache_entry_once_before_the_rest():
     specs = [
-        runs.RunSpec("g", f"{e}-{st}-{seed}", "nb", {"encoder": e, "strategy": st, "seed": seed})
+        grids.RunSpec("g", f"{e}-{st}-{seed}", "nb", {"encoder": e, "strategy": st, "seed": seed})
         for e in ("a", "b") for st in ("last", "mean") for seed in (0, 1, 2)
     ]  # fmt: skip
-    wave1, wave2 = runs.cache_waves(specs)
+    wave1, wave2 = runner.cache_waves(specs)
     assert [s.run_id for s in wave1] == ["a-last-0", "a-mean-0", "b-last-0", "b-mean-0"]
     assert len(wave2) == 8 and not set(wave1) & set(wave2)
-    assert runs.cache_waves(specs[:1]) == [specs[:1]]
+    assert runner.cache_waves(specs[:1]) == [specs[:1]]
     # Entries of a-last and b-* exist: only a-mean's seeds would build one, so only two of them wait.
     building = {"a-mean-0", "a-mean-1", "a-mean-2"}
-    wave1, wave2 = runs.cache_waves(specs, building)
+    wave1, wave2 = runner.cache_waves(specs, building)
     assert [s.run_id for s in wave2] == ["a-mean-1", "a-mean-2"] and len(wave1) == 10
-    assert runs.cache_waves(specs, set()) == [specs]
+    assert runner.cache_waves(specs, set()) == [specs]
 
 
 def test_bad_strategy_or_preset_fails_before_any_run(tmp_path):
@@ -323,7 +323,7 @@ def test_bad_strategy_or_preset_fails_before_any_run(tmp_path):
             tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {k: [v] for k, v in params.items()}}
         )
         with pytest.raises(ValueError, match=message):
-            runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+            runner.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     assert not counter.exists() and not (tmp_path / "runs").exists()  # nothing executed, nothing written
 
 
@@ -343,7 +343,7 @@ def test_run_notebook_end_to_end_on_a_tiny_model(tmp_path):
             "axes": {"guidance_scale": [2.0, 3.0]},
         },
     )  # fmt: skip
-    results = runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    results = runner.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     assert [r.state for r in results] == ["done", "done"], [r.error for r in results]
     first, second = (json.loads((Path(r.path) / "metrics.json").read_text()) for r in results)
     assert first["overall"]["n"] == 8 and first["n_prompts"] == 8  # 1 prompt per covered skill
@@ -363,10 +363,10 @@ def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb
     grid = write_grid(tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {"seed": [0]}})
     out = tmp_path / "runs" / "g" / "seed0"
     out.mkdir(parents=True)
-    (out / "params.json").write_text(json.dumps({"schema_version": runs.SCHEMA_VERSION, "params": {}}))
+    (out / "params.json").write_text(json.dumps({"schema_version": grids.SCHEMA_VERSION, "params": {}}))
     (out / "RUNNING").write_text(json.dumps({"pid": 1, "host": "node-17", "started": "2026-11-26T00:00:00"}))
-    assert runs.run_state(out) == "running"
-    status = runs.grid_status(grid, tmp_path / "runs").set_index("run_id")
+    assert run_folder.run_state(out) == "running"
+    status = run_results.grid_status(grid, tmp_path / "runs").set_index("run_id")
     assert status.loc["seed0", "progress"] is None  # no training folder yet
     train = out / "train"
     (train / "checkpoints" / "checkpoint-600").mkdir(parents=True)
@@ -376,12 +376,12 @@ def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb
     (train / "train_log.jsonl").write_text(
         "".join(json.dumps({"step": s, "loss": 0.1}) + "\n" for s in (640, 650))
     )
-    status = runs.grid_status(grid, tmp_path / "runs").set_index("run_id")
+    status = run_results.grid_status(grid, tmp_path / "runs").set_index("run_id")
     assert status.loc["seed0", "progress"] == "step 650/800, last checkpoint-600"
     (train / "final").mkdir()  # training finished (checkpoints are then dropped), sampling goes on
-    status = runs.grid_status(grid, tmp_path / "runs").set_index("run_id")
+    status = run_results.grid_status(grid, tmp_path / "runs").set_index("run_id")
     assert status.loc["seed0", "progress"] == "step 650/800, trained (sampling and scoring next)"
-    (result,) = runs.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    (result,) = runner.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     assert (result.state, "--rerun-running" in result.error) == ("skipped", True) and not counter.exists()
-    (result,) = runs.run_grid(grid, tmp_path / "runs", rerun_running=True, log=lambda *_: None)
+    (result,) = runner.run_grid(grid, tmp_path / "runs", rerun_running=True, log=lambda *_: None)
     assert result.state == "done" and executions(counter) == ["seed0"]

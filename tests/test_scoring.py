@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from t2istudy.scoring.scorers import get_scorer, paired_difference, shuffled_pairing, summarize
+from t2istudy.scoring.scorers import get_scorer, shuffled_pairing
+from t2istudy.scoring.summaries import paired_difference, summarize
 from t2istudy.world.genai_bench import load_genai_bench, skill_means
 from t2istudy.world.shapes import Obj, Scene, render
 from t2istudy.world.shapes_benchmark import make_benchmark

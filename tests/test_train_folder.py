@@ -35,7 +35,8 @@ def test_progress_of_a_run_killed_before_its_first_log(tmp_path):
 
 
 def test_grid_status_does_not_import_torch():
-    """Listing a grid must stay quick: runs.py reads the training folder through train_folder only."""
-    code = "import sys, t2istudy.study.runs, t2istudy.diffusion.train_folder; print('torch' in sys.modules)"
+    """Listing a grid must stay quick: the read side (grids, run_results) reaches the training folder
+    through train_folder only, and none of it imports torch."""
+    code = "import sys, t2istudy.study.run_results, t2istudy.study.grids, t2istudy.diffusion.train_folder; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

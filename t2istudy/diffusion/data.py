@@ -26,6 +26,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from t2istudy.world.shapes import MAX_OBJECTS, ShapesWorld
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -71,8 +73,6 @@ class ArrayPairs(Dataset):
 
 def shapes_pool(pool_size: int, seed: int, resolution: int, max_objects: int | None = None) -> ArrayPairs:
     """A fixed pool of shapes-world training scenes (never a held-out composition)."""
-    from t2istudy.world.shapes import MAX_OBJECTS, ShapesWorld
-
     world = ShapesWorld(seed=seed, max_objects=max_objects or MAX_OBJECTS)
     images, captions, _ = world.batch(pool_size, np.random.default_rng(seed), resolution)
     return ArrayPairs(np.asarray(images, dtype=np.uint8), list(captions))

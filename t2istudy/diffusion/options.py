@@ -7,12 +7,11 @@ notebook can name and resolve options without importing the training loop (accel
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from t2istudy.diffusion.model import get_preset
-from t2istudy.diffusion.train_folder import OPTIONS
+from t2istudy.diffusion.train_folder import read_options
 from t2istudy.text.aggregation import parse_strategy
 
 
@@ -115,7 +114,7 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
 
 def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:
     """The resolved options and derived values a run was trained with."""
-    data = json.loads((Path(run_dir) / OPTIONS).read_text())
+    data = read_options(run_dir)
     derived = data.pop("derived", {})
     known = {f.name for f in dataclasses.fields(TrainOptions)}
     return TrainOptions(**{k: v for k, v in data.items() if k in known}), derived

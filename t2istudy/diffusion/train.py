@@ -59,6 +59,7 @@ from t2istudy.diffusion.train_folder import (
     CHECKPOINTS,
     FINAL,
     OPTIONS,
+    SUMMARY,
     TRAIN_LOG,
     checkpoint_step,
     complete_checkpoints,
@@ -438,7 +439,7 @@ def save_final(model: Denoiser, ema: EMAModel | None, run_dir: Path, null, summa
     model.unet.save_pretrained(tmp / "unet")
     save_file(dict(model.conditioner.state_dict()), tmp / "conditioner.safetensors")
     save_file({"features": null[0].contiguous(), "mask": null[1].contiguous()}, tmp / "null.safetensors")
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    (tmp / SUMMARY).write_text(json.dumps(summary, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 

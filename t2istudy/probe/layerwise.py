@@ -9,7 +9,7 @@ Pipeline (each step one function, read top to bottom):
     shapes benchmark --probe_targets.probe_dataset--> prompts, Targets (the facts each caption determines)
     captions --featurize--> Features (every layer + strategies, encoded once)
              --train_probes--> per-prompt correctness on held-out compositions (per representation, seed)
-             --summarize--> accuracy per skill with bootstrap CIs over prompts and the spread over seeds
+             --summarize_accuracy--> accuracy per skill with bootstrap CIs over prompts and the spread over seeds
              --probe_report.save_figures / relate_to_diffusion--> figures
 
 Fairness: one model for every representation (per-token LayerNorm without affine, a few learned
@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from t2istudy.probe.targets import Targets, ceiling, chance, probe_dataset, skill_correct
+from t2istudy.scoring.bootstrap import mean_ci_over_prompts
 from t2istudy.text.aggregation import aggregate, parse_strategy
+from t2istudy.text.encoders import load_encoder
 
 LAYERS = "layers"  # representation keyword: every hidden state, one probe per layer ("layer:k"); "layers/k"
 # "concat" and "learned" are supported too; each costs about as much as the whole per-layer sweep.
@@ -413,7 +414,7 @@ def _check_split(
 # Summaries
 
 
-def summarize(
+def summarize_accuracy(
     table: pd.DataFrame, chance: pd.Series | None = None, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
     """Accuracy per (encoder, control, representation, skill): mean over seeds, the seed spread, and a
@@ -427,10 +428,7 @@ def summarize(
         if per_prompt.min() == per_prompt.max():  # every resample is the same: the CI is the point
             low = high = per_prompt[0]
         else:
-            ci = scipy.stats.bootstrap(
-                (per_prompt,), np.mean, n_resamples=n_boot, method="percentile", random_state=rng
-            ).confidence_interval
-            low, high = ci.low, ci.high
+            low, high = mean_ci_over_prompts(per_prompt, rng, n_boot)
         rows.append(
             dict(
                 zip(keys, key, strict=True),
@@ -470,7 +468,7 @@ class SweepResult:
     ceiling: pd.Series | None = None
 
     def summary(self, n_boot: int = 1000) -> pd.DataFrame:
-        out = summarize(self.table, self.chance, n_boot=n_boot)
+        out = summarize_accuracy(self.table, self.chance, n_boot=n_boot)
         if self.ceiling is not None:
             out["ceiling"] = out.skill.map(self.ceiling)
         return out
@@ -509,7 +507,7 @@ def sweep(
             f"random_init names {missing}, which are not in encoders {list(encoders)}; add them there."
         )
     if load is None:
-        from t2istudy.text.encoders import load_encoder as load
+        load = load_encoder
     opts = options or ProbeOptions()
     with _torch_threads(opts.threads):  # encoding too: with busy cores, 2 OpenMP threads wait on each other
         return _sweep(encoders, representations, skills, seeds, opts, n_train, n_eval, data_seed,

@@ -1,6 +1,6 @@
 """Probe results as figures and tables, merged across sweeps, and set against the diffusion study.
 
-Reads only summaries (``probe.summarize`` output or the ``probe_all.csv`` files it was saved to), so the
+Reads only summaries (``layerwise.summarize_accuracy`` output or the ``probe_all.csv`` files it was saved to), so the
 analysis notebooks can use it without training anything.
 """
 

@@ -1,10 +1,8 @@
-"""One scoring interface over the pixel judge and VQAScore, plus per-skill summaries with bootstrap CIs.
+"""One scoring interface over the pixel judge and VQAScore.
 
 Why: a run scores its samples the same way at either scale; only the scorer name (a notebook parameter)
 changes. ``score(images, prompts)`` returns one row per prompt (id, prompt, skills, score in 0..1 plus
-scorer-specific columns); :func:`summarize` turns it into GenAI-Bench's per-skill table with a bootstrap
-confidence interval over prompts for every number; :func:`paired_difference` gives paired bootstrap CIs
-for differences between two runs scored on the same prompts (the form of the study's claims).
+scorer-specific columns); :mod:`t2istudy.scoring.summaries` turns that table into per-skill numbers.
 
 Inputs are checked before any work: images must be readable, square and all the same size, one per
 prompt; skill tags must be known; judge prompts need a valid spec. Errors name the item.
@@ -21,9 +19,9 @@ import pandas as pd
 from PIL import Image
 
 from t2istudy.scoring.judge import as_array, judge_detail
+from t2istudy.scoring.vqascore import VQAScore
 from t2istudy.world.genai_bench import group_masks
 from t2istudy.world.shapes import check_constraints, validate_spec
-from t2istudy.world.shapes_geneval import TASKS
 
 ImageLike = np.ndarray | Image.Image | str | Path
 
@@ -152,8 +150,6 @@ class VQAScorer:
     name = "vqascore"
 
     def __init__(self, **options: Any) -> None:
-        from t2istudy.scoring.vqascore import VQAScore  # checks the API key before any work
-
         self.client = VQAScore(**options)
 
     def score(self, images: Sequence[ImageLike], prompts: pd.DataFrame) -> pd.DataFrame:
@@ -173,112 +169,3 @@ def get_scorer(name: str, **options: Any) -> Scorer:
     if name == "vqascore":
         return VQAScorer(**options)
     raise ValueError(f"Unknown scorer {name!r}; use 'judge' (offline pixel judge) or 'vqascore' (GPT-4o).")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Summaries
-
-
-def _bootstrap(
-    values: np.ndarray, n_boot: int, rng: np.random.Generator, level: float
-) -> tuple[float, float]:
-    """Percentile CI of the mean, resampling prompts with replacement."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    means = values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
-def summarize(
-    table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, column: str = "score", level: float = 0.95
-) -> pd.DataFrame:
-    """Rows: each skill present, basic, advanced, overall (GenAI-Bench's definitions, see
-    :func:`genai_bench.group_masks`); columns: n, mean, ci_low, ci_high (bootstrap over prompts)."""
-    if column not in table.columns:
-        raise ValueError(f"The score table has no {column!r} column.")
-    values = table[column].to_numpy(dtype=float)
-    if np.isnan(values).any():
-        bad = table.loc[np.isnan(values), "id"].tolist()[:5] if "id" in table.columns else "?"
-        raise ValueError(f"The score table has missing scores (e.g. prompts {bad}); rescore them first.")
-    rng = np.random.default_rng(seed)
-    rows = {}
-    for name, mask in group_masks(table).items():
-        lo, hi = _bootstrap(values[mask], n_boot, rng, level)
-        rows[name] = {"n": int(mask.sum()), "mean": float(values[mask].mean()), "ci_low": lo, "ci_high": hi}
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    out.index.name = "group"
-    return out
-
-
-def summarize_geneval(
-    table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, column: str = "score", level: float = 0.95
-) -> pd.DataFrame:
-    """GenEval's summary of the GenEval-style tier: one row per task, and ``overall`` = the mean of the
-    task means (not of prompts), with bootstrap CIs that resample prompts within each task."""
-    if "task" not in table.columns or column not in table.columns:
-        raise ValueError(f"A GenEval-style table needs 'task' and {column!r} columns (make_geneval_tier).")
-    rng = np.random.default_rng(seed)
-    tail = (1 - level) / 2 * 100
-    rows, boots = {}, []
-    for task in TASKS:
-        values = table.loc[table["task"] == task, column].to_numpy(dtype=float)
-        if len(values) == 0:
-            raise ValueError(f"The GenEval-style table has no {task!r} prompts; overall needs all six tasks.")
-        means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-        boots.append(means)
-        lo, hi = np.percentile(means, [tail, 100 - tail])
-        rows[task] = {"n": len(values), "mean": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi)}
-    overall = np.mean(boots, axis=0)
-    lo, hi = np.percentile(overall, [tail, 100 - tail])
-    mean = float(np.mean([r["mean"] for r in rows.values()]))
-    rows["overall"] = {"n": len(table), "mean": mean, "ci_low": float(lo), "ci_high": float(hi)}
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    out.index.name = "group"
-    return out
-
-
-def paired_difference(
-    a: pd.DataFrame,
-    b: pd.DataFrame,
-    n_boot: int = 1000,
-    seed: int = 0,
-    column: str = "score",
-    level: float = 0.95,
-) -> pd.DataFrame:
-    """Per group: mean of ``a`` minus mean of ``b`` over the same prompts, with a paired bootstrap CI
-    (the same resampled prompts for both) and a two-sided bootstrap p-value for "no difference"."""
-    if "id" not in a.columns or "id" not in b.columns:
-        raise ValueError("Both score tables need an 'id' column to pair prompts.")
-    if a["id"].duplicated().any() or b["id"].duplicated().any():
-        raise ValueError("Prompt ids must be unique in each score table to pair them.")
-    missing = set(a["id"]) ^ set(b["id"])
-    if missing:
-        raise ValueError(
-            f"The tables score different prompts ({len(missing)} ids in only one, e.g. {sorted(missing)[:3]}); "
-            f"a paired difference needs the same prompts in both."
-        )
-    b = b.set_index("id").loc[a["id"]].reset_index()
-    diff = a[column].to_numpy(float) - b[column].to_numpy(float)
-    rng = np.random.default_rng(seed)
-    tail = (1 - level) / 2 * 100
-    rows = {}
-    for name, mask in group_masks(a).items():
-        d = diff[mask]
-        means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-        lo, hi = np.percentile(means, [tail, 100 - tail])
-        p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
-        rows[name] = {
-            "n": int(mask.sum()),
-            "mean_a": float(a[column].to_numpy(float)[mask].mean()),
-            "mean_b": float(b[column].to_numpy(float)[mask].mean()),
-            "diff": float(d.mean()),
-            "ci_low": float(lo),
-            "ci_high": float(hi),
-            "p_boot": float(p),
-        }
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    out.index.name = "group"
-    return out

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from t2istudy.scoring.bootstrap import mean_ci_over_seeds_and_prompts
 from t2istudy.text.plots_layers import plot_layer_norms
 from t2istudy.world.genai_bench import SKILL_GROUPS
 
@@ -97,21 +98,16 @@ def _matrix(scores: pd.DataFrame, skill: str | None = None, column: str = "score
     return scores.pivot_table(index="seed", columns="id", values=column, aggfunc="mean")
 
 
-def bootstrap_mean(matrix: np.ndarray, opts: Options = Options()) -> tuple[float, float, float]:
-    """Mean of a [seed x prompt] matrix with a CI resampling seeds and prompts independently."""
-    rng = np.random.default_rng(opts.seed)
-    s, p = matrix.shape
-    rows = rng.integers(0, s, size=(opts.n_boot, s, 1))
-    cols = rng.integers(0, p, size=(opts.n_boot, 1, p))
-    stats = np.nanmean(matrix[rows, cols], axis=(1, 2))
-    alpha = (1 - opts.level) / 2
-    return float(np.nanmean(matrix)), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+def _mean_ci(matrix: np.ndarray, opts: Options) -> tuple[float, float, float]:
+    """(mean, low, high) of a [seed x prompt] matrix with the analysis' bootstrap settings."""
+    return mean_ci_over_seeds_and_prompts(matrix, opts.n_boot, opts.seed, opts.level)
 
 
-def paired_difference(
+def arm_difference(
     a: pd.DataFrame, b: pd.DataFrame, skill: str | None = None, opts: Options = Options()
 ) -> dict:
-    """Mean of (a - b) over the seeds and prompts both arms have, with a paired two-level bootstrap CI."""
+    """Mean of (arm a - arm b) over the seeds and prompts both have, paired by seed and prompt, with a CI
+    resampling seeds and prompts (unlike `scoring.summaries.paired_difference`: one run each, prompts only)."""
     ma, mb = _matrix(a, skill), _matrix(b, skill)
     seeds = ma.index.intersection(mb.index)
     prompts = ma.columns.intersection(mb.columns)
@@ -124,7 +120,7 @@ def paired_difference(
             "n_prompts": len(prompts),
         }
     diff = ma.loc[seeds, prompts].to_numpy() - mb.loc[seeds, prompts].to_numpy()
-    mean, low, high = bootstrap_mean(diff, opts)
+    mean, low, high = _mean_ci(diff, opts)
     return {"diff": mean, "ci_low": low, "ci_high": high, "n_seeds": len(seeds), "n_prompts": len(prompts)}
 
 
@@ -153,7 +149,7 @@ def arm_table(metrics: pd.DataFrame, scores: pd.DataFrame, opts: Options = Optio
     for row in table.itertuples():
         arm = scores[(scores["encoder"] == row.encoder) & (scores["strategy"] == row.strategy)]
         matrix = _matrix(arm, row.skill).to_numpy() if len(arm) else np.empty((0, 0))
-        cis.append(bootstrap_mean(matrix, opts)[1:] if matrix.size else (np.nan, np.nan))
+        cis.append(_mean_ci(matrix, opts)[1:] if matrix.size else (np.nan, np.nan))
     table[["ci_low", "ci_high"]] = pd.DataFrame(cis, index=table.index)
     return table
 
@@ -238,7 +234,7 @@ def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) 
             )
     out = []
     for claim, enc_a, strat_a, enc_b, strat_b in rows:
-        stats = paired_difference(arm(enc_a, strat_a), arm(enc_b, strat_b), opts=opts)
+        stats = arm_difference(arm(enc_a, strat_a), arm(enc_b, strat_b), opts=opts)
         out.append(
             {
                 "claim": claim,
@@ -259,7 +255,7 @@ def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Option
         a = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.best_strategy)]
         b = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.baseline_strategy)]
         for skill in ["overall", *skills]:
-            stats = paired_difference(a, b, skill, opts)
+            stats = arm_difference(a, b, skill, opts)
             out.append({"encoder": enc, "skill": skill, **stats, "verdict": verdict(stats, opts.min_seeds)})
     return pd.DataFrame(out)
 
@@ -281,7 +277,7 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
     for (enc, strategy), arm in scores.groupby(["encoder", "strategy"], sort=False):
         for skill in ["overall", *skills]:
             matched, floor = _matrix(arm, skill), _matrix(arm, skill, "shuffled")
-            above = bootstrap_mean(matched.to_numpy() - floor.to_numpy(), opts)
+            above = _mean_ci(matched.to_numpy() - floor.to_numpy(), opts)
             out.append({"encoder": enc, "strategy": strategy, "skill": skill, "n_seeds": len(matched),
                         "score": float(np.nanmean(matched.to_numpy())), "floor": float(np.nanmean(floor.to_numpy())),
                         "above_floor": above[0], "ci_low": above[1], "ci_high": above[2]})  # fmt: skip

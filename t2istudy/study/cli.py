@@ -16,7 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from t2istudy.study import runs
+from t2istudy.diffusion import train
+from t2istudy.study import grids, run_folder, run_results, runner
+from t2istudy.study import pipeline as study
+from t2istudy.study.paths import repo_file
+from t2istudy.study.prepare import prepare_grid
+from t2istudy.study.rescore import add_shuffled_controls
 
 NOTEBOOK_COMMANDS = {  # subcommand -> (notebook, output folder under --runs-dir)
     "layer-norms": ("notebooks/layer_norms.ipynb", "layer_norms"),
@@ -118,8 +123,6 @@ def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # every flag belongs to the training script
-        from t2istudy.diffusion import train
-
         train.main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
@@ -132,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "study":
-        from t2istudy.study import pipeline as study
-
         if args.list:
             for step in study.default_study(quick=args.quick):
                 print(f"{step.name:18s} {step.describe()}")
@@ -148,13 +149,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     if args.command == "grid" and args.grid_command == "run":
         if args.dry_run:
-            grid = runs.load_grid(args.grid)
+            grid = grids.load_grid(args.grid)
             for spec in grid.runs():
                 print(
-                    f"{runs.run_state(runs.run_path(args.runs_dir, spec)):11s} {spec.run_id}  {spec.params}"
+                    f"{run_folder.run_state(grids.run_path(args.runs_dir, spec)):11s} {spec.run_id}  {spec.params}"
                 )
             return 0
-        results = runs.run_grid(
+        results = runner.run_grid(
             args.grid,
             args.runs_dir,
             only=args.only,
@@ -164,7 +165,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 1 if any(r.state == "failed" for r in results) else 0
     if args.command == "grid" and args.grid_command == "status":
-        table = runs.grid_status(args.grid, args.runs_dir)
+        table = run_results.grid_status(args.grid, args.runs_dir)
         with_counts = table["state"].value_counts().to_dict()
         print(table.astype(object).fillna("").to_string(index=False))
         print("  ".join(f"{k}: {v}" for k, v in sorted(with_counts.items())))
@@ -172,28 +173,21 @@ def _dispatch(args: argparse.Namespace) -> int:
             table.to_csv(args.csv, index=False)
         return 0
     if args.command == "grid" and args.grid_command == "rescore":
-        from t2istudy.study.rescore import add_shuffled_controls
-
-        return 1 if add_shuffled_controls(args.runs_dir, runs.load_grid(args.grid).name, args.force) else 0
+        return 1 if add_shuffled_controls(args.runs_dir, grids.load_grid(args.grid).name, args.force) else 0
     if args.command == "grid" and args.grid_command == "prepare":
-        from t2istudy.study.prepare import prepare_grid
-
         prepare_grid(args.grid, args.runs_dir, only=args.only, dry_run=args.dry_run)
         return 0
     if args.command == "notebook":
         params = dict(parse_assignment(p) for p in args.param)
-        result = runs.execute_notebook(args.notebook, args.out_dir, params)
+        result = runner.execute_notebook(args.notebook, args.out_dir, params)
         print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}")
         return 0 if result.state in ("done", "skipped") else 1
     if args.command in NOTEBOOK_COMMANDS:
         notebook, folder = NOTEBOOK_COMMANDS[args.command]
-        if not Path(notebook).exists():  # called from outside the repository root
-            from t2istudy.study.pipeline import REPO
-
-            notebook = str(REPO / notebook)
+        notebook = str(repo_file(notebook))  # also when called from outside the repository root
         params = dict(parse_assignment(p) for p in args.param)
-        out = Path(args.runs_dir) / folder / (runs.make_run_id(params) if params else "default")
-        result = runs.execute_notebook(notebook, out, params)
+        out = Path(args.runs_dir) / folder / (grids.make_run_id(params) if params else "default")
+        result = runner.execute_notebook(notebook, out, params)
         print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}")
         return 0 if result.state in ("done", "skipped") else 1
     raise AssertionError(args)

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2istudy.study import runs
-
-REPO = Path(__file__).resolve().parents[2]  # grids/ and notebooks/ live beside the package
+from t2istudy.study import grids, runner
+from t2istudy.study.paths import repo_file
 
 
 @dataclass
@@ -139,7 +138,7 @@ def run_study(
 ) -> bool:
     """Execute every step not yet complete; prints progress and the total time. True when all succeeded.
 
-    ``launcher`` (launcher, cluster, slurm) goes to ``runs.run_grid`` for the training grid; the side
+    ``launcher`` (launcher, cluster, slurm) goes to ``runner.run_grid`` for the training grid; the side
     and analysis notebooks always run on this machine.
     """
     steps = default_study(quick, str(figures_dir))
@@ -167,22 +166,20 @@ def run_study(
 
 def _run_step(step: Step, runs_dir: Path, workers: int, log, launcher: dict[str, Any]) -> tuple[bool, str]:
     if step.grid:
-        results = runs.run_grid(REPO / step.grid if not Path(step.grid).exists() else step.grid, runs_dir,
+        results = runner.run_grid(repo_file(step.grid), runs_dir,
                                 workers=workers, log=lambda m: log("   " + m), **launcher)  # fmt: skip
         failed = [r.run_id for r in results if r.state == "failed"]
         return not failed, f"runs failed: {failed}" if failed else ""
-    notebook = Path(step.notebook)
-    if not notebook.exists():
-        notebook = REPO / step.notebook
+    notebook = repo_file(step.notebook)
     if not notebook.exists():
         return False, f"{step.notebook} does not exist in this checkout"
     out = runs_dir / step.out
     params = {
         k: v.replace("{runs}", str(runs_dir)) if isinstance(v, str) else v for k, v in step.params.items()
     }
-    if "runs_dir" in runs.notebook_parameters(notebook):
+    if "runs_dir" in grids.notebook_parameters(notebook):
         params.setdefault("runs_dir", str(runs_dir))
     if step.always and out.exists():
         shutil.rmtree(out)
-    result = runs.execute_notebook(notebook, out, params)
+    result = runner.execute_notebook(notebook, out, params)
     return result.state in ("done", "skipped"), result.error

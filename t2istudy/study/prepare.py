@@ -22,7 +22,7 @@ import torch
 from t2istudy.diffusion import train
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
-from t2istudy.study import runs
+from t2istudy.study import grids, run_folder, runner
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, caption_hash
 from t2istudy.world.shapes_benchmark import make_benchmark
@@ -48,16 +48,16 @@ class CacheRequest:
                 if EmbeddingCache.find(self.cache_dir, self.encoder, s, self.captions, self.max_length) is None]  # fmt: skip
 
 
-def run_values(spec: runs.RunSpec) -> dict[str, Any] | None:
+def run_values(spec: grids.RunSpec) -> dict[str, Any] | None:
     """The run's parameters (notebook defaults overridden by the grid), or None for another notebook."""
-    declared = runs.notebook_parameters(spec.notebook)
+    declared = grids.notebook_parameters(spec.notebook)
     if not {"encoder", "strategy"} <= declared.keys():
         return None
     values = {name: ast.literal_eval(p["default"]) for name, p in declared.items() if name != "out_dir"}
     return {**values, **spec.params}
 
 
-def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
+def cache_requests(specs: list[grids.RunSpec]) -> list[CacheRequest]:
     """What the runs will look up in the cache: their training captions and their benchmark prompts."""
     requests: dict[tuple, CacheRequest] = {}
     captions_of: dict[tuple, list[str]] = {}  # one caption pool per data setting, built once
@@ -98,7 +98,7 @@ def cache_requests(specs: list[runs.RunSpec]) -> list[CacheRequest]:
     return list(requests.values())
 
 
-def prepare_images(specs: list[runs.RunSpec], log=print) -> int:
+def prepare_images(specs: list[grids.RunSpec], log=print) -> int:
     """Train each latent preset's autoencoder and fill its latent cache once, before parallel runs would
     each do it; returns how many image sides were prepared."""
     done: set[tuple] = set()
@@ -120,9 +120,9 @@ def prepare_images(specs: list[runs.RunSpec], log=print) -> int:
     return len(done)
 
 
-def runs_awaiting_build(specs: list[runs.RunSpec]) -> set[str]:
+def runs_awaiting_build(specs: list[grids.RunSpec]) -> set[str]:
     """Ids of the runs that would build a cache entry themselves: the ones a parallel launch must keep
-    from building the same entry twice at once (`runs.cache_waves`)."""
+    from building the same entry twice at once (`runner.cache_waves`)."""
     return {
         run_id
         for request in cache_requests(specs)
@@ -132,17 +132,17 @@ def runs_awaiting_build(specs: list[runs.RunSpec]) -> set[str]:
 
 
 def prepare_grid(
-    grid: runs.Grid | str | Path,
+    grid: grids.Grid | str | Path,
     root: str | Path = "runs",
     only: list[str] | None = None,
     dry_run: bool = False,
     log=print,
 ) -> list[CacheRequest]:
     """Build every cache entry that the grid's incomplete runs will need, one encoder pass per request."""
-    if not isinstance(grid, runs.Grid):
-        grid = runs.load_grid(grid)
-    specs = runs.select_runs(runs.expand_grid(grid), only)
-    specs = [s for s in specs if runs.run_state(runs.run_path(root, s)) != "done"]
+    if not isinstance(grid, grids.Grid):
+        grid = grids.load_grid(grid)
+    specs = runner.select_runs(grids.expand_grid(grid), only)
+    specs = [s for s in specs if run_folder.run_state(grids.run_path(root, s)) != "done"]
     if not dry_run:
         prepare_images(specs, log)
     todo = [(r, missing) for r in cache_requests(specs) if (missing := r.missing())]

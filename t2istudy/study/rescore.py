@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 
 from t2istudy.scoring.scorers import JudgeScorer
-from t2istudy.study.runs import find_runs, notebook_parameters, read_json
+from t2istudy.study.grids import notebook_parameters
+from t2istudy.study.run_folder import read_json
+from t2istudy.study.run_results import find_runs
 from t2istudy.world.shapes_benchmark import make_benchmark
 
 CONTROL_COLUMNS = ("score_shuffled", "fraction_shuffled")

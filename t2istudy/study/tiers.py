@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from t2istudy.diffusion import sample
-from t2istudy.scoring import scorers as scoring
+from t2istudy.scoring.scorers import get_scorer
+from t2istudy.scoring.summaries import summarize, summarize_geneval
 from t2istudy.world.shapes_benchmark import make_benchmark
 from t2istudy.world.shapes_geneval import make_geneval_tier
 
@@ -31,8 +32,8 @@ def make_tier(tier: str, n: int, seed: int = 0) -> pd.DataFrame:
 
 def summarize_tier(tier: str, table: pd.DataFrame, column: str = "score") -> pd.DataFrame:
     if tier == "geneval":
-        return scoring.summarize_geneval(table, column=column)
-    return scoring.summarize(table, column=column)
+        return summarize_geneval(table, column=column)
+    return summarize(table, column=column)
 
 
 def evaluate_tiers(
@@ -57,6 +58,6 @@ def evaluate_tiers(
             train_dir, bench["prompt"].tolist(), seeds=[sample_seed],
             out_dir=None if out_dir is None else Path(out_dir) / "samples" / tier, **sample_options,
         )  # fmt: skip
-        table = scoring.get_scorer("judge").score(images, bench)
+        table = get_scorer("judge").score(images, bench)
         results[tier] = (table, summarize_tier(tier, table))
     return results

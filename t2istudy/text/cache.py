@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from t2istudy.text import encoders
 from t2istudy.text.aggregation import parse_strategy
 
 CACHE_VERSION = 1
@@ -285,9 +286,7 @@ class EmbeddingCache:
         missing = [s for s, entry in found.items() if entry is None]
         if missing:
             if isinstance(encoder, str):
-                from t2istudy.text.encoders import load_encoder
-
-                encoder = load_encoder(encoder, max_length=max_length)
+                encoder = encoders.load_encoder(encoder, max_length=max_length)
             built = cls.build_many(encoder, missing, captions, root, batch_size=batch_size, progress=progress)
             found.update(zip(missing, built, strict=True))
         return [found[s] for s in strategies]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from t2istudy.text.aggregation import NORMS, normalize
 from t2istudy.text.encoders import FrozenEncoder, LayerStates
+from t2istudy.world.genai_bench import load_genai_bench
 
 PERCENTILES = (5, 25, 50, 75, 95)
 TOKEN_SETS = ("all", "no_first")
@@ -166,8 +167,6 @@ def load_prompts(source: str | Path = "genai-bench", n: int | None = None) -> li
     """Prompts for the explorer: ``"genai-bench"`` (the shipped 527), a GenAI-Bench folder or JSON file,
     a ``.txt`` file (one prompt per line) or a ``.csv`` with a ``prompt`` column; the first ``n`` (None = all).
     """
-    from t2istudy.world.genai_bench import load_genai_bench
-
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ValueError(f"n_prompts must be a positive integer or None (all), got {n!r}.")
     path = Path(source)

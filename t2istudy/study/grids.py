@@ -1,0 +1,205 @@
+"""A grid file (YAML/JSON) -> the list of runs it asks for, with the notebook's parameters checked first.
+
+A grid is fixed ``params`` for every run x the cartesian product of ``axes``, minus ``exclude``, plus
+``include``; each run gets a readable id (``gemma3-270m__norm_mean__seed0``) and a folder
+``runs/<grid>/<run-id>/`` (:func:`run_path`). Papermill silently injects parameters a notebook does not
+declare, so every name is checked against the notebook's ``parameters`` cell before anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill
+import yaml
+
+SCHEMA_VERSION = 1
+GRID_KEYS = ("name", "notebook", "description", "schema_version", "params", "axes", "exclude", "include")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a grid: the notebook, its parameters (without ``out_dir``) and where it goes."""
+
+    grid: str
+    run_id: str
+    notebook: str
+    params: dict[str, Any] = field(hash=False)
+
+
+@dataclass
+class Grid:
+    """A grid file: fixed ``params`` for every run x the cartesian product of ``axes``.
+
+    ``exclude`` drops runs matching any of its partial dicts; ``include`` adds explicit extra runs
+    (each a dict of parameters on top of ``params``). Axis order sets the run-id order.
+    """
+
+    name: str
+    notebook: str
+    params: dict[str, Any] = field(default_factory=dict)
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    description: str = ""
+
+    def runs(self) -> list[RunSpec]:
+        return expand_grid(self)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read a grid file (YAML or JSON), rejecting unknown keys and malformed axes with a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Grid file not found: {path}. Pass a YAML/JSON grid such as grids/quick.yaml."
+        )
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a grid file must be a mapping with keys {', '.join(GRID_KEYS)}.")
+    unknown = sorted(set(raw) - set(GRID_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown grid key(s) {unknown}; allowed keys are {list(GRID_KEYS)}. "
+            f"Notebook parameters go under 'params' (fixed) or 'axes' (lists to sweep)."
+        )
+    version = raw.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}: grid schema_version {version} but this t2istudy reads {SCHEMA_VERSION}.")
+    if "notebook" not in raw:
+        raise ValueError(
+            f"{path}: missing 'notebook' (the notebook each run executes, e.g. notebooks/run.ipynb)."
+        )
+    notebook = Path(raw["notebook"])
+    if not notebook.is_absolute() and not notebook.exists() and (path.parent.parent / notebook).exists():
+        notebook = path.parent.parent / notebook  # grids/x.yaml names notebooks relative to the repo root
+    axes = raw.get("axes") or {}
+    if not isinstance(axes, dict):
+        raise ValueError(f"{path}: 'axes' must map a parameter name to a list of values.")
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: axis {key!r} must be a non-empty list, got {values!r}.")
+    for section in ("params",):
+        if not isinstance(raw.get(section) or {}, dict):
+            raise ValueError(f"{path}: {section!r} must be a mapping of parameter name -> value.")
+    for section in ("exclude", "include"):
+        items = raw.get(section) or []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ValueError(f"{path}: {section!r} must be a list of mappings (parameter name -> value).")
+    grid = Grid(
+        name=str(raw.get("name") or path.stem),
+        notebook=str(notebook.resolve()),
+        params=dict(raw.get("params") or {}),
+        axes={str(k): list(v) for k, v in axes.items()},
+        exclude=list(raw.get("exclude") or []),
+        include=list(raw.get("include") or []),
+        description=str(raw.get("description") or ""),
+    )
+    check_parameters(grid.notebook, _all_keys(grid), where=str(path))
+    return grid
+
+
+def _all_keys(grid: Grid) -> dict[str, Any]:
+    keys: dict[str, Any] = dict(grid.params)
+    keys.update({k: v[0] for k, v in grid.axes.items()})
+    for item in grid.exclude + grid.include:
+        keys.update(item)
+    return keys
+
+
+def expand_grid(grid: Grid) -> list[RunSpec]:
+    """The grid's runs: params x product(axes), minus exclude, plus include; ids must be unique."""
+    overlap = sorted(set(grid.params) & set(grid.axes))
+    if overlap:
+        raise ValueError(
+            f"Grid {grid.name!r}: {overlap} appear in both 'params' and 'axes'; keep each in one."
+        )
+    combos = [dict(zip(grid.axes, values, strict=True)) for values in itertools.product(*grid.axes.values())]
+    combos = [c for c in combos if not any(_matches(c, ex) for ex in grid.exclude)]
+    combos += [dict(item) for item in grid.include]
+    specs: dict[str, RunSpec] = {}
+    for combo in combos:
+        rid = make_run_id(combo)
+        if rid in specs:
+            raise ValueError(
+                f"Grid {grid.name!r}: two runs get the same id {rid!r} ({specs[rid].params} and {combo}); "
+                f"make the axis values distinct."
+            )
+        specs[rid] = RunSpec(grid.name, rid, grid.notebook, {**grid.params, **combo})
+    return list(specs.values())
+
+
+def _matches(combo: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    return all(k in combo and combo[k] == v for k, v in pattern.items())
+
+
+def make_run_id(values: dict[str, Any]) -> str:
+    """A readable, file-system safe id from the swept values: strings as-is, numbers as key+value.
+
+    ``{"encoder": "gemma3-270m", "strategy": "layer[9]", "seed": 0}`` -> ``gemma3-270m__layer-9__seed0``.
+    """
+    parts = []
+    for key, value in values.items():
+        text = f"{key}{value}" if isinstance(value, (int, float, bool)) or value is None else str(value)
+        parts.append(re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-"))
+    return "__".join(parts) or "run"
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
+    """The notebook's declared parameters (its cell tagged ``parameters``), via papermill."""
+    notebook = Path(notebook)
+    if not notebook.exists():
+        raise FileNotFoundError(f"Notebook not found: {notebook}. Check the grid's 'notebook' path.")
+    declared = papermill.inspect_notebook(str(notebook))
+    if not declared:
+        raise ValueError(
+            f"{notebook} has no cell tagged 'parameters' (or it is empty): tag the cell that holds the "
+            f"defaults so that runs can be parameterized."
+        )
+    return declared
+
+
+def unparsable_parameters(notebook: str | Path) -> dict[str, str]:
+    """Assignments in the parameters cell that papermill cannot read (it skips a line with two '=')."""
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    source = next((c.source for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
+    lines = {}
+    for line in source.splitlines():
+        match = re.match(r"^([A-Za-z_]\w*)\s*(:[^=]*)?=[^=]", line)
+        if match and line.count("=") > 1:
+            lines[match.group(1)] = line
+    return lines
+
+
+def check_parameters(
+    notebook: str | Path, params: dict[str, Any], where: str = "", need_out_dir: bool = True
+) -> None:
+    """Reject parameters the notebook does not declare (papermill would inject them without a word)."""
+    declared = notebook_parameters(notebook)
+    unknown = sorted(set(params) - set(declared))
+    src = f"{where}: " if where else ""
+    unparsable = {k: v for k, v in unparsable_parameters(notebook).items() if k in unknown}
+    if unparsable:
+        name, line = next(iter(unparsable.items()))
+        raise ValueError(
+            f"{src}{notebook} declares {name!r} on a line papermill cannot parse ({line!r}): a parameter line "
+            f"may hold only one '=' (rephrase comments such as '>= 3' or 'None = all'), so it cannot be set."
+        )
+    if unknown:
+        raise ValueError(
+            f"{src}parameter(s) {unknown} are not declared by {notebook}; it declares "
+            f"{sorted(declared)}. Fix the spelling, or add the parameter to the notebook's 'parameters' cell."
+        )
+    if need_out_dir and "out_dir" not in declared:
+        raise ValueError(
+            f"{notebook} must declare an 'out_dir' parameter: the runner passes the run directory."
+        )
+
+
+def run_path(root: str | Path, spec: RunSpec) -> Path:
+    return Path(root) / spec.grid / spec.run_id

@@ -1,0 +1,161 @@
+"""One run's folder: what is in it, the markers that say how far it got, and writing its results.
+
+A run is one execution of a parameterized notebook, e.g. one (encoder, strategy, seed). It lives in
+
+    runs/<grid>/<run-id>/
+        params.json     schema_version, grid, run_id, notebook and the notebook parameters
+        notebook.ipynb  the executed notebook (kept, error highlighted, when a cell fails)
+        metrics.json    overall and per-skill scores with bootstrap CIs (written by the notebook)
+        scores.csv      one row per benchmark prompt (written by the notebook; needed for paired CIs)
+        logs/ samples/  heavy or noisy, git-ignored
+        RUNNING         pid and host while a process executes the run
+        .gitignore      "*" while it runs: a commit made meanwhile cannot pick up a half-written run
+        FAILED          the error, when the notebook failed (the next batch retries the run)
+        DONE            written last: a run is complete only when DONE exists
+
+Why a directory per run and a marker written last: a batch can be killed at any moment (a laptop
+lid, a SLURM time limit) and started again; finished runs are never executed twice or lost, and a
+half-written run is simply executed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from t2istudy.study.grids import SCHEMA_VERSION
+
+MARKERS = ("DONE", "FAILED", "RUNNING")
+RUNNER_ENV = "T2ISTUDY_RUNNER"  # set while the runner executes a notebook: the runner writes DONE itself
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); delete the run directory to run it again."
+        ) from err
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename) so that a kill never leaves half a JSON file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def check_schema(run_dir: Path) -> None:
+    """A run written by another schema version cannot be mixed with new ones: say so and how to fix it."""
+    params = run_dir / "params.json"
+    if not params.exists():
+        return
+    version = read_json(params).get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{run_dir} was written with run schema version {version}, but this t2istudy uses "
+            f"{SCHEMA_VERSION}. Move that runs/ directory aside (or delete it) and run the grid again."
+        )
+
+
+def run_state(run_dir: Path) -> str:
+    """done | failed | running | interrupted | pending."""
+    if (run_dir / "DONE").exists():
+        return "done"
+    if (run_dir / "FAILED").exists():
+        return "failed"
+    marker = run_dir / "RUNNING"
+    if marker.exists():
+        try:
+            info = read_json(marker)
+        except ValueError:
+            return "interrupted"
+        if info.get("host") != socket.gethostname():
+            return "running"  # a cluster job: its pid cannot be checked from here
+        return "running" if _pid_alive(int(info.get("pid", -1))) else "interrupted"
+    return "interrupted" if (run_dir / "params.json").exists() else "pending"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def now() -> str:
+    """The time for markers and records: UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_results(
+    out_dir: str | Path,
+    scores: pd.DataFrame,
+    summary: pd.DataFrame,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Called by the run notebook: per-prompt ``scores.csv`` and ``metrics.json`` (overall + per skill).
+
+    ``summary`` is ``scoring.summarize(scores)``: rows (skills, basic, advanced, overall) with columns
+    n, mean, ci_low, ci_high. ``extra`` (training time, input scale, encoder size, ...) is stored as-is.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = scores.copy()
+    for col in table.columns:
+        if table[col].map(lambda v: isinstance(v, (tuple, list))).any():
+            table[col] = table[col].map(
+                lambda v: "|".join(map(str, v)) if isinstance(v, (tuple, list)) else v
+            )
+    keep = [c for c in table.columns if not table[c].map(lambda v: isinstance(v, (dict, set))).any()]
+    table[keep].to_csv(out_dir / "scores.csv", index=False)
+    rows = summary.set_index("skill") if "skill" in summary.columns else summary
+    stats = {
+        str(name): {"n": int(row["n"]), **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}}
+        for name, row in rows.iterrows()
+    }
+    if "overall" not in stats:
+        raise ValueError("summary has no 'overall' row: pass scoring.summarize(scores) as the summary.")
+    groups = {k: stats.pop(k) for k in ("overall", "basic", "advanced") if k in stats}
+    metrics = {"schema_version": SCHEMA_VERSION, **groups, "skills": stats, **(extra or {})}
+    write_json(out_dir / "metrics.json", metrics)
+    return out_dir / "metrics.json"
+
+
+def finish_run(out_dir: str | Path) -> None:
+    """Last cell of a run notebook: mark the run complete when executed by hand (JupyterLab).
+
+    Under the runner this does nothing: the runner writes DONE itself after papermill has saved the
+    executed notebook, so that DONE is really the last thing written.
+    """
+    out_dir = Path(out_dir)
+    if os.environ.get(RUNNER_ENV):
+        return
+    if not (out_dir / "metrics.json").exists():
+        raise FileNotFoundError(f"{out_dir}/metrics.json is missing: run the scoring cells before finishing.")
+    params = out_dir / "params.json"
+    if not params.exists():
+        write_json(params, {"schema_version": SCHEMA_VERSION, "grid": out_dir.parent.name, "run_id": out_dir.name,
+                            "notebook": "interactive", "params": {}, "started": now()})  # fmt: skip
+    write_json(out_dir / "DONE", {"finished": now(), "by": "notebook"})

@@ -1,0 +1,163 @@
+"""Reading runs back: a grid's status, and the metrics and per-prompt scores of its complete runs.
+
+Torch-free (a test checks it), so that `t2istudy grid status` and the analysis notebooks load quickly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from t2istudy.diffusion import train_folder
+from t2istudy.scoring.summaries import summarize
+from t2istudy.study.grids import Grid, expand_grid, load_grid, run_path
+from t2istudy.study.run_folder import check_schema, read_json, run_state
+
+
+def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFrame:
+    """One row per run of the grid: state, overall score with CI, seconds, error."""
+    if not isinstance(grid, Grid):
+        grid = load_grid(grid)
+    rows = []
+    for spec in expand_grid(grid):
+        out = run_path(root, spec)
+        check_schema(out)
+        rows.append(_status_row(out, spec.run_id))
+    columns = ["run_id", "state", "overall", "ci_low", "ci_high", "seconds", "progress", "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def training_progress(out: Path) -> str | None:
+    """'step 650/800, last checkpoint-600' for an unfinished training run; None when none has started.
+
+    Looks in the run directory and its subfolders (``<run>/train`` for the study notebook) for the folder
+    that ``t2istudy.diffusion.train`` writes, so that ``grid status`` shows what a killed or failed run has kept:
+    the next ``grid run`` resumes it from that checkpoint.
+    """
+    for folder in (out, *sorted(p for p in out.glob("*") if p.is_dir())):
+        if train_folder.is_training_folder(folder):
+            return train_folder.training_progress(folder)
+    return None
+
+
+def _status_row(out: Path, run_id: str) -> dict[str, Any]:
+    state = run_state(out)
+    row: dict[str, Any] = {"run_id": run_id, "state": state}
+    if state in ("failed", "running", "interrupted"):
+        row["progress"] = training_progress(out)
+    if state == "done":
+        overall = (
+            read_json(out / "metrics.json").get("overall", {}) if (out / "metrics.json").exists() else {}
+        )
+        row.update(overall=overall.get("mean"), ci_low=overall.get("ci_low"), ci_high=overall.get("ci_high"))
+        row["seconds"] = read_json(out / "DONE").get("seconds")
+    elif state == "failed":
+        info = read_json(out / "FAILED")
+        row.update(seconds=info.get("seconds"), error=info.get("error", "")[:200])
+    return row
+
+
+def find_runs(root: str | Path, grid: str | None = None, done_only: bool = True) -> list[Path]:
+    """Run directories under ``root`` (optionally one grid's), complete ones only by default."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"No runs directory at {root}: run a grid first (t2istudy grid run ...).")
+    pattern = f"{grid}/*/params.json" if grid else "*/*/params.json"
+    dirs = sorted(p.parent for p in root.glob(pattern))
+    for d in dirs:
+        check_schema(d)
+    return [d for d in dirs if not done_only or (d / "DONE").exists()]
+
+
+METRICS = {
+    "score": "the scorer's verdict per prompt (judge: 1 if every constraint holds; VQAScore: P(yes))",
+    "fraction": "share of the prompt's constraints that hold (judge only: partial credit)",
+    "above_floor": "fraction minus the shuffled-prompt floor: the partial credit earned by following this "
+    "prompt rather than by chance (judge only; secondary)",
+}
+
+
+def load_metrics(root: str | Path, grid: str | None = None, metric: str = "score") -> pd.DataFrame:
+    """Long table of complete runs: one row per (run, skill-or-group) with its parameters and stats.
+
+    Columns: grid, run_id, every notebook parameter (encoder, strategy, seed, ...), skill
+    (a skill name or basic / advanced / overall), n, mean, ci_low, ci_high, plus scalar extras.
+    ``metric="fraction"`` recomputes the stats from each run's scores.csv (the judge's partial credit),
+    for when the all-or-nothing score sits at the floor.
+    """
+    _check_metric(metric)
+    rows = []
+    for out in find_runs(root, grid):
+        if not (out / "metrics.json").exists():  # a side notebook's directory (layer norms, probe, ...)
+            continue
+        record, metrics = read_json(out / "params.json"), read_json(out / "metrics.json")
+        base = {"grid": record["grid"], "run_id": record["run_id"], **record.get("params", {})}
+        extras = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float, str, bool)) and k != "schema_version"
+        }
+        if metric == "score":
+            stats = {k: metrics[k] for k in ("overall", "basic", "advanced") if k in metrics}
+            stats.update(metrics.get("skills", {}))
+        else:
+            table = _read_scores(out, metric)
+            table["skills"] = [tuple(str(t).split("|")) for t in table["skills"]]  # as scores.csv joins them
+            stats = summarize(table, column=metric).to_dict(orient="index")
+        for skill, values in stats.items():
+            rows.append({**base, **extras, "skill": skill, **values})
+    return pd.DataFrame(rows)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; use one of {sorted(METRICS)}.")
+
+
+def _read_scores(out: Path, metric: str) -> pd.DataFrame:
+    table = pd.read_csv(out / "scores.csv", dtype={"id": str})
+    if metric == "above_floor":
+        if "fraction_shuffled" not in table.columns:
+            raise ValueError(
+                f"{out / 'scores.csv'} has no shuffled-prompt control (fraction_shuffled): add it from the run's "
+                f"samples with `t2istudy grid rescore <grid file>`, or use metric='fraction'."
+            )
+        table["above_floor"] = table["fraction"] - table["fraction_shuffled"]
+    if metric not in table.columns:
+        raise ValueError(
+            f"{out / 'scores.csv'} has no {metric!r} column (VQAScore runs have only 'score'); "
+            f"use metric='score' for this grid."
+        )
+    return table
+
+
+def load_scores(root: str | Path, grid: str | None = None, metric: str = "score") -> pd.DataFrame:
+    """Per-prompt scores of complete runs, with each run's parameters as columns (for paired CIs).
+
+    With ``metric="fraction"`` the ``score`` column holds the judge's share of constraints held (the
+    verdict is kept as ``verdict``), so every analysis function works on it unchanged. Where the judge
+    wrote its shuffled-prompt control, ``shuffled`` holds the same metric on the stand-in image.
+    """
+    _check_metric(metric)
+    frames = []
+    for out in find_runs(root, grid):
+        if not (out / "scores.csv").exists():
+            continue
+        record = read_json(out / "params.json")
+        table = _read_scores(out, metric)
+        if f"{metric}_shuffled" in table.columns:  # the judge's shuffled-prompt control (the floor)
+            table["shuffled"] = table[f"{metric}_shuffled"]
+        if metric != "score":
+            table = table.rename(columns={"score": "verdict"}).assign(score=table[metric])
+        for key, value in {
+            "grid": record["grid"],
+            "run_id": record["run_id"],
+            **record.get("params", {}),
+        }.items():
+            table[key] = value
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=["grid", "run_id", "id", "score"])
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,355 @@
+"""Executing a grid's runs: papermill per run (skip what is done, isolate failures), local workers or SLURM.
+
+A batch can be killed at any moment and started again: finished runs are skipped, a half-written run is
+executed again, and runs sharing an embedding-cache entry never build it twice at once (`cache_waves`).
+Before the first kernel starts, the grid's missing cache entries are built (`prepare.prepare_grid`) and
+strategy and preset strings are checked with their one parser (`preflight`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import papermill
+import submitit
+
+from t2istudy.diffusion.model import get_preset
+from t2istudy.study.grids import (
+    SCHEMA_VERSION,
+    Grid,
+    RunSpec,
+    check_parameters,
+    expand_grid,
+    load_grid,
+    notebook_parameters,
+    run_path,
+)
+from t2istudy.study.prepare import prepare_grid, runs_awaiting_build
+from t2istudy.study.run_folder import (
+    RUNNER_ENV,
+    check_schema,
+    now,
+    read_json,
+    run_state,
+    write_json,
+)
+from t2istudy.text.aggregation import parse_strategy
+
+CACHE_KEYS = ("encoder", "strategy")  # runs sharing these share an embedding cache entry
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    state: str  # done | failed | skipped
+    seconds: float = 0.0
+    error: str = ""
+    path: str = ""
+
+
+def execute_run(
+    spec: RunSpec, root: str | Path = "runs", *, threads: int | None = None, require_metrics: bool = True
+) -> RunResult:
+    """Execute one run's notebook with papermill; never raises for a failing notebook (isolation).
+
+    A failing cell leaves ``notebook.ipynb`` with the error highlighted and a FAILED marker with the
+    message; the batch goes on. DONE is written only after the notebook finished (and, for training
+    runs, wrote metrics.json). ``out_dir`` is passed when the notebook declares it.
+    """
+    out = run_path(root, spec).resolve()
+    if (out / "DONE").exists():
+        return RunResult(spec.run_id, "skipped", path=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    for name in ("FAILED", "DONE"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "notebook.ipynb").exists():  # keep the previous failed attempt for reading
+        os.replace(out / "notebook.ipynb", out / "notebook.previous.ipynb")
+    write_json(out / "params.json", _params_record(spec))
+    write_json(out / "RUNNING", {"pid": os.getpid(), "host": socket.gethostname(), "started": now()})
+    (out / ".gitignore").write_text("# in progress: git ignores this run until it has finished\n*\n")
+    os.environ[RUNNER_ENV] = "1"
+    os.environ.setdefault("TQDM_DISABLE", "1")  # bars would only clutter the executed notebook and logs
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    start = time.perf_counter()
+    try:
+        with (
+            open(out / "logs" / "stdout.txt", "w") as stdout,
+            open(out / "logs" / "stderr.txt", "w") as stderr,
+        ):
+            papermill.execute_notebook(
+                spec.notebook,
+                str(out / "notebook.ipynb"),
+                parameters={  # the run directory is the default out_dir; an explicit one wins
+                    **({"out_dir": str(out)} if _declares_out_dir(spec.notebook) else {}),
+                    **spec.params,
+                },
+                progress_bar=False,
+                log_output=True,
+                stdout_file=stdout,
+                stderr_file=stderr,
+            )
+        if require_metrics and not (out / "metrics.json").exists():
+            raise RuntimeError(f"the notebook finished but wrote no metrics.json in {out}")
+    except Exception as err:  # noqa: BLE001 - isolation: any failure is recorded, the batch goes on
+        seconds = time.perf_counter() - start
+        message = _error_message(err)
+        write_json(out / "FAILED", {"finished": now(), "seconds": seconds, "error": message,
+                                    "traceback": traceback.format_exc(limit=5)})  # fmt: skip
+        return RunResult(spec.run_id, "failed", seconds, message, str(out))
+    else:
+        seconds = time.perf_counter() - start
+        write_json(
+            out / "DONE", {"finished": now(), "seconds": round(seconds, 1), "host": socket.gethostname()}
+        )
+        return RunResult(spec.run_id, "done", seconds, path=str(out))
+    finally:  # also on Ctrl-C: the run is then "interrupted" and the next batch executes it again
+        (out / "RUNNING").unlink(missing_ok=True)
+        # A killed process never gets here and leaves the .gitignore: half-written runs stay out of git.
+        (out / ".gitignore").unlink(missing_ok=True)
+
+
+def execute_notebook(
+    notebook: str | Path, out_dir: str | Path, params: dict[str, Any] | None = None
+) -> RunResult:
+    """One notebook (not a training run) into ``out_dir``, with the same checks, markers and skip rule.
+
+    Used for the study's side notebooks (layer norms, judge validation, probe) and the analysis.
+    """
+    params = dict(params or {})
+    check_parameters(notebook, params, need_out_dir=False)
+    out = Path(out_dir)
+    spec = RunSpec(out.parent.name, out.name, str(Path(notebook).resolve()), params)
+    check_schema(out)
+    return execute_run(spec, out.parent.parent, require_metrics=False)
+
+
+def _declares_out_dir(notebook: str | Path) -> bool:
+    return "out_dir" in notebook_parameters(notebook)
+
+
+def _params_record(spec: RunSpec) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "grid": spec.grid,
+        "run_id": spec.run_id,
+        "notebook": _relative(spec.notebook),
+        "params": spec.params,
+        "started": now(),
+        "host": socket.gethostname(),
+    }
+
+
+def _relative(path: str) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+
+
+def _error_message(err: Exception) -> str:
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}".strip()
+    return f"{type(err).__name__}: {err}".strip()
+
+
+def preflight(specs: list[RunSpec]) -> None:
+    """Validate strategy and preset strings with their one parser before any run starts, so that a
+    typo fails in a second, not after a kernel start per run (encoders are checked by the run itself:
+    their weights may exist only on the compute nodes)."""
+    checks = {"strategy": parse_strategy, "preset": get_preset}
+    for spec in specs:
+        for key, check in checks.items():
+            if key in spec.params:
+                try:
+                    check(spec.params[key])
+                except ValueError as err:
+                    raise ValueError(f"run {spec.run_id}: {err}") from err
+
+
+def plan(specs: list[RunSpec], root: str | Path = "runs") -> dict[str, list[RunSpec]]:
+    """Split runs by state, checking schema and that finished runs match today's parameters."""
+    by_state: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        out = run_path(root, spec)
+        check_schema(out)
+        state = run_state(out)
+        if state == "done":
+            recorded = read_json(out / "params.json").get("params", {})
+            if recorded != spec.params:
+                diff = sorted(
+                    k for k in set(recorded) | set(spec.params) if recorded.get(k) != spec.params.get(k)
+                )
+                raise ValueError(
+                    f"{out} is complete but was run with different values for {diff} than the grid asks "
+                    f"now. Give the grid a new 'name' (a new runs/ folder), or delete that run to redo it."
+                )
+        by_state.setdefault(state, []).append(spec)
+    return by_state
+
+
+def run_grid(
+    grid: Grid | str | Path,
+    root: str | Path = "runs",
+    *,
+    workers: int = 1,
+    launcher: str = "local",
+    cluster: str | None = None,
+    slurm: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    rerun_running: bool = False,
+    prepare: bool = True,
+    log=print,
+) -> list[RunResult]:
+    """Execute every run of a grid that is not complete; returns one result per run (skipped included).
+
+    ``launcher="local"`` runs ``workers`` notebooks at a time on this machine (each worker gets
+    cpu_count // workers threads). ``launcher="slurm"`` submits one submitit job per run; ``cluster``
+    picks submitit's backend ("slurm", or "local" to try the same path on one machine) and ``slurm``
+    holds executor parameters (timeout_min, gpus_per_node, cpus_per_task, mem_gb, slurm_partition...).
+    Runs marked RUNNING by a live process here, or by any process on another host (a cluster job killed
+    at its time limit leaves the marker), are skipped unless ``rerun_running``. With ``prepare`` (local
+    launcher) the runs' missing embedding caches are first built with one encoder pass per encoder
+    (`t2istudy.study.prepare`); on a cluster, run `t2istudy grid prepare` as a job of its own first.
+    """
+    if not isinstance(grid, Grid):
+        grid = load_grid(grid)
+    specs = select_runs(expand_grid(grid), only)
+    for spec in specs:
+        check_parameters(spec.notebook, spec.params, where=f"run {spec.run_id}")
+    preflight(specs)
+    groups = plan(specs, root)
+    grid_dir = Path(root) / grid.name
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    write_json(grid_dir / "grid.json", {"schema_version": SCHEMA_VERSION, **grid.__dict__})
+    results = [RunResult(s.run_id, "skipped", path=str(run_path(root, s))) for s in groups.get("done", [])]
+    busy = [] if rerun_running else groups.get("running", [])
+    results += [RunResult(s.run_id, "skipped", error="running elsewhere (--rerun-running)") for s in busy]
+    states = ("pending", "failed", "interrupted") + (("running",) if rerun_running else ())
+    todo = [s for s in specs if any(s in groups.get(state, []) for state in states)]
+    log(f"[grid {grid.name}] {len(specs)} runs: {len(specs) - len(todo) - len(busy)} done, "
+        f"{len(busy)} running elsewhere, {len(todo)} to run ({launcher}, workers={workers})")  # fmt: skip
+    if not todo:
+        return results
+    if launcher not in ("local", "slurm"):
+        raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
+    start = time.perf_counter()
+    prepared = False  # True: every cache entry the runs need exists now
+    if prepare and launcher == "local":
+        try:
+            prepare_grid(grid, root, only=[s.run_id for s in todo], log=log)
+            prepared = True
+        except Exception as err:  # noqa: BLE001 - each run then builds its own entry, or fails on its own
+            log(
+                f"[grid {grid.name}] preparing the caches failed ({_error_message(err)}); each run builds its own"
+            )
+    waves = cache_waves(todo) if launcher == "slurm" or workers > 1 else [todo]
+    if len(waves) > 1:  # some runs share a cache entry: wait only where that entry is still missing
+        waves = cache_waves(todo, set() if prepared else _awaiting_build(todo, log))
+    for wave in waves:
+        if launcher == "local":
+            results += _run_local(wave, root, workers, log, start)
+        else:
+            results += _run_submitit(wave, root, grid_dir, cluster or "slurm", slurm or {}, log, start)
+    failed = [r for r in results if r.state == "failed"]
+    log(f"[grid {grid.name}] finished in {time.perf_counter() - start:.0f} s: "
+        f"{sum(r.state == 'done' for r in results)} new, {len(failed)} failed"
+        + "".join(f"\n  FAILED {r.run_id}: {r.error} (see {r.path}/notebook.ipynb)" for r in failed))  # fmt: skip
+    return results
+
+
+def select_runs(specs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
+    """The runs ``--only`` names, in the order named (the user's priority); a repeated id once."""
+    if not only:
+        return specs
+    unknown = sorted(set(only) - {s.run_id for s in specs})
+    if unknown:
+        raise ValueError(f"--only names unknown run ids {unknown}; see `t2istudy grid status`.")
+    by_id = {s.run_id: s for s in specs}
+    return [by_id[run_id] for run_id in dict.fromkeys(only)]
+
+
+def cache_waves(
+    todo: list[RunSpec], building: set[str] | None = None, keys: tuple[str, ...] = CACHE_KEYS
+) -> list[list[RunSpec]]:
+    """Waves for parallel execution, so that two processes never build the same cache entry at once.
+
+    Runs whose entries exist (not in ``building``) all go in the first wave, side by side; of the runs
+    that would build an entry, one per entry (encoder, strategy) goes with them and the rest wait for
+    the second wave. ``building=None`` (nothing could be looked up) treats every run as building."""
+    builder: dict[tuple, RunSpec] = {}  # the one run per entry that builds it
+    wait = []
+    for spec in todo:
+        if building is None or spec.run_id in building:
+            key = tuple(str(spec.params.get(k)) for k in keys)
+            if builder.setdefault(key, spec) is not spec:
+                wait.append(spec)
+    return [w for w in ([s for s in todo if s not in wait], wait) if w]
+
+
+def _awaiting_build(todo: list[RunSpec], log) -> set[str] | None:
+    """The runs that would build a cache entry themselves; None if the caches cannot be looked up here
+    (a cluster's login node without the cache, say): then every run is treated as building."""
+    try:
+        return runs_awaiting_build(todo)
+    except Exception as err:  # noqa: BLE001 - waves are a precaution; the runs themselves report errors
+        log(f"[grid] could not look up the runs' cache entries ({_error_message(err)}); running in waves")
+        return None
+
+
+def _report(log, i: int, n: int, result: RunResult, start: float) -> None:
+    extra = f"  {result.error}" if result.error else ""
+    log(f"[{i}/{n}] {result.state:7s} {result.run_id} ({result.seconds:.0f} s; "
+        f"batch {time.perf_counter() - start:.0f} s){extra}")  # fmt: skip
+
+
+def _run_local(todo: list[RunSpec], root, workers: int, log, start: float) -> list[RunResult]:
+    results = []
+    if workers <= 1:
+        for i, spec in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] running {spec.run_id} ...")
+            results.append(execute_run(spec, root))
+            _report(log, i, len(todo), results[-1], start)
+        return results
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # fresh processes: no forked torch/OpenMP state
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(execute_run, spec, root, threads=threads): spec for spec in todo}
+        for i, future in enumerate(cf.as_completed(futures), 1):
+            spec = futures[future]
+            try:
+                results.append(future.result())
+            except Exception as err:  # noqa: BLE001 - a crashed worker is one failed run
+                results.append(RunResult(spec.run_id, "failed", error=_error_message(err)))
+            _report(log, i, len(todo), results[-1], start)
+    return results
+
+
+def _run_submitit(
+    todo, root, grid_dir: Path, cluster: str, options: dict, log, start: float
+) -> list[RunResult]:
+    executor = submitit.AutoExecutor(folder=grid_dir / ".submitit" / "%j", cluster=cluster)
+    executor.update_parameters(name=f"t2istudy-{grid_dir.name}", **options)
+    root = str(Path(root).resolve())
+    jobs = executor.map_array(execute_run, todo, [root] * len(todo))
+    log(f"submitted {len(jobs)} {cluster} jobs: {', '.join(str(j.job_id) for j in jobs[:5])}"
+        + (" ..." if len(jobs) > 5 else ""))  # fmt: skip
+    results = []
+    for i, (job, spec) in enumerate(zip(jobs, todo, strict=True), 1):
+        try:
+            results.append(job.result())
+        except Exception as err:  # noqa: BLE001 - the job died (time limit, node failure): record it
+            results.append(RunResult(spec.run_id, "failed", error=_error_message(err)))
+        _report(log, i, len(todo), results[-1], start)
+    return results
