@@ -13,6 +13,7 @@ from t2istudy.diffusion.data import shapes_pool
 from t2istudy.study import grids, prepare, run_folder, runner
 from t2istudy.text.cache import EmbeddingCache
 from t2istudy.world.shapes_benchmark import make_benchmark
+from t2istudy.world.shapes_geneval import make_geneval_tier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,7 @@ def write_grid(tmp_path: Path) -> Path:
         "params": {
             "preset": "cpu-tiny",
             "n_per_skill": 2,
+            "geneval_per_task": 1,
             "train_options": {"pool_size": 40, "cache_dir": str(tmp_path / "cache")},
         },  # fmt: skip
         "axes": {"encoder": ["fake-a", "fake-b"], "strategy": ["last", "learned", "mean"], "seed": [0, 1]},
@@ -44,21 +46,28 @@ def test_one_pass_per_encoder_and_caption_set(tmp_path, monkeypatch):
     grid = write_grid(tmp_path)
     requests = prepare.prepare_grid(grid, tmp_path / "runs", log=lambda *_: None)
 
-    # 2 encoders x (training captions, benchmark prompts), each wanting the 3 strategies (seeds share entries)
+    # 2 encoders x (training captions, both tiers' prompts), each wanting the 3 strategies (seeds share entries)
+    kinds = ("training captions", "benchmark prompts", "GenEval-style prompts")
     assert sorted((r.encoder, r.what) for r in requests) == sorted(
-        (e, w) for e in ("fake-a", "fake-b") for w in ("training captions", "benchmark prompts")
+        (e, w) for e in ("fake-a", "fake-b") for w in kinds
     )
     assert all(r.strategies == ["last", "learned", "mean"] for r in requests)
     train_captions = shapes_pool(40, 0, 16).captions
     prompts = make_benchmark(n_per_skill=2, seed=0)["prompt"].tolist()
+    tier = make_geneval_tier(1, seed=0)["prompt"].tolist()
+    expected = {
+        "training captions": train_captions,
+        "benchmark prompts": prompts,
+        "GenEval-style prompts": tier,
+    }
     for r in requests:
-        assert set(r.captions) == set(train_captions if r.what == "training captions" else prompts)
+        assert set(r.captions) == set(expected[r.what])
         assert r.batch_size == 64
 
     # Each encoder loaded once per caption set (not once per strategy); every entry a run looks up exists.
-    assert sorted(loads) == ["fake-a", "fake-a", "fake-b", "fake-b"]
+    assert sorted(loads) == ["fake-a"] * 3 + ["fake-b"] * 3
     for name in ("fake-a", "fake-b"):
-        for captions in (train_captions, prompts):
+        for captions in (train_captions, prompts, tier):
             for strategy in ("last", "learned", "mean"):
                 entry = EmbeddingCache.find(tmp_path / "cache", name, strategy, captions)
                 assert entry is not None and entry.strategy == strategy
@@ -181,7 +190,7 @@ def test_latent_preset_trains_its_autoencoder_and_fills_its_latent_cache_once(tm
     )
     grid["axes"] = {"encoder": ["fake-a"], "strategy": ["last", "mean"], "seed": [0, 1]}
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
-    specs = runs.expand_grid(runs.load_grid(tmp_path / "grid.yaml"))
+    specs = grids.expand_grid(grids.load_grid(tmp_path / "grid.yaml"))
     assert prepare.prepare_images(specs, log=lambda *_: None) == 1  # 4 runs, one image side
     assert len(trained) == 1
     entries = list((tmp_path / "latents").iterdir())

@@ -26,6 +26,7 @@ from t2istudy.study import grids, run_folder, runner
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, caption_hash
 from t2istudy.world.shapes_benchmark import make_benchmark
+from t2istudy.world.shapes_geneval import make_geneval_tier
 
 PROMPT_BATCH = 64  # sample.sample_run encodes benchmark prompts with get_or_build's default batch size
 
@@ -95,6 +96,12 @@ def cache_requests(specs: list[grids.RunSpec]) -> list[CacheRequest]:
                 prompts_of[bench_key] = bench["prompt"].tolist()
             want(opts.encoder, opts.max_length, opts.cache_dir, "benchmark prompts", prompts_of[bench_key],
                  PROMPT_BATCH, strategy, spec.run_id)  # fmt: skip
+            if int(values.get("geneval_per_task") or 0) > 0:  # the GenEval-style tier's prompts too
+                tier_key = ("geneval", int(values["geneval_per_task"]), int(values["benchmark_seed"]))
+                if tier_key not in prompts_of:
+                    prompts_of[tier_key] = make_geneval_tier(tier_key[1], seed=tier_key[2])["prompt"].tolist()
+                want(opts.encoder, opts.max_length, opts.cache_dir, "GenEval-style prompts", prompts_of[tier_key],
+                     PROMPT_BATCH, strategy, spec.run_id)  # fmt: skip
     return list(requests.values())
 
 

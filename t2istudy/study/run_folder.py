@@ -159,3 +159,23 @@ def finish_run(out_dir: str | Path) -> None:
         write_json(params, {"schema_version": SCHEMA_VERSION, "grid": out_dir.parent.name, "run_id": out_dir.name,
                             "notebook": "interactive", "params": {}, "started": now()})  # fmt: skip
     write_json(out_dir / "DONE", {"finished": now(), "by": "notebook"})
+
+
+def write_tier_results(out_dir: str | Path, tier: str, scores: pd.DataFrame, summary: pd.DataFrame) -> Path:
+    """A second benchmark tier of the same run (the GenEval-style tier beside the held-out one):
+    ``scores_<tier>.csv`` and ``metrics.json["tiers"][tier]`` = overall + one entry per task. Call it after
+    :func:`write_results`, which writes metrics.json afresh."""
+    out_dir = Path(out_dir)
+    metrics_file = out_dir / "metrics.json"
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"{metrics_file} is missing: call write_results first, then write_tier_results.")
+    table = scores.drop(columns=[c for c in ("skills", "spec", "scene") if c in scores.columns])
+    table.to_csv(out_dir / f"scores_{tier}.csv", index=False)
+    stats = {
+        str(name): {"n": int(row["n"]), **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}}
+        for name, row in summary.iterrows()
+    }
+    metrics = json.loads(metrics_file.read_text())
+    metrics.setdefault("tiers", {})[tier] = {"overall": stats.pop("overall"), "tasks": stats}
+    write_json(metrics_file, metrics)
+    return metrics_file
