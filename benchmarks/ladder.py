@@ -50,7 +50,9 @@ def main() -> None:
         name = args.name or f"{args.preset}-{args.encoder}-{args.strategy}-s{args.seed}"
         changes = json.loads(args.preset_changes)
         if changes and not args.name:
-            parser.error("--preset_changes needs --name: the lever's ladder gets its own folder and preset name")
+            parser.error(
+                "--preset_changes needs --name: the lever's ladder gets its own folder and preset name"
+            )
         if changes:  # a lever: the preset with some fields changed, under its own name
             base = get_preset(args.preset)
             if isinstance(changes.get("unet"), dict):

@@ -55,7 +55,9 @@ def main() -> None:
 
         def cached(i: int) -> None:
             rows = np.arange((i % 4) * args.batch, (i % 4 + 1) * args.batch)
-            sample_latents(torch.from_numpy(np.array(cache.moments[rows])), torch.Generator().manual_seed(i), sf)
+            sample_latents(
+                torch.from_numpy(np.array(cache.moments[rows])), torch.Generator().manual_seed(i), sf
+            )
             step(feats, mask, i)
 
         best = {"online": float("inf"), "cached": float("inf")}

@@ -104,8 +104,13 @@ class LatentCache:
                 moments[lo : lo + len(m)] = m
         moments.flush()
         del moments
-        meta = {"version": LATENT_CACHE_VERSION, "vae": vae_key(vae), "data": data_id, "shape": list(shape),
-                "scaling_factor": float(vae.config.scaling_factor)}  # fmt: skip
+        meta = {
+            "version": LATENT_CACHE_VERSION,
+            "vae": vae_key(vae),
+            "data": data_id,
+            "shape": list(shape),
+            "scaling_factor": float(vae.config.scaling_factor),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if (path / "meta.json").is_file():  # another process finished the same entry first
             shutil.rmtree(tmp)

@@ -26,8 +26,19 @@ from t2istudy.diffusion.train_folder import complete_checkpoints
 from t2istudy.figure_files import save_figure
 from t2istudy.study.tiers import evaluate_tiers
 
-COLUMNS = ("preset", "encoder", "strategy", "seed", "steps", "train_seconds", "threads", "machine_minutes",
-           "load_average", "guidance_scale", "sample_seconds")  # fmt: skip
+COLUMNS = (
+    "preset",
+    "encoder",
+    "strategy",
+    "seed",
+    "steps",
+    "train_seconds",
+    "threads",
+    "machine_minutes",
+    "load_average",
+    "guidance_scale",
+    "sample_seconds",
+)
 
 
 def climb(
@@ -53,10 +64,18 @@ def climb(
         if steps in set(done["steps"]):
             continue
         opts = TrainOptions(
-            encoder=encoder, strategy=strategy, preset=preset, seed=seed, max_train_steps=steps,
-            output_dir=str(train_dir), report_to="none", progress=False, num_threads=threads,
-            checkpoints_total_limit=1, **(train_options or {}),
-        )  # fmt: skip
+            encoder=encoder,
+            strategy=strategy,
+            preset=preset,
+            seed=seed,
+            max_train_steps=steps,
+            output_dir=str(train_dir),
+            report_to="none",
+            progress=False,
+            num_threads=threads,
+            checkpoints_total_limit=1,
+            **(train_options or {}),
+        )
         if complete_checkpoints(train_dir):
             opts.resume_from_checkpoint = "latest"
         t0 = time.time()
@@ -67,10 +86,19 @@ def climb(
         rung = out / f"rung-{steps:05d}"
         rung.mkdir(parents=True, exist_ok=True)
         results = evaluate_tiers(train_dir, sizes, out_dir=rung, guidance_scale=guidance_scale)
-        row = {"preset": preset, "encoder": encoder, "strategy": strategy, "seed": seed, "steps": steps,
-               "train_seconds": round(seconds, 1), "threads": threads,
-               "machine_minutes": round(seconds * threads / 60, 2), "load_average": round(load, 2),
-               "guidance_scale": guidance_scale, "sample_seconds": round(time.time() - t0, 1)}  # fmt: skip
+        row = {
+            "preset": preset,
+            "encoder": encoder,
+            "strategy": strategy,
+            "seed": seed,
+            "steps": steps,
+            "train_seconds": round(seconds, 1),
+            "threads": threads,
+            "machine_minutes": round(seconds * threads / 60, 2),
+            "load_average": round(load, 2),
+            "guidance_scale": guidance_scale,
+            "sample_seconds": round(time.time() - t0, 1),
+        }
         for tier, (scores, summary) in results.items():
             scores.drop(columns=["skills"]).to_csv(rung / f"scores_{tier}.csv", index=False)
             summary.to_csv(rung / f"summary_{tier}.csv")
@@ -95,9 +123,13 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list
     """Verdict (all-or-nothing) on both tiers against training machine-minutes, one line per ladder."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, (col, title) in zip(
-        axes, [("geneval_overall", "GenEval-style tier (seen compositions)"),
-               ("heldout_overall", "held-out tier (new compositions)")], strict=True,
-    ):  # fmt: skip
+        axes,
+        [
+            ("geneval_overall", "GenEval-style tier (seen compositions)"),
+            ("heldout_overall", "held-out tier (new compositions)"),
+        ],
+        strict=True,
+    ):
         for label, group in table.groupby("ladder"):  # the folder: preset (or lever), encoder, strategy, seed
             group = group.sort_values("machine_minutes")
             ax.plot(group["machine_minutes"], group[col], marker="o", label=label)

@@ -55,9 +55,12 @@ def evaluate_tiers(
     for tier, n in sizes.items():
         bench = make_tier(tier, n, benchmark_seed)
         images = sample.sample_run(
-            train_dir, bench["prompt"].tolist(), seeds=[sample_seed],
-            out_dir=None if out_dir is None else Path(out_dir) / "samples" / tier, **sample_options,
-        )  # fmt: skip
+            train_dir,
+            bench["prompt"].tolist(),
+            seeds=[sample_seed],
+            out_dir=None if out_dir is None else Path(out_dir) / "samples" / tier,
+            **sample_options,
+        )
         table = get_scorer("judge").score(images, bench)
         results[tier] = (table, summarize_tier(tier, table))
     return results

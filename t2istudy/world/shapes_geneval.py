@@ -184,7 +184,13 @@ def make_geneval_tier(
             assert scene_satisfies(scene, spec), (text, spec, scene)
             seen.add(text)
             rows.append(
-                {"id": f"{task}-{len(seen):04d}", "prompt": text, "skills": (task,), "spec": spec,
-                 "scene": scene, "task": task}
-            )  # fmt: skip
+                {
+                    "id": f"{task}-{len(seen):04d}",
+                    "prompt": text,
+                    "skills": (task,),
+                    "spec": spec,
+                    "scene": scene,
+                    "task": task,
+                }
+            )
     return pd.DataFrame(rows)
