@@ -6,7 +6,8 @@ warm-up the first N steps of a long run are exactly the N-step run), sample both
 (EMA) weights, judge them, append a row to ``<out>/ladder.csv``. Rerunning skips finished rungs.
 
 Machine-minutes are wall seconds x threads / 60, recorded beside the load average: on a shared machine
-they overstate the quiet-machine cost, never understate it.
+they overstate the quiet-machine cost. A rung's cumulative training time is saved before it is judged, so
+a ladder killed while judging keeps it; the time of a rung killed mid-training is lost (undercounted).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from t2istudy.diffusion.train_folder import complete_checkpoints
 from t2istudy.figure_files import save_figure
 from t2istudy.study.tiers import evaluate_tiers
 
+CLOCK = "train_clock.json"  # {steps: [cumulative training seconds, load]}, written before each rung is judged
 COLUMNS = (
     "preset",
     "encoder",
@@ -60,6 +62,7 @@ def climb(
     table_path = out / "ladder.csv"
     done = pd.read_csv(table_path) if table_path.is_file() else pd.DataFrame(columns=COLUMNS)
     train_dir = out / "train"
+    clock = json.loads((out / CLOCK).read_text()) if (out / CLOCK).is_file() else {}
     for steps in sorted(rungs):
         if steps in set(done["steps"]):
             continue
@@ -80,8 +83,15 @@ def climb(
             opts.resume_from_checkpoint = "latest"
         t0 = time.time()
         train(opts)
-        seconds = time.time() - t0 + (float(done["train_seconds"].max()) if len(done) else 0.0)
-        load = os.getloadavg()[0]
+        if (
+            str(steps) not in clock
+        ):  # a rung trained earlier and judged now (killed in between) keeps its time
+            clock[str(steps)] = [
+                time.time() - t0 + max((c[0] for c in clock.values()), default=0.0),
+                os.getloadavg()[0],
+            ]
+            (out / CLOCK).write_text(json.dumps(clock, indent=1))
+        seconds, load = clock[str(steps)]
         t0 = time.time()
         rung = out / f"rung-{steps:05d}"
         rung.mkdir(parents=True, exist_ok=True)
