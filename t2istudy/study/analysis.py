@@ -284,6 +284,22 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
     return pd.DataFrame(out)
 
 
+def provenance_note(provenance: pd.DataFrame) -> str:
+    """A sentence for a table's caption when the compared runs ran with different code, versions or
+    devices (``run_results.load_provenance``); "" when they agree or none recorded it."""
+    recorded = provenance.drop(columns="run_id").notna().any(axis=1)
+    if not recorded.any():
+        return ""
+    parts = []
+    for column in provenance.columns.drop("run_id"):
+        values = sorted({str(v) for v in provenance.loc[recorded, column]})
+        if len(values) > 1:
+            parts.append(f"{column} ({', '.join(values)})")
+    if not recorded.all():
+        parts.append(f"{int((~recorded).sum())} of {len(provenance)} runs predate provenance records")
+    return " Compared runs differ in: " + "; ".join(parts) + "." if parts else ""
+
+
 def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: str = "") -> list[Path]:
     """The same table as CSV (numbers), Markdown (RESULTS.md, GitHub) and LaTeX (papers)."""
     out_dir = Path(out_dir)

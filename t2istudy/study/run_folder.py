@@ -3,7 +3,8 @@
 A run is one execution of a parameterized notebook, e.g. one (encoder, strategy, seed). It lives in
 
     runs/<grid>/<run-id>/
-        params.json     schema_version, grid, run_id, notebook and the notebook parameters
+        params.json     schema_version, grid, run_id, notebook, the notebook parameters, and provenance
+                        (git commit and dirty flag, python/torch/diffusers/... versions, device)
         notebook.ipynb  the executed notebook (kept, error highlighted, when a cell fails)
         metrics.json    overall and per-skill scores with bootstrap CIs (written by the notebook)
         scores.csv      one row per benchmark prompt (written by the notebook; needed for paired CIs)
@@ -30,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from t2istudy.study.grids import SCHEMA_VERSION
+from t2istudy.study.provenance import provenance
 
 MARKERS = ("DONE", "FAILED", "RUNNING")
 RUNNER_ENV = "T2ISTUDY_RUNNER"  # set while the runner executes a notebook: the runner writes DONE itself
@@ -157,5 +159,6 @@ def finish_run(out_dir: str | Path) -> None:
     params = out_dir / "params.json"
     if not params.exists():
         write_json(params, {"schema_version": SCHEMA_VERSION, "grid": out_dir.parent.name, "run_id": out_dir.name,
-                            "notebook": "interactive", "params": {}, "started": now()})  # fmt: skip
+                            "notebook": "interactive", "params": {}, "started": now(),
+                            "provenance": provenance()})  # fmt: skip
     write_json(out_dir / "DONE", {"finished": now(), "by": "notebook"})

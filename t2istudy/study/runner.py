@@ -33,6 +33,7 @@ from t2istudy.study.grids import (
     run_path,
 )
 from t2istudy.study.prepare import prepare_grid, runs_awaiting_build
+from t2istudy.study.provenance import provenance
 from t2istudy.study.run_folder import (
     RUNNER_ENV,
     check_schema,
@@ -147,6 +148,7 @@ def _params_record(spec: RunSpec) -> dict[str, Any]:
         "params": spec.params,
         "started": now(),
         "host": socket.gethostname(),
+        "provenance": provenance(),
     }
 
 
