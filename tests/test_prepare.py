@@ -25,7 +25,7 @@ def write_grid(tmp_path: Path) -> Path:
             "preset": "cpu-tiny",
             "n_per_skill": 2,
             "train_options": {"pool_size": 40, "cache_dir": str(tmp_path / "cache")},
-        },  # fmt: skip
+        },
         "axes": {"encoder": ["fake-a", "fake-b"], "strategy": ["last", "learned", "mean"], "seed": [0, 1]},
     }
     path = tmp_path / "grid.yaml"

@@ -278,9 +278,19 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
         for skill in ["overall", *skills]:
             matched, floor = _matrix(arm, skill), _matrix(arm, skill, "shuffled")
             above = _mean_ci(matched.to_numpy() - floor.to_numpy(), opts)
-            out.append({"encoder": enc, "strategy": strategy, "skill": skill, "n_seeds": len(matched),
-                        "score": float(np.nanmean(matched.to_numpy())), "floor": float(np.nanmean(floor.to_numpy())),
-                        "above_floor": above[0], "ci_low": above[1], "ci_high": above[2]})  # fmt: skip
+            out.append(
+                {
+                    "encoder": enc,
+                    "strategy": strategy,
+                    "skill": skill,
+                    "n_seeds": len(matched),
+                    "score": float(np.nanmean(matched.to_numpy())),
+                    "floor": float(np.nanmean(floor.to_numpy())),
+                    "above_floor": above[0],
+                    "ci_low": above[1],
+                    "ci_high": above[2],
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -335,9 +345,18 @@ def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     data = metrics[~metrics["skill"].isin(GROUPS[1:])][["encoder", "strategy", "seed", "skill", "mean"]]
     order = skill_order(data["skill"])
     grid = sns.catplot(
-        data=data, x="skill", y="mean", hue="strategy", col="encoder", kind="bar", order=order,
-        errorbar="sd", col_wrap=min(2, data["encoder"].nunique()), height=3.2, aspect=1.8,
-    )  # fmt: skip
+        data=data,
+        x="skill",
+        y="mean",
+        hue="strategy",
+        col="encoder",
+        kind="bar",
+        order=order,
+        errorbar="sd",
+        col_wrap=min(2, data["encoder"].nunique()),
+        height=3.2,
+        aspect=1.8,
+    )
     grid.set_axis_labels("", f"score ({OURS})")
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=45)
@@ -379,8 +398,14 @@ def claims_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure,
     preliminary = data["verdict"].str.contains("preliminary").to_numpy()
     ax.hlines(y, data["ci_low"], data["ci_high"], color=colors)
     ax.scatter(data["diff"][~preliminary], y[~preliminary], color=colors[~preliminary], zorder=3)
-    ax.scatter(data["diff"][preliminary], y[preliminary], facecolors="white", edgecolors=colors[preliminary],
-               zorder=3, label="preliminary (< 3 seeds)")  # fmt: skip
+    ax.scatter(
+        data["diff"][preliminary],
+        y[preliminary],
+        facecolors="white",
+        edgecolors=colors[preliminary],
+        zorder=3,
+        label="preliminary (< 3 seeds)",
+    )
     if preliminary.any():
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)

@@ -158,7 +158,16 @@ def finish_run(out_dir: str | Path) -> None:
         raise FileNotFoundError(f"{out_dir}/metrics.json is missing: run the scoring cells before finishing.")
     params = out_dir / "params.json"
     if not params.exists():
-        write_json(params, {"schema_version": SCHEMA_VERSION, "grid": out_dir.parent.name, "run_id": out_dir.name,
-                            "notebook": "interactive", "params": {}, "started": now(),
-                            "provenance": provenance()})  # fmt: skip
+        write_json(
+            params,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "grid": out_dir.parent.name,
+                "run_id": out_dir.name,
+                "notebook": "interactive",
+                "params": {},
+                "started": now(),
+                "provenance": provenance(),
+            },
+        )
     write_json(out_dir / "DONE", {"finished": now(), "by": "notebook"})
