@@ -66,7 +66,8 @@ from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, OnlineText, pad_cat, slug, token_rms
 from t2istudy.text.encoders import load_encoder
 
-# Run directory ----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Run directory
 
 
 def new_run_dir(opts: TrainOptions) -> Path:
@@ -97,7 +98,8 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     return path
 
 
-# The model being trained ------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# The model being trained
 
 
 def step_randomness(
@@ -152,7 +154,8 @@ def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator
     return text, token_rms(*text.embed(probe)).tolist(), None
 
 
-# The loop ---------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# The loop
 
 
 def train(opts: TrainOptions) -> Path:
@@ -448,7 +451,8 @@ def _last_logged_loss(run_dir: Path) -> float | None:
     return logged[-1]["loss"] if logged else None
 
 
-# Command line -----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Command line
 
 
 def _parse_bool(text: str) -> bool:
