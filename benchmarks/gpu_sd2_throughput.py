@@ -111,11 +111,14 @@ def run_loop(
     sync(device)
     sec = (time.perf_counter() - t0) / steps
     out = {
-        "loop": kind, "batch": batch, "s_per_step": sec, "img_per_s": batch / sec,
+        "loop": kind,
+        "batch": batch,
+        "s_per_step": sec,
+        "img_per_s": batch / sec,
         "flop_per_step": counter.get_total_flops(),
         "max_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
         "unet_parameters": count_parameters(unet),
-    }  # fmt: skip
+    }
     return out
 
 

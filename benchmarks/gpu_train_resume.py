@@ -41,11 +41,23 @@ ENCODER, STRATEGY, PRESET = "minilm-l6", "norm_mean", "sd2-256"
 
 def options(args, out: Path, **kw) -> T.TrainOptions:
     base = dict(
-        encoder=ENCODER, strategy=STRATEGY, preset=args.preset, pool_size=args.pool, cache_dir=args.cache,
-        vae_path=args.vae, output_dir=str(out), max_train_steps=args.steps, train_batch_size=args.batch,
-        checkpointing_steps=args.stop, checkpoints_total_limit=1, logging_steps=1, report_to="none",
-        progress=False, lr_warmup_steps=0, use_ema=True,
-    )  # fmt: skip
+        encoder=ENCODER,
+        strategy=STRATEGY,
+        preset=args.preset,
+        pool_size=args.pool,
+        cache_dir=args.cache,
+        vae_path=args.vae,
+        output_dir=str(out),
+        max_train_steps=args.steps,
+        train_batch_size=args.batch,
+        checkpointing_steps=args.stop,
+        checkpoints_total_limit=1,
+        logging_steps=1,
+        report_to="none",
+        progress=False,
+        lr_warmup_steps=0,
+        use_ema=True,
+    )
     return T.TrainOptions(**{**base, **kw})
 
 
@@ -53,9 +65,13 @@ def build_cache(args) -> None:
     opts = T.resolve_options(options(args, Path("unused")))
     captions = list(T.build_data(opts, get_preset(opts.preset)).captions)
     entry = EmbeddingCache.get_or_build(
-        args.build_cache, ENCODER, STRATEGY, captions, max_length=opts.max_length,
+        args.build_cache,
+        ENCODER,
+        STRATEGY,
+        captions,
+        max_length=opts.max_length,
         batch_size=opts.encode_batch_size,
-    )  # fmt: skip
+    )
     print(f"cache for {len(set(captions))} captions at {entry.path}")
 
 
@@ -64,10 +80,15 @@ def random_vae(path: str) -> None:
 
     torch.manual_seed(0)
     AutoencoderKL(  # Stable Diffusion's VAE architecture (83.7M parameters), random weights
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=256, layers_per_block=2,
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=256,
+        layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-    ).save_pretrained(path)  # fmt: skip
+    ).save_pretrained(path)
 
 
 def vae_encode_rate(path: str, batch: int, dtype: torch.dtype) -> float:
@@ -100,9 +121,13 @@ def main() -> None:
     ap.add_argument("--out", default="figures/gpu/gpu_train_resume")
     ap.add_argument("--smoke", action="store_true", help="CPU check of this script: no VAE, no bare step")
     ap.add_argument(
-        "--loop-variants", type=int, nargs="*", default=None, metavar="WORKERS",
+        "--loop-variants",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="WORKERS",
         help="only time the loop (no checkpoint writes, no resume), once per DataLoader worker count given",
-    )  # fmt: skip
+    )
     args = ap.parse_args()
     if args.build_cache:
         args.cache = args.build_cache

@@ -35,10 +35,11 @@ def main() -> None:
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the preset's")
     parser.add_argument("--train_options", default="{}", help="JSON: other TrainOptions fields")
     parser.add_argument(
-        "--preset_changes", default="{}",
+        "--preset_changes",
+        default="{}",
         help='JSON: a lever measured as a variant of --preset, e.g. {"unet": {...}} or {"zero_terminal_snr": true}; '
         "registered as <preset>+<name> for this process and recorded in the ladder's preset.json",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--name", default=None, help="ladder folder name (default: preset-encoder-strategy-sSEED)"
     )
@@ -63,11 +64,17 @@ def main() -> None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "preset.json").write_text(json.dumps({"base": base.name, "changes": changes}, indent=1))
         table = climb(
-            f"{args.root}/{name}", [int(r) for r in args.rungs.split(",")], preset=args.preset,
-            encoder=args.encoder, strategy=args.strategy, seed=args.seed, threads=args.threads,
+            f"{args.root}/{name}",
+            [int(r) for r in args.rungs.split(",")],
+            preset=args.preset,
+            encoder=args.encoder,
+            strategy=args.strategy,
+            seed=args.seed,
+            threads=args.threads,
             sizes={"geneval": args.geneval_per_task, "heldout": args.heldout_per_skill},
-            guidance_scale=args.guidance_scale, train_options=json.loads(args.train_options),
-        )  # fmt: skip
+            guidance_scale=args.guidance_scale,
+            train_options=json.loads(args.train_options),
+        )
         print(table.to_string(index=False))
     print("wrote", *plot(collect([args.root]), args.figures))
 

@@ -68,9 +68,11 @@ def main() -> None:
                 t = time.perf_counter()
                 fn(r)
                 best[name] = min(best[name], time.perf_counter() - t)
-    print(f"{args.preset}, batch {args.batch}, {torch.get_num_threads()} threads, load {load:.1f} -> "
-          f"{os.getloadavg()[0]:.1f}: step with online VAE encoding {best['online']:.3f} s, with cached latents "
-          f"{best['cached']:.3f} s (x{best['online'] / best['cached']:.2f})")  # fmt: skip
+    print(
+        f"{args.preset}, batch {args.batch}, {torch.get_num_threads()} threads, load {load:.1f} -> "
+        f"{os.getloadavg()[0]:.1f}: step with online VAE encoding {best['online']:.3f} s, with cached latents "
+        f"{best['cached']:.3f} s (x{best['online'] / best['cached']:.2f})"
+    )
 
 
 if __name__ == "__main__":

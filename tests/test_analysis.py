@@ -29,8 +29,10 @@ def test_fixture_loads_with_known_counts(loaded):
     metrics, scores, info, _ = loaded
     assert metrics.run_id.nunique() == 24 and len(scores) == 24 * 16
     assert info.set_index("encoder")["kind"].to_dict() == {
-        "gemma3-270m": "decoder", "minilm-l6": "bidirectional", "smollm2-135m": "decoder"
-    }  # fmt: skip
+        "gemma3-270m": "decoder",
+        "minilm-l6": "bidirectional",
+        "smollm2-135m": "decoder",
+    }
     assert info.set_index("encoder").loc["gemma3-270m", "params"] == pytest.approx(268.1e6)
 
 
@@ -105,15 +107,23 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     figs = runner.execute_notebook(
         NOTEBOOKS / "analysis_figures.ipynb",
         tmp_path / "runs" / "analysis" / "figures",
-        {**common, "layer_norms_csv": str(tmp_path / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
-         "probe_dir": str(FIXTURE.parent / "probe")},
-    )  # fmt: skip
+        {
+            **common,
+            "layer_norms_csv": str(tmp_path / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
+            "probe_dir": str(FIXTURE.parent / "probe"),
+        },
+    )
     assert figs.state == "done", figs.error
-    expected = {f"{stem}.{ext}" for stem in ("table1_last_layer", "table2_strategies", "claims", "skill_gains",
-                                             "prompt_following")
-                for ext in ("csv", "md", "tex")}  # fmt: skip
-    expected |= {f"{stem}.{ext}" for stem in ("skill_bars", "scaling", "claims_forest", "layer_norms",
-                 "probe_vs_diffusion") for ext in ("png", "pdf", "csv")}  # fmt: skip
+    expected = {
+        f"{stem}.{ext}"
+        for stem in ("table1_last_layer", "table2_strategies", "claims", "skill_gains", "prompt_following")
+        for ext in ("csv", "md", "tex")
+    }
+    expected |= {
+        f"{stem}.{ext}"
+        for stem in ("skill_bars", "scaling", "claims_forest", "layer_norms", "probe_vs_diffusion")
+        for ext in ("png", "pdf", "csv")
+    }
     assert {p.name for p in figures_dir.iterdir()} == expected
     joined = pd.read_csv(
         figures_dir / "probe_vs_diffusion.csv"

@@ -133,12 +133,14 @@ def test_parallel_builds_of_one_entry_keep_the_first_complete_one(tmp_path, monk
 def test_build_many_writes_the_entries_build_writes_one_by_one(tmp_path):
     """A minimal encoder (no encode_aggregated_many) still gets one entry per strategy, byte-identical."""
     captions = ["a red circle", "two blue squares", "a b c d e f", "c"]
-    many = EmbeddingCache.build_many(FakeEncoder(), ["last", "learned", "last"], captions, tmp_path / "m",
-                                     batch_size=3, progress=False)  # fmt: skip
+    many = EmbeddingCache.build_many(
+        FakeEncoder(), ["last", "learned", "last"], captions, tmp_path / "m", batch_size=3, progress=False
+    )
     assert [e.strategy for e in many] == ["last", "learned"]  # duplicates collapse
     for entry in many:
-        alone = EmbeddingCache.build(FakeEncoder(), entry.strategy, captions, tmp_path / "a", batch_size=3,
-                                     progress=False)  # fmt: skip
+        alone = EmbeddingCache.build(
+            FakeEncoder(), entry.strategy, captions, tmp_path / "a", batch_size=3, progress=False
+        )
         assert entry.path.name == alone.path.name and entry.meta == alone.meta
         for name in ("features.npy", "mask.npy", "null_features.npy", "captions.json"):
             assert (entry.path / name).read_bytes() == (alone.path / name).read_bytes()

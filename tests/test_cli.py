@@ -30,8 +30,12 @@ def fixture_grid(tmp_path: Path) -> Path:
     nb = fake_notebook(
         tmp_path / "run.ipynb", 'encoder = ""\nstrategy = ""\nseed = 0\npreset = ""\nout_dir = ""'
     )
-    grid = {"name": "fixture", "notebook": str(nb), "params": {"preset": "cpu-small"},
-            "axes": {"encoder": ["gemma3-270m"], "strategy": ["last", "norm_mean"], "seed": [0, 1, 2]}}  # fmt: skip
+    grid = {
+        "name": "fixture",
+        "notebook": str(nb),
+        "params": {"preset": "cpu-small"},
+        "axes": {"encoder": ["gemma3-270m"], "strategy": ["last", "norm_mean"], "seed": [0, 1, 2]},
+    }
     (tmp_path / "g.yaml").write_text(json.dumps(grid))
     return tmp_path / "g.yaml"
 
@@ -111,9 +115,15 @@ def test_study_lists_its_steps(capsys):
 def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
     counter = tmp_path / "count.txt"
     body = f'open({str(counter)!r}, "a").write(out_dir + "\\n")\nfrom t2istudy.study import run_folder\n'
-    run_nb = fake_notebook(tmp_path / "run.ipynb", 'x = 0\nout_dir = ""', body + (
-        "import pandas as pd\nrows = pd.DataFrame({'skill': ['overall'], 'n': [1], 'mean': [x], 'ci_low': [x], 'ci_high': [x]})\n"
-        "run_folder.write_results(out_dir, pd.DataFrame({'id': ['1'], 'score': [x]}), rows)"))  # fmt: skip
+    run_nb = fake_notebook(
+        tmp_path / "run.ipynb",
+        'x = 0\nout_dir = ""',
+        body
+        + (
+            "import pandas as pd\nrows = pd.DataFrame({'skill': ['overall'], 'n': [1], 'mean': [x], 'ci_low': [x], 'ci_high': [x]})\n"
+            "run_folder.write_results(out_dir, pd.DataFrame({'id': ['1'], 'score': [x]}), rows)"
+        ),
+    )
     side_nb = fake_notebook(tmp_path / "side.ipynb", 'n = 1\nout_dir = ""', body)
     (tmp_path / "g.yaml").write_text(
         json.dumps({"name": "g", "notebook": str(run_nb), "axes": {"x": [0, 1]}})
@@ -140,11 +150,32 @@ def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
 
 
 def test_launcher_flags_map_to_submitit_parameters():
-    args = cli.build_parser().parse_args(["grid", "run", "g.yaml", "--launcher", "slurm", "--partition", "gpu",
-                                          "--gpus", "2", "--timeout-min", "90"])  # fmt: skip
+    args = cli.build_parser().parse_args(
+        [
+            "grid",
+            "run",
+            "g.yaml",
+            "--launcher",
+            "slurm",
+            "--partition",
+            "gpu",
+            "--gpus",
+            "2",
+            "--timeout-min",
+            "90",
+        ]
+    )
     assert cli.launcher_options(args) == {
-        "workers": 1, "launcher": "slurm", "cluster": None,
-        "slurm": {"timeout_min": 90, "gpus_per_node": 2, "cpus_per_task": 8, "mem_gb": 64, "slurm_partition": "gpu"},
-    }  # fmt: skip
+        "workers": 1,
+        "launcher": "slurm",
+        "cluster": None,
+        "slurm": {
+            "timeout_min": 90,
+            "gpus_per_node": 2,
+            "cpus_per_task": 8,
+            "mem_gb": 64,
+            "slurm_partition": "gpu",
+        },
+    }
     local = cli.build_parser().parse_args(["study", "--quick", "--workers", "2"])
     assert cli.launcher_options(local) == {"workers": 2, "launcher": "local", "cluster": None, "slurm": None}

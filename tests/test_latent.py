@@ -68,10 +68,21 @@ def test_geneval_tier_uses_seen_compositions_and_geneval_rules():
 
 
 def test_geneval_overall_is_the_mean_of_the_six_task_means():
-    scores = {"single_object": [1, 1], "two_object": [1, 0, 0, 0], "counting": [0, 1],
-              "colors": [1, 1, 1, 0], "position": [0, 0], "color_attr": [0, 0, 0, 1]}  # fmt: skip
-    table = pd.DataFrame([{"id": f"{t}-{i}", "task": t, "score": float(v)}
-                          for t, vs in scores.items() for i, v in enumerate(vs)])  # fmt: skip
+    scores = {
+        "single_object": [1, 1],
+        "two_object": [1, 0, 0, 0],
+        "counting": [0, 1],
+        "colors": [1, 1, 1, 0],
+        "position": [0, 0],
+        "color_attr": [0, 0, 0, 1],
+    }
+    table = pd.DataFrame(
+        [
+            {"id": f"{t}-{i}", "task": t, "score": float(v)}
+            for t, vs in scores.items()
+            for i, v in enumerate(vs)
+        ]
+    )
     summary = summarize_geneval(table, n_boot=200)
     assert summary.loc["two_object", "mean"] == 0.25 and summary.loc["colors", "mean"] == 0.75
     # (1 + 0.25 + 0.5 + 0.75 + 0 + 0.25) / 6, not the prompt mean 8 / 18
@@ -137,10 +148,24 @@ def text_cache(tmp_path_factory):
 
 
 def latent_options(text_cache, vae, out, **kw) -> TrainOptions:
-    base = dict(encoder="fake-8", strategy="norm_mean", preset="cpu-tiny-latent", pool_size=POOL,
-                cache_dir=str(text_cache), vae_path=str(vae), latent_cache_dir=str(out.parent / "latents"),
-                output_dir=str(out), max_train_steps=6, train_batch_size=8, lr_warmup_steps=2,
-                checkpointing_steps=3, logging_steps=1, report_to="none", progress=False, num_threads=1)  # fmt: skip
+    base = dict(
+        encoder="fake-8",
+        strategy="norm_mean",
+        preset="cpu-tiny-latent",
+        pool_size=POOL,
+        cache_dir=str(text_cache),
+        vae_path=str(vae),
+        latent_cache_dir=str(out.parent / "latents"),
+        output_dir=str(out),
+        max_train_steps=6,
+        train_batch_size=8,
+        lr_warmup_steps=2,
+        checkpointing_steps=3,
+        logging_steps=1,
+        report_to="none",
+        progress=False,
+        num_threads=1,
+    )
     return TrainOptions(**{**base, **kw})
 
 
@@ -186,8 +211,18 @@ def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp
     real_train = ladder.train
     monkeypatch.setattr(ladder, "train", lambda opts: calls.append(opts.max_train_steps) or real_train(opts))
     options = latent_options(text_cache, tiny_vae, tmp_path / "unused")
-    keep = {k: getattr(options, k) for k in ("pool_size", "cache_dir", "vae_path", "latent_cache_dir",
-                                              "train_batch_size", "lr_warmup_steps", "checkpointing_steps")}  # fmt: skip
+    keep = {
+        k: getattr(options, k)
+        for k in (
+            "pool_size",
+            "cache_dir",
+            "vae_path",
+            "latent_cache_dir",
+            "train_batch_size",
+            "lr_warmup_steps",
+            "checkpointing_steps",
+        )
+    }
     for tier in ("geneval", "heldout"):  # the tiers' prompts embedded by the fake encoder, as prepare would
         prompts = make_tier(tier, 1)["prompt"].tolist()
         EmbeddingCache.build(FakeEncoder(), "norm_mean", prompts, text_cache, progress=False)

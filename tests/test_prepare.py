@@ -27,7 +27,7 @@ def write_grid(tmp_path: Path) -> Path:
             "n_per_skill": 2,
             "geneval_per_task": 1,
             "train_options": {"pool_size": 40, "cache_dir": str(tmp_path / "cache")},
-        },  # fmt: skip
+        },
         "axes": {"encoder": ["fake-a", "fake-b"], "strategy": ["last", "learned", "mean"], "seed": [0, 1]},
     }
     path = tmp_path / "grid.yaml"

@@ -30,8 +30,16 @@ def finished_run(root: Path) -> tuple[Path, list[Path], pd.DataFrame]:
         files[-1].parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(files[-1])
     params = {"n_per_skill": 2, "benchmark_seed": 3, "sample_seed": 1}
-    run_folder.write_json(out / "params.json", {"schema_version": grids.SCHEMA_VERSION, "grid": "g", "run_id": "r",
-                                          "notebook": str(NOTEBOOK), "params": params})  # fmt: skip
+    run_folder.write_json(
+        out / "params.json",
+        {
+            "schema_version": grids.SCHEMA_VERSION,
+            "grid": "g",
+            "run_id": "r",
+            "notebook": str(NOTEBOOK),
+            "params": params,
+        },
+    )
     table = get_scorer("judge", shuffled_control=False).score(files, bench)
     run_folder.write_results(out, table, summarize(table))
     run_folder.write_json(out / "DONE", {"finished": "now"})

@@ -120,9 +120,12 @@ def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
     grid = write_grid(
         tmp_path,
         nb,
-        {"params": {"counter": str(counter)}, "axes": {"x": [0.25, 0.75], "fail": [False]},
-         "include": [{"x": 0.5, "fail": True}]},
-    )  # fmt: skip
+        {
+            "params": {"counter": str(counter)},
+            "axes": {"x": [0.25, 0.75], "fail": [False]},
+            "include": [{"x": 0.5, "fail": True}],
+        },
+    )
     root = tmp_path / "runs"
     results = {r.run_id: r for r in runner.run_grid(grid, root, log=lambda *_: None)}
     assert {k: r.state for k, r in results.items()} == {
@@ -296,8 +299,10 @@ def test_at_repo_root_moves_out_of_notebooks_only_in_a_checkout(tmp_path, monkey
 def test_cache_waves_build_each_cache_entry_once_before_the_rest():
     specs = [
         grids.RunSpec("g", f"{e}-{st}-{seed}", "nb", {"encoder": e, "strategy": st, "seed": seed})
-        for e in ("a", "b") for st in ("last", "mean") for seed in (0, 1, 2)
-    ]  # fmt: skip
+        for e in ("a", "b")
+        for st in ("last", "mean")
+        for seed in (0, 1, 2)
+    ]
     wave1, wave2 = runner.cache_waves(specs)
     assert [s.run_id for s in wave1] == ["a-last-0", "a-mean-0", "b-last-0", "b-mean-0"]
     assert len(wave2) == 8 and not set(wave1) & set(wave2)
@@ -337,12 +342,19 @@ def test_run_notebook_end_to_end_on_a_tiny_model(tmp_path):
         tmp_path,
         notebook,
         {
-            "params": {"preset": "cpu-tiny", "max_train_steps": 4, "n_per_skill": 1, "sample_steps": 2,
-                       "encoder": "minilm-l6", "strategy": "norm_mean", "shared_train_dir": str(shared),
-                       "train_options": {"pool_size": 32, "cache_dir": str(tmp_path / "cache")}},
+            "params": {
+                "preset": "cpu-tiny",
+                "max_train_steps": 4,
+                "n_per_skill": 1,
+                "sample_steps": 2,
+                "encoder": "minilm-l6",
+                "strategy": "norm_mean",
+                "shared_train_dir": str(shared),
+                "train_options": {"pool_size": 32, "cache_dir": str(tmp_path / "cache")},
+            },
             "axes": {"guidance_scale": [2.0, 3.0]},
         },
-    )  # fmt: skip
+    )
     results = runner.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     assert [r.state for r in results] == ["done", "done"], [r.error for r in results]
     first, second = (json.loads((Path(r.path) / "metrics.json").read_text()) for r in results)

@@ -35,8 +35,17 @@ def test_oracle_denoiser_recovers_the_image(sampler):
             a = alphas[t.long()].view(-1, 1, 1, 1)
             return (x - a.sqrt() * x0) / (1 - a).sqrt()
 
-    image = sample(Oracle(), ["a"], [0], text=WordText(), null=NULL, preset=PRESET, sampler=sampler,
-                   steps=20, guidance_scale=1.0)[0]  # fmt: skip
+    image = sample(
+        Oracle(),
+        ["a"],
+        [0],
+        text=WordText(),
+        null=NULL,
+        preset=PRESET,
+        sampler=sampler,
+        steps=20,
+        guidance_scale=1.0,
+    )[0]
     target = ((x0[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
     assert image.dtype == np.uint8 and image.shape == (16, 16, 3)
     assert np.abs(image.astype(float) - target).max() <= 4  # DDIM stops at t=1 of 1000, DPM++ at sigma 0
@@ -104,10 +113,24 @@ def test_short_cpu_small_run_beats_untrained_model_with_the_judge(tmp_path):
     from t2istudy.text.cache import EmbeddingCache
 
     bench = colour_benchmark()
-    opts = TrainOptions(encoder="minilm-l6", strategy="last", preset="cpu-small", max_objects=1, pool_size=2048,
-                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "run"), max_train_steps=400,
-                        train_batch_size=32, learning_rate=2e-3, lr_warmup_steps=20, use_ema=False,
-                        checkpointing_steps=1000, report_to="none", progress=False, num_threads=2)  # fmt: skip
+    opts = TrainOptions(
+        encoder="minilm-l6",
+        strategy="last",
+        preset="cpu-small",
+        max_objects=1,
+        pool_size=2048,
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "run"),
+        max_train_steps=400,
+        train_batch_size=32,
+        learning_rate=2e-3,
+        lr_warmup_steps=20,
+        use_ema=False,
+        checkpointing_steps=1000,
+        report_to="none",
+        progress=False,
+        num_threads=2,
+    )
     run = train(opts)
     judge = get_scorer("judge")
     trained = judge.score(sample_run(run, bench.prompt.tolist(), [0], steps=20, guidance_scale=3.0), bench)

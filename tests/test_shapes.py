@@ -88,8 +88,16 @@ def test_constraints_hand_made_scene():
     }
     validate_spec(spec)
     assert check_constraints(scene.background, scene.objects, spec) == [
-        True, True, False, True, False, True, True, False, False,
-    ]  # fmt: skip
+        True,
+        True,
+        False,
+        True,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_scene_facts():
@@ -143,8 +151,19 @@ def test_training_never_contains_a_held_out_composition(training):
 def test_captions_are_true_and_varied(training):
     texts = [t for _, t in training]
     assert len(set(texts)) > 0.7 * len(texts)
-    for phrase in ("a pair of", " on a ", "against a", "to the left of", "all of them", "and no ", "every shape is",
-                   "that is not", "more ", "fewer ", "one large and one small"):  # fmt: skip
+    for phrase in (
+        "a pair of",
+        " on a ",
+        "against a",
+        "to the left of",
+        "all of them",
+        "and no ",
+        "every shape is",
+        "that is not",
+        "more ",
+        "fewer ",
+        "one large and one small",
+    ):
         assert any(phrase in t for t in texts), phrase
     for scene, text in training[:500]:  # the colours named are the colours present, the background if named
         positive = re.sub(r"(no \w+ shapes|that is not \w+)", "", text)

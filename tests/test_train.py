@@ -37,9 +37,22 @@ def cache_dir(tmp_path_factory):
 
 
 def options(cache_dir, out, **kw) -> TrainOptions:
-    base = dict(encoder="fake-8", strategy="norm_mean", preset="cpu-tiny", pool_size=POOL, cache_dir=str(cache_dir),
-                output_dir=str(out), max_train_steps=6, train_batch_size=8, lr_warmup_steps=2,
-                checkpointing_steps=3, logging_steps=1, report_to="none", progress=False, num_threads=1)  # fmt: skip
+    base = dict(
+        encoder="fake-8",
+        strategy="norm_mean",
+        preset="cpu-tiny",
+        pool_size=POOL,
+        cache_dir=str(cache_dir),
+        output_dir=str(out),
+        max_train_steps=6,
+        train_batch_size=8,
+        lr_warmup_steps=2,
+        checkpointing_steps=3,
+        logging_steps=1,
+        report_to="none",
+        progress=False,
+        num_threads=1,
+    )
     return TrainOptions(**{**base, **kw})
 
 
@@ -164,9 +177,14 @@ def test_vae_encodes_in_the_mixed_precision_dtype(cache_dir, tmp_path, monkeypat
     monkeypatch.setitem(model.PRESETS, "tiny-vae", tiny)
     torch.manual_seed(0)
     AutoencoderKL(  # one downsampling: 16x16 images -> 8x8x4 latents
-        latent_channels=4, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, layers_per_block=1, sample_size=16,
-    ).save_pretrained(tmp_path / "vae")  # fmt: skip
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=16,
+    ).save_pretrained(tmp_path / "vae")
     seen: list[tuple[torch.dtype, torch.dtype]] = []
     encode = AutoencoderKL.encode
     monkeypatch.setattr(
@@ -174,8 +192,17 @@ def test_vae_encodes_in_the_mixed_precision_dtype(cache_dir, tmp_path, monkeypat
         "encode",
         lambda self, x, *a, **k: seen.append((x.dtype, self.dtype)) or encode(self, x, *a, **k),
     )
-    run = train(options(cache_dir, tmp_path / "run", preset="tiny-vae", vae_path=str(tmp_path / "vae"),
-                        mixed_precision=precision, max_train_steps=2, checkpointing_steps=2))  # fmt: skip
+    run = train(
+        options(
+            cache_dir,
+            tmp_path / "run",
+            preset="tiny-vae",
+            vae_path=str(tmp_path / "vae"),
+            mixed_precision=precision,
+            max_train_steps=2,
+            checkpointing_steps=2,
+        )
+    )
     assert len(seen) == 2 and set(seen) == {(dtype, dtype)}  # one encode per step, input and weights alike
     assert all(np.isfinite(r["loss"]) for r in read_train_log(run))
 
@@ -187,11 +214,41 @@ def test_two_processes_equal_one_process_at_same_global_batch(cache_dir, tmp_pat
     kw = dict(max_train_steps=3, adam_epsilon=1e-6)
     one = train(options(cache_dir, tmp_path / "one", **kw))
     acc = train(options(cache_dir, tmp_path / "acc", train_batch_size=4, gradient_accumulation_steps=2, **kw))
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "t2istudy.diffusion.train",
-           "--encoder", "fake-8", "--preset", "cpu-tiny", "--pool_size", str(POOL), "--cache_dir", str(cache_dir),
-           "--output_dir", str(tmp_path / "two"), "--max_train_steps", "3", "--train_batch_size", "4",
-           "--adam_epsilon", "1e-6", "--lr_warmup_steps", "2", "--checkpointing_steps", "3", "--logging_steps", "1",
-           "--report_to", "none", "--progress", "false", "--num_threads", "1"]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "t2istudy.diffusion.train",
+        "--encoder",
+        "fake-8",
+        "--preset",
+        "cpu-tiny",
+        "--pool_size",
+        str(POOL),
+        "--cache_dir",
+        str(cache_dir),
+        "--output_dir",
+        str(tmp_path / "two"),
+        "--max_train_steps",
+        "3",
+        "--train_batch_size",
+        "4",
+        "--adam_epsilon",
+        "1e-6",
+        "--lr_warmup_steps",
+        "2",
+        "--checkpointing_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--progress",
+        "false",
+        "--num_threads",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -211,8 +268,15 @@ def test_two_processes_equal_one_process_at_same_global_batch(cache_dir, tmp_pat
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(cache_dir, tmp_path):
-    opts = options(cache_dir, tmp_path / "nan", learning_rate=1e30, lr_warmup_steps=0, max_grad_norm=0.0,
-                   checkpointing_steps=1, max_train_steps=4)  # fmt: skip
+    opts = options(
+        cache_dir,
+        tmp_path / "nan",
+        learning_rate=1e30,
+        lr_warmup_steps=0,
+        max_grad_norm=0.0,
+        checkpointing_steps=1,
+        max_train_steps=4,
+    )
     with pytest.raises(FloatingPointError, match="non-finite at step .*Last good checkpoint: .*checkpoint-1"):
         train(opts)
     assert (tmp_path / "nan" / "checkpoints" / "checkpoint-1" / "model.safetensors").is_file()
@@ -275,9 +339,19 @@ def test_folder_data_with_on_the_fly_encoding(tmp_path):
         (tmp_path / "data" / f"{i}.png").write_bytes(_png(color))
         (tmp_path / "data" / f"{i}.txt").write_text(f"a {color} rectangle")
     (tmp_path / "data" / "9.png").write_bytes(_png("white"))  # no caption: skipped and counted
-    opts = TrainOptions(encoder="minilm-l6", strategy="norm_mean", preset="cpu-tiny", data=str(tmp_path / "data"),
-                        text="online", output_dir=str(tmp_path / "run"), max_train_steps=2, train_batch_size=4,
-                        report_to="none", progress=False, num_threads=1)  # fmt: skip
+    opts = TrainOptions(
+        encoder="minilm-l6",
+        strategy="norm_mean",
+        preset="cpu-tiny",
+        data=str(tmp_path / "data"),
+        text="online",
+        output_dir=str(tmp_path / "run"),
+        max_train_steps=2,
+        train_batch_size=4,
+        report_to="none",
+        progress=False,
+        num_threads=1,
+    )
     derived = json.loads((train(opts) / "options.json").read_text())["derived"]
     assert derived["dataset_size"] == 4 and derived["cache_path"] is None
     assert derived["skipped_pairs"] == {"missing or empty caption": 1} and derived["text_width"] == 384

@@ -19,8 +19,10 @@ def test_checkpoints_sort_by_step_not_by_name(tmp_path):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
     (tmp_path / "checkpoints" / "checkpoint-2000").write_text("a file, not a save")
     assert [p.name for p in tf.complete_checkpoints(tmp_path)] == [
-        "checkpoint-50", "checkpoint-900", "checkpoint-1000"
-    ]  # fmt: skip
+        "checkpoint-50",
+        "checkpoint-900",
+        "checkpoint-1000",
+    ]
 
 
 def test_progress_of_a_run_killed_before_its_first_log(tmp_path):

@@ -182,8 +182,18 @@ class StepBatchSampler(Sampler[list[int]]):
     [(a*world + r) * per_device, ... + per_device) of the global batch.
     """
 
-    def __init__(self, n: int, per_device: int, *, seed: int, start_step: int, max_steps: int,
-                 world: int = 1, rank: int = 0, accumulation: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        n: int,
+        per_device: int,
+        *,
+        seed: int,
+        start_step: int,
+        max_steps: int,
+        world: int = 1,
+        rank: int = 0,
+        accumulation: int = 1,
+    ):
         if n < 1:
             raise ValueError("The dataset is empty.")
         self.n, self.per, self.seed = n, per_device, seed

@@ -156,6 +156,13 @@ def sample_run(
     if get_preset(opts.preset).vae:
         vae = load_vae(vae_path or opts.vae_path)
     return sample(
-        model, prompts, seeds, text=text, null=null, preset=opts.preset, prediction_type=opts.prediction_type,
-        vae=vae, **kwargs,
-    )  # fmt: skip
+        model,
+        prompts,
+        seeds,
+        text=text,
+        null=null,
+        preset=opts.preset,
+        prediction_type=opts.prediction_type,
+        vae=vae,
+        **kwargs,
+    )

@@ -69,7 +69,8 @@ from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, slug, token_rms
 from t2istudy.text.encoders import load_encoder
 
-# ---- run directory -----------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Run directory
 
 
 def new_run_dir(opts: TrainOptions) -> Path:
@@ -100,7 +101,8 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
     return path
 
 
-# ---- the model being trained -------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# The model being trained
 
 
 def step_randomness(
@@ -157,9 +159,13 @@ def build_images(opts: TrainOptions, preset: Preset, dataset, device, dtype, pro
     if opts.latents != "cache":
         return dataset, vae, None, vae_path
     cache = LatentCache.get_or_build(
-        opts.latent_cache_dir, vae, dataset, data_id(opts, dataset), batch_size=opts.encode_batch_size,
+        opts.latent_cache_dir,
+        vae,
+        dataset,
+        data_id(opts, dataset),
+        batch_size=opts.encode_batch_size,
         progress=progress,
-    )  # fmt: skip
+    )
     return LatentPairs(cache, dataset.captions), None, cache, vae_path
 
 
@@ -168,9 +174,14 @@ def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator
     if opts.text == "cache":
         with accelerator.main_process_first():
             text = EmbeddingCache.get_or_build(
-                opts.cache_dir, opts.encoder, opts.strategy, captions, max_length=opts.max_length,
-                batch_size=opts.encode_batch_size, progress=opts.progress and accelerator.is_main_process,
-            )  # fmt: skip
+                opts.cache_dir,
+                opts.encoder,
+                opts.strategy,
+                captions,
+                max_length=opts.max_length,
+                batch_size=opts.encode_batch_size,
+                progress=opts.progress and accelerator.is_main_process,
+            )
         return text.check(opts.encoder, opts.strategy), text.token_rms, str(text.path)
     encoder = load_encoder(opts.encoder, device=accelerator.device, max_length=opts.max_length)
     text = OnlineText(encoder, opts.strategy, opts.encode_batch_size)
@@ -178,11 +189,13 @@ def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator
     return text, token_rms(*text.embed(probe)).tolist(), None
 
 
-# ---- the loop ----------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# The loop
 
 
 def train(opts: TrainOptions) -> Path:
     """Train one (encoder, strategy) model; returns the run directory. Safe to re-run with --resume."""
+    # Set-up: options, threads, run directory, accelerate.
     opts = resolve_options(opts)
     preset = get_preset(opts.preset)
     if opts.num_threads:
@@ -222,7 +235,7 @@ def train(opts: TrainOptions) -> Path:
     per_device = opts.train_batch_size
     global_batch = per_device * world * opts.gradient_accumulation_steps
 
-    # Data and text.
+    # Data and text: the training pairs, and the cache or the frozen encoder with its input scale.
     dataset = build_data(opts, preset)
     text, rms, cache_path = build_text(opts, dataset.captions, accelerator)
     # Images: the frozen VAE in the mixed-precision dtype, as in diffusers' train_text_to_image (bf16 encodes
@@ -230,7 +243,12 @@ def train(opts: TrainOptions) -> Path:
     vae_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.mixed_precision, torch.float32)
     with accelerator.main_process_first():
         dataset, vae, latent_cache, opts.vae_path = build_images(
-            opts, preset, dataset, accelerator.device, vae_dtype, opts.progress and accelerator.is_main_process
+            opts,
+            preset,
+            dataset,
+            accelerator.device,
+            vae_dtype,
+            opts.progress and accelerator.is_main_process,
         )
     probe_features, _ = text.embed(dataset.captions[:1])
     num_layers = probe_features.shape[2] if probe_features.dim() == 4 else None
@@ -240,7 +258,7 @@ def train(opts: TrainOptions) -> Path:
         )
     scale = [1.0 / r for r in rms] if opts.input_scale == "rms" else [1.0] * len(rms)
 
-    # Model (same initialisation on every process and for every encoder of the same width).
+    # Model: U-Net + text conditioner (same initialisation on every process and for every encoder width).
     torch.manual_seed(opts.seed)
     unet = build_unet(preset)
     conditioner = TextConditioner(probe_features.shape[-1], preset.cross_attention_dim, num_layers)
@@ -250,9 +268,12 @@ def train(opts: TrainOptions) -> Path:
     ema = EMAModel(model.parameters(), decay=opts.ema_decay, use_ema_warmup=True) if opts.use_ema else None
 
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=opts.learning_rate, betas=(opts.adam_beta1, opts.adam_beta2),
-        weight_decay=opts.adam_weight_decay, eps=opts.adam_epsilon,
-    )  # fmt: skip
+        model.parameters(),
+        lr=opts.learning_rate,
+        betas=(opts.adam_beta1, opts.adam_beta2),
+        weight_decay=opts.adam_weight_decay,
+        eps=opts.adam_epsilon,
+    )
     # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
     lr_scheduler = get_scheduler(
         opts.lr_scheduler,
@@ -282,7 +303,7 @@ def train(opts: TrainOptions) -> Path:
         "vae_scaling_factor": float(load_vae_config(opts.vae_path)["scaling_factor"]) if preset.vae else None,
     }
 
-    # Resume.
+    # Resume: accelerate state (model, optimizer, LR schedule, EMA, RNG) and the log up to that step.
     start_step = 0
     if opts.resume_from_checkpoint:
         ckpt = find_checkpoint(run_dir, opts.resume_from_checkpoint)
@@ -306,11 +327,18 @@ def train(opts: TrainOptions) -> Path:
             flat = {k: v for k, v in asdict(opts).items() if isinstance(v, int | float | str | bool)}
             accelerator.init_trackers("train", config=flat)
 
+    # Per step: randomness, latents, text, loss, update, EMA, log, checkpoint.
     stop_step = min(opts.max_train_steps, opts.stop_after_steps or opts.max_train_steps)
     sampler = StepBatchSampler(
-        len(dataset), per_device, seed=opts.data_seed + 1000 * opts.seed, start_step=start_step,
-        max_steps=stop_step, world=world, rank=rank, accumulation=opts.gradient_accumulation_steps,
-    )  # fmt: skip
+        len(dataset),
+        per_device,
+        seed=opts.data_seed + 1000 * opts.seed,
+        start_step=start_step,
+        max_steps=stop_step,
+        world=world,
+        rank=rank,
+        accumulation=opts.gradient_accumulation_steps,
+    )
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=opts.dataloader_num_workers)
     shape = (preset.latent_channels, preset.latent_size, preset.latent_size)
     null_f, null_m = text.null(1)
@@ -321,6 +349,7 @@ def train(opts: TrainOptions) -> Path:
     )
     model.train()
     for images, captions in loader:
+        # Randomness: noise, timesteps and caption dropout of the whole global batch, from (seed, step).
         if micro == 0:
             noise_all, t_all, drop_all = step_randomness(
                 opts.seed,
@@ -338,6 +367,8 @@ def train(opts: TrainOptions) -> Path:
             drop_all[part],
         )
         with accelerator.accumulate(model):
+            # Latents: pixels as they are (pixel presets), or the frozen VAE's latents, encoded now or read
+            # from the latent cache (cpu-latent, sd2-256 with --latents cache).
             x0 = images.to(accelerator.device)
             if preset.vae:  # one latent draw per image and step, from the same generator either way
                 g = torch.Generator(accelerator.device).manual_seed(opts.seed * 1_000_003 + step * 97 + lo)
@@ -347,6 +378,7 @@ def train(opts: TrainOptions) -> Path:
                     with torch.no_grad():
                         x0 = vae.encode(x0.to(vae.dtype)).latent_dist.sample(generator=g).float()
                         x0 = x0 * vae.config.scaling_factor
+            # Text: cached or online features; dropped captions get the empty prompt's.
             features, mask = text.embed(list(captions))
             if drop.any():  # caption dropout: swap in the empty prompt, same encoder and strategy
                 kept = [
@@ -354,6 +386,7 @@ def train(opts: TrainOptions) -> Path:
                     for i, d in enumerate(drop)
                 ]
                 features, mask = pad_cat(kept)
+            # Loss: epsilon or v target, optionally Min-SNR weighted; a non-finite loss stops the run.
             noisy = scheduler.add_noise(x0, noise, t)
             pred = model(noisy, t, features.to(accelerator.device), mask.to(accelerator.device))
             loss = diffusion_loss(pred, x0, noise, t, scheduler, opts.prediction_type, opts.snr_gamma)
@@ -366,6 +399,7 @@ def train(opts: TrainOptions) -> Path:
                     "--max_grad_norm > 0, use --mixed_precision no or bf16, or check --input_scale."
                 )
             losses.append(float(all_losses.mean()))
+            # Update: backward, clip (the norm is logged), step.
             accelerator.backward(loss)
             if accelerator.sync_gradients:  # the norm is logged; inf = measure without clipping
                 limit = opts.max_grad_norm if opts.max_grad_norm > 0 else float("inf")
@@ -376,34 +410,49 @@ def train(opts: TrainOptions) -> Path:
         if not accelerator.sync_gradients:
             continue
 
+        # LR schedule and EMA, once per optimizer step.
         lr_scheduler.step()
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
         step += 1
         bar.update(1)
+        # Log: mean loss and grad norm since the last record (train_log.jsonl, TensorBoard).
         if step % opts.logging_steps == 0 or step == stop_step:
             record = {
-                "step": step, "loss": float(np.mean(losses)), "grad_norm": float(np.mean(grad_norms)),
+                "step": step,
+                "loss": float(np.mean(losses)),
+                "grad_norm": float(np.mean(grad_norms)),
                 "lr": lr_scheduler.get_last_lr()[0],
-            }  # fmt: skip
+            }
             losses, grad_norms = [], []
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
             if accelerator.is_main_process:
                 with open(run_dir / TRAIN_LOG, "a") as f:
                     f.write(json.dumps(record) + "\n")
+        # Checkpoint: written to a .tmp folder, then renamed.
         if step % opts.checkpointing_steps == 0 or step == stop_step:
             save_checkpoint(accelerator, run_dir, step, opts.checkpoints_total_limit)
     bar.close()
+
+    # Finish: final/ (EMA weights when enabled), or leave a --stop_after_steps run as a killed one.
 
     if step < opts.max_train_steps:  # --stop_after_steps: leave it as a killed run would be
         accelerator.end_training()
         return run_dir
     if accelerator.is_main_process:
-        save_final(accelerator.unwrap_model(model), ema, run_dir, (null_f, null_m), {
-            "steps": step, "wall_seconds_this_session": time.time() - t_start, "load_average": os.getloadavg(),
-            "last_logged_loss": _last_logged_loss(run_dir),
-        })  # fmt: skip
+        save_final(
+            accelerator.unwrap_model(model),
+            ema,
+            run_dir,
+            (null_f, null_m),
+            {
+                "steps": step,
+                "wall_seconds_this_session": time.time() - t_start,
+                "load_average": os.getloadavg(),
+                "last_logged_loss": _last_logged_loss(run_dir),
+            },
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
@@ -449,7 +498,8 @@ def _last_logged_loss(run_dir: Path) -> float | None:
     return logged[-1]["loss"] if logged else None
 
 
-# ---- command line ------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Command line
 
 
 def _parse_bool(text: str) -> bool:

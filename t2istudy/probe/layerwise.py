@@ -510,8 +510,21 @@ def sweep(
         load = load_encoder
     opts = options or ProbeOptions()
     with _torch_threads(opts.threads):  # encoding too: with busy cores, 2 OpenMP threads wait on each other
-        return _sweep(encoders, representations, skills, seeds, opts, n_train, n_eval, data_seed,
-                      shuffled, random_init, control_representations, load, progress)  # fmt: skip
+        return _sweep(
+            encoders,
+            representations,
+            skills,
+            seeds,
+            opts,
+            n_train,
+            n_eval,
+            data_seed,
+            shuffled,
+            random_init,
+            control_representations,
+            load,
+            progress,
+        )
 
 
 @contextlib.contextmanager
@@ -526,8 +539,21 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(previous)
 
 
-def _sweep(encoders, representations, skills, seeds, opts, n_train, n_eval, data_seed, shuffled,
-           random_init, control_representations, load, progress) -> SweepResult:  # fmt: skip
+def _sweep(
+    encoders,
+    representations,
+    skills,
+    seeds,
+    opts,
+    n_train,
+    n_eval,
+    data_seed,
+    shuffled,
+    random_init,
+    control_representations,
+    load,
+    progress,
+) -> SweepResult:
     prompts, targets, train, test = probe_dataset(n_train, n_eval, seed=data_seed)
     targets = targets.subset(skills)
     tables, timings = [], []

@@ -278,10 +278,36 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
         for skill in ["overall", *skills]:
             matched, floor = _matrix(arm, skill), _matrix(arm, skill, "shuffled")
             above = _mean_ci(matched.to_numpy() - floor.to_numpy(), opts)
-            out.append({"encoder": enc, "strategy": strategy, "skill": skill, "n_seeds": len(matched),
-                        "score": float(np.nanmean(matched.to_numpy())), "floor": float(np.nanmean(floor.to_numpy())),
-                        "above_floor": above[0], "ci_low": above[1], "ci_high": above[2]})  # fmt: skip
+            out.append(
+                {
+                    "encoder": enc,
+                    "strategy": strategy,
+                    "skill": skill,
+                    "n_seeds": len(matched),
+                    "score": float(np.nanmean(matched.to_numpy())),
+                    "floor": float(np.nanmean(floor.to_numpy())),
+                    "above_floor": above[0],
+                    "ci_low": above[1],
+                    "ci_high": above[2],
+                }
+            )
     return pd.DataFrame(out)
+
+
+def provenance_note(provenance: pd.DataFrame) -> str:
+    """A sentence for a table's caption when the compared runs ran with different code, versions or
+    devices (``run_results.load_provenance``); "" when they agree or none recorded it."""
+    recorded = provenance.drop(columns="run_id").notna().any(axis=1)
+    if not recorded.any():
+        return ""
+    parts = []
+    for column in provenance.columns.drop("run_id"):
+        values = sorted({str(v) for v in provenance.loc[recorded, column]})
+        if len(values) > 1:
+            parts.append(f"{column} ({', '.join(values)})")
+    if not recorded.all():
+        parts.append(f"{int((~recorded).sum())} of {len(provenance)} runs predate provenance records")
+    return " Compared runs differ in: " + "; ".join(parts) + "." if parts else ""
 
 
 def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: str = "") -> list[Path]:
@@ -319,9 +345,18 @@ def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     data = metrics[~metrics["skill"].isin(GROUPS[1:])][["encoder", "strategy", "seed", "skill", "mean"]]
     order = skill_order(data["skill"])
     grid = sns.catplot(
-        data=data, x="skill", y="mean", hue="strategy", col="encoder", kind="bar", order=order,
-        errorbar="sd", col_wrap=min(2, data["encoder"].nunique()), height=3.2, aspect=1.8,
-    )  # fmt: skip
+        data=data,
+        x="skill",
+        y="mean",
+        hue="strategy",
+        col="encoder",
+        kind="bar",
+        order=order,
+        errorbar="sd",
+        col_wrap=min(2, data["encoder"].nunique()),
+        height=3.2,
+        aspect=1.8,
+    )
     grid.set_axis_labels("", f"score ({OURS})")
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=45)
@@ -363,8 +398,14 @@ def claims_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure,
     preliminary = data["verdict"].str.contains("preliminary").to_numpy()
     ax.hlines(y, data["ci_low"], data["ci_high"], color=colors)
     ax.scatter(data["diff"][~preliminary], y[~preliminary], color=colors[~preliminary], zorder=3)
-    ax.scatter(data["diff"][preliminary], y[preliminary], facecolors="white", edgecolors=colors[preliminary],
-               zorder=3, label="preliminary (< 3 seeds)")  # fmt: skip
+    ax.scatter(
+        data["diff"][preliminary],
+        y[preliminary],
+        facecolors="white",
+        edgecolors=colors[preliminary],
+        zorder=3,
+        label="preliminary (< 3 seeds)",
+    )
     if preliminary.any():
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)

@@ -112,12 +112,20 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
 
 def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
     """run_grid keyword arguments from the launcher flags."""
-    slurm = {"timeout_min": args.timeout_min, "gpus_per_node": args.gpus, "cpus_per_task": args.cpus,
-             "mem_gb": args.mem_gb}  # fmt: skip
+    slurm = {
+        "timeout_min": args.timeout_min,
+        "gpus_per_node": args.gpus,
+        "cpus_per_task": args.cpus,
+        "mem_gb": args.mem_gb,
+    }
     if args.partition:
         slurm["slurm_partition"] = args.partition
-    return {"workers": args.workers, "launcher": args.launcher, "cluster": args.cluster,
-            "slurm": slurm if args.launcher == "slurm" else None}  # fmt: skip
+    return {
+        "workers": args.workers,
+        "launcher": args.launcher,
+        "cluster": args.cluster,
+        "slurm": slurm if args.launcher == "slurm" else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

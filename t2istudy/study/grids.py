@@ -203,3 +203,14 @@ def check_parameters(
 
 def run_path(root: str | Path, spec: RunSpec) -> Path:
     return Path(root) / spec.grid / spec.run_id
+
+
+def select_runs(specs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
+    """The runs ``--only`` names, in the order named (the user's priority); a repeated id once."""
+    if not only:
+        return specs
+    unknown = sorted(set(only) - {s.run_id for s in specs})
+    if unknown:
+        raise ValueError(f"--only names unknown run ids {unknown}; see `t2istudy grid status`.")
+    by_id = {s.run_id: s for s in specs}
+    return [by_id[run_id] for run_id in dict.fromkeys(only)]

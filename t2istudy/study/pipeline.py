@@ -64,13 +64,13 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
                 **(QUICK_SIDE_PARAMS["judge_validation"] if quick else {"n_per_skill": 125}),
                 "out_dir": f"{figures_dir}/judge_validation",
             },
-        ),  # fmt: skip
+        ),
         Step(
             "probe",
             notebook="notebooks/probe.ipynb",
             out=f"probe/{tag}",
             params={**(QUICK_SIDE_PARAMS["probe"] if quick else {}), "out_dir": f"{figures_dir}/probe"},
-        ),  # fmt: skip
+        ),
         *analysis_steps(grid, "score", figures_dir, figures_dir),
         *analysis_steps(grid, "fraction", f"{figures_dir}/fraction", figures_dir),
         *analysis_steps(grid, "above_floor", f"{figures_dir}/above_floor", figures_dir, with_figures=False),
@@ -159,15 +159,18 @@ def run_study(
             failures.append(f"{step.name}: {message}")
         log(f"   {step.name}: {'ok' if ok else 'FAILED ' + message}")
     total = time.perf_counter() - start
-    log(f"== study {'--quick ' if quick else ''}finished in {total:.0f} s ({total / 60:.1f} min); "
-        f"{len(failures)} step(s) failed" + "".join(f"\n   {f}" for f in failures))  # fmt: skip
+    log(
+        f"== study {'--quick ' if quick else ''}finished in {total:.0f} s ({total / 60:.1f} min); "
+        f"{len(failures)} step(s) failed" + "".join(f"\n   {f}" for f in failures)
+    )
     return not failures
 
 
 def _run_step(step: Step, runs_dir: Path, workers: int, log, launcher: dict[str, Any]) -> tuple[bool, str]:
     if step.grid:
-        results = runner.run_grid(repo_file(step.grid), runs_dir,
-                                workers=workers, log=lambda m: log("   " + m), **launcher)  # fmt: skip
+        results = runner.run_grid(
+            repo_file(step.grid), runs_dir, workers=workers, log=lambda m: log("   " + m), **launcher
+        )
         failed = [r.run_id for r in results if r.state == "failed"]
         return not failed, f"runs failed: {failed}" if failed else ""
     notebook = repo_file(step.notebook)

@@ -22,7 +22,7 @@ import torch
 from t2istudy.diffusion import train
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
-from t2istudy.study import grids, run_folder, runner
+from t2istudy.study import grids, run_folder
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, caption_hash
 from t2istudy.world.shapes_benchmark import make_benchmark
@@ -45,8 +45,11 @@ class CacheRequest:
     wanted_by: dict[str, list[str]] = field(default_factory=dict)  # strategy -> ids of the runs using it
 
     def missing(self) -> list[str]:
-        return [s for s in self.strategies
-                if EmbeddingCache.find(self.cache_dir, self.encoder, s, self.captions, self.max_length) is None]  # fmt: skip
+        return [
+            s
+            for s in self.strategies
+            if EmbeddingCache.find(self.cache_dir, self.encoder, s, self.captions, self.max_length) is None
+        ]
 
 
 def run_values(spec: grids.RunSpec) -> dict[str, Any] | None:
@@ -77,31 +80,60 @@ def cache_requests(specs: list[grids.RunSpec]) -> list[CacheRequest]:
         values = run_values(spec)
         if values is None:
             continue
-        opts = resolve_options(TrainOptions(
-            encoder=values["encoder"], strategy=values["strategy"], preset=values.get("preset", "cpu-small"),
-            seed=values.get("seed", 0), **values.get("train_options", {}),
-        ))  # fmt: skip
+        opts = resolve_options(
+            TrainOptions(
+                encoder=values["encoder"],
+                strategy=values["strategy"],
+                preset=values.get("preset", "cpu-small"),
+                seed=values.get("seed", 0),
+                **values.get("train_options", {}),
+            )
+        )
         if opts.text != "cache":
             continue
         data_key = (opts.data, opts.pool_size, opts.data_seed, opts.max_objects, opts.preset)
         if data_key not in captions_of:
             captions_of[data_key] = list(train.build_data(opts, get_preset(opts.preset)).captions)
         strategy = str(parse_strategy(opts.strategy))
-        want(opts.encoder, opts.max_length, opts.cache_dir, "training captions", captions_of[data_key],
-             opts.encode_batch_size, strategy, spec.run_id)  # fmt: skip
+        want(
+            opts.encoder,
+            opts.max_length,
+            opts.cache_dir,
+            "training captions",
+            captions_of[data_key],
+            opts.encode_batch_size,
+            strategy,
+            spec.run_id,
+        )
         if values.get("benchmark") == "shapes":  # genai-bench prompts are encoded at sampling time
             bench_key = (int(values["n_per_skill"]), int(values["benchmark_seed"]))
             if bench_key not in prompts_of:
                 bench = make_benchmark(n_per_skill=bench_key[0], seed=bench_key[1])
                 prompts_of[bench_key] = bench["prompt"].tolist()
-            want(opts.encoder, opts.max_length, opts.cache_dir, "benchmark prompts", prompts_of[bench_key],
-                 PROMPT_BATCH, strategy, spec.run_id)  # fmt: skip
+            want(
+                opts.encoder,
+                opts.max_length,
+                opts.cache_dir,
+                "benchmark prompts",
+                prompts_of[bench_key],
+                PROMPT_BATCH,
+                strategy,
+                spec.run_id,
+            )
             if int(values.get("geneval_per_task") or 0) > 0:  # the GenEval-style tier's prompts too
                 tier_key = ("geneval", int(values["geneval_per_task"]), int(values["benchmark_seed"]))
                 if tier_key not in prompts_of:
                     prompts_of[tier_key] = make_geneval_tier(tier_key[1], seed=tier_key[2])["prompt"].tolist()
-                want(opts.encoder, opts.max_length, opts.cache_dir, "GenEval-style prompts", prompts_of[tier_key],
-                     PROMPT_BATCH, strategy, spec.run_id)  # fmt: skip
+                want(
+                    opts.encoder,
+                    opts.max_length,
+                    opts.cache_dir,
+                    "GenEval-style prompts",
+                    prompts_of[tier_key],
+                    PROMPT_BATCH,
+                    strategy,
+                    spec.run_id,
+                )
     return list(requests.values())
 
 
@@ -113,12 +145,25 @@ def prepare_images(specs: list[grids.RunSpec], log=print) -> int:
         values = run_values(spec)
         if values is None:
             continue
-        opts = resolve_options(TrainOptions(
-            encoder=values["encoder"], strategy=values["strategy"], preset=values.get("preset", "cpu-small"),
-            seed=values.get("seed", 0), **values.get("train_options", {}),
-        ))  # fmt: skip
+        opts = resolve_options(
+            TrainOptions(
+                encoder=values["encoder"],
+                strategy=values["strategy"],
+                preset=values.get("preset", "cpu-small"),
+                seed=values.get("seed", 0),
+                **values.get("train_options", {}),
+            )
+        )
         preset = get_preset(opts.preset)
-        key = (opts.preset, opts.vae_path, opts.latents, opts.data, opts.pool_size, opts.data_seed, opts.max_objects)
+        key = (
+            opts.preset,
+            opts.vae_path,
+            opts.latents,
+            opts.data,
+            opts.pool_size,
+            opts.data_seed,
+            opts.max_objects,
+        )
         if not preset.vae or key in done:
             continue
         log(f"[prepare] {opts.preset}: autoencoder and latent cache ({opts.latents})")
@@ -148,7 +193,7 @@ def prepare_grid(
     """Build every cache entry that the grid's incomplete runs will need, one encoder pass per request."""
     if not isinstance(grid, grids.Grid):
         grid = grids.load_grid(grid)
-    specs = runner.select_runs(grids.expand_grid(grid), only)
+    specs = grids.select_runs(grids.expand_grid(grid), only)
     specs = [s for s in specs if run_folder.run_state(grids.run_path(root, s)) != "done"]
     if not dry_run:
         prepare_images(specs, log)
@@ -156,8 +201,10 @@ def prepare_grid(
     if not todo:
         log(f"[prepare {grid.name}] every cache entry the incomplete runs need exists")
     for request, missing in todo:
-        log(f"[prepare {grid.name}] {request.encoder}: {', '.join(missing)} on {len(set(request.captions))} "
-            f"{request.what}, one pass" + (" (dry run)" if dry_run else ""))  # fmt: skip
+        log(
+            f"[prepare {grid.name}] {request.encoder}: {', '.join(missing)} on {len(set(request.captions))} "
+            f"{request.what}, one pass" + (" (dry run)" if dry_run else "")
+        )
         if not dry_run:
             EmbeddingCache.get_or_build_many(
                 request.cache_dir,

@@ -3,7 +3,8 @@
 A run is one execution of a parameterized notebook, e.g. one (encoder, strategy, seed). It lives in
 
     runs/<grid>/<run-id>/
-        params.json     schema_version, grid, run_id, notebook and the notebook parameters
+        params.json     schema_version, grid, run_id, notebook, the notebook parameters, and provenance
+                        (git commit and dirty flag, python/torch/diffusers/... versions, device)
         notebook.ipynb  the executed notebook (kept, error highlighted, when a cell fails)
         metrics.json    overall and per-skill scores with bootstrap CIs (written by the notebook)
         scores.csv      one row per benchmark prompt (written by the notebook; needed for paired CIs)
@@ -30,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from t2istudy.study.grids import SCHEMA_VERSION
+from t2istudy.study.provenance import provenance
 
 MARKERS = ("DONE", "FAILED", "RUNNING")
 RUNNER_ENV = "T2ISTUDY_RUNNER"  # set while the runner executes a notebook: the runner writes DONE itself
@@ -156,8 +158,18 @@ def finish_run(out_dir: str | Path) -> None:
         raise FileNotFoundError(f"{out_dir}/metrics.json is missing: run the scoring cells before finishing.")
     params = out_dir / "params.json"
     if not params.exists():
-        write_json(params, {"schema_version": SCHEMA_VERSION, "grid": out_dir.parent.name, "run_id": out_dir.name,
-                            "notebook": "interactive", "params": {}, "started": now()})  # fmt: skip
+        write_json(
+            params,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "grid": out_dir.parent.name,
+                "run_id": out_dir.name,
+                "notebook": "interactive",
+                "params": {},
+                "started": now(),
+                "provenance": provenance(),
+            },
+        )
     write_json(out_dir / "DONE", {"finished": now(), "by": "notebook"})
 
 
@@ -168,7 +180,9 @@ def write_tier_results(out_dir: str | Path, tier: str, scores: pd.DataFrame, sum
     out_dir = Path(out_dir)
     metrics_file = out_dir / "metrics.json"
     if not metrics_file.is_file():
-        raise FileNotFoundError(f"{metrics_file} is missing: call write_results first, then write_tier_results.")
+        raise FileNotFoundError(
+            f"{metrics_file} is missing: call write_results first, then write_tier_results."
+        )
     table = scores.drop(columns=[c for c in ("skills", "spec", "scene") if c in scores.columns])
     table.to_csv(out_dir / f"scores_{tier}.csv", index=False)
     stats = {

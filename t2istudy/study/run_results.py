@@ -13,6 +13,7 @@ import pandas as pd
 from t2istudy.diffusion import train_folder
 from t2istudy.scoring.summaries import summarize
 from t2istudy.study.grids import Grid, expand_grid, load_grid, run_path
+from t2istudy.study.provenance import FIELDS
 from t2istudy.study.run_folder import check_schema, read_json, run_state
 
 
@@ -161,3 +162,14 @@ def load_scores(root: str | Path, grid: str | None = None, metric: str = "score"
     if not frames:
         return pd.DataFrame(columns=["grid", "run_id", "id", "score"])
     return pd.concat(frames, ignore_index=True)
+
+
+def load_provenance(root: str | Path, grid: str | None = None) -> pd.DataFrame:
+    """One row per complete run: run_id and what it ran with (`provenance.FIELDS`; None where the run
+    predates provenance records)."""
+    rows = []
+    for out in find_runs(root, grid):
+        record = read_json(out / "params.json")
+        recorded = record.get("provenance") or {}
+        rows.append({"run_id": record["run_id"], **{k: recorded.get(k) for k in FIELDS}})
+    return pd.DataFrame(rows, columns=["run_id", *FIELDS])

@@ -31,8 +31,10 @@ from t2istudy.study.grids import (
     load_grid,
     notebook_parameters,
     run_path,
+    select_runs,
 )
 from t2istudy.study.prepare import prepare_grid, runs_awaiting_build
+from t2istudy.study.provenance import provenance
 from t2istudy.study.run_folder import (
     RUNNER_ENV,
     check_schema,
@@ -104,8 +106,15 @@ def execute_run(
     except Exception as err:  # noqa: BLE001 - isolation: any failure is recorded, the batch goes on
         seconds = time.perf_counter() - start
         message = _error_message(err)
-        write_json(out / "FAILED", {"finished": now(), "seconds": seconds, "error": message,
-                                    "traceback": traceback.format_exc(limit=5)})  # fmt: skip
+        write_json(
+            out / "FAILED",
+            {
+                "finished": now(),
+                "seconds": seconds,
+                "error": message,
+                "traceback": traceback.format_exc(limit=5),
+            },
+        )
         return RunResult(spec.run_id, "failed", seconds, message, str(out))
     else:
         seconds = time.perf_counter() - start
@@ -147,6 +156,7 @@ def _params_record(spec: RunSpec) -> dict[str, Any]:
         "params": spec.params,
         "started": now(),
         "host": socket.gethostname(),
+        "provenance": provenance(),
     }
 
 
@@ -238,8 +248,10 @@ def run_grid(
     results += [RunResult(s.run_id, "skipped", error="running elsewhere (--rerun-running)") for s in busy]
     states = ("pending", "failed", "interrupted") + (("running",) if rerun_running else ())
     todo = [s for s in specs if any(s in groups.get(state, []) for state in states)]
-    log(f"[grid {grid.name}] {len(specs)} runs: {len(specs) - len(todo) - len(busy)} done, "
-        f"{len(busy)} running elsewhere, {len(todo)} to run ({launcher}, workers={workers})")  # fmt: skip
+    log(
+        f"[grid {grid.name}] {len(specs)} runs: {len(specs) - len(todo) - len(busy)} done, "
+        f"{len(busy)} running elsewhere, {len(todo)} to run ({launcher}, workers={workers})"
+    )
     if not todo:
         return results
     if launcher not in ("local", "slurm"):
@@ -263,21 +275,12 @@ def run_grid(
         else:
             results += _run_submitit(wave, root, grid_dir, cluster or "slurm", slurm or {}, log, start)
     failed = [r for r in results if r.state == "failed"]
-    log(f"[grid {grid.name}] finished in {time.perf_counter() - start:.0f} s: "
+    log(
+        f"[grid {grid.name}] finished in {time.perf_counter() - start:.0f} s: "
         f"{sum(r.state == 'done' for r in results)} new, {len(failed)} failed"
-        + "".join(f"\n  FAILED {r.run_id}: {r.error} (see {r.path}/notebook.ipynb)" for r in failed))  # fmt: skip
+        + "".join(f"\n  FAILED {r.run_id}: {r.error} (see {r.path}/notebook.ipynb)" for r in failed)
+    )
     return results
-
-
-def select_runs(specs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
-    """The runs ``--only`` names, in the order named (the user's priority); a repeated id once."""
-    if not only:
-        return specs
-    unknown = sorted(set(only) - {s.run_id for s in specs})
-    if unknown:
-        raise ValueError(f"--only names unknown run ids {unknown}; see `t2istudy grid status`.")
-    by_id = {s.run_id: s for s in specs}
-    return [by_id[run_id] for run_id in dict.fromkeys(only)]
 
 
 def cache_waves(
@@ -310,8 +313,10 @@ def _awaiting_build(todo: list[RunSpec], log) -> set[str] | None:
 
 def _report(log, i: int, n: int, result: RunResult, start: float) -> None:
     extra = f"  {result.error}" if result.error else ""
-    log(f"[{i}/{n}] {result.state:7s} {result.run_id} ({result.seconds:.0f} s; "
-        f"batch {time.perf_counter() - start:.0f} s){extra}")  # fmt: skip
+    log(
+        f"[{i}/{n}] {result.state:7s} {result.run_id} ({result.seconds:.0f} s; "
+        f"batch {time.perf_counter() - start:.0f} s){extra}"
+    )
 
 
 def _run_local(todo: list[RunSpec], root, workers: int, log, start: float) -> list[RunResult]:
@@ -343,8 +348,10 @@ def _run_submitit(
     executor.update_parameters(name=f"t2istudy-{grid_dir.name}", **options)
     root = str(Path(root).resolve())
     jobs = executor.map_array(execute_run, todo, [root] * len(todo))
-    log(f"submitted {len(jobs)} {cluster} jobs: {', '.join(str(j.job_id) for j in jobs[:5])}"
-        + (" ..." if len(jobs) > 5 else ""))  # fmt: skip
+    log(
+        f"submitted {len(jobs)} {cluster} jobs: {', '.join(str(j.job_id) for j in jobs[:5])}"
+        + (" ..." if len(jobs) > 5 else "")
+    )
     results = []
     for i, (job, spec) in enumerate(zip(jobs, todo, strict=True), 1):
         try:

@@ -232,13 +232,22 @@ class EmbeddingCache:
             else:  # a minimal Encoder: one call per strategy
                 outputs = [encoder.encode_aggregated(batch, s, batch_size=batch_size) for s in canonical]
             for writer, strategy, (feats, mask) in zip(writers, canonical, outputs, strict=True):
-                writer.add_chunk(i, feats, mask, f"Encoder {encoder.name} produced non-finite values for "
-                                 f"strategy {strategy}.")  # fmt: skip
+                writer.add_chunk(
+                    i,
+                    feats,
+                    mask,
+                    f"Encoder {encoder.name} produced non-finite values for strategy {strategy}.",
+                )
         entries = []
         for writer, strategy in zip(writers, canonical, strict=True):
-            meta = {"version": CACHE_VERSION, "encoder": encoder.name, "strategy": strategy,
-                    "max_length": encoder.max_length, "caption_hash": caption_hash(unique),
-                    "num_captions": len(unique)}  # fmt: skip
+            meta = {
+                "version": CACHE_VERSION,
+                "encoder": encoder.name,
+                "strategy": strategy,
+                "max_length": encoder.max_length,
+                "caption_hash": caption_hash(unique),
+                "num_captions": len(unique),
+            }
             path = writer.finish(
                 unique, meta, dtype, lambda shape, s=strategy: null_embedding(encoder, s, shape)
             )
@@ -351,8 +360,14 @@ class _EntryWriter:
         np.save(tmp / "null_features.npy", null_f.numpy())
         np.save(tmp / "null_mask.npy", null_m.numpy())
         (tmp / "captions.json").write_text(json.dumps(captions, ensure_ascii=False))
-        meta = {**meta, "shape": list(shape), "dtype": store, "max_abs": self.max_abs, "token_rms": rms,
-                "null": null_kind}  # fmt: skip
+        meta = {
+            **meta,
+            "shape": list(shape),
+            "dtype": store,
+            "max_abs": self.max_abs,
+            "token_rms": rms,
+            "null": null_kind,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         path = self.path
         if (path / "meta.json").exists():  # another process finished the same entry first: keep theirs
