@@ -93,7 +93,9 @@ def test_dry_run_builds_nothing_and_done_runs_are_left_out(tmp_path):
     lines: list[str] = []
     requests = prepare.prepare_grid(grid, tmp_path / "runs", dry_run=True, log=lines.append)
     assert {r.encoder for r in requests} == {"fake-a"}
-    assert len(lines) == 2 and all("last, learned, mean" in line and "dry run" in line for line in lines)
+    assert len(lines) == 3 and all(
+        "last, learned, mean" in line and "dry run" in line for line in lines
+    )  # 3 caption sets
     assert not (tmp_path / "cache").exists()
 
 
