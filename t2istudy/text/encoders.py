@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from t2istudy.text.aggregation import Aggregator, Strategy, output_width, parse_strategy
+from t2istudy.text.aggregation import Aggregator, Strategy, output_width, parse_strategy, selected_states
 from t2istudy.text.builtin_models import BUILTINS, cache_root, locate
 from t2istudy.text.templates import WrappedTokens, get_template, wrap_and_tokenize
 
@@ -443,9 +443,9 @@ class FrozenEncoder:
         n, t = kept_mask.shape
         features = []
         for strategy in parsed:
-            agg = Aggregator(strategy, self.num_states)  # validates layer indices for this encoder
+            wanted = selected_states(strategy, self.num_states)  # validates layer indices for this encoder
             width = output_width(strategy, self.num_states, self.width)
-            shape = (n, t, len(agg.wanted), width) if strategy.kind == "learned" else (n, t, width)
+            shape = (n, t, len(wanted), width) if strategy.kind == "learned" else (n, t, width)
             features.append(torch.zeros(shape))
         embed, blocks, final_norm = _hook_points(self.model)
         label = ", ".join(map(str, parsed))
