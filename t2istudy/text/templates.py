@@ -20,7 +20,8 @@ two differ by that token.) ``keep`` says what reaches the aggregation:
     prompt+suffix   everything from the prompt on, i.e. only the prefix is cut (Qwen-Image, HunyuanImage)
     all             nothing is cut (Lumina-Image-2.0, Cosmos-Predict2.5, Z-Image, FLUX.2)
 
-Templates keep the released systems' literal text, chat markers included. Qwen2.5 and SmolLM2 read
+Templates keep the released systems' structure and chat markers; their instructions are paraphrased in
+our own words (same role, similar length), not copied. Qwen2.5 and SmolLM2 read
 ``<|im_start|>`` / ``<|im_end|>`` as their own chat tokens; Gemma-3-270M (a base model without a chat
 format) and MiniLM read them as plain text.
 """
@@ -56,28 +57,35 @@ class Template:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
 
-_DESCRIBE = (  # Qwen-Image's and HunyuanImage-2.1's system instruction
-    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
-    "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n"
+# The instructions below are our own paraphrases of each system's instruction, same role and roughly the same
+# length, with the released chat markup; the released wording is not copied. What a recipe reproduces is
+# the structure (an instruction before the prompt, which tokens are cut), not one system's exact text.
+_DESCRIBE = (  # the role of Qwen-Image's and HunyuanImage-2.1's system turn: "describe the picture in detail"
+    "<|im_start|>system\nGive a detailed account of the picture: the colours, forms, sizes, surfaces, how many "
+    "things there are, any writing, where the things sit relative to each other and what is behind them."
+    "<|im_end|>\n<|im_start|>user\n"
 )
-_SANA = "\n".join(  # Sana's "complex human instruction", the pipeline's default
+_SANA = "\n".join(  # the role of Sana's default instruction: rewrite a short prompt into a rich one
     [
-        "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable "
-        "for image generation. Evaluate the level of detail in the user prompt:",
-        "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and "
-        "spatial relationships to create vivid and concrete scenes.",
-        "- If the prompt is already detailed, refine and enhance the existing details slightly without "
-        "overcomplicating.",
-        "Here are examples of how to transform or refine prompts:",
-        "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, "
-        "sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
-        "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing "
-        "street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by "
-        "towering glass skyscrapers.",
-        "Please generate only the enhanced description for the prompt below and avoid including any "
-        "additional commentary or evaluations:",
-        "User Prompt: ",
+        "Turn the request below into a richer description that an image generator can follow. First judge how "
+        "much detail it already has:",
+        "- a short request gains concrete colours, forms, sizes, surfaces and positions;",
+        "- a detailed request is only polished, without piling on more.",
+        "Two examples of the change:",
+        "- Request: a dog on a beach -> Richer: a small brown dog with floppy ears running along wet sand at low "
+        "tide, a line of white foam behind it and gulls over the grey sea.",
+        "- Request: a market -> Richer: an open-air fruit market in the morning, striped awnings over wooden "
+        "stalls piled with oranges and melons, shoppers with baskets walking between the rows.",
+        "Write the richer description of the request only, with no remarks of your own.",
+        "Request: ",
     ]
+)
+_LUMINA = (  # the role of Lumina-Image-2.0's system prompt: an assistant aiming at close image-text alignment
+    "You are a helper that turns written prompts into pictures which match the words as closely as possible. "
+    "<Prompt Start> "
+)
+_COSMOS = (  # the role of Cosmos-Predict2.5's system turn: an assistant writing prompts for an image model
+    "<|im_start|>system\nYou help by writing prompts for a picture generator.<|im_end|>\n<|im_start|>user\n"
 )
 
 TEMPLATES: dict[str, Template] = {
@@ -88,22 +96,8 @@ TEMPLATES: dict[str, Template] = {
         ),
         Template("hunyuan", _DESCRIBE, "<|im_end|>", "prompt+suffix", "HunyuanImage-2.1"),
         Template("sana", _SANA, "", "bos+prompt", "Sana"),
-        Template(
-            "lumina2",
-            "You are an assistant designed to generate superior images with the superior degree of image-text "
-            "alignment based on textual prompts or user prompts. <Prompt Start> ",
-            "",
-            "all",
-            "Lumina-Image-2.0",
-        ),
-        Template(
-            "cosmos2.5",
-            "<|im_start|>system\nYou are a helpful assistant who will provide prompts to an image generator."
-            "<|im_end|>\n<|im_start|>user\n",
-            "<|im_end|>\n",
-            "all",
-            "Cosmos-Predict2.5",
-        ),
+        Template("lumina2", _LUMINA, "", "all", "Lumina-Image-2.0"),
+        Template("cosmos2.5", _COSMOS, "<|im_end|>\n", "all", "Cosmos-Predict2.5"),
         Template(
             "chat",
             "<|im_start|>user\n",
