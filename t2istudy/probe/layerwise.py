@@ -179,6 +179,14 @@ def featurize(
             names = expand_representations(representations, num_states)
             want_stack = any(n.startswith("layer:") or n == "learned" for n in names)
             strategies = [n for n in names if not (n.startswith("layer:") or n == "learned")]
+            template = getattr(states, "template", None)
+            wrong = [n for n in strategies if parse_strategy(n).template != template]
+            if wrong:  # a template changes the forward pass: the states must come from it
+                raise ValueError(
+                    f"Representations {wrong} need states encoded with their prompt template, but these were "
+                    f"encoded with template={template!r}: featurize one template at a time, with "
+                    "encode=lambda batch: encoder.encode(batch, template=...)."
+                )
         masks.append(mask)
         m = mask[None, :, :, None].float()
         if want_stack:  # every state, LayerNorm per token, padding zeroed: [B, T, L, D]

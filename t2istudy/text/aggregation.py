@@ -4,52 +4,115 @@ A strategy is a plain string everywhere (notebook parameters, grid files, params
 and validated only here, by ``parse_strategy``. ``str(Strategy)`` is the canonical, stable name and
 round-trips through ``parse_strategy``.
 
-Grammar: ``kind[option,option,...]`` with ``kind`` one of
+Grammar: ``kind[option,option,...]`` or ``recipe:<name>`` (a released system's recipe, see
+``t2istudy.text.recipes``; it parses to its expansion), with ``kind`` one of
 
     last          the final hidden state (decoders: the final norm is already applied)
-    layer:k       hidden state k (0 = embedding output, negative counts from the end)
+    layer:p       hidden state p (a position, below)
     mean          plain mean over the selected states (dominated by the largest-norm layers)
-    norm_mean     normalize each state per token, then average (the paper's best strategy)
+    norm_mean     normalize each state, then average (the paper's best strategy)
     concat        normalized states concatenated along features -> width L * D
     learned       the normalized stack [B, T, L, D]; the model applies a softmax over layers
 
-and options (canonical order):
+A *position* names one hidden state: an integer k (0 = embedding output, negative counts from the end)
+or a depth fraction p/q in [0, 1], which on an encoder with B blocks (states 0..B) is state
+floor(p/q * B + 1/2): the nearest state, a tie going to the deeper one. So FLUX.2's 1/4;1/2;3/4 is
+states 10;20;30 of its 40 blocks, 2;3;5 of 6, 5;9;14 of 18, 8;15;23 of 30 and 6;12;18 of 24.
 
-    layernorm | standardize | rms | l2 | none   per-token normalization (default: layernorm for
+Options (canonical order):
+
+    layernorm | standardize | rms | l2 | minmax | none   the normalization (default: layernorm for
                   norm_mean/concat/learned, none for last/layer; ``mean`` takes none)
     no_embed      drop state 0 (the embedding output) from multi-layer strategies
-    layers=a:b    Python slice over state indices (0 = embedding), e.g. ``layers=4:12``, ``layers=-6:``
+    layers=a:b    a Python slice over state indices; bounds are positions, e.g. ``layers=4:12``,
+                  ``layers=-6:``, ``layers=1/2:``
+    layers=a;b;c  an explicit list of positions, shallow to deep, e.g. ``layers=10;20;30``,
+                  ``layers=1/4;1/2;3/4``, ``layers=-2;-1``
     no_mask       keep padding positions as computed (default: zeroed)
+    template=t    wrap each prompt in the named template before encoding (``t2istudy.text.templates``);
+                  the encoder applies it and drops the template's tokens, the fold never sees it
 
-Normalizations (over the feature axis of each token, no affine parameters):
+Normalizations. Per token, over the feature axis, no affine parameters:
     layernorm     (x - mean) / sqrt(var + 1e-5), biased variance, as ``torch.nn.functional.layer_norm``
     standardize   (x - mean) / (std + 1e-6), unbiased std, as in NVIDIA Cosmos' text-embedding normalizer
     rms           x / sqrt(mean(x^2) + 1e-6)
     l2            x / max(||x||_2, 1e-12)
+Per layer, over one prompt's real tokens (LTX-2's connector), so it needs the padding mask:
+    minmax        (x - mean) / (max - min + 1e-6), mean, max and min over every feature of every real
+                  token of the prompt in that layer (LTX-2 also multiplies by 8, a constant that the
+                  training's input scale and the probe's LayerNorm remove, so it is left out)
 
 Every strategy is a fold over the layers (``Aggregator``): ``aggregate`` feeds a stacked tensor
 through it, ``encoders.FrozenEncoder.encode_aggregated`` feeds it from forward hooks one layer at a
-time, so both give the same numbers without the streaming path ever holding every layer.
+time, so both give the same numbers without the streaming path ever holding every layer. The fold
+keeps only its output buffer: [B, T, D] whatever the depth, except ``concat`` ([B, T, L*D]) and
+``learned`` ([B, T, L, D]), whose outputs are that wide by definition.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 
+from t2istudy.text.recipes import RECIPES
+from t2istudy.text.templates import TEMPLATES
+
 KINDS = ("last", "layer", "mean", "norm_mean", "concat", "learned")
-NORMS = ("none", "layernorm", "standardize", "rms", "l2")
+TOKEN_NORMS = ("none", "layernorm", "standardize", "rms", "l2")
+PROMPT_NORMS = ("minmax",)  # per layer, over the prompt's real tokens: need the mask
+NORMS = TOKEN_NORMS + PROMPT_NORMS
 MULTI_LAYER_KINDS = ("mean", "norm_mean", "concat", "learned")
-EPS = {"layernorm": 1e-5, "standardize": 1e-6, "rms": 1e-6, "l2": 1e-12}
+EPS = {"layernorm": 1e-5, "standardize": 1e-6, "rms": 1e-6, "l2": 1e-12, "minmax": 1e-6}
 
 _HELP = (
-    "Valid strategies: last, layer:<k>, mean, norm_mean, concat, learned, with options in brackets, "
-    "e.g. 'norm_mean[standardize,no_embed]', 'norm_mean[rms,layers=4:12]', 'mean[no_mask]', 'layer:-2'. "
+    "Valid strategies: last, layer:<position>, mean, norm_mean, concat, learned, with options in brackets, "
+    "e.g. 'norm_mean[standardize,no_embed]', 'norm_mean[rms,layers=4:12]', 'concat[none,layers=1/4;1/2;3/4]', "
+    "'concat[minmax]', 'layer:-2[template=lumina2]', or a named recipe 'recipe:<name>'. "
     f"Norm options: {', '.join(NORMS)}."
 )
+
+
+@dataclass(frozen=True)
+class Depth:
+    """A position given as a fraction of the encoder's depth (0 = embedding output, 1 = last state)."""
+
+    fraction: Fraction
+
+    def __str__(self) -> str:
+        return f"{self.fraction.numerator}/{self.fraction.denominator}"
+
+    def state(self, num_states: int) -> int:
+        """The nearest state of an encoder with ``num_states - 1`` blocks; a tie goes to the deeper one."""
+        return math.floor(self.fraction * (num_states - 1) + Fraction(1, 2))
+
+
+Position = int | Depth
+
+
+@dataclass(frozen=True)
+class LayerSlice:
+    """``layers=a:b``: a Python slice over state indices whose bounds may be depth fractions."""
+
+    start: Position | None
+    stop: Position | None
+
+    def __str__(self) -> str:
+        return ":".join("" if v is None else str(v) for v in (self.start, self.stop))
+
+
+@dataclass(frozen=True)
+class LayerList:
+    """``layers=a;b;c``: explicit positions, shallow to deep."""
+
+    positions: tuple[Position, ...]
+
+    def __str__(self) -> str:
+        return ";".join(map(str, self.positions))
 
 
 @dataclass(frozen=True)
@@ -57,11 +120,12 @@ class Strategy:
     """A parsed aggregation strategy; build it with ``parse_strategy`` so it is validated."""
 
     kind: str
-    layer: int | None = None  # only for kind == "layer"
+    layer: Position | None = None  # only for kind == "layer"
     norm: str = "none"
     include_embed: bool = True
-    layers: tuple[int | None, int | None] | None = None  # slice over state indices
+    layers: LayerSlice | LayerList | None = None
     mask_padding: bool = True
+    template: str | None = None  # applied by the encoder, see t2istudy.text.templates
 
     def __str__(self) -> str:
         head = f"layer:{self.layer}" if self.kind == "layer" else self.kind
@@ -71,10 +135,11 @@ class Strategy:
         if not self.include_embed:
             options.append("no_embed")
         if self.layers is not None:
-            start, stop = ("" if v is None else str(v) for v in self.layers)
-            options.append(f"layers={start}:{stop}")
+            options.append(f"layers={self.layers}")
         if not self.mask_padding:
             options.append("no_mask")
+        if self.template is not None:
+            options.append(f"template={self.template}")
         return head + (f"[{','.join(options)}]" if options else "")
 
 
@@ -82,16 +147,26 @@ def _default_norm(kind: str) -> str:
     return "layernorm" if kind in ("norm_mean", "concat", "learned") else "none"
 
 
-_PATTERN = re.compile(r"^(?P<head>[a-z_]+(?::[+-]?\d+)?)(?:\[(?P<opts>[^\[\]]*)\])?$")
+_POSITION = r"[+-]?\d+(?:/\d+)?"
+_PATTERN = re.compile(rf"^(?P<head>[a-z_]+(?::{_POSITION})?)(?:\[(?P<opts>[^\[\]]*)\])?$")
 
 
 def parse_strategy(name: str | Strategy) -> Strategy:
-    """Parse and validate a strategy string (a ``Strategy`` passes through unchanged)."""
+    """Parse and validate a strategy string or ``recipe:<name>`` (a ``Strategy`` passes through unchanged)."""
     if isinstance(name, Strategy):
         return name
     if not isinstance(name, str):
         raise ValueError(f"Strategy must be a string such as 'norm_mean', got {type(name).__name__}. {_HELP}")
-    match = _PATTERN.match(name.strip().replace(" ", ""))
+    text = name.strip().replace(" ", "")
+    if text.startswith("recipe:"):
+        recipe = RECIPES.get(text[len("recipe:") :])
+        if recipe is None:
+            raise ValueError(
+                f"Unknown recipe {text!r}. Known recipes: {', '.join('recipe:' + r for r in RECIPES)}; "
+                "or spell the strategy out, e.g. 'concat[none,layers=1/4;1/2;3/4]'."
+            )
+        return parse_strategy(recipe.strategy)
+    match = _PATTERN.match(text)
     if match is None:
         raise ValueError(f"Cannot parse strategy {name!r}. {_HELP}")
     head, opts = match["head"], match["opts"]
@@ -100,13 +175,13 @@ def parse_strategy(name: str | Strategy) -> Strategy:
         kind, index = head.split(":")
         if kind != "layer":
             raise ValueError(f"Strategy {name!r}: only 'layer' takes an index (layer:<k>). {_HELP}")
-        layer = int(index)
+        layer = _parse_position(index, name)
     elif kind == "layer":
         raise ValueError(f"Strategy {name!r}: 'layer' needs an index, e.g. 'layer:12' or 'layer:-2'. {_HELP}")
     if kind not in KINDS:
         raise ValueError(f"Unknown strategy kind {kind!r} in {name!r}. {_HELP}")
 
-    norm, include_embed, layers, mask_padding = _default_norm(kind), True, None, True
+    norm, include_embed, layers, mask_padding, template = _default_norm(kind), True, None, True, None
     seen: set[str] = set()
     for opt in opts.split(",") if opts else []:
         if not opt:
@@ -122,7 +197,14 @@ def parse_strategy(name: str | Strategy) -> Strategy:
         elif opt == "no_mask":
             mask_padding = False
         elif opt.startswith("layers="):
-            layers = _parse_slice(opt[len("layers=") :], name)
+            layers = _parse_layers(opt[len("layers=") :], name)
+        elif opt.startswith("template="):
+            template = opt[len("template=") :]
+            if template not in TEMPLATES:
+                raise ValueError(
+                    f"Strategy {name!r}: unknown template {template!r}; known templates: "
+                    f"{', '.join(TEMPLATES)} (add one to t2istudy/text/templates.py)."
+                )
         else:
             raise ValueError(f"Unknown option {opt!r} in strategy {name!r}. {_HELP}")
 
@@ -137,20 +219,52 @@ def parse_strategy(name: str | Strategy) -> Strategy:
             f"Strategy {name!r}: no_embed and layers= select layers for {', '.join(MULTI_LAYER_KINDS)}; "
             f"'{kind}' uses a single state."
         )
-    return Strategy(kind, layer, norm, include_embed, layers, mask_padding)
+    return Strategy(kind, layer, norm, include_embed, layers, mask_padding, template)
 
 
-def _parse_slice(text: str, name: str) -> tuple[int | None, int | None]:
-    parts = text.split(":")
+def _parse_position(text: str, name: str) -> Position:
+    if "/" not in text:
+        return int(text)
+    numerator, denominator = text.split("/")
+    if numerator.startswith(("+", "-")) or int(denominator) == 0 or int(numerator) > int(denominator):
+        raise ValueError(
+            f"Strategy {name!r}: depth fraction {text!r} must lie in [0, 1] (0/1 = embedding, 1/1 = last), "
+            "e.g. '1/4'; count from the end with an integer, e.g. '-2'."
+        )
+    return Depth(Fraction(int(numerator), int(denominator)))
+
+
+def _parse_layers(text: str, name: str) -> LayerSlice | LayerList:
+    example = "e.g. 'layers=4:12', 'layers=1/2:', 'layers=10;20;30' or 'layers=1/4;1/2;3/4'"
+    if ":" in text and ";" in text:
+        raise ValueError(f"Strategy {name!r}: layers= is either a slice or a ';' list, not both ({example}).")
+    parts = text.split(";") if ";" in text else text.split(":")
+    if any(not re.fullmatch(_POSITION, p) for p in parts if p or ";" in text):
+        raise ValueError(f"Strategy {name!r}: layers= bounds must be integers or fractions p/q ({example}).")
+    if ";" in text:
+        positions = tuple(_parse_position(p, name) for p in parts)
+        if len(set(positions)) != len(positions):
+            raise ValueError(f"Strategy {name!r}: layers= lists a position twice; give each once.")
+        return LayerList(positions)
     if len(parts) != 2:
-        raise ValueError(f"Strategy {name!r}: layers= takes a slice 'start:stop', e.g. 'layers=4:12'.")
-    try:
-        start, stop = (int(p) if p else None for p in parts)
-    except ValueError:
-        raise ValueError(f"Strategy {name!r}: layers= bounds must be integers, e.g. 'layers=4:12'.") from None
+        raise ValueError(f"Strategy {name!r}: layers= takes a slice 'start:stop' or a ';' list ({example}).")
+    start, stop = (_parse_position(p, name) if p else None for p in parts)
     if start is None and stop is None:
         raise ValueError(f"Strategy {name!r}: 'layers=:' selects everything; drop the option instead.")
-    return start, stop
+    return LayerSlice(start, stop)
+
+
+def _state(position: Position, num_states: int, name: str) -> int:
+    """A position as a state index 0..num_states-1, validated."""
+    if isinstance(position, Depth):
+        return position.state(num_states)
+    if not -num_states <= position < num_states:
+        raise ValueError(
+            f"Layer index {position} in strategy '{name}' is out of range for an encoder with {num_states} "
+            f"hidden states (embedding + {num_states - 1} blocks): use {-num_states} <= k <= {num_states - 1} "
+            "(0 = embedding output, -1 = last), or a depth fraction such as 1/2."
+        )
+    return position % num_states
 
 
 def selected_states(strategy: str | Strategy, num_states: int) -> list[int]:
@@ -161,16 +275,19 @@ def selected_states(strategy: str | Strategy, num_states: int) -> list[int]:
     if s.kind == "last":
         return [num_states - 1]
     if s.kind == "layer":
-        if not -num_states <= s.layer < num_states:
-            raise ValueError(
-                f"Layer index {s.layer} is out of range for an encoder with {num_states} hidden states "
-                f"(embedding + {num_states - 1} blocks): use layer:k with {-num_states} <= k <= "
-                f"{num_states - 1} (0 = embedding output, -1 = last)."
-            )
-        return [s.layer % num_states]
+        return [_state(s.layer, num_states, str(s))]
     indices = list(range(num_states))
-    if s.layers is not None:
-        indices = indices[slice(*s.layers)]
+    if isinstance(s.layers, LayerSlice):
+        bounds = (b.state(num_states) if isinstance(b, Depth) else b for b in (s.layers.start, s.layers.stop))
+        indices = indices[slice(*bounds)]
+    elif isinstance(s.layers, LayerList):
+        indices = [_state(p, num_states, str(s)) for p in s.layers.positions]
+        if any(a >= b for a, b in zip(indices, indices[1:], strict=False)):
+            raise ValueError(
+                f"Strategy '{s}' names states {indices} on an encoder with {num_states} hidden states: list "
+                "positions shallow to deep, each state once (on a shallow encoder two fractions can round "
+                "to the same state; use explicit indices there)."
+            )
     if not s.include_embed:
         indices = [i for i in indices if i != 0]
     if not indices:
@@ -188,8 +305,20 @@ def output_width(strategy: str | Strategy, num_states: int, width: int) -> int:
     return n * width if s.kind == "concat" else width
 
 
-def normalize(x: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-token normalization over the last (feature) axis, without affine parameters."""
+def projection_parameters(
+    strategy: str | Strategy, num_states: int, width: int, cross_attention_dim: int
+) -> int:
+    """Trainable parameters of the text conditioner for this strategy (``diffusion.model.TextConditioner``):
+    the Linear from the aggregated width to the U-Net's cross-attention width, plus one logit per layer for
+    ``learned``. Concat multiplies it by the number of layers, so it is reported per arm."""
+    s = parse_strategy(strategy)
+    linear = (output_width(s, num_states, width) + 1) * cross_attention_dim
+    return linear + (len(selected_states(s, num_states)) if s.kind == "learned" else 0)
+
+
+def normalize(x: torch.Tensor, norm: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalize x [..., T, D] without affine parameters: per token over features, or for ``minmax`` per
+    prompt over its real tokens (``mask`` [..., T], True = real token)."""
     if norm == "none":
         return x
     if norm == "layernorm":
@@ -201,24 +330,54 @@ def normalize(x: torch.Tensor, norm: str) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + EPS["rms"])
     if norm == "l2":
         return F.normalize(x, dim=-1, eps=EPS["l2"])
+    if norm == "minmax":
+        if mask is None:
+            raise ValueError("The minmax normalization is over a prompt's real tokens: pass its mask [B, T].")
+        return _minmax(x, mask.to(device=x.device, dtype=torch.bool))
     raise ValueError(f"Unknown normalization {norm!r}; choose one of {', '.join(NORMS)}.")
+
+
+def _minmax(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / (max - min + eps), statistics over every feature of the prompt's real tokens."""
+    real = mask[..., None]
+    count = (mask.sum(dim=-1) * x.shape[-1]).clamp(min=1)[..., None, None]
+    mean = torch.where(real, x, 0.0).sum(dim=(-2, -1), keepdim=True) / count
+    high = torch.where(real, x, -torch.inf).amax(dim=(-2, -1), keepdim=True)
+    low = torch.where(real, x, torch.inf).amin(dim=(-2, -1), keepdim=True)
+    spread = torch.where(mask.any(dim=-1)[..., None, None], high - low, 1.0)  # a prompt with no token
+    return (x - mean) / (spread + EPS["minmax"])
 
 
 class Aggregator:
     """Fold over hidden states in index order: ``add(i, h_i)`` for every state, then ``result(mask)``.
 
     Each needed state is folded straight into the output buffer (running sum for mean/norm_mean,
-    its slot for concat/learned, a copy for last/layer), so nothing but the output is kept. Pass
-    ``out`` (e.g. a slice of a preallocated result) to avoid even that allocation.
+    its slot for concat/learned, a copy for last/layer), so nothing but the output is kept: no
+    reference to a state survives ``add``. Pass ``out`` (e.g. a slice of a preallocated result) to
+    avoid even that allocation. ``mask`` [B, T] is needed up front only by ``minmax``, which
+    normalizes each layer over the prompt's real tokens as it arrives.
     """
 
-    def __init__(self, strategy: str | Strategy, num_states: int, out: torch.Tensor | None = None):
+    def __init__(
+        self,
+        strategy: str | Strategy,
+        num_states: int,
+        out: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ):
         self.strategy = parse_strategy(strategy)
         self.num_states = num_states
         self.wanted = selected_states(self.strategy, num_states)
         self._slot = {index: k for k, index in enumerate(self.wanted)}
+        if self.strategy.norm in PROMPT_NORMS and mask is None:
+            raise ValueError(
+                f"Strategy '{self.strategy}' normalizes each layer over the prompt's tokens: pass "
+                "Aggregator(..., mask=mask) with the [B, T] padding mask."
+            )
+        self.mask = mask
         self.out = out
-        self._seen: list[int] = []
+        self._last: int | None = None
+        self._arrived: set[int] = set()
 
     def _buffer(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.out is None:
@@ -230,13 +389,14 @@ class Aggregator:
 
     def add(self, index: int, hidden: torch.Tensor) -> None:
         """Consume hidden state ``index`` ([B, T, D]); states must arrive in increasing order."""
-        if self._seen and index <= self._seen[-1]:
-            raise RuntimeError(f"Hidden state {index} arrived after {self._seen[-1]}; feed states in order.")
-        self._seen.append(index)
+        if self._last is not None and index <= self._last:
+            raise RuntimeError(f"Hidden state {index} arrived after {self._last}; feed states in order.")
+        self._last = index
         if index not in self._slot:
             return
+        self._arrived.add(index)
         out, k, kind = self._buffer(hidden), self._slot[index], self.strategy.kind
-        x = normalize(hidden.float(), self.strategy.norm)
+        x = normalize(hidden.float(), self.strategy.norm, self.mask)
         if kind in ("mean", "norm_mean"):
             out.copy_(x) if k == 0 else out.add_(x)
         elif kind == "concat":
@@ -249,7 +409,7 @@ class Aggregator:
 
     def result(self, mask: torch.Tensor) -> torch.Tensor:
         """The aggregated features: [B, T, D'] ([B, T, L, D] for learned); padding zeroed if masked."""
-        missing = [i for i in self.wanted if i not in self._seen]
+        missing = [i for i in self.wanted if i not in self._arrived]
         if missing:
             raise RuntimeError(f"Hidden states {missing} never arrived; the encoder hooks missed a layer.")
         out, kind = self.out, self.strategy.kind
@@ -264,7 +424,8 @@ class Aggregator:
 def aggregate(hidden: torch.Tensor, mask: torch.Tensor, strategy: str | Strategy) -> torch.Tensor:
     """Aggregate stacked hidden states [L, B, T, D] with ``mask`` [B, T] (True = real token).
 
-    Returns float32 [B, T, D'] (``output_width``), or [B, T, L', D] for ``learned``.
+    Returns float32 [B, T, D'] (``output_width``), or [B, T, L', D] for ``learned``. A strategy's
+    template acts in the encoder: pass states encoded with it (``FrozenEncoder.encode(..., template=)``).
     """
     if hidden.dim() != 4:
         raise ValueError(f"hidden must be [layers, batch, tokens, width], got shape {tuple(hidden.shape)}.")
@@ -272,7 +433,7 @@ def aggregate(hidden: torch.Tensor, mask: torch.Tensor, strategy: str | Strategy
         raise ValueError(
             f"mask shape {tuple(mask.shape)} does not match hidden [B, T] = {tuple(hidden.shape[1:3])}."
         )
-    agg = Aggregator(strategy, hidden.shape[0])
+    agg = Aggregator(strategy, hidden.shape[0], mask=mask)
     for i in agg.wanted:
         agg.add(i, hidden[i])
     return agg.result(mask)

@@ -4,9 +4,10 @@ Small scale encodes every caption once per (encoder, strategy) so a training ste
 135M and a 0.5B encoder. Paper scale encodes on the fly. Both answer `embed(captions) -> (features, mask)`
 with the same numbers (float32, padding trimmed to the longest caption in the batch), which is tested.
 
-Layout of one cache entry (`<root>/<encoder>/<strategy>-L<max_length>-<caption hash>/`):
-    meta.json                 encoder, strategy (canonical), max_length, caption hash, shape, dtype, max_abs,
-                              token_rms (the input-scale statistic)
+Layout of one cache entry (`<root>/<encoder>/<strategy>[-T<template digest>]-L<max_length>-<caption hash>/`):
+    meta.json                 encoder, strategy (canonical, its template named in it), template_digest (of the
+                              template's text, so editing a template never serves stale entries), max_length,
+                              caption hash, shape, dtype, max_abs, token_rms (the input-scale statistic)
     captions.json             the unique captions, sorted; row i of the arrays belongs to captions[i]
     features.npy              [N, T, D] (or [N, T, L, D] for `learned`), float16 where every |value| fits
     mask.npy                  [N, T] bool, True = real token
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from t2istudy.text import encoders
 from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.templates import get_template
 
 CACHE_VERSION = 1
 FP16_LIMIT = (
@@ -49,6 +51,12 @@ def caption_hash(captions: list[str]) -> str:
     """Order-independent hash of the caption set (the cache stores unique captions sorted)."""
     unique = sorted(set(captions))
     return hashlib.sha256(json.dumps(unique, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def template_digest(strategy: str) -> str | None:
+    """Hash of the text of the strategy's prompt template (None without one): part of the cache key."""
+    template = parse_strategy(strategy).template
+    return get_template(template).digest() if template else None
 
 
 def slug(text: str) -> str:
@@ -156,7 +164,9 @@ class EmbeddingCache:
     def entry_dir(
         root: str | Path, encoder: str, strategy: str, max_length: int, captions: list[str]
     ) -> Path:
-        name = f"{slug(str(parse_strategy(strategy)))}-L{max_length}-{caption_hash(captions)}"
+        digest = template_digest(strategy)
+        tag = f"-T{digest}" if digest else ""
+        name = f"{slug(str(parse_strategy(strategy)))}{tag}-L{max_length}-{caption_hash(captions)}"
         return Path(root) / slug(encoder) / name
 
     @classmethod
@@ -174,6 +184,7 @@ class EmbeddingCache:
             if (
                 meta.get("encoder") == encoder
                 and meta.get("strategy") == canonical
+                and meta.get("template_digest") == template_digest(canonical)
                 and meta.get("caption_hash") == digest
                 and (max_length is None or meta.get("max_length") == max_length)
             ):
@@ -226,9 +237,15 @@ class EmbeddingCache:
         label = f"encode {encoder.name}" + (f" ({len(canonical)} strategies)" if len(canonical) > 1 else "")
         for i, start in enumerate(tqdm(steps, desc=label, disable=not progress)):
             batch = unique[start : start + batch_size]
-            if hasattr(encoder, "encode_aggregated_many"):
-                all_feats, mask = encoder.encode_aggregated_many(batch, canonical, batch_size=batch_size)
-                outputs = [(f, mask) for f in all_feats]
+            if hasattr(encoder, "encode_aggregated_many"):  # one forward pass per prompt template
+                by_template: dict[str | None, list[str]] = {}
+                for s in canonical:
+                    by_template.setdefault(parse_strategy(s).template, []).append(s)
+                found = {}
+                for group in by_template.values():
+                    all_feats, mask = encoder.encode_aggregated_many(batch, group, batch_size=batch_size)
+                    found.update({s: (f, mask) for s, f in zip(group, all_feats, strict=True)})
+                outputs = [found[s] for s in canonical]
             else:  # a minimal Encoder: one call per strategy
                 outputs = [encoder.encode_aggregated(batch, s, batch_size=batch_size) for s in canonical]
             for writer, strategy, (feats, mask) in zip(writers, canonical, outputs, strict=True):
@@ -244,6 +261,7 @@ class EmbeddingCache:
                 "version": CACHE_VERSION,
                 "encoder": encoder.name,
                 "strategy": strategy,
+                "template_digest": template_digest(strategy),
                 "max_length": encoder.max_length,
                 "caption_hash": caption_hash(unique),
                 "num_captions": len(unique),

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from t2istudy.text.aggregation import Aggregator, Strategy, output_width, parse_strategy
+from t2istudy.text.aggregation import Aggregator, Strategy, output_width, parse_strategy, selected_states
 from t2istudy.text.builtin_models import BUILTINS, cache_root, locate
+from t2istudy.text.templates import WrappedTokens, get_template, wrap_and_tokenize
 
 BUILTIN_ENCODERS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "minilm-l6")
 DEFAULT_MAX_LENGTH = 128  # tokens; the paper's prompts (GenAI-Bench) fit, longer ones are truncated
@@ -77,6 +78,7 @@ class LayerStates:
     mask: torch.Tensor  # [batch, tokens] bool, True = real token (right padding)
     ids: torch.Tensor  # [batch, tokens] long
     n_truncated: int  # prompts cut at max_length
+    template: str | None = None  # the prompt template applied (its dropped tokens are not in hidden)
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,7 @@ class FrozenEncoder:
         self.width = getattr(config, "hidden_size", None) or config.d_model
         self.dtype = next(model.parameters()).dtype
         limit = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
+        self.position_limit = int(limit)
         self.max_length = int(max_length or min(DEFAULT_MAX_LENGTH, limit))
         if self.max_length > limit:
             raise ValueError(
@@ -322,6 +325,32 @@ class FrozenEncoder:
         )
         return enc["input_ids"], enc["attention_mask"].bool(), n_truncated
 
+    def tokenize_templated(
+        self, prompts: list[str], template: str, allow_empty: bool = False
+    ) -> WrappedTokens:
+        """Prompts wrapped in a template, with the positions of the tokens that survive its cut
+        (``t2istudy.text.templates``); the prompt's own tokens are cut at ``max_length``."""
+        _check_prompts(prompts, allow_empty)
+        wrapped = wrap_and_tokenize(
+            self.tokenizer,
+            list(prompts),
+            get_template(template),
+            self.max_length,
+            self.tokenizer.pad_token_id,
+        )
+        if wrapped.ids.shape[1] > self.position_limit:
+            raise ValueError(
+                f"Template {template!r} around these prompts needs {wrapped.ids.shape[1]} tokens, more than "
+                f"{self.name}'s position limit {self.position_limit}; pass a smaller max_length to load_encoder."
+            )
+        if wrapped.n_truncated:
+            warnings.warn(
+                f"{wrapped.n_truncated} of {len(prompts)} prompts exceed max_length={self.max_length} tokens and "
+                f"were truncated; pass a larger max_length to load_encoder to keep them whole.",
+                stacklevel=4,
+            )
+        return wrapped
+
     def _batches(self, n: int, batch_size: int, progress: bool, what: str):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -336,10 +365,19 @@ class FrozenEncoder:
 
     # -- encoding ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, prompts: list[str], batch_size: int = 32, progress: bool = False) -> LayerStates:
-        """Token states of every layer, float32 [num_states, N, T, width] (T = longest prompt)."""
-        ids, mask, n_truncated = self.tokenize(prompts)
-        n, t = ids.shape
+    def encode(
+        self, prompts: list[str], batch_size: int = 32, progress: bool = False, template: str | None = None
+    ) -> LayerStates:
+        """Token states of every layer, float32 [num_states, N, T, width] (T = longest prompt).
+
+        With a ``template`` the model reads the wrapped prompts and only the tokens the template keeps
+        are returned (``ids`` and ``mask`` are theirs), as ``encode_aggregated`` does."""
+        wrapped = self.tokenize_templated(prompts, template) if template else None
+        ids, mask, n_truncated = (
+            (wrapped.ids, wrapped.mask, wrapped.n_truncated) if wrapped else self.tokenize(prompts)
+        )
+        kept_mask = wrapped.keep_mask if wrapped else mask
+        n, t = kept_mask.shape
         hidden = torch.zeros(self.num_states, n, t, self.width)
         for start in self._batches(n, batch_size, progress, "encode"):
             sl = slice(start, start + batch_size)
@@ -350,11 +388,14 @@ class FrozenEncoder:
                 raise RuntimeError(
                     f"{self.name} returned {len(states)} hidden states, expected {self.num_states}."
                 )
+            select = _batch_selector(wrapped, sl)
             for i, h in enumerate(states):
-                hidden[i, sl, :length] = h.float().cpu()
+                h = select(h.float())
+                hidden[i, sl, : h.shape[1]] = h.cpu()
         self._check_finite(hidden)
         self.n_truncated = n_truncated
-        return LayerStates(hidden=hidden, mask=mask, ids=ids, n_truncated=n_truncated)
+        kept_ids = ids.gather(1, wrapped.keep) * wrapped.keep_mask if wrapped else ids
+        return LayerStates(hidden, kept_mask, kept_ids, n_truncated, template)
 
     def encode_aggregated(
         self,
@@ -380,36 +421,59 @@ class FrozenEncoder:
         allow_empty: bool = False,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every strategy's features from one forward pass: the LLM runs once however many strategies
-        a study compares (a cache for last, layer:k, mean and norm_mean costs one pass, not four)."""
+        a study compares (a cache for last, layer:k, mean and norm_mean costs one pass, not four).
+        The strategies must share one prompt template (it changes the forward pass)."""
         parsed = [parse_strategy(s) for s in strategies]
         if not parsed:
             raise ValueError("encode_aggregated_many needs at least one strategy.")
-        ids, mask, n_truncated = self.tokenize(prompts, allow_empty)
-        n, t = ids.shape
+        templates = {s.template for s in parsed}
+        if len(templates) > 1:
+            raise ValueError(
+                f"encode_aggregated_many runs one forward pass, but the strategies use templates "
+                f"{sorted(map(str, templates))}: call it once per template."
+            )
+        template = templates.pop()
+        wrapped = self.tokenize_templated(prompts, template, allow_empty) if template else None
+        ids, mask, n_truncated = (
+            (wrapped.ids, wrapped.mask, wrapped.n_truncated)
+            if wrapped
+            else self.tokenize(prompts, allow_empty)
+        )
+        kept_mask = wrapped.keep_mask if wrapped else mask
+        n, t = kept_mask.shape
         features = []
         for strategy in parsed:
-            agg = Aggregator(strategy, self.num_states)  # validates layer indices for this encoder
+            wanted = selected_states(strategy, self.num_states)  # validates layer indices for this encoder
             width = output_width(strategy, self.num_states, self.width)
-            shape = (n, t, len(agg.wanted), width) if strategy.kind == "learned" else (n, t, width)
+            shape = (n, t, len(wanted), width) if strategy.kind == "learned" else (n, t, width)
             features.append(torch.zeros(shape))
         embed, blocks, final_norm = _hook_points(self.model)
         label = ", ".join(map(str, parsed))
         for start in self._batches(n, batch_size, progress, f"encode {label}"):
             sl = slice(start, start + batch_size)
             length = int(mask[sl].sum(1).max())
-            if length == 0:  # only empty prompts whose tokenizer adds no special token: zero tokens
+            kept = int(kept_mask[sl].sum(1).max()) if kept_mask.shape[1] else 0
+            if length == 0 or kept == 0:  # only empty prompts (no special token, or the template cut all)
                 continue
+            batch_mask = kept_mask[sl, :kept].to(self.device)
             # On CPU the running result lives directly in the output tensor: no extra copy per batch.
             aggs = [
-                Aggregator(s, self.num_states, out=f[sl, :length] if self.device.type == "cpu" else None)
+                Aggregator(
+                    s,
+                    self.num_states,
+                    out=f[sl, :kept] if self.device.type == "cpu" else None,
+                    mask=batch_mask,
+                )
                 for s, f in zip(parsed, features, strict=True)
             ]
             points = [embed, *blocks]
             indices = list(range(len(points)))
             if final_norm is not None:  # transformers' hidden_states[-1] is final_norm(last block)
                 points[-1], indices[-1] = final_norm, len(blocks)
+            select = _batch_selector(wrapped, sl)
             handles = [
-                m.register_forward_hook(_feeder(aggs, i)) for m, i in zip(points, indices, strict=True)
+                m.register_forward_hook(_feeder(aggs, i, select))
+                for m, i in zip(points, indices, strict=True)
             ]
             try:
                 self._forward(ids[sl, :length], mask[sl, :length], hidden_states=False)
@@ -417,12 +481,12 @@ class FrozenEncoder:
                 for handle in handles:
                     handle.remove()
             for agg, f in zip(aggs, features, strict=True):
-                out = agg.result(mask[sl, :length].to(self.device))
+                out = agg.result(batch_mask)
                 self._check_finite(out)
                 if self.device.type != "cpu":
-                    f[sl, :length] = out.cpu()
+                    f[sl, :kept] = out.cpu()
         self.n_truncated = n_truncated
-        return features, mask
+        return features, kept_mask
 
     def encode_null(self, strategy: str | Strategy) -> tuple[torch.Tensor, torch.Tensor]:
         """The empty prompt "" under ``strategy``: the unconditional input of classifier-free guidance.
@@ -445,15 +509,26 @@ class FrozenEncoder:
                 )
 
 
-def _feeder(aggs: list[Aggregator], index: int):
-    """Forward hook that hands a module's output to every aggregator as hidden state ``index``."""
+def _feeder(aggs: list[Aggregator], index: int, select):
+    """Forward hook that hands a module's output (its kept tokens) to every aggregator as state ``index``."""
 
     def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = select(output[0] if isinstance(output, tuple) else output)
         for agg in aggs:
             agg.add(index, hidden)
 
     return hook
+
+
+def _batch_selector(wrapped: WrappedTokens | None, rows: slice):
+    """States [B, T, D] of a batch -> its kept tokens [B, K, D] (the identity without a template)."""
+    if wrapped is None:
+        return lambda hidden: hidden
+    kept = int(wrapped.keep_mask[rows].sum(1).max()) if wrapped.keep_mask.shape[1] else 0
+    part = WrappedTokens(
+        wrapped.ids[rows], wrapped.mask[rows], wrapped.keep[rows, :kept], wrapped.keep_mask[rows, :kept], 0
+    )
+    return part.kept
 
 
 def _check_prompts(prompts, allow_empty: bool = False) -> None:
