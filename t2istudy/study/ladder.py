@@ -144,7 +144,7 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list
             group = group.sort_values("machine_minutes")
             ax.plot(group["machine_minutes"], group[col], marker="o", label=label)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training machine-minutes (1 thread)")
+        ax.set_xlabel("training machine-minutes (1 thread, shared machine: load in ladder.csv)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("verdict (all-or-nothing)")
