@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 from t2istudy.diffusion.model import PRESETS, get_preset, replace_preset
 from t2istudy.study.ladder import climb, collect, plot
+from t2istudy.study.tiers import tune_guidance
 
 
 def main() -> None:
@@ -42,6 +44,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--name", default=None, help="ladder folder name (default: preset-encoder-strategy-sSEED)"
+    )
+    parser.add_argument(
+        "--tune_guidance",
+        default="",
+        help="comma-separated scales: after the last rung, the validation verdict at each (cfg_tune.csv)",
     )
     parser.add_argument("--root", default="runs/ladder")
     parser.add_argument("--figures", default="figures")
@@ -76,6 +83,13 @@ def main() -> None:
             train_options=json.loads(args.train_options),
         )
         print(table.to_string(index=False))
+        if args.tune_guidance:  # tuned on training-distribution captions, never on a benchmark tier
+            scales = [float(x) for x in args.tune_guidance.split(",")]
+            tuned = tune_guidance(Path(args.root) / name / "train", scales).assign(
+                load_average=os.getloadavg()[0]
+            )
+            tuned.to_csv(Path(args.root) / name / "cfg_tune.csv", index=False)
+            print(tuned.to_string(index=False))
     print("wrote", *plot(collect([args.root]), args.figures))
 
 

@@ -239,3 +239,17 @@ def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp
     assert calls == [2, 4] and again["train_seconds"].tolist() == table["train_seconds"].tolist()
     paths = ladder.plot(ladder.collect([tmp_path / "lad"]), tmp_path / "fig")
     assert sorted(p.name for p in paths) == ["ladder.csv", "ladder.pdf", "ladder.png"]
+
+
+def test_validation_split_is_training_distribution_and_disjoint_from_both_tiers():
+    from t2istudy.study.tiers import make_tier, make_validation_split
+
+    split = make_validation_split(60)
+    held = {("blue", "triangle"), ("red", "square"), ("green", "circle")}
+    for row in split.itertuples():
+        assert scene_satisfies(row.scene, row.spec) and judge(render(row.scene), row.spec)[0], row.prompt
+        assert not any((o.color, o.shape) in held for o in row.scene.objects)
+    stated = [any(c["type"] == "background" for c in s["constraints"]) for s in split["spec"]]
+    assert 0.5 < sum(stated) / len(stated) < 0.9  # captions name the background 70% of the time
+    tiers = set(make_tier("geneval", 50)["prompt"]) | set(make_tier("heldout", 125)["prompt"])
+    assert not set(split["prompt"]) & tiers
