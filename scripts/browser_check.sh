@@ -33,18 +33,33 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the kernel imports this c
 export JUPYTER_RUNTIME_DIR="$work/runtime" OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 "$PY" -m jupyter lab --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port="$port" \
   --IdentityProvider.token="$token" --ServerApp.root_dir="$work" --LabApp.expose_app_in_browser=True \
-  --LabApp.workspaces_dir="$work/workspaces" >"$work/lab.log" 2>&1 &
+  --LabApp.workspaces_dir="$work/workspaces" $([ "$(id -u)" = 0 ] && echo --ServerApp.allow_root=True) \
+  >"$work/lab.log" 2>&1 &
 lab=$!
 cleanup() { kill "$lab" 2>/dev/null || true; wait "$lab" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-for _ in $(seq 120); do
-  if "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/api/status?token=$token', timeout=2)" 2>/dev/null; then
-    break
-  fi
-  kill -0 "$lab" 2>/dev/null || { echo "[browser_check] JupyterLab exited:"; tail -20 "$work/lab.log"; exit 1; }
-  sleep 1
-done
+# wait (up to 10 min on a loaded machine) until the server answers, or report why it stopped
+if ! "$PY" - "$port" "$token" "$lab" <<'EOF'
+import sys, time, urllib.request
+port, token, pid = sys.argv[1:4]
+for _ in range(600):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=5)
+        sys.exit(0)
+    except OSError:
+        pass
+    try:  # JupyterLab stopped (gone, or a zombie until this script reaps it)
+        if open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1][0] == "Z":
+            sys.exit(3)
+    except OSError:
+        sys.exit(3)
+    time.sleep(1)
+sys.exit(4)
+EOF
+then
+  echo "[browser_check] JupyterLab did not come up:"; tail -20 "$work/lab.log"; exit 1
+fi
 echo "[browser_check] JupyterLab on 127.0.0.1:$port"
 "$PY" scripts/browser_check.py --url "http://127.0.0.1:$port/lab/tree/explore_layers.ipynb?token=$token" --out "$OUT" \
   || { status=$?; echo "[browser_check] JupyterLab log:"; tail -30 "$work/lab.log"; exit "$status"; }
