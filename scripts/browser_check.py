@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-W3C_ELEMENT = "element-6066-11e4-a52e-4f678f56a6ff"
+W3C_ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 
 
 def free_port() -> int:
@@ -39,7 +39,7 @@ class WebDriver:
             self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
+            with urllib.request.urlopen(request, timeout=600) as response:
                 return json.loads(response.read())["value"]
         except urllib.error.HTTPError as err:
             raise RuntimeError(f"WebDriver {method} {path} failed: {err.read().decode()[:500]}") from None
@@ -48,8 +48,12 @@ class WebDriver:
         args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
         args.append(f"--window-size={width},{height}")
         options = {"binary": chromium, "args": args}
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}}
+        # pageLoadStrategy none: navigation returns at once and wait_for polls (JupyterLab loads slowly
+        # on a busy machine)
+        match = {"browserName": "chrome", "goog:chromeOptions": options, "pageLoadStrategy": "none"}
+        caps = {"capabilities": {"alwaysMatch": match}}
         self.session = self.call("POST", "/session", caps)["sessionId"]
+        self.call("POST", self.s("/timeouts"), {"script": 300_000})  # a busy renderer answers late
 
     def s(self, path: str) -> str:
         return f"/session/{self.session}{path}"
@@ -61,23 +65,36 @@ class WebDriver:
         """Poll a script until it returns something truthy; fail saying what never happened."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = self.script(source, *args)
+            try:
+                value = self.script(source, *args)
+            except RuntimeError as err:  # the page is still loading: ask again
+                if "script timeout" not in str(err) and "javascript error" not in str(err):
+                    raise
+                value = None
             if value:
                 return value
             time.sleep(1.0)
         raise TimeoutError(f"Gave up after {timeout:.0f} s waiting for {what}.")
 
-    def find(self, xpath: str) -> str:
-        return self.call("POST", self.s("/element"), {"using": "xpath", "value": xpath})[W3C_ELEMENT]
+    def element(self, source: str, what: str) -> str:
+        """The element a script returns, as a WebDriver reference."""
+        found = self.script(source)
+        if not isinstance(found, dict) or W3C_ELEMENT not in found:
+            raise RuntimeError(f"Could not find {what} on the page (got {found!r}).")
+        return found[W3C_ELEMENT]
 
 
 IMAGE_SRC = """
 const img = document.querySelector('.jp-OutputArea-output .widget-image');
-return img && img.src && img.src.length > 1000 ? img.src.length + ':' + img.src.slice(-64) : null;
+return img && img.src && img.complete && img.naturalWidth > 0 ? img.src : null;  // a new blob: URL per redraw
 """
 STATUS = """
 const html = [...document.querySelectorAll('.jp-OutputArea-output .widget-html-content')];
 return html.map(h => h.innerText).filter(t => t.includes('encoder calls')).join(' | ');
+"""
+OUTPUTS = """
+return [...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.className + ': ' + o.innerText)
+    .join('\\n---\\n') || '(none)';
 """
 ERRORS = """
 return [...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText)
@@ -89,7 +106,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", required=True, help="JupyterLab URL of the notebook, with ?token=")
     parser.add_argument("--out", required=True, help="screenshot PNG to write")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds for the notebook to render")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds for the notebook to render")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_exe = shutil.which("chromedriver")
@@ -114,24 +131,32 @@ def main() -> int:
         driver.wait_for(
             "return !!(window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell'));",
             "JupyterLab to open the notebook",
-            180,
+            600,
         )
         driver.wait_for(
             "const w = window.jupyterapp.shell.currentWidget;"
             "return !!(w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
             " && w.sessionContext.session.kernel.connectionStatus === 'connected');",
             "the kernel to start",
-            180,
+            600,
         )
         driver.script("return window.jupyterapp.commands.execute('notebook:run-all-cells').then(() => true);")
         try:
             before = driver.wait_for(IMAGE_SRC, "the explorer's figure", args.timeout)
         except TimeoutError:
-            print(driver.script(ERRORS) or "(no error output)", file=sys.stderr)
+            debug = Path(args.out).with_suffix(".debug.png")
+            debug.write_bytes(base64.b64decode(driver.call("GET", driver.s("/screenshot"))))
+            print(
+                f"browser_check: outputs so far:\n{driver.script(OUTPUTS)}\n(page: {debug})", file=sys.stderr
+            )
             raise
         print(f"browser_check: notebook ran, explorer rendered in {time.monotonic() - started:.0f} s")
         print(f"browser_check: {driver.script(STATUS)}")
-        button = driver.find("//button[normalize-space()='first token out']")
+        button = driver.element(
+            "return [...document.querySelectorAll('.jp-OutputArea-output button')]"
+            ".find(b => b.innerText.trim() === 'first token out') || null;",
+            "the 'first token out' button",
+        )
         driver.call("POST", driver.s(f"/element/{button}/click"), {})
         driver.wait_for(
             f"const v = (() => {{{IMAGE_SRC}}})(); return v && v !== {json.dumps(before)};",
@@ -143,8 +168,9 @@ def main() -> int:
         if errors:
             print(f"browser_check: the notebook printed errors:\n{errors}", file=sys.stderr)
             return 1
-        widget = driver.find(
-            "//div[contains(@class, 'jp-OutputArea-output')][.//img[contains(@class, 'widget-image')]]"
+        widget = driver.element(
+            "return document.querySelector('.jp-OutputArea-output .widget-image').closest('.jp-OutputArea-output');",
+            "the explorer's output",
         )
         shot = driver.call("GET", driver.s(f"/element/{widget}/screenshot"))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

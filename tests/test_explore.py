@@ -288,7 +288,7 @@ def test_heatmap_rows_equal_encode_norms_on_a_real_encoder(minilm):
     expected = states.hidden[:, states.mask].norm(dim=-1)  # [L, real tokens of both prompts]
     for layer in (0, 3, 6):
         assert heat.loc[layer].tolist() == pytest.approx(expected[layer].tolist(), rel=1e-4)
-    assert heat.columns[0] == "[CLS]@0" and heat.columns[-1] == "[SEP]@1.2"
+    assert heat.columns[0] == "[CLS]@0" and heat.columns[-1] == "[SEP]@1.3"
     explorer.norm.value = "layernorm"
     explorer.first_token.value = False
     assert cache.encoder_calls == 1
