@@ -68,6 +68,19 @@ _SMALL_BLOCKS = {
     "norm_num_groups": 8,
 }
 
+# The small latent presets' image side: 32x32 scenes through a shapes autoencoder to 16x16x4 latents, with
+# SD2's schedule for latents: its last alpha_bar (~0.005) keeps the first sampling step well posed (the
+# pixel presets' cosine schedule ends at ~2e-9 and needs x0 clipping, which latents cannot use).
+_SHAPES_LATENTS = {
+    "image_size": 32,
+    "latent_channels": 4,
+    "latent_size": 16,
+    "vae": True,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+}
+
 PRESETS: dict[str, Preset] = {
     # Stable Diffusion 2 base U-Net (865,910,724 parameters) on 32x32x4 latents = 256x256 images.
     "sd2-256": Preset(
@@ -131,9 +144,7 @@ PRESETS: dict[str, Preset] = {
     # (--latents cache). Cross-attention at every level, so a word can reach each object's 2x2 latent cells.
     "cpu-latent": Preset(
         name="cpu-latent",
-        image_size=32,
-        latent_channels=4,
-        latent_size=16,
+        **_SHAPES_LATENTS,
         unet={
             "down_block_types": ("CrossAttnDownBlock2D",) * 3,
             "up_block_types": ("CrossAttnUpBlock2D",) * 3,
@@ -143,13 +154,7 @@ PRESETS: dict[str, Preset] = {
             "attention_head_dim": 2,  # diffusers' name for the head count here: 2 heads, as cpu-small
             "cross_attention_dim": 64,
         },
-        vae=True,
         autoencoder="shapes-f2c4",
-        # SD2's schedule for latents: its last alpha_bar (~0.005) keeps the first sampling step well posed
-        # (the pixel presets' cosine schedule ends at ~2e-9 and needs x0 clipping, which latents cannot use)
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
         guidance_scale=3.0,
         train_defaults={
             # batch 32 at lr 2e-3 reached batch 64 at lr 1e-3's verdict in half the machine-minutes
@@ -167,20 +172,14 @@ PRESETS: dict[str, Preset] = {
     # Tests and smoke runs of the latent path: cpu-latent's layout with the tiny autoencoder and U-Net.
     "cpu-tiny-latent": Preset(
         name="cpu-tiny-latent",
-        image_size=32,
-        latent_channels=4,
-        latent_size=16,
+        **_SHAPES_LATENTS,
         unet={
             **_SMALL_BLOCKS,
             "block_out_channels": (8, 16, 16),
             "attention_head_dim": 4,
             "cross_attention_dim": 16,
         },
-        vae=True,
         autoencoder="shapes-tiny",
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
         guidance_scale=3.0,
         train_defaults={
             "train_batch_size": 16,

@@ -61,6 +61,19 @@ def run_values(spec: grids.RunSpec) -> dict[str, Any] | None:
     return {**values, **spec.params}
 
 
+def run_options(values: dict[str, Any]) -> TrainOptions:
+    """The resolved training options a run with these notebook parameters will train with."""
+    return resolve_options(
+        TrainOptions(
+            encoder=values["encoder"],
+            strategy=values["strategy"],
+            preset=values.get("preset", "cpu-small"),
+            seed=values.get("seed", 0),
+            **values.get("train_options", {}),
+        )
+    )
+
+
 def cache_requests(specs: list[grids.RunSpec]) -> list[CacheRequest]:
     """What the runs will look up in the cache: their training captions and their benchmark prompts."""
     requests: dict[tuple, CacheRequest] = {}
@@ -80,15 +93,7 @@ def cache_requests(specs: list[grids.RunSpec]) -> list[CacheRequest]:
         values = run_values(spec)
         if values is None:
             continue
-        opts = resolve_options(
-            TrainOptions(
-                encoder=values["encoder"],
-                strategy=values["strategy"],
-                preset=values.get("preset", "cpu-small"),
-                seed=values.get("seed", 0),
-                **values.get("train_options", {}),
-            )
-        )
+        opts = run_options(values)
         if opts.text != "cache":
             continue
         data_key = (opts.data, opts.pool_size, opts.data_seed, opts.max_objects, opts.preset)
@@ -145,15 +150,7 @@ def prepare_images(specs: list[grids.RunSpec], log=print) -> int:
         values = run_values(spec)
         if values is None:
             continue
-        opts = resolve_options(
-            TrainOptions(
-                encoder=values["encoder"],
-                strategy=values["strategy"],
-                preset=values.get("preset", "cpu-small"),
-                seed=values.get("seed", 0),
-                **values.get("train_options", {}),
-            )
-        )
+        opts = run_options(values)
         preset = get_preset(opts.preset)
         key = (
             opts.preset,
