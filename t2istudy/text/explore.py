@@ -28,7 +28,7 @@ import torch
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from t2istudy.text.aggregation import NORMS, aggregate, normalize
+from t2istudy.text.aggregation import TOKEN_NORMS, aggregate, normalize
 from t2istudy.text.encoders import BUILTIN_ENCODERS, FrozenEncoder, load_encoder
 from t2istudy.text.massive import PooledTokens, pool_states, top_channels
 
@@ -177,8 +177,8 @@ class Settings:
     top_k: int = 4
 
     def check(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"Unknown normalization {self.norm!r}; choose one of {', '.join(NORMS)}.")
+        if self.norm not in TOKEN_NORMS:
+            raise ValueError(f"Unknown normalization {self.norm!r}; choose one of {', '.join(TOKEN_NORMS)}.")
         if self.scale not in SCALES:
             raise ValueError(f"Unknown scale {self.scale!r}; choose 'log' or 'linear'.")
 
@@ -322,7 +322,7 @@ class LayerExplorer:
             continuous_update=False,
             layout=widgets.Layout(width="460px", height="70px"),
         )
-        self.norm = widgets.Dropdown(options=list(NORMS), value=norm, description="normalize")
+        self.norm = widgets.Dropdown(options=list(TOKEN_NORMS), value=norm, description="normalize")
         self.first_token = widgets.ToggleButtons(
             options=[("first token in", True), ("first token out", False)], value=include_first
         )

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from t2istudy.text.aggregation import NORMS, normalize
+from t2istudy.text.aggregation import TOKEN_NORMS, normalize
 from t2istudy.text.encoders import FrozenEncoder, LayerStates
 from t2istudy.world.genai_bench import load_genai_bench
 
@@ -52,7 +52,7 @@ def layer_norm_stats(
     states: LayerStates,
     *,
     encoder: str = "",
-    norms: Sequence[str] = NORMS,
+    norms: Sequence[str] = TOKEN_NORMS,  # per-token norms: a prompt-level one (minmax) needs its prompt
     percentiles: Sequence[int] = PERCENTILES,
 ) -> pd.DataFrame:
     """Token-norm statistics per layer, before (``norm="none"``) and after each normalization.
@@ -135,7 +135,7 @@ def encoder_layer_stats(
     *,
     chunk_size: int = 64,
     batch_size: int = 32,
-    norms: Sequence[str] = NORMS,
+    norms: Sequence[str] = TOKEN_NORMS,  # per-token norms: a prompt-level one (minmax) needs its prompt
     progress: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(norm stats, similarity) for one encoder over many prompts, encoding ``chunk_size`` at a time.
