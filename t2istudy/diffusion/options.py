@@ -14,6 +14,7 @@ from pathlib import Path
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.train_folder import OPTIONS
 from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.upsample import parse_upsampling
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TrainOptions:
     data_seed: int = 0
     on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
     text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
+    caption_upsampling: str | None = None  # rewrite the caption pool once: "local:smollm2-135m:caption"
     cache_dir: str = "cache/embeddings"
     encode_batch_size: int = 64
     vae_path: str | None = None  # sd2-256: local diffusers AutoencoderKL folder
@@ -98,6 +100,8 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
         if values[key] < 1:
             raise ValueError(f"--{key} must be >= 1, got {values[key]}.")
+    spec = parse_upsampling(values["caption_upsampling"])  # validates; "none" -> None
+    values["caption_upsampling"] = values["caption_upsampling"] if spec is not None else None
     if not 0.0 <= values["caption_dropout"] < 1.0:
         raise ValueError(f"--caption_dropout must be in [0, 1), got {values['caption_dropout']}.")
     return TrainOptions(**values)

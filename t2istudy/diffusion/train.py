@@ -64,6 +64,7 @@ from t2istudy.diffusion.train_folder import (
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, OnlineText, pad_cat, slug, token_rms
 from t2istudy.text.encoders import load_encoder
+from t2istudy.text.upsample import RewrittenText, parse_upsampling, upsample_records, write_upsampled
 
 # ---- run directory -----------------------------------------------------------------------------------------
 
@@ -131,6 +132,27 @@ def build_data(opts: TrainOptions, preset: Preset):
     return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad)
 
 
+def upsample_captions(
+    opts: TrainOptions, captions: list[str], accelerator: Accelerator, run_dir: Path
+) -> tuple[list[str], dict[str, str] | None]:
+    """The caption pool rewritten once by `--caption_upsampling` (main process first; the others read the
+    rewrite cache), and the original -> rewrite map; (captions, None) without upsampling.
+
+    The embedding cache is then built from the rewrites, so its key (the caption hash) differs from the
+    plain pool's; the rewrites and their template are kept in the run folder.
+    """
+    spec = parse_upsampling(opts.caption_upsampling, cache_path=str(Path(opts.cache_dir) / "upsample.sqlite"))
+    if spec is None:
+        return captions, None
+    unique = sorted(set(captions))
+    with accelerator.main_process_first():
+        record = upsample_records(unique, spec)
+    if accelerator.is_main_process:
+        write_upsampled(record, run_dir)
+    rewrites = {r["original"]: r["rewritten"] for r in record["prompts"]}
+    return [rewrites[c] for c in captions], rewrites
+
+
 def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator):
     """The cache (built once, by the main process) or the frozen encoder, plus its input-scale statistic."""
     if opts.text == "cache":
@@ -192,7 +214,10 @@ def train(opts: TrainOptions) -> Path:
 
     # Data and text.
     dataset = build_data(opts, preset)
-    text, rms, cache_path = build_text(opts, dataset.captions, accelerator)
+    captions, rewrites = upsample_captions(opts, dataset.captions, accelerator, run_dir)
+    text, rms, cache_path = build_text(opts, captions, accelerator)
+    if rewrites is not None:  # the loader yields original captions; embed their rewrites
+        text = RewrittenText(text, rewrites)
     probe_features, _ = text.embed(dataset.captions[:1])
     num_layers = probe_features.shape[2] if probe_features.dim() == 4 else None
     if (num_layers is not None) != (parse_strategy(opts.strategy).kind == "learned"):
