@@ -101,7 +101,7 @@ def test_openai_is_deterministic_capped_and_cached(tmp_path):
         assert body["messages"][0] == {"role": "system", "content": STYLES["descriptive"]}
         assert server.log[0]["authorization"] == f"Bearer {KEY}"
         assert out[0]["rewritten"] == " ".join(long.split()[:10])  # the cap reached the server
-        assert out[1]["rewritten"] == "a detailed picture of a blue square above a green triangle"
+        assert out[1]["rewritten"] == "a detailed picture of a blue square above a green"  # 10 words
         # a new Upsampler on the same cache: zero requests; another style or cap is another key
         again = remote(server, tmp_path, max_new_tokens=10)
         assert [r["rewritten"] for r in again.records(PROMPTS)] == [r["rewritten"] for r in out]
@@ -203,7 +203,9 @@ def test_sample_run_embeds_rewrites_and_keeps_specs(tmp_path, monkeypatch):
     model = Denoiser(build_unet(preset), TextConditioner(4, preset.cross_attention_dim))
     null = (torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool))
     monkeypatch.setattr(
-        sample_module, "load_denoiser", lambda run, w: (model, TrainOptions(preset="cpu-tiny"), null)
+        sample_module,
+        "load_denoiser",
+        lambda run, w: (model, resolve_options(TrainOptions(preset="cpu-tiny")), null),
     )
     bench = make_benchmark(n_per_skill=1)
     before = json.dumps([list(bench["prompt"]), list(bench["spec"])])
@@ -286,7 +288,7 @@ SPEC = {
         ("Two circles to the left of a blue square, and no green shapes.", ["colour"], []),
         ("A red circle to the left of a blue square, and no green shapes.", ["count"], []),
         ("Two red circles to the left of a blue square and a yellow triangle, no green shapes.", [], ["colour", "shape", "objects"]),
-        ("Two red circles to the left of a blue square and green shapes.", ["negation"], ["colour"]),
+        ("Two red circles to the left of a blue square and green shapes.", ["negation"], []),  # counted once
         ("Two red circles to the right of a blue square, and no green shapes.", ["relation"], []),
         ("Two red circles to the left of a blue square on a white background, no green shapes.", [], ["background"]),
     ],
