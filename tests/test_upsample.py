@@ -291,6 +291,7 @@ SPEC = {
         ("Two red circles to the left of a blue square and green shapes.", ["negation"], []),  # counted once
         ("Two red circles to the right of a blue square, and no green shapes.", ["relation"], []),
         ("Two red circles to the left of a blue square on a white background, no green shapes.", [], ["background"]),
+        ("The two red circles sit to the left of the blue square. The circles shine; nothing is green.", [], []),
     ],
 )  # fmt: skip
 def test_fact_checker_on_hand_written_rewrites(rewrite, lost, added):
@@ -308,3 +309,13 @@ def test_fact_checker_reads_every_original_benchmark_prompt_as_faithful():
     summary = summarize_facts(table)
     assert summary["prompts"] == 200
     assert summary["keeps_all"] == 1.0 and summary["adds_any"] == 0.0, table.loc[~table.keeps_all, "problems"]
+
+
+def test_fact_checker_reads_count_comparisons():
+    spec = {"constraints": [{"type": "more", "a": {"color": "red", "shape": "triangle"},
+                             "b": {"color": "blue", "shape": "triangle"}},
+                            _count("blue", "triangle", 1, ">="), _count(None, None, 3)]}  # fmt: skip
+    kept = "The number of blue triangles is less than the number of red triangles."
+    assert check_rewrite(kept, spec)["keeps_relation"] is True
+    assert check_rewrite("fewer blue triangles than red triangles", spec)["keeps_relation"] is True
+    assert check_rewrite("more blue triangles than red triangles", spec)["keeps_relation"] is False

@@ -49,6 +49,7 @@ OTHER_SHAPES = ("star", "heart", "hexagon", "pentagon", "rectangle", "oval", "di
 GENERIC_NOUNS = ("shape", "object", "item", "figure", "form")
 NUMBERS = {"a": 1, "an": 1, "one": 1, "single": 1, "another": 1, "two": 2, "three": 3, "four": 4,
            "five": 5, "six": 6, "seven": 7, "eight": 8}  # fmt: skip
+ARTICLES = {"the", "this", "that", "these", "those", "its", "their"}
 DEFINITE = {"the", "this", "that", "these", "those", "each", "every", "both", "its", "their", "all", "other"}
 LARGE = {"large", "big", "larger", "bigger", "largest", "biggest", "huge"}
 SMALL = {"small", "smaller", "little", "tiny", "smallest"}
@@ -83,6 +84,8 @@ class Phrase:
     sizes: set[str] = field(default_factory=set)
     ref: bool = False
     generic: bool = False
+    definite: bool = False  # "the circle": a reference only if an earlier phrase introduced the shape
+    plural: bool = False
 
 
 @dataclass
@@ -106,6 +109,9 @@ def tokenize(text: str) -> list[str]:
     return re.findall(r"[a-z]+|[0-9]+|[,.;:!?]", text)
 
 
+# "the number of X is <word> than the number of Y": True = X is the larger count
+COMPARATIVES = {"more": True, "greater": True, "larger": True, "higher": True, "bigger": True,
+                "fewer": False, "less": False, "smaller": False, "lower": False}  # fmt: skip
 SCOPE_ENDS = {",", ".", ";", ":", "!", "?", "and", "with", "against", "on", "in", "but", "while", "or"}
 
 
@@ -167,7 +173,7 @@ def _phrases(tokens: list[str], negated_at: set[int]) -> list[Phrase]:
             i += 1
             continue
         # walk back over modifiers to a determiner or a boundary
-        j, colour, sizes, n, ref = i - 1, None, set(), None, False
+        j, colour, sizes, n, ref, definite = i - 1, None, set(), None, False, False
         while j >= 0 and i - j <= 5:
             t = tokens[j]
             if t in PALETTE or t in OTHER_COLOURS or (t in BACKGROUNDS and colour is None):
@@ -177,13 +183,13 @@ def _phrases(tokens: list[str], negated_at: set[int]) -> list[Phrase]:
             elif t in NUMBERS or t.isdigit():
                 n = NUMBERS.get(t, int(t) if t.isdigit() else 1)
                 if j >= 1 and tokens[j - 1] in DEFINITE:  # "the two circles"
-                    ref = True
+                    ref, definite = True, tokens[j - 1] in ARTICLES
                 break
             elif t == "of" and j >= 2 and tokens[j - 1] in ("pair", "couple"):
                 n, j = 2, j - 2
                 break
             elif t in DEFINITE or t == "every":
-                ref = True
+                ref, definite = True, t in ARTICLES
                 break
             elif t in BOUNDARY or _noun(t) or t in NEGATIONS:
                 break
@@ -194,7 +200,7 @@ def _phrases(tokens: list[str], negated_at: set[int]) -> list[Phrase]:
             continue
         before = tokens[max(0, start - 3) : start]
         if "every" in before or "each" in before or ("all" in before and "of" not in tokens[start:i]):
-            ref = True  # "every one a blue triangle": describes the others, adds no object
+            ref, definite = True, False  # "every one a blue triangle": describes the others, adds no object
         if noun is not None:
             shape, plural = noun
             generic = shape is None
@@ -204,9 +210,24 @@ def _phrases(tokens: list[str], negated_at: set[int]) -> list[Phrase]:
             shape, generic = None, False
             if n is None and not ref:
                 n = 1
-        phrases.append(Phrase(start, i, n, colour, shape, sizes, ref, generic and noun is not None))
+        plural = bool(noun and noun[1])
+        phrases.append(
+            Phrase(start, i, n, colour, shape, sizes, ref, generic and noun is not None, definite, plural)
+        )
         i += 1
-    return _inherit(tokens, _split_parts(tokens, phrases))
+    return _first_mentions(_inherit(tokens, _split_parts(tokens, phrases)))
+
+
+def _first_mentions(phrases: list[Phrase]) -> list[Phrase]:
+    """A definite phrase with no earlier object of its shape introduces objects ("The two red squares ...")."""
+    seen: set[str | None] = set()
+    for p in phrases:
+        if p.ref and p.definite and p.shape not in seen and not p.generic:
+            p.ref = False
+            p.n = p.n or (None if p.plural else 1)
+        if not p.ref:
+            seen.add(p.shape)
+    return phrases
 
 
 def _inherit(tokens: list[str], phrases: list[Phrase]) -> list[Phrase]:
@@ -268,6 +289,18 @@ def _relations(tokens: list[str], phrases: list[Phrase]) -> list[tuple[str, Phra
     found = []
     i = 0
     while i < len(tokens):
+        if (
+            tokens[i] in COMPARATIVES
+            and tokens[i + 1 : i + 2] == ["than"]
+            and "number" in tokens[max(0, i - 8) : i]
+        ):
+            x = [p for p in phrases if p.end < i and p.shape]
+            y = [p for p in phrases if p.start >= i + 1 and p.start - (i + 1) <= 4 and p.shape]
+            if x and y:
+                more, fewer = (x[-1], y[0]) if COMPARATIVES[tokens[i]] else (y[0], x[-1])
+                found.append(("more", more, fewer))
+                i += 2
+                continue
         cue = next((rel for words, rel in RELATION_CUES if tuple(tokens[i : i + len(words)]) == words), None)
         width = next((len(w) for w, rel in RELATION_CUES if tuple(tokens[i : i + len(w)]) == w), 1)
         if cue:
@@ -342,9 +375,9 @@ def _objects(reading: Reading) -> list[Phrase]:
 def _count_kept(reading: Reading, key: tuple[str | None, str | None], n: int) -> bool:
     colour, shape = key
     if colour is None and shape is None:  # a stated total: "4 shapes" or objects adding up to it
-        generic = [p.n for p in reading.phrases if p.generic and not p.ref]
+        generic = [p.n for p in reading.phrases if p.generic and not p.ref and p.n and p.n >= 2]
         objs = [p.n for p in _objects(reading)]
-        return (None not in generic and sum(generic) == n) or (None not in objs and sum(objs) == n)
+        return (bool(generic) and sum(generic) == n) or (None not in objs and sum(objs) == n)
     hits = [p.n for p in _objects(reading) if _matches(p, {"color": colour, "shape": shape})]
     return bool(hits) and None not in hits and sum(hits) == n
 
