@@ -215,7 +215,7 @@ def _phrases(tokens: list[str], negated_at: set[int]) -> list[Phrase]:
             Phrase(start, i, n, colour, shape, sizes, ref, generic and noun is not None, definite, plural)
         )
         i += 1
-    return _first_mentions(_inherit(tokens, _split_parts(tokens, phrases)))
+    return _inherit(tokens, _first_mentions(_split_parts(tokens, phrases)))
 
 
 def _first_mentions(phrases: list[Phrase]) -> list[Phrase]:
@@ -311,11 +311,9 @@ def _relations(tokens: list[str], phrases: list[Phrase]) -> list[tuple[str, Phra
             if left and right:
                 found.append((cue, left[-1], right[0]))
         if tokens[i] in ("more", "fewer", "less"):
-            x = [p for p in phrases if p.start >= i and p.start - i <= 1 and p.shape]
+            x = [p for p in phrases if p.end > i and p.end - i <= 3 and p.shape]  # the noun after "more"
             than = next((k for k in range(i + 1, min(i + 8, len(tokens))) if tokens[k] == "than"), None)
-            y = [
-                p for p in phrases if than is not None and p.start >= than and p.start - than <= 2 and p.shape
-            ]
+            y = [p for p in phrases if than is not None and p.end > than and p.end - than <= 4 and p.shape]
             if x and y:
                 more, fewer = (x[0], y[0]) if tokens[i] == "more" else (y[0], x[0])
                 found.append(("more", more, fewer))
