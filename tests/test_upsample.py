@@ -292,6 +292,8 @@ SPEC = {
         ("Two red circles to the right of a blue square, and no green shapes.", ["relation"], []),
         ("Two red circles to the left of a blue square on a white background, no green shapes.", [], ["background"]),
         ("The two red circles sit to the left of the blue square. The circles shine; nothing is green.", [], []),
+        ("Two large red circles to the left of a small blue square, no green shapes.", [], ["size"]),
+        ("Two red circles to the left of a blue square, all of them red, no green shapes.", [], ["universal"]),
     ],
 )  # fmt: skip
 def test_fact_checker_on_hand_written_rewrites(rewrite, lost, added):
@@ -299,7 +301,7 @@ def test_fact_checker_on_hand_written_rewrites(rewrite, lost, added):
     assert [
         c for c in ("colour", "shape", "count", "relation", "negation") if row[f"keeps_{c}"] is False
     ] == lost
-    kinds = ("colour", "background", "shape", "relation", "negation", "objects")
+    kinds = ("colour", "background", "shape", "relation", "negation", "size", "universal", "objects")
     assert [k for k in kinds if row[f"adds_{k}"]] == added
     assert row["keeps_all"] == (not lost) and row["adds_any"] == bool(added)
 

@@ -14,7 +14,8 @@ Facts taken from a spec (:mod:`t2istudy.world.shapes` constraint types):
 - **negation**: each colour that must be absent (a count of 0), checked as that colour under a negation;
 - **background**: the stated background colour.
 
-Added facts: a colour, background, shape noun, relation, negation not in the spec, or more objects than
+Added facts: a colour, background, shape noun, relation or negation not in the spec, a size word where
+the spec says nothing about size, an "all ..." statement where the spec has none, or more objects than
 the spec's exact total. The reader is rule-based, not a parser: it reads noun phrases ("two bright red
 circles"), treats definite mentions ("the circle", "each one") as references rather than new objects,
 and binds a relation to the nearest object phrases around its words. :func:`check_original_prompts`
@@ -31,6 +32,7 @@ import pandas as pd
 
 from t2istudy.world.shapes import BACKGROUNDS, INVERSE, PALETTE, SHAPES
 
+ADDED_KINDS = ("colour", "background", "shape", "relation", "negation", "size", "universal", "objects")
 CATEGORIES = ("colour", "shape", "count", "relation", "negation", "background")
 OTHER_COLOURS = (
     "orange",
@@ -99,6 +101,8 @@ class Reading:
     background: set[str]
     relations: list[tuple[str, Phrase, Phrase]]
     size_contrast: bool
+    size_words: set[str]  # large / small and their comparatives and superlatives
+    universal: bool  # "all of them ...", "are all ...", "every shape ..."
 
 
 def tokenize(text: str) -> list[str]:
@@ -160,7 +164,16 @@ def read(text: str) -> Reading:
     relations = _relations(tokens, phrases)
     size_words = set(tokens)
     size_contrast = bool(size_words & LARGE and size_words & SMALL) or "different sizes" in " ".join(tokens)
-    return Reading(phrases, colours, negated, shapes, background, relations, size_contrast)
+    joined = " ".join(tokens)
+    universal = bool(
+        re.search(
+            r"\b(are all|all of them|all the shapes|every one|every shape|each of them|all)\b"
+            r"(\s\w+){0,2}\s(" + "|".join((*PALETTE, *SHAPES)) + r")s?\b",
+            joined,
+        )
+    )
+    return Reading(phrases, colours, negated, shapes, background, relations, size_contrast,
+                   size_words & (LARGE | SMALL), universal)  # fmt: skip
 
 
 def _phrases(tokens: list[str], negated_at: set[int]) -> list[Phrase]:
@@ -356,7 +369,7 @@ def spec_facts(spec: dict) -> dict[str, Any]:
                   and not c["shape"] and c["n"] > 0), None)  # fmt: skip
     negations.discard(None)
     return {"colour": colours, "shape": shapes, "count": counts, "relation": relations,
-            "negation": negations, "background": background, "total": total}  # fmt: skip
+            "negation": negations, "background": background, "total": total, "universal": has_all}  # fmt: skip
 
 
 def _matches(p: Phrase, s: dict) -> bool:
@@ -437,12 +450,15 @@ def check_rewrite(rewrite: str, spec: dict) -> dict[str, Any]:
     if "size_contrast" in allowed_rel:  # "a large square larger than a small one" restates the contrast
         allowed_rel |= {"larger", "smaller"}
     objs = _objects(reading)
+    sized = {"larger", "smaller", "size_contrast"} & {r for r, _, _ in facts["relation"]}
     added = {
         "adds_colour": sorted(reading.colours - said_colours),
         "adds_background": sorted(reading.background - facts["background"] - said_colours),
         "adds_shape": sorted(reading.shapes - facts["shape"]),
         "adds_relation": sorted({r for r, _, _ in reading.relations} - allowed_rel),
         "adds_negation": sorted(reading.negated - facts["negation"]),
+        "adds_size": sorted(reading.size_words) if not sized else [],
+        "adds_universal": ["all"] if reading.universal and not facts["universal"] else [],
         "adds_objects": (
             [f"{sum(p.n for p in objs)} objects for {facts['total']}"]
             if facts["total"] and objs and None not in [p.n for p in objs] and sum(p.n for p in objs) > facts["total"]
@@ -475,7 +491,7 @@ def summarize_facts(table: pd.DataFrame) -> dict[str, float]:
         col = table[f"keeps_{c}"].dropna()
         out[f"keeps_{c}"] = float(col.astype(bool).mean()) if len(col) else float("nan")
     out["adds_any"] = float(table["adds_any"].mean())
-    for kind in ("colour", "background", "shape", "relation", "negation", "objects"):
+    for kind in ADDED_KINDS:
         out[f"adds_{kind}"] = float(table[f"adds_{kind}"].mean())
     out["mean_words"] = float(table["rewrite"].str.split().str.len().mean())
     return out
