@@ -1,9 +1,12 @@
-"""A local OpenAI-compatible chat-completions server for VQAScore tests (real HTTP on 127.0.0.1).
+"""A local OpenAI-compatible chat-completions server for VQAScore and upsampling tests (real HTTP on 127.0.0.1).
 
-Each prompt (parsed from the question text) gets scripted behaviour per attempt from ``plan``:
+VQAScore requests (a question + an image) get first-token logprobs; upsampling requests (a system message +
+"Prompt: ...") get ``rewrites[prompt]`` (default ``"a detailed picture of <prompt>"``) cut to the request's
+``max_tokens`` words. Each prompt gets scripted behaviour per attempt from ``plan``:
 ``"ok"`` (logprobs from ``answers``), ``"429"``, ``"500"``, ``"503"``, ``"401"``, ``"400"``, ``"slow"``
 (sleeps ``slow_s`` then answers: a client timeout), ``"malformed"`` (invalid JSON),
-``"nologprobs"`` (valid JSON without logprobs). The last action repeats.
+``"nologprobs"`` (valid JSON without logprobs), ``"nocontent"`` (a chat reply without text). The last
+action repeats.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ class FakeVQAServer:
         answers: dict[str, list[tuple[str, float]]] | None = None,
         plan: dict[str, list[str]] | None = None,
         slow_s: float = 1.5,
+        rewrites: dict[str, str] | None = None,
     ) -> None:
         self.answers = answers or {}
+        self.rewrites = rewrites or {}
         self.plan = plan or {}
         self.slow_s = slow_s
         self.attempts: Counter[str] = Counter()
@@ -71,11 +76,15 @@ class FakeVQAServer:
         self.httpd.server_close()
 
     def handle(self, req: BaseHTTPRequestHandler, body: dict) -> None:
-        text, image = body["messages"][0]["content"][0]["text"], body["messages"][0]["content"][1]
-        prompt = QUESTION.match(text).group(1)
-        url = image["image_url"]["url"]
-        assert url.startswith("data:image/png;base64,")
-        size = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size
+        chat = body["messages"][0]["role"] == "system"
+        if chat:  # an upsampling request
+            prompt, size = body["messages"][1]["content"].removeprefix("Prompt: "), None
+        else:
+            text, image = body["messages"][0]["content"][0]["text"], body["messages"][0]["content"][1]
+            prompt = QUESTION.match(text).group(1)
+            url = image["image_url"]["url"]
+            assert url.startswith("data:image/png;base64,")
+            size = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size
         with self.lock:
             attempt = self.attempts[prompt]
             self.attempts[prompt] += 1
@@ -98,10 +107,14 @@ class FakeVQAServer:
             reply = self._completion(body, prompt)
             reply["choices"][0]["logprobs"] = None
             return self._send(req, 200, reply)
+        if action == "nocontent":
+            reply = self._rewrite(body, prompt)
+            reply["choices"][0]["message"]["content"] = None
+            return self._send(req, 200, reply)
         if action == "slow":
             time.sleep(self.slow_s)
         try:
-            self._send(req, 200, self._completion(body, prompt))
+            self._send(req, 200, self._rewrite(body, prompt) if chat else self._completion(body, prompt))
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
             pass
 
@@ -131,6 +144,24 @@ class FakeVQAServer:
                 }
             ],
             "usage": {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101},
+        }
+
+    def _rewrite(self, body: dict, prompt: str) -> dict:
+        words = self.rewrites.get(prompt, f"a detailed picture of {prompt}").split()
+        cap = body.get("max_tokens") or len(words)
+        return {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": " ".join(words[:cap])},
+                    "finish_reason": "length" if len(words) > cap else "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 50, "completion_tokens": min(cap, len(words)), "total_tokens": 0},
         }
 
     @staticmethod

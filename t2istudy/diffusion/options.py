@@ -13,6 +13,7 @@ from pathlib import Path
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.train_folder import read_options
 from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.upsample import parse_upsampling
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainOptions:
     data_seed: int = 0
     on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
     text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
+    caption_upsampling: str | None = None  # rewrite the caption pool once: "local:smollm2-135m:caption"
     cache_dir: str = "cache/embeddings"
     encode_batch_size: int = 64
     vae_path: str | None = None  # local diffusers AutoencoderKL folder (sd2-256); None: the preset's own
@@ -107,6 +109,8 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
             f"--latents cache needs a preset with a VAE; {preset.name} trains on pixels. Drop the flag or pick "
             "cpu-latent / sd2-256."
         )
+    spec = parse_upsampling(values["caption_upsampling"])  # validates; "none" -> None
+    values["caption_upsampling"] = values["caption_upsampling"] if spec is not None else None
     if not 0.0 <= values["caption_dropout"] < 1.0:
         raise ValueError(f"--caption_dropout must be in [0, 1), got {values['caption_dropout']}.")
     return TrainOptions(**values)

@@ -24,6 +24,7 @@ from t2istudy.diffusion.checkpoint import load_denoiser
 from t2istudy.diffusion.data import to_uint8
 from t2istudy.diffusion.model import Preset, get_preset, load_vae
 from t2istudy.text.cache import EmbeddingCache, pad_cat
+from t2istudy.text.upsample import parse_upsampling, upsample_records, write_upsampled
 
 SAMPLERS = ("ddim", "dpm++")
 
@@ -133,20 +134,30 @@ def sample_run(
     text=None,
     weights: str = "final",
     vae_path: str | None = None,
+    prompt_upsampling: dict | str | None = None,
     **kwargs,
 ) -> list[np.ndarray]:
     """Sample from a finished training run; prompts are embedded with the run's encoder and strategy.
 
     Without `text`, the prompts get their own cache entry under the run's cache_dir (the encoder loads
-    only if that entry is missing).
+    only if that entry is missing). `prompt_upsampling` (None, or `{"backend", "model", "style", ...}` /
+    "backend:model[:style]", see `t2istudy.text.upsample`) rewrites the prompts before they are embedded;
+    images stay in the order of `prompts` (score them against the original prompts' specs), and the
+    rewrites with their template go to `<out_dir>/upsampled_prompts.json` when `out_dir` is given.
     """
     model, opts, null = load_denoiser(run_dir, weights)
+    embedded = list(prompts)
+    if parse_upsampling(prompt_upsampling) is not None:
+        record = upsample_records(embedded, prompt_upsampling)
+        embedded = [r["rewritten"] for r in record["prompts"]]
+        if kwargs.get("out_dir") is not None:
+            write_upsampled(record, Path(kwargs["out_dir"]))
     if text is None:
         text = EmbeddingCache.get_or_build(
             opts.cache_dir,
             opts.encoder,
             opts.strategy,
-            list(prompts),
+            embedded,
             max_length=opts.max_length,
             progress=False,
         )
@@ -157,7 +168,7 @@ def sample_run(
         vae = load_vae(vae_path or opts.vae_path)
     return sample(
         model,
-        prompts,
+        embedded,
         seeds,
         text=text,
         null=null,

@@ -11,12 +11,10 @@ How:
   lower-cased, is ``yes`` or ``no`` (so "Yes", " yes", "YES." all count). Score =
   P(yes) / (P(yes) + P(no)) (``normalize=True``, default) or the raw P(yes). When neither appears in the
   top 20 the score is 0.0 and ``status`` is ``"no_yes_no"`` (counted in the run's stats), never a guess.
-- The key is read from the environment variable ``api_key_env`` (``OPENAI_API_KEY``) once, before any
-  work; it lives only inside the client object and is never written to options, caches, tables or logs.
-- Retries are ours, not the client's (``max_retries=0`` on the client) so the policy is explicit and
-  tested: 429, 5xx, timeouts, connection errors and malformed bodies are retried up to
-  ``max_attempts`` times with exponential backoff (``backoff_s * 2**k``, capped, with jitter; a 429's
-  ``Retry-After`` is honoured up to the cap). Other 4xx fail that item at once; 401/403 stop the run.
+- Key, retries and the sqlite cache follow :mod:`t2istudy.openai_client` (shared with the prompt
+  upsampler): the key is read from ``api_key_env`` (``OPENAI_API_KEY``) once, before any work, and never
+  written anywhere; 429, 5xx, timeouts, connection errors and malformed bodies are retried up to
+  ``max_attempts`` times with capped exponential backoff; other 4xx fail that item; 401/403 stop the run.
 - Every answer is written to an sqlite cache keyed by (image sha256, prompt, model, template, detail) as
   soon as it arrives, on the main thread, so an interrupted or repeated run never pays twice.
 - Requests run in a bounded thread pool (``max_workers``). Token usage and an estimated cost (USD, from
@@ -30,9 +28,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import random
-import sqlite3
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -41,8 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openai
 from PIL import Image
+
+from t2istudy.openai_client import (
+    Fatal,
+    Retryable,
+    RetryPolicy,
+    SqliteCache,
+    call_classified,
+    make_client,
+    with_retries,
+)
 
 QUESTION_TEMPLATE = 'Does this figure show "{prompt}"? Please answer yes or no.'
 # USD per million (input, output) tokens; list prices when written (2024-2025) -- check before budgeting.
@@ -98,16 +102,6 @@ class VQAScoreError(RuntimeError):
     """Some items could not be scored; everything else is already in the cache."""
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, wait_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.wait_s = wait_s
-
-
-class _Fatal(Exception):
-    """Stops the whole run (bad key, no permission)."""
-
-
 def image_sha256(image: np.ndarray) -> str:
     """Hash of the pixels (shape included), independent of how PNG encoding evolves."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
@@ -132,25 +126,20 @@ def yes_no_probs(top_logprobs: list[tuple[str, float]]) -> tuple[float, float]:
     return p_yes, p_no
 
 
-class ScoreCache:
+class ScoreCache(SqliteCache):
     """sqlite table of answers; one row per (image, prompt, model, template, detail), committed at once."""
 
+    table = "answers"
+
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(path, check_same_thread=False)
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS answers (image_sha256 TEXT, prompt TEXT, model TEXT, template TEXT,"
-                " detail TEXT, p_yes REAL, p_no REAL, answer TEXT, top_logprobs TEXT, prompt_tokens INTEGER,"
-                " completion_tokens INTEGER, created REAL,"
-                " PRIMARY KEY (image_sha256, prompt, model, template, detail))"
-            )
-        except sqlite3.DatabaseError as err:
-            raise ValueError(
-                f"VQAScore cache {path} is not a usable sqlite file ({err}); move it away."
-            ) from err
-        self.lock = threading.Lock()
+        super().__init__(
+            path,
+            "CREATE TABLE IF NOT EXISTS answers (image_sha256 TEXT, prompt TEXT, model TEXT, template TEXT,"
+            " detail TEXT, p_yes REAL, p_no REAL, answer TEXT, top_logprobs TEXT, prompt_tokens INTEGER,"
+            " completion_tokens INTEGER, created REAL,"
+            " PRIMARY KEY (image_sha256, prompt, model, template, detail))",
+            "VQAScore",
+        )
 
     def get(self, key: tuple[str, ...]) -> dict[str, Any] | None:
         with self.lock:
@@ -178,10 +167,6 @@ class ScoreCache:
             )
             self.db.commit()
 
-    def __len__(self) -> int:
-        with self.lock:
-            return int(self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
-
 
 class VQAScore:
     """``VQAScore(model=..., base_url=..., cache_path=...).score(images, prompts)`` -> one dict per item."""
@@ -193,15 +178,8 @@ class VQAScore:
                 f"Unknown VQAScore options {sorted(unknown)}; known: {list(VQAOptions.__dataclass_fields__)}."
             )
         self.options = replace(options or VQAOptions(), **overrides)
-        key = os.environ.get(self.options.api_key_env, "").strip()
-        if not key:
-            raise ValueError(
-                f"VQAScore needs an API key in the environment variable {self.options.api_key_env}; "
-                f"export it before starting (it is read from the environment only and never stored). "
-                f"For a local OpenAI-compatible server any non-empty value works."
-            )
-        self._client = openai.OpenAI(
-            api_key=key, base_url=self.options.base_url, max_retries=0, timeout=self.options.timeout_s
+        self._client = make_client(
+            self.options.api_key_env, "VQAScore", self.options.base_url, self.options.timeout_s
         )
         self.cache = ScoreCache(self.options.cache_path)
         self.stats = UsageStats(model=self.options.model)
@@ -210,12 +188,12 @@ class VQAScore:
     # -- one request ------------------------------------------------------------------------------------
 
     def _ask(self, data_url: str, prompt: str) -> dict[str, Any]:
-        """One HTTP request; raises _Retryable / _Fatal / RuntimeError (item failure)."""
+        """One HTTP request; raises Retryable / Fatal / RuntimeError (item failure)."""
         with self._lock:
             self.stats.http_requests += 1
         question = self.options.template.format(prompt=prompt)
-        try:
-            response = self._client.chat.completions.create(
+        response = call_classified(
+            lambda: self._client.chat.completions.create(
                 model=self.options.model,
                 messages=[
                     {
@@ -233,41 +211,20 @@ class VQAScore:
                 temperature=0,
                 logprobs=True,
                 top_logprobs=20,
-            )
-        except openai.RateLimitError as err:
-            raise _Retryable("429 rate limited", _retry_after(err)) from err
-        except openai.APITimeoutError as err:
-            raise _Retryable("timeout") from err
-        except openai.APIConnectionError as err:
-            raise _Retryable(f"connection error ({err})") from err
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
-            raise _Fatal(
-                f"The server refused the key from {self.options.api_key_env} "
-                f"(HTTP {err.status_code}); check the key and the model {self.options.model!r}."
-            ) from err
-        except openai.APIStatusError as err:
-            if err.status_code >= 500:
-                raise _Retryable(f"HTTP {err.status_code}") from err
-            raise RuntimeError(f"HTTP {err.status_code}: {err.message}") from err
-        except (openai.APIResponseValidationError, ValueError) as err:
-            raise _Retryable(f"malformed response ({err})") from err
+            ),
+            self.options.api_key_env,
+            self.options.model,
+        )
         return _parse(response)
 
     def _ask_with_retries(self, data_url: str, prompt: str) -> dict[str, Any]:
         opts = self.options
-        for attempt in range(opts.max_attempts):
-            try:
-                return self._ask(data_url, prompt)
-            except _Retryable as err:
-                if attempt == opts.max_attempts - 1:
-                    raise RuntimeError(f"gave up after {opts.max_attempts} attempts (last: {err})") from err
-                delay = min(opts.backoff_max_s, opts.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
-                if err.wait_s is not None:
-                    delay = min(opts.backoff_max_s, max(delay, err.wait_s))
-                with self._lock:
-                    self.stats.retries += 1
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        policy = RetryPolicy(opts.max_attempts, opts.backoff_s, opts.backoff_max_s)
+        return with_retries(lambda: self._ask(data_url, prompt), policy, self._count_retry)
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self.stats.retries += 1
 
     # -- a batch ----------------------------------------------------------------------------------------
 
@@ -295,7 +252,7 @@ class VQAScore:
         for i, key in enumerate(keys):
             if answers[i] is None:
                 todo.setdefault(key, []).append(i)  # the same image+prompt twice is asked once
-        fatal: _Fatal | None = None
+        fatal: Fatal | None = None
         with ThreadPoolExecutor(max_workers=max(1, opts.max_workers)) as pool:
             pending = {
                 pool.submit(self._ask_with_retries, png_data_url(images[idx[0]]), prompts[idx[0]]): key
@@ -307,7 +264,7 @@ class VQAScore:
                     key = pending.pop(future)
                     try:
                         answer = future.result()
-                    except _Fatal as err:
+                    except Fatal as err:
                         fatal = err
                         for f in pending:
                             f.cancel()
@@ -363,15 +320,8 @@ class VQAScore:
         )
 
 
-def _retry_after(err: openai.APIStatusError) -> float | None:
-    try:
-        return float(err.response.headers.get("retry-after"))
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
 def _parse(response: Any) -> dict[str, Any]:
-    """Pull the first token's top logprobs and usage out of a chat completion; malformed -> _Retryable."""
+    """Pull the first token's top logprobs and usage out of a chat completion; malformed -> Retryable."""
     try:
         choice = response.choices[0]
         first = choice.logprobs.content[0]
@@ -382,7 +332,7 @@ def _parse(response: Any) -> dict[str, Any]:
         prompt_tokens = int(usage.prompt_tokens) if usage else 0
         completion_tokens = int(usage.completion_tokens) if usage else 0
     except (AttributeError, IndexError, TypeError, ValueError) as err:
-        raise _Retryable(f"malformed response: no first-token logprobs ({err!r})") from err
+        raise Retryable(f"malformed response: no first-token logprobs ({err!r})") from err
     p_yes, p_no = yes_no_probs(top)
     return {
         "p_yes": p_yes,
