@@ -20,10 +20,11 @@ from t2istudy.text.aggregation import (
     output_width,
     parse_strategy,
     projection_parameters,
+    recipe_of,
     selected_states,
 )
 from t2istudy.text.cache import EmbeddingCache
-from t2istudy.text.recipes import RECIPES, recipe_of
+from t2istudy.text.recipes import RECIPES
 from t2istudy.text.templates import TEMPLATES, Template, special_tokens, wrap_and_tokenize
 
 EXPANSIONS = {

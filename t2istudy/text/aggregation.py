@@ -437,3 +437,12 @@ def aggregate(hidden: torch.Tensor, mask: torch.Tensor, strategy: str | Strategy
     for i in agg.wanted:
         agg.add(i, hidden[i])
     return agg.result(mask)
+
+
+def recipe_of(strategy) -> str | None:
+    """``recipe:<name>`` whose expansion equals ``strategy`` (any spelling), else None."""
+    canonical = str(parse_strategy(strategy))
+    for recipe in RECIPES.values():
+        if str(parse_strategy(recipe.strategy)) == canonical:
+            return f"recipe:{recipe.name}"
+    return None

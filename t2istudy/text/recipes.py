@@ -6,7 +6,7 @@ prompt template). docs/encoders.md explains each one and how the mapping was cho
 from the systems' public pipelines (huggingface/diffusers ``src/diffusers/pipelines``, 2026-08).
 
 Used as ``--strategy recipe:flux2`` or ``strategy: recipe:flux2`` in a grid; the run records the
-expansion in options.json, so two spellings of one recipe share a cache entry. ``recipe_of`` maps an
+expansion in options.json, so two spellings of one recipe share a cache entry. ``aggregation.recipe_of`` maps an
 expansion back to its name for tables.
 """
 
@@ -46,14 +46,3 @@ RECIPES: dict[str, Recipe] = {
         Recipe("bria-fibo", "concat[none,layers=-2;-1]", "Bria FIBO", "SmolLM3-3B 36"),
     ]
 }
-
-
-def recipe_of(strategy) -> str | None:
-    """``recipe:<name>`` whose expansion equals ``strategy`` (any spelling), else None."""
-    from t2istudy.text.aggregation import parse_strategy
-
-    canonical = str(parse_strategy(strategy))
-    for recipe in RECIPES.values():
-        if str(parse_strategy(recipe.strategy)) == canonical:
-            return f"recipe:{recipe.name}"
-    return None

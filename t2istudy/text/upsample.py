@@ -41,6 +41,7 @@ from t2istudy.openai_client import (
     make_client,
     with_retries,
 )
+from t2istudy.text.encoders import converted_dir, resolve_encoder
 
 # Instructions written for this project (docs/upsampling.md says whose practice each follows).
 STYLES: dict[str, str] = {
@@ -254,8 +255,6 @@ class LocalRewriter:
 def causal_lm_dir(model: str) -> str:
     """Where a local rewriter's weights are: the converted fp32 copy of a built-in GGUF model, or the
     directory / cached hub id that :func:`t2istudy.text.encoders.resolve_encoder` finds (nothing downloads)."""
-    from t2istudy.text.encoders import converted_dir, resolve_encoder
-
     resolved = resolve_encoder(model)
     return str(converted_dir(resolved)) if resolved.gguf_file else resolved.location
 
