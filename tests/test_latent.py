@@ -5,6 +5,9 @@ task fails; overall is the mean of the task means; cached latents equal on-the-f
 latent run equals an uninterrupted one bit for bit.
 """
 
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +15,14 @@ import torch
 from diffusers import AutoencoderKL
 from helpers import FakeEncoder
 
-from t2istudy.diffusion.autoencoder import RECIPES, build_autoencoder, get_or_train, reconstruct
+from t2istudy.diffusion.autoencoder import (
+    RECIPES,
+    build_autoencoder,
+    get_or_train,
+    get_recipe,
+    reconstruct,
+    released_dir,
+)
 from t2istudy.diffusion.checkpoint import final_weights
 from t2istudy.diffusion.data import shapes_pool, to_tensor
 from t2istudy.diffusion.latents import LatentCache, LatentPairs, sample_latents
@@ -191,10 +201,25 @@ def test_latents_cache_needs_a_vae_preset(text_cache, tmp_path):
         train(TrainOptions(preset="cpu-tiny", latents="cache", output_dir=str(tmp_path / "r")))
 
 
+def test_the_preset_autoencoder_ships_as_a_release_of_its_recipe(tmp_path):
+    """The package's released shapes-f2c4 is the current recipe's (a recipe change needs a new release),
+    and get_or_train copies it instead of training."""
+    released = released_dir("shapes-f2c4")
+    assert released is not None, (
+        "retrain with get_or_train(..., use_released=False) and copy it to the release"
+    )
+    summary = json.loads((released / "summary.json").read_text())
+    assert summary["recipe"] == json.loads(json.dumps(dataclasses.asdict(get_recipe("shapes-f2c4"))))
+    path = get_or_train("shapes-f2c4", root=tmp_path, progress=False)
+    assert path.parent == tmp_path
+    got = (path / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert got == (released / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
 @pytest.mark.slow
 def test_autoencoder_round_trip_is_read_right_by_the_judge():
-    """>= 99% of reconstructed ground-truth scenes of both tiers pass their spec (the preset's autoencoder,
-    trained once per machine under cache/autoencoders/, as the study does)."""
+    """>= 99% of reconstructed ground-truth scenes of both tiers pass their spec (the preset's autoencoder
+    as the study uses it: the package's release, or trained once per machine under cache/autoencoders/)."""
     vae = AutoencoderKL.from_pretrained(get_or_train("shapes-f2c4", progress=False)).eval()
     bench = pd.concat([make_geneval_tier(50, seed=3), make_benchmark(25, seed=3)], ignore_index=True)
     images = torch.stack([to_tensor(render(s, 32)) for s in bench["scene"]])
