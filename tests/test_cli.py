@@ -94,6 +94,8 @@ def test_study_lists_its_steps(capsys):
         "analysis-tables-fraction",
         "analysis-figures-fraction",
         "analysis-tables-above_floor",
+        "analysis-tables-geneval",  # quick.yaml asks for the GenEval-style tier (geneval_per_task: 1)
+        "analysis-figures-geneval",
     ]
     steps = {s.name: s for s in study.default_study(quick=True)}
     assert (

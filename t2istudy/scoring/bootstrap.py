@@ -9,6 +9,9 @@
 - :func:`mean_ci_over_seeds_and_prompts`: a [seed x prompt] matrix (one arm over its training runs, or
   the paired difference of two arms). Resamples seeds and prompts independently, so the CI covers
   run-to-run variance as well as the choice of prompts.
+- :func:`mean_of_group_means_ci_over_seeds_and_prompts`: the mean of several groups' means, each group a
+  [seed x prompt] matrix over the same seeds (GenEval's overall of an arm, or of two arms' difference).
+  Resamples seeds once for all groups and prompts within each group.
 
 Every variant draws from the generator it is given (or seeds one), so a summary is reproducible.
 """
@@ -76,3 +79,25 @@ def mean_ci_over_seeds_and_prompts(
     stats = np.nanmean(matrix[rows, cols], axis=(1, 2))
     alpha = (1 - level) / 2
     return float(np.nanmean(matrix)), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def mean_of_group_means_ci_over_seeds_and_prompts(
+    matrices: list[np.ndarray], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean of per-group means, each group a [seed x prompt] matrix whose rows are
+    the same seeds. A resample draws the seeds once for every group (seed s of each group is the same
+    training run) and prompts within each group, so every group keeps its weight of 1 / len(matrices)
+    however many prompts it has. With one group it is :func:`mean_ci_over_seeds_and_prompts`, draw for draw.
+    """
+    rng = np.random.default_rng(seed)
+    s = matrices[0].shape[0]
+    if any(m.shape[0] != s for m in matrices):
+        raise ValueError(f"Every group needs the same seeds (rows); got {[m.shape[0] for m in matrices]}.")
+    rows = rng.integers(0, s, size=(n_boot, s, 1))
+    stats = np.zeros(n_boot)
+    for matrix in matrices:
+        cols = rng.integers(0, matrix.shape[1], size=(n_boot, 1, matrix.shape[1]))
+        stats += np.nanmean(matrix[rows, cols], axis=(1, 2)) / len(matrices)
+    alpha = (1 - level) / 2
+    mean = float(np.mean([np.nanmean(m) for m in matrices]))
+    return mean, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))

@@ -5,6 +5,11 @@ two-level bootstrap): with a handful of seeds, prompt-only CIs would hide run-to
 the pilot found could be as large as the effect under study. Differences between two arms are paired
 by prompt and by seed: seed s of every arm saw the same training batches, noise and sampling noise.
 
+Two benchmark tiers (``run_results.TIERS``), each loaded with its ``tier`` column: the held-out tier's
+overall is the mean over prompts, the GenEval-style tier's the mean of its six task means (GenEval's rule,
+so a task's weight does not depend on its prompt count); its CIs resample prompts within each task, and
+seeds. The tier's tasks stand where the held-out tier's skills do, so every function reads either tier.
+
 The paper's own numbers (``t2istudy/data/paper_results.csv``: VQAScore on GenAI-Bench with 7B-scale
 encoders) sit beside ours with their source spelled out; they are not on the same scale as ours.
 """
@@ -20,9 +25,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from t2istudy.scoring.bootstrap import mean_ci_over_seeds_and_prompts
+from t2istudy.scoring.bootstrap import mean_of_group_means_ci_over_seeds_and_prompts
 from t2istudy.text.plots_layers import plot_layer_norms
 from t2istudy.world.genai_bench import SKILL_GROUPS
+from t2istudy.world.shapes_geneval import TASKS
 
 OURS = "ours (shapes world, pixel judge)"
 PAPER = "paper (GenAI-Bench, VQAScore)"
@@ -98,16 +104,42 @@ def _matrix(scores: pd.DataFrame, skill: str | None = None, column: str = "score
     return scores.pivot_table(index="seed", columns="id", values=column, aggfunc="mean")
 
 
-def _mean_ci(matrix: np.ndarray, opts: Options) -> tuple[float, float, float]:
-    """(mean, low, high) of a [seed x prompt] matrix with the analysis' bootstrap settings."""
-    return mean_ci_over_seeds_and_prompts(matrix, opts.n_boot, opts.seed, opts.level)
+def tier_of(table: pd.DataFrame) -> str:
+    """The tier of a table from ``run_results.load_metrics`` / ``load_scores`` (their ``tier`` column);
+    "heldout" for a table without one (built by hand, or loaded before tiers existed)."""
+    tiers = table["tier"].dropna().unique() if "tier" in table.columns else []
+    if len(tiers) > 1:
+        raise ValueError(f"The table mixes tiers {sorted(tiers)}: analyse one tier at a time.")
+    return str(tiers[0]) if len(tiers) else "heldout"
+
+
+def _split(matrix: pd.DataFrame, scores: pd.DataFrame, skill: str | None) -> list[pd.DataFrame]:
+    """The groups whose mean of means is the score on ``skill``: the whole [seed x prompt] matrix, except
+    for the GenEval-style tier's overall, which is the mean of its task means (one matrix per task)."""
+    if skill not in (None, "overall") or tier_of(scores) != "geneval":
+        return [matrix]
+    task = scores.drop_duplicates("id").set_index("id")["skills"].reindex(matrix.columns)
+    return [matrix.loc[:, (task == t).to_numpy()] for t in task.unique()]
+
+
+def _point(groups: list[pd.DataFrame]) -> float:
+    """The mean of the groups' means (the plain mean for one group)."""
+    return float(np.mean([np.nanmean(g.to_numpy()) for g in groups]))
+
+
+def _mean_ci(groups: list[pd.DataFrame], opts: Options) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean of the groups' means (see `_split`), resampling seeds and prompts
+    within each group with the analysis' bootstrap settings; one group is the plain two-level bootstrap."""
+    arrays = [g.to_numpy() for g in groups]
+    return mean_of_group_means_ci_over_seeds_and_prompts(arrays, opts.n_boot, opts.seed, opts.level)
 
 
 def arm_difference(
     a: pd.DataFrame, b: pd.DataFrame, skill: str | None = None, opts: Options = Options()
 ) -> dict:
     """Mean of (arm a - arm b) over the seeds and prompts both have, paired by seed and prompt, with a CI
-    resampling seeds and prompts (unlike `scoring.summaries.paired_difference`: one run each, prompts only)."""
+    resampling seeds and prompts (unlike `scoring.summaries.paired_difference`: one run each, prompts only).
+    On the GenEval-style tier the overall difference is that of the task means' means (GenEval's rule)."""
     ma, mb = _matrix(a, skill), _matrix(b, skill)
     seeds = ma.index.intersection(mb.index)
     prompts = ma.columns.intersection(mb.columns)
@@ -119,8 +151,8 @@ def arm_difference(
             "n_seeds": len(seeds),
             "n_prompts": len(prompts),
         }
-    diff = ma.loc[seeds, prompts].to_numpy() - mb.loc[seeds, prompts].to_numpy()
-    mean, low, high = _mean_ci(diff, opts)
+    diff = ma.loc[seeds, prompts] - mb.loc[seeds, prompts]
+    mean, low, high = _mean_ci(_split(diff, a, skill), opts)
     return {"diff": mean, "ci_low": low, "ci_high": high, "n_seeds": len(seeds), "n_prompts": len(prompts)}
 
 
@@ -143,13 +175,14 @@ def verdict(row: dict | pd.Series, min_seeds: int = 1) -> str:
 
 
 def arm_table(metrics: pd.DataFrame, scores: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
-    """One row per (encoder, strategy, skill): mean over seeds, seed SD, two-level bootstrap CI."""
+    """One row per (encoder, strategy, skill): mean over seeds, seed SD, two-level bootstrap CI (of the
+    task means' mean for the GenEval-style tier's overall, as its runs' metrics.json compute it)."""
     table = arm_means(metrics)
     cis = []
     for row in table.itertuples():
         arm = scores[(scores["encoder"] == row.encoder) & (scores["strategy"] == row.strategy)]
-        matrix = _matrix(arm, row.skill).to_numpy() if len(arm) else np.empty((0, 0))
-        cis.append(_mean_ci(matrix, opts)[1:] if matrix.size else (np.nan, np.nan))
+        matrix = _matrix(arm, row.skill) if len(arm) else pd.DataFrame()
+        cis.append(_mean_ci(_split(matrix, arm, row.skill), opts)[1:] if matrix.size else (np.nan, np.nan))
     table[["ci_low", "ci_high"]] = pd.DataFrame(cis, index=table.index)
     return table
 
@@ -165,8 +198,17 @@ def _fmt(mean: float, low: float, high: float) -> str:
 
 
 def skill_order(skills) -> list[str]:
-    rest = sorted(s for s in set(skills) if s not in GROUPS)
+    """Groups first, then the skills in name order (the GenEval-style tier's tasks in GenEval's order)."""
+    rest = sorted(
+        (s for s in set(skills) if s not in GROUPS),
+        key=lambda s: (TASKS.index(s) if s in TASKS else len(TASKS), s),
+    )
     return [g for g in GROUPS if g in set(skills)] + rest
+
+
+def _skills(scores: pd.DataFrame) -> list[str]:
+    """The skill tags present in per-prompt scores (the tasks, on the GenEval-style tier)."""
+    return skill_order({t for tags in scores["skills"].dropna() for t in str(tags).split("|") if t})
 
 
 def table1(arms: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
@@ -249,7 +291,7 @@ def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) 
 
 def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
     """Claim 4, where the gains fall: per (LLM, skill) paired difference norm_mean - last."""
-    skills = sorted({t for tags in scores["skills"].dropna() for t in str(tags).split("|") if t})
+    skills = _skills(scores)
     out = []
     for enc in info.loc[info["kind"] != "bidirectional", "encoder"]:
         a = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.best_strategy)]
@@ -272,20 +314,20 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
     if "shuffled" not in scores.columns:
         return pd.DataFrame()
     scores = scores.dropna(subset=["shuffled"])
-    skills = sorted({t for tags in scores["skills"].dropna() for t in str(tags).split("|") if t})
+    skills = _skills(scores)
     out = []
     for (enc, strategy), arm in scores.groupby(["encoder", "strategy"], sort=False):
         for skill in ["overall", *skills]:
             matched, floor = _matrix(arm, skill), _matrix(arm, skill, "shuffled")
-            above = _mean_ci(matched.to_numpy() - floor.to_numpy(), opts)
+            above = _mean_ci(_split(matched - floor, arm, skill), opts)
             out.append(
                 {
                     "encoder": enc,
                     "strategy": strategy,
                     "skill": skill,
                     "n_seeds": len(matched),
-                    "score": float(np.nanmean(matched.to_numpy())),
-                    "floor": float(np.nanmean(floor.to_numpy())),
+                    "score": _point(_split(matched, arm, skill)),
+                    "floor": _point(_split(floor, arm, skill)),
                     "above_floor": above[0],
                     "ci_low": above[1],
                     "ci_high": above[2],
@@ -308,6 +350,13 @@ def provenance_note(provenance: pd.DataFrame) -> str:
     if not recorded.all():
         parts.append(f"{int((~recorded).sum())} of {len(provenance)} runs predate provenance records")
     return " Compared runs differ in: " + "; ".join(parts) + "." if parts else ""
+
+
+def tier_dir(figures_dir: str | Path, tier: str) -> Path:
+    """Where a tier's tables and figures go: ``figures_dir`` itself for the held-out tier (the names the
+    study has always written), ``figures_dir/<tier>/`` for another, under the same file names, so that the
+    tiers never overwrite each other."""
+    return Path(figures_dir) if tier == "heldout" else Path(figures_dir) / tier
 
 
 def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: str = "") -> list[Path]:
@@ -341,7 +390,9 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, stem: str, caption: st
 
 
 def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
-    """Per-skill bar chart: one panel per encoder, bars per strategy, error bars = SD over seeds."""
+    """Per-skill bar chart: one panel per encoder, bars per strategy, error bars = SD over seeds.
+    On the GenEval-style tier the bars are its tasks and overall is each run's mean of task means."""
+    unit = "task" if tier_of(metrics) == "geneval" else "skill"
     data = metrics[~metrics["skill"].isin(GROUPS[1:])][["encoder", "strategy", "seed", "skill", "mean"]]
     order = skill_order(data["skill"])
     grid = sns.catplot(
@@ -361,12 +412,17 @@ def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=45)
         ax.set_ylim(0, 1)
-    grid.figure.suptitle("Per-skill scores (bars: mean over seeds; whiskers: SD over seeds)", y=1.02)
+    grid.figure.suptitle(
+        f"Per-{unit} scores, {tier_of(metrics)} tier (bars: mean over seeds; whiskers: SD over seeds)", y=1.02
+    )
     return grid.figure, data
 
 
-def scaling_plot(arms: pd.DataFrame, info: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
-    """Overall score vs encoder parameters (log x), one line per strategy, CI error bars."""
+def scaling_plot(
+    arms: pd.DataFrame, info: pd.DataFrame, tier: str = "heldout"
+) -> tuple[plt.Figure, pd.DataFrame]:
+    """Overall score vs encoder parameters (log x), one line per strategy, CI error bars; ``tier`` names
+    the benchmark tier in the title (``arms`` keeps no tier column)."""
     data = arms[arms["skill"] == "overall"].merge(info, on="encoder").sort_values("params")
     layer_k = data["strategy"].str.fullmatch(r"layer:\d+")
     if layer_k.any() and data[layer_k].groupby("encoder").size().max() == 1:  # one middle layer per encoder
@@ -384,12 +440,14 @@ def scaling_plot(arms: pd.DataFrame, info: pd.DataFrame) -> tuple[plt.Figure, pd
     ax.set_ylabel(f"overall score\n{OURS}")
     ax.set_ylim(0, 1)
     ax.legend(title="strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title("Scaling: score vs encoder size (CI over prompts and seeds)")
+    ax.set_title(f"Scaling: score vs encoder size, {tier} tier (CI over prompts and seeds)")
     return fig, data
 
 
-def claims_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure, pd.DataFrame]:
-    """Forest plot of the paired differences behind each claim."""
+def claims_plot(
+    table: pd.DataFrame, metric: str = "score", tier: str = "heldout"
+) -> tuple[plt.Figure, pd.DataFrame]:
+    """Forest plot of the paired differences behind each claim; ``tier`` names the tier in the axis label."""
     data = table.dropna(subset=["diff"]).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(data), 2) + 1))
     y = np.arange(len(data))[::-1]
@@ -410,7 +468,7 @@ def claims_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure,
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(data["a"], data["b"], strict=True)], fontsize=8)
-    ax.set_xlabel(f"paired difference in {metric} (95% CI over prompts and seeds)")
+    ax.set_xlabel(f"paired difference in {metric}, {tier} tier (95% CI over prompts and seeds)")
     ax.set_title("The paper's claims at this scale (green: held, red: failed, grey: inconclusive)")
     return fig, data
 

@@ -4,9 +4,10 @@
     t2istudy study --quick    a few-minute smoke run (grids/quick.yaml) that still writes every output
 
 Order: the training grid, then the side notebooks (layer norms, judge validation, probe), then the two
-analysis notebooks. Each step is a run directory with a DONE marker, so a second call continues where
-the first stopped; the analysis always re-runs, since it reads whatever runs are complete. A failing
-step is reported and the others still run.
+analysis notebooks (per metric, and on the GenEval-style tier for a grid that asks for it). Each step is
+a run directory with a DONE marker, so a second call continues where the first stopped; the analysis
+always re-runs, since it reads whatever runs are complete. A failing step is reported and the others
+still run.
 """
 
 from __future__ import annotations
@@ -74,23 +75,43 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
         *analysis_steps(grid, "score", figures_dir, figures_dir),
         *analysis_steps(grid, "fraction", f"{figures_dir}/fraction", figures_dir),
         *analysis_steps(grid, "above_floor", f"{figures_dir}/above_floor", figures_dir, with_figures=False),
+        *(
+            analysis_steps(grid, "score", figures_dir, figures_dir, tier="geneval")
+            if _asks_geneval(grid)
+            else []
+        ),
     ]
 
 
+def _asks_geneval(grid: str) -> bool:
+    """Whether the grid file asks for the GenEval-style tier (``geneval_per_task > 0`` in a run's params).
+    Why the grid file and not its runs: the steps are listed before the grid has run. A grid that leaves it
+    to the run notebook's default (small.yaml, whose runs predate the tier) keeps its held-out analysis only."""
+    specs = grids.load_grid(repo_file(f"grids/{grid}.yaml")).runs()
+    return any(int(spec.params.get("geneval_per_task") or 0) > 0 for spec in specs)
+
+
 def analysis_steps(
-    grid: str, metric: str, out_dir: str, figures_dir: str, with_figures: bool = True
+    grid: str,
+    metric: str,
+    out_dir: str,
+    figures_dir: str,
+    with_figures: bool = True,
+    tier: str = "heldout",
 ) -> list[Step]:
     """Tables and figures from the runs, for one metric: the judge's verdict (``score``, into ``figures/``),
     its partial credit (``fraction``, into ``figures/fraction/``), which still separates arms when small
     models rarely satisfy every constraint of a prompt, and the partial credit above the shuffled-prompt
-    floor (``above_floor``, tables only: a secondary view that removes what images earn by chance)."""
-    suffix = "" if metric == "score" else f"-{metric}"
+    floor (``above_floor``, tables only: a secondary view that removes what images earn by chance).
+    ``tier="geneval"`` reads the GenEval-style tier; the notebooks write it to ``<out_dir>/geneval/``."""
+    suffix = ("" if metric == "score" else f"-{metric}") + ("" if tier == "heldout" else f"-{tier}")
+    tier_param = {} if tier == "heldout" else {"tier": tier}
     steps = [
         Step(
             f"analysis-tables{suffix}",
             notebook="notebooks/analysis_tables.ipynb",
             out=f"analysis/{grid}/tables{suffix}",
-            params={"grid": grid, "figures_dir": out_dir, "metric": metric},
+            params={"grid": grid, "figures_dir": out_dir, "metric": metric, **tier_param},
             always=True,
         ),
         Step(
@@ -103,6 +124,7 @@ def analysis_steps(
                 "metric": metric,
                 "layer_norms_csv": f"{figures_dir}/layer_norms/layer_norms.csv",
                 "probe_dir": f"{figures_dir}/probe",
+                **tier_param,
             },
             always=True,
         ),

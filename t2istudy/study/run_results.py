@@ -5,13 +5,14 @@ Torch-free (a test checks it), so that `t2istudy grid status` and the analysis n
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from t2istudy.diffusion import train_folder
-from t2istudy.scoring.summaries import summarize
+from t2istudy.scoring.summaries import summarize, summarize_geneval
 from t2istudy.study.grids import Grid, expand_grid, load_grid, run_path
 from t2istudy.study.provenance import FIELDS
 from t2istudy.study.run_folder import check_schema, read_json, run_state
@@ -78,38 +79,54 @@ METRICS = {
     "above_floor": "fraction minus the shuffled-prompt floor: the partial credit earned by following this "
     "prompt rather than by chance (judge only; secondary)",
 }
+TIERS = {
+    "heldout": "held-out compositions (GenAI-Bench's skills; overall = mean over prompts)",
+    "geneval": "GenEval-style tier (six tasks; overall = mean of the six task means)",
+}
+# The file of per-prompt scores of each tier; every other tier keeps its scores in scores_<tier>.csv.
+SCORES_FILE = {"heldout": "scores.csv", "geneval": "scores_geneval.csv"}
 
 
-def load_metrics(root: str | Path, grid: str | None = None, metric: str = "score") -> pd.DataFrame:
+def load_metrics(
+    root: str | Path, grid: str | None = None, metric: str = "score", tier: str = "heldout"
+) -> pd.DataFrame:
     """Long table of complete runs: one row per (run, skill-or-group) with its parameters and stats.
 
-    Columns: grid, run_id, every notebook parameter (encoder, strategy, seed, ...), skill
-    (a skill name or basic / advanced / overall), n, mean, ci_low, ci_high, plus scalar extras.
-    ``metric="fraction"`` recomputes the stats from each run's scores.csv (the judge's partial credit),
-    for when the all-or-nothing score sits at the floor.
+    Columns: grid, run_id, every notebook parameter (encoder, strategy, seed, ...), tier, skill
+    (a skill name or basic / advanced / overall; under ``tier="geneval"`` a task name or overall), n, mean,
+    ci_low, ci_high, plus scalar extras. ``metric="fraction"`` recomputes the stats from each run's scores
+    (the judge's partial credit), for when the all-or-nothing score sits at the floor; the GenEval-style
+    tier's overall is then recomputed by its own rule, the mean of the task means.
     """
     _check_metric(metric)
     rows = []
-    for out in find_runs(root, grid):
-        if not (out / "metrics.json").exists():  # a side notebook's directory (layer norms, probe, ...)
-            continue
+    for out in tier_runs(root, grid, tier):
         record, metrics = read_json(out / "params.json"), read_json(out / "metrics.json")
-        base = {"grid": record["grid"], "run_id": record["run_id"], **record.get("params", {})}
+        base = {"grid": record["grid"], "run_id": record["run_id"], **record.get("params", {}), "tier": tier}
         extras = {
             k: v
             for k, v in metrics.items()
             if isinstance(v, (int, float, str, bool)) and k != "schema_version"
         }
-        if metric == "score":
-            stats = {k: metrics[k] for k in ("overall", "basic", "advanced") if k in metrics}
-            stats.update(metrics.get("skills", {}))
-        else:
-            table = _read_scores(out, metric)
-            table["skills"] = [tuple(str(t).split("|")) for t in table["skills"]]  # as scores.csv joins them
-            stats = summarize(table, column=metric).to_dict(orient="index")
-        for skill, values in stats.items():
+        for skill, values in _run_stats(out, metrics, metric, tier).items():
             rows.append({**base, **extras, "skill": skill, **values})
     return pd.DataFrame(rows)
+
+
+def _run_stats(out: Path, metrics: dict[str, Any], metric: str, tier: str) -> dict[str, dict[str, Any]]:
+    """{skill or group: {n, mean, ci_low, ci_high}} of one run on one tier: metrics.json's own numbers for
+    the verdict, recomputed from the per-prompt scores for the other metrics (by the tier's summary rule)."""
+    if metric == "score" and tier == "heldout":
+        stats = {k: metrics[k] for k in ("overall", "basic", "advanced") if k in metrics}
+        return {**stats, **metrics.get("skills", {})}
+    if metric == "score":
+        entry = metrics["tiers"][tier]
+        return {"overall": entry["overall"], **entry.get("tasks", {})}
+    table = _read_scores(out, metric, tier)
+    if tier == "geneval":
+        return summarize_geneval(table, column=metric).to_dict(orient="index")
+    table["skills"] = [tuple(str(t).split("|")) for t in table["skills"]]  # as scores.csv joins them
+    return summarize(table, column=metric).to_dict(orient="index")
 
 
 def _check_metric(metric: str) -> None:
@@ -117,37 +134,89 @@ def _check_metric(metric: str) -> None:
         raise ValueError(f"Unknown metric {metric!r}; use one of {sorted(METRICS)}.")
 
 
-def _read_scores(out: Path, metric: str) -> pd.DataFrame:
-    table = pd.read_csv(out / "scores.csv", dtype={"id": str})
+def _has_tier(out: Path, tier: str) -> bool:
+    """Whether a scored run has this tier: its per-prompt file and (beyond the held-out tier, whose
+    numbers are metrics.json's top level) its entry in metrics.json["tiers"]."""
+    if not (out / SCORES_FILE[tier]).exists():
+        return False
+    return tier == "heldout" or tier in read_json(out / "metrics.json").get("tiers", {})
+
+
+def tier_runs(root: str | Path, grid: str | None = None, tier: str = "heldout") -> list[Path]:
+    """The complete, scored runs (with metrics.json; a side notebook's directory has none) that have
+    ``tier``. Why loud: a tier's numbers over a silently smaller set of runs would compare unlike arms.
+    Runs lacking it are named in a warning and left out; when every run lacks it, the error says so
+    and how to add it."""
+    if tier not in TIERS:
+        raise ValueError(f"Unknown tier {tier!r}; use one of {sorted(TIERS)}.")
+    scored = [out for out in find_runs(root, grid) if (out / "metrics.json").exists()]
+    have = [out for out in scored if _has_tier(out, tier)]
+    lacking = [out for out in scored if out not in have]
+    if not lacking:
+        return have
+    names = ", ".join(f"{p.parent.name}/{p.name}" for p in lacking[:5])
+    names += f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+    if not have:
+        raise ValueError(
+            f"No complete run of {root}/{grid or '*'} has the {tier} tier ({names}): {_fix(tier)}"
+        )
+    warnings.warn(
+        f"{len(lacking)} of {len(scored)} runs lack the {tier} tier and are left out of it: {names}; "
+        f"{_fix(tier)}",
+        stacklevel=3,
+    )
+    return have
+
+
+def _fix(tier: str) -> str:
+    """Why a run lacks a tier, and how to add it."""
+    if tier == "heldout":
+        return "their scores.csv is missing (written with metrics.json by the run notebook): rerun them."
+    return (
+        f"they were scored before the {tier} tier existed (no {SCORES_FILE[tier]} / "
+        f'metrics.json["tiers"]["{tier}"]). Sample and judge it by rerunning them with geneval_per_task > 0 '
+        f"(the run notebook's default; `t2istudy grid rescore` adds only the shuffled-prompt control, not "
+        f"a tier whose images were never drawn), or analyse tier='heldout'."
+    )
+
+
+def _read_scores(out: Path, metric: str, tier: str = "heldout") -> pd.DataFrame:
+    """One run's per-prompt scores on a tier; the GenEval-style tier's ``task`` becomes its ``skills``
+    (one tag per prompt), the column the analysis groups by, so every analysis function reads either tier."""
+    path = out / SCORES_FILE[tier]
+    table = pd.read_csv(path, dtype={"id": str})
+    if tier == "geneval":
+        table["skills"] = table["task"]
     if metric == "above_floor":
         if "fraction_shuffled" not in table.columns:
             raise ValueError(
-                f"{out / 'scores.csv'} has no shuffled-prompt control (fraction_shuffled): add it from the run's "
+                f"{path} has no shuffled-prompt control (fraction_shuffled): add it from the run's "
                 f"samples with `t2istudy grid rescore <grid file>`, or use metric='fraction'."
             )
         table["above_floor"] = table["fraction"] - table["fraction_shuffled"]
     if metric not in table.columns:
         raise ValueError(
-            f"{out / 'scores.csv'} has no {metric!r} column (VQAScore runs have only 'score'); "
-            f"use metric='score' for this grid."
+            f"{path} has no {metric!r} column (VQAScore runs have only 'score'); use metric='score' for this grid."
         )
     return table
 
 
-def load_scores(root: str | Path, grid: str | None = None, metric: str = "score") -> pd.DataFrame:
+def load_scores(
+    root: str | Path, grid: str | None = None, metric: str = "score", tier: str = "heldout"
+) -> pd.DataFrame:
     """Per-prompt scores of complete runs, with each run's parameters as columns (for paired CIs).
 
     With ``metric="fraction"`` the ``score`` column holds the judge's share of constraints held (the
     verdict is kept as ``verdict``), so every analysis function works on it unchanged. Where the judge
     wrote its shuffled-prompt control, ``shuffled`` holds the same metric on the stand-in image.
+    ``tier="geneval"`` reads ``scores_geneval.csv``, its ``task`` copied into ``skills``; the ``tier``
+    column tells the analysis which overall rule applies.
     """
     _check_metric(metric)
     frames = []
-    for out in find_runs(root, grid):
-        if not (out / "scores.csv").exists():
-            continue
+    for out in tier_runs(root, grid, tier):
         record = read_json(out / "params.json")
-        table = _read_scores(out, metric)
+        table = _read_scores(out, metric, tier)
         if f"{metric}_shuffled" in table.columns:  # the judge's shuffled-prompt control (the floor)
             table["shuffled"] = table[f"{metric}_shuffled"]
         if metric != "score":
@@ -156,11 +225,12 @@ def load_scores(root: str | Path, grid: str | None = None, metric: str = "score"
             "grid": record["grid"],
             "run_id": record["run_id"],
             **record.get("params", {}),
+            "tier": tier,
         }.items():
             table[key] = value
         frames.append(table)
     if not frames:
-        return pd.DataFrame(columns=["grid", "run_id", "id", "score"])
+        return pd.DataFrame(columns=["grid", "run_id", "id", "score", "tier"])
     return pd.concat(frames, ignore_index=True)
 
 

@@ -1,0 +1,242 @@
+"""The analysis on both benchmark tiers, over synthetic run folders written as the run notebook writes them.
+
+Design (hand-computed numbers): 2 encoders x 2 strategies x 2 seeds; both seeds of an arm score alike.
+GenEval-style tier: 8 prompts, 3 for single_object and 1 for each other task; an arm passes every prompt
+of the tasks in PASSED and none other. So gemma3-270m norm_mean has task means (1, 1, 1, 0, 0, 0): overall
+1/2 by GenEval's rule, where the mean over prompts would be 5/8; gemma3-270m last has 1/6 (not 3/8).
+Every task's difference is constant over its prompts, so the paired overall difference 1/2 - 1/6 = 1/3
+has a CI of width 0 (the prompt-mean rule would give 1/4). Held-out tier: 4 prompts (2 attribute,
+2 counting), the first k pass; overall = the mean over prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from t2istudy.scoring.bootstrap import (
+    mean_ci_over_seeds_and_prompts,
+    mean_of_group_means_ci_over_seeds_and_prompts,
+)
+from t2istudy.scoring.summaries import summarize, summarize_geneval
+from t2istudy.study import analysis as F
+from t2istudy.study import pipeline, run_folder, run_results, runner
+from t2istudy.study.grids import SCHEMA_VERSION, make_run_id
+from t2istudy.world.shapes_geneval import TASKS
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+GENEVAL_COUNTS = {"single_object": 3, **{t: 1 for t in TASKS[1:]}}
+PASSED = {  # (encoder, strategy) -> the GenEval-style tasks it passes; k of 4 held-out prompts it passes
+    ("gemma3-270m", "last"): ({"single_object"}, 1),
+    ("gemma3-270m", "norm_mean"): ({"single_object", "two_object", "counting"}, 3),
+    ("minilm-l6", "last"): ({"two_object"}, 0),
+    ("minilm-l6", "norm_mean"): ({"two_object", "colors"}, 2),
+}
+
+
+def _geneval_table(passed: set[str]) -> pd.DataFrame:
+    rows = [
+        {"id": f"{task}-{j:04d}", "prompt": f"a photo of {task} {j}", "task": task}
+        for task, n in GENEVAL_COUNTS.items()
+        for j in range(n)
+    ]
+    table = pd.DataFrame(rows)
+    table["score"] = table["task"].isin(passed).astype(float)
+    return table.assign(fraction=0.5 + 0.5 * table["score"], score_shuffled=0.0, fraction_shuffled=0.5)
+
+
+def _heldout_table(k: int) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {
+            "id": ["attribute-0001", "attribute-0002", "counting-0001", "counting-0002"],
+            "prompt": ["a", "b", "c", "d"],
+            "skills": [("attribute",), ("attribute",), ("counting",), ("counting",)],
+        }
+    )
+    table["score"] = (np.arange(4) < k).astype(float)
+    return table.assign(fraction=0.5 + 0.5 * table["score"], score_shuffled=0.0, fraction_shuffled=0.5)
+
+
+def write_runs(root: Path, grid: str = "tiers", geneval: bool = True) -> Path:
+    """One run folder per (encoder, strategy, seed), as notebooks/run.ipynb and the runner leave it."""
+    for (encoder, strategy), (tasks, k) in PASSED.items():
+        for seed in (0, 1):
+            params = {"encoder": encoder, "strategy": strategy, "seed": seed}
+            run_id = make_run_id(params)
+            out = root / grid / run_id
+            record = {"schema_version": SCHEMA_VERSION, "grid": grid, "run_id": run_id, "params": params}
+            out.mkdir(parents=True)
+            run_folder.write_json(out / "params.json", {**record, "notebook": "notebooks/run.ipynb"})
+            held = _heldout_table(k)
+            run_folder.write_results(out, held, summarize(held, n_boot=50), {"train_seconds": 1.0})
+            if geneval:
+                table = _geneval_table(tasks)
+                run_folder.write_tier_results(out, "geneval", table, summarize_geneval(table, n_boot=50))
+            run_folder.write_json(out / "DONE", {"finished": "2026-01-01T00:00:00+00:00", "seconds": 1.0})
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return write_runs(tmp_path_factory.mktemp("tiers") / "runs")
+
+
+def _overall(metrics: pd.DataFrame, encoder: str, strategy: str) -> float:
+    rows = metrics[
+        (metrics.encoder == encoder) & (metrics.strategy == strategy) & (metrics.skill == "overall")
+    ]
+    return float(rows["mean"].mean())
+
+
+def test_load_reads_each_tier_with_its_overall_rule(runs):
+    scores = run_results.load_scores(runs, "tiers", tier="geneval")
+    assert len(scores) == 8 * 8 and set(scores.tier) == {"geneval"}
+    assert (scores["skills"] == scores["task"]).all()  # the task stands where the skills do
+    metrics = run_results.load_metrics(runs, "tiers", tier="geneval")
+    assert set(metrics.skill) == {"overall", *TASKS} and set(metrics.tier) == {"geneval"}
+    assert _overall(metrics, "gemma3-270m", "norm_mean") == pytest.approx(1 / 2)  # not 5/8
+    assert _overall(metrics, "gemma3-270m", "last") == pytest.approx(1 / 6)  # not 3/8
+    fraction = run_results.load_metrics(runs, "tiers", tier="geneval", metric="fraction")
+    assert _overall(fraction, "gemma3-270m", "norm_mean") == pytest.approx(0.5 + 0.5 / 2)
+    held = run_results.load_metrics(runs, "tiers")  # the default tier: unchanged, prompt mean
+    assert set(held.tier) == {"heldout"} and _overall(held, "gemma3-270m", "norm_mean") == pytest.approx(
+        3 / 4
+    )
+    assert len(run_results.load_scores(runs, "tiers")) == 8 * 4
+
+
+def test_geneval_overall_is_the_mean_of_task_means():
+    """Two tasks, means 1 and 0 over 3 and 1 prompts: overall 1/2, where the prompt mean is 3/4."""
+    a = pd.DataFrame(
+        {
+            "seed": 0,
+            "id": ["p1", "p2", "p3", "q1"],
+            "skills": ["single_object"] * 3 + ["two_object"],
+            "score": [1.0, 1.0, 1.0, 0.0],
+            "shuffled": 0.0,
+            "tier": "geneval",
+            "encoder": "e",
+            "strategy": "s",
+        }
+    )
+    zero = a.assign(score=0.0)
+    diff = F.arm_difference(a, zero, opts=F.Options(n_boot=200))
+    assert (diff["diff"], diff["ci_low"], diff["ci_high"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert F.arm_difference(a.drop(columns="tier"), zero, opts=F.Options(n_boot=200))["diff"] == 0.75
+    following = F.prompt_following(a, F.Options(n_boot=200)).set_index("skill")
+    assert following.loc["overall", ["score", "floor", "above_floor"]].tolist() == pytest.approx(
+        [0.5, 0, 0.5]
+    )
+
+
+def test_group_bootstrap_is_the_two_level_bootstrap_for_one_group():
+    rng = np.random.default_rng(3)
+    matrix = rng.random((3, 7))
+    assert mean_of_group_means_ci_over_seeds_and_prompts([matrix], 300, 5) == pytest.approx(
+        mean_ci_over_seeds_and_prompts(matrix, 300, 5)
+    )
+    groups = [np.ones((2, 5)), np.zeros((2, 1))]  # constant within each group: a CI of width 0
+    assert mean_of_group_means_ci_over_seeds_and_prompts(groups, 100) == pytest.approx((0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="same seeds"):
+        mean_of_group_means_ci_over_seeds_and_prompts([np.ones((2, 2)), np.ones((3, 2))])
+
+
+def test_tables_and_claims_on_the_geneval_tier(runs):
+    opts = F.Options(n_boot=200)
+    metrics = run_results.load_metrics(runs, "tiers", tier="geneval")
+    scores = run_results.load_scores(runs, "tiers", tier="geneval")
+    info = F.encoder_info(metrics)
+    arms = F.arm_table(metrics, scores, opts)
+    row = arms.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "norm_mean", "overall")]
+    assert row[["mean", "ci_low", "ci_high"]].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    t1 = F.table1(arms, opts)
+    assert list(t1.columns[1:10]) == ["source", "n_seeds", "overall", *TASKS]  # GenEval's task order
+    assert F.table2(arms).set_index("encoder").loc["gemma3-270m", "norm_mean"] == "0.500 [0.500, 0.500]"
+    claims = F.claims(scores, info, opts).set_index(["a", "b"])
+    held = claims.loc[("gemma3-270m norm_mean", "gemma3-270m last")]
+    assert held["diff"] == pytest.approx(1 / 3) and held["ci_low"] == pytest.approx(1 / 3)  # not 1/4
+    assert held["verdict"] == "held (preliminary: 2 seeds)"
+    assert claims.loc[("gemma3-270m norm_mean", "minilm-l6 last"), "diff"] == pytest.approx(1 / 3)
+    gains = F.skill_gains(scores, info, opts).set_index("skill")
+    assert gains.loc["overall", "diff"] == pytest.approx(1 / 3) and gains.loc["counting", "diff"] == 1.0
+    assert gains.index.tolist() == ["overall", *TASKS]
+    held_out = run_results.load_scores(runs, "tiers")
+    assert F.claims(held_out, info, opts).set_index(["a", "b"]).loc[
+        ("gemma3-270m norm_mean", "gemma3-270m last"), "diff"
+    ] == pytest.approx(0.5)  # held-out tier: (3 - 1) / 4 prompts, as before
+    with pytest.raises(ValueError, match="mixes tiers"):
+        F.tier_of(pd.concat([scores, held_out]))
+
+
+def test_runs_without_the_tier_are_named(tmp_path):
+    root = write_runs(tmp_path / "runs", geneval=False)
+    with pytest.raises(ValueError, match=r"gemma3-270m__last__seed0.*geneval_per_task > 0"):
+        run_results.load_scores(root, "tiers", tier="geneval")
+    with pytest.raises(ValueError, match="No complete run of .* has the geneval tier"):
+        run_results.load_metrics(root, "tiers", tier="geneval")
+    assert len(run_results.load_scores(root, "tiers")) == 8 * 4  # the held-out tier still reads
+    shutil.rmtree(root)
+    write_runs(root)
+    older = root / "tiers" / "minilm-l6__last__seed1"
+    (older / "scores_geneval.csv").unlink()
+    metrics = json.loads((older / "metrics.json").read_text())
+    run_folder.write_json(older / "metrics.json", {k: v for k, v in metrics.items() if k != "tiers"})
+    with pytest.warns(UserWarning, match=r"1 of 8 runs lack the geneval tier.*minilm-l6__last__seed1"):
+        scores = run_results.load_scores(root, "tiers", tier="geneval")
+    assert scores.run_id.nunique() == 7 and len(scores) == 7 * 8
+    with pytest.raises(ValueError, match="Unknown tier"):
+        run_results.load_metrics(root, "tiers", tier="genai")
+
+
+def test_study_runs_the_geneval_analysis_only_for_grids_that_ask_for_it():
+    quick = {s.name: s for s in pipeline.default_study(quick=True)}
+    tables, figures = quick["analysis-tables-geneval"], quick["analysis-figures-geneval"]
+    assert tables.params == {
+        "grid": "quick",
+        "figures_dir": "figures/quick",
+        "metric": "score",
+        "tier": "geneval",
+    }
+    assert figures.params["tier"] == "geneval" and figures.out == "analysis/quick/figures-geneval"
+    assert "tier" not in quick["analysis-tables"].params  # the held-out steps: as before
+    full = [s.name for s in pipeline.default_study(quick=False)]
+    assert not [name for name in full if "geneval" in name]  # small.yaml's runs predate the tier
+    assert F.tier_dir("figures", "heldout") == Path("figures")
+    assert F.tier_dir("figures", "geneval") == Path("figures/geneval")
+
+
+@pytest.mark.slow
+def test_analysis_notebooks_execute_on_both_tiers(runs, tmp_path):
+    figures_dir = tmp_path / "figures"
+    common = {"runs_dir": str(runs), "grid": "tiers", "figures_dir": str(figures_dir)}
+    extra = {
+        "layer_norms_csv": str(FIXTURES / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
+        "probe_dir": str(FIXTURES / "probe"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tier in ("heldout", "geneval"):
+            for name, params in (("tables", {}), ("figures", extra)):
+                out = tmp_path / "analysis" / "tiers" / f"{name}-{tier}"
+                result = runner.execute_notebook(
+                    NOTEBOOKS / f"analysis_{name}.ipynb", out, {**common, **params, "tier": tier}
+                )
+                assert result.state == "done", (tier, name, result.error)
+    tables = ("table1_last_layer", "table2_strategies", "claims", "skill_gains", "prompt_following")
+    figures = ("skill_bars", "scaling", "claims_forest")
+    expected = {f"{s}.{e}" for s in tables for e in ("csv", "md", "tex")}
+    expected |= {f"{s}.{e}" for s in figures for e in ("png", "pdf", "csv")}
+    heldout_only = {f"{s}.{e}" for s in ("layer_norms", "probe_vs_diffusion") for e in ("png", "pdf", "csv")}
+    assert {p.name for p in figures_dir.iterdir()} == expected | heldout_only | {"geneval"}
+    assert {p.name for p in (figures_dir / "geneval").iterdir()} == expected
+    claims = pd.read_csv(figures_dir / "geneval" / "claims.csv").set_index(["a", "b"])
+    assert claims.loc[("gemma3-270m norm_mean", "gemma3-270m last"), "diff"] == pytest.approx(1 / 3)
+    assert "Tier: geneval" in (figures_dir / "geneval" / "claims.md").read_text()
+    assert "Tier: heldout" in (figures_dir / "claims.md").read_text()
