@@ -152,4 +152,41 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list
     axes[1].axhline(0.2, color="gray", ls=":", lw=1)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, out_dir, stem, table)
+    written = save_figure(fig, out_dir, stem, table)
+    md = Path(out_dir) / f"{stem}.md"
+    md.write_text(markdown_table(table))
+    return [*written, md]
+
+
+_MD_COLUMNS = {  # ladder.csv column -> the docs table's header
+    "steps": "steps",
+    "machine_minutes": "machine-min",
+    "load_average": "load",
+    "geneval_overall": "GenEval-style",
+    "geneval_single_object": "single",
+    "geneval_two_object": "two obj",
+    "geneval_counting": "counting",
+    "geneval_colors": "colours",
+    "geneval_position": "position",
+    "geneval_color_attr": "colour attr",
+    "heldout_overall": "held-out",
+}
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The ladder as the Markdown table docs/training.md quotes (so its numbers are pasted, never typed)."""
+    rows = table.sort_values(["ladder", "steps"])
+    lines = ["| ladder | " + " | ".join(_MD_COLUMNS.values()) + " |", "|---" * (len(_MD_COLUMNS) + 1) + "|"]
+    for _, r in rows.iterrows():
+        cells = [
+            f"{r[c]:.0f}"
+            if c == "steps"
+            else f"{r[c]:.1f}"
+            if c in ("machine_minutes", "load_average")
+            else f"{r[c]:.3f}"
+            if c.endswith("overall")
+            else f"{r[c]:.2f}"
+            for c in _MD_COLUMNS
+        ]
+        lines.append(f"| {r['ladder']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
