@@ -263,7 +263,9 @@ def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp
     again = ladder.climb(tmp_path / "lad", [2, 4], **kw)  # finished rungs are skipped, nothing retrains
     assert calls == [2, 4] and again["train_seconds"].tolist() == table["train_seconds"].tolist()
     paths = ladder.plot(ladder.collect([tmp_path / "lad"]), tmp_path / "fig")
-    assert sorted(p.name for p in paths) == ["ladder.csv", "ladder.pdf", "ladder.png"]
+    assert sorted(p.name for p in paths) == ["ladder.csv", "ladder.md", "ladder.pdf", "ladder.png"]
+    md = (tmp_path / "fig" / "ladder.md").read_text().splitlines()
+    assert len(md) == 2 + 2 and md[2].startswith("| lad | 2 |")  # header, rule, one row per rung
 
 
 def test_validation_split_is_training_distribution_and_disjoint_from_both_tiers():
