@@ -106,6 +106,12 @@ def test_result_changing_differences_lists_what_would_change_the_result():
     # More processes change the global batch; an option older records lack is not compared.
     one, two = ({**old, "derived": {"global_batch_size": b}} for b in (8, 16))
     assert tf.result_changing_differences(one, two) == {"global_batch_size": (8, 16)}
+    # A grid's resolved options leave the preset's own autoencoder as None; options.json records its folder.
+    latent = {**old, "vae_path": "cache/autoencoders/shapes-f2c4-8e8174dd7f"}
+    assert tf.result_changing_differences(latent, old) == {}
+    assert tf.result_changing_differences(latent, {**old, "vae_path": "/other/vae"}) == {
+        "vae_path": ("cache/autoencoders/shapes-f2c4-8e8174dd7f", "/other/vae")
+    }
     older = {k: v for k, v in old.items() if k != "snr_gamma"}
     assert tf.result_changing_differences(older, {**old, "snr_gamma": 5.0}) == {}
     text = tf.describe_differences({"seed": (0, 1), "max_train_steps": (100, 200)}, cosine)

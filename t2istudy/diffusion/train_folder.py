@@ -83,9 +83,13 @@ def result_changing_differences(old: dict, new: dict) -> dict[str, tuple]:
     ``new`` after being trained with ``old`` (both resolved options, as in options.json).
 
     Everything outside ``RESULT_NEUTRAL`` counts, except a larger ``max_train_steps`` under a constant LR
-    schedule (``CONSTANT_SCHEDULES``): that only trains further along the same curve.
+    schedule (``CONSTANT_SCHEDULES``): that only trains further along the same curve. A ``vae_path`` of None
+    in ``new`` means the preset's own autoencoder, which options.json records as its folder: it is not
+    compared (the trainer fills it in before it asks).
     """
     found = {k: v for k, v in changed_options(old, new).items() if k not in RESULT_NEUTRAL}
+    if new.get("vae_path") is None:
+        found.pop("vae_path", None)
     steps = found.get("max_train_steps")
     if (
         steps is not None
