@@ -24,6 +24,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from t2istudy.text.cache import load_npy
+
 LATENT_CACHE_VERSION = 1
 
 
@@ -52,13 +54,11 @@ class LatentCache:
         if not meta_file.is_file():
             raise FileNotFoundError(f"{self.path} is not a complete latent cache entry (no meta.json).")
         self.meta = json.loads(meta_file.read_text())
-        try:
-            self.moments = np.load(self.path / "moments.npy", mmap_mode="r")
-        except ValueError as err:  # a truncated file: numpy's own message names neither path nor fix
-            raise ValueError(
-                f"{self.path / 'moments.npy'} is unreadable ({err}): delete {self.path} and rerun; the cache is "
-                "rebuilt from the dataset and the VAE."
-            ) from err
+        self.moments = load_npy(  # a truncated file is caught before numpy's nameless mmap error
+            self.path / "moments.npy",
+            mmap=True,
+            fix=f"delete {self.path} and rerun; the cache is rebuilt from the dataset and the VAE.",
+        )
         if list(self.moments.shape) != self.meta["shape"]:
             raise ValueError(
                 f"{self.path}: moments.npy has shape {self.moments.shape}, meta.json says {self.meta['shape']}."

@@ -7,8 +7,13 @@ notebook can name and resolve options without importing the training loop (accel
 from __future__ import annotations
 
 import dataclasses
+import functools
+import numbers
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from diffusers.optimization import SchedulerType
 
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.train_folder import read_options
@@ -21,6 +26,8 @@ class TrainOptions:
     """Every training flag with its default (diffusers train_text_to_image names where they exist).
 
     `None` means "the preset's default" (see `Preset.train_defaults`), resolved by `resolve_options`.
+    Values are checked when the options are made (`check_options`), before any model or encoder loads, so
+    a grid's dry run and the command line refuse a bad value at once, naming the flag.
     """
 
     # what is compared
@@ -58,7 +65,7 @@ class TrainOptions:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0  # <= 0 disables clipping
     prediction_type: str | None = None  # epsilon | v_prediction
-    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; <= 0 disables
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None or 0 disables
     caption_dropout: float = 0.1  # fraction of captions replaced by the empty prompt (for CFG)
     use_ema: bool | None = None
     ema_decay: float = 0.9999  # upper bound; EMA warm-up (power 2/3) makes early decay smaller
@@ -68,13 +75,86 @@ class TrainOptions:
     output_dir: str | None = None
     runs_root: str = "runs/train"
     checkpointing_steps: int | None = None
-    checkpoints_total_limit: int | None = 2
+    checkpoints_total_limit: int | None = 2  # None or 0 keeps every checkpoint
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     stop_after_steps: int | None = None  # save a checkpoint and stop at this step (as if killed)
     logging_steps: int = 10
     report_to: str = "tensorboard"  # tensorboard | none
     num_threads: int | None = None  # torch CPU threads per process
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+CHOICES = {
+    "input_scale": ("rms", "none"),
+    "text": ("cache", "online"),
+    "on_bad": ("skip", "stop"),
+    "prediction_type": ("epsilon", "v_prediction"),
+    "mixed_precision": ("no", "fp16", "bf16"),
+    "report_to": ("tensorboard", "none"),
+    "latents": ("online", "cache"),
+    "lr_scheduler": tuple(s.value for s in SchedulerType),
+}
+# name -> (test, the allowed range in words); None (the preset's default, or off) always passes.
+RANGES = {
+    "max_length": (lambda v: v >= 1, ">= 1"),
+    "pool_size": (lambda v: v >= 1, ">= 1"),
+    "max_objects": (lambda v: v >= 1, ">= 1"),
+    "data_seed": (lambda v: 0 <= v < 2**32, "0 .. 2**32 - 1"),
+    "encode_batch_size": (lambda v: v >= 1, ">= 1"),
+    "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
+    "train_batch_size": (lambda v: v >= 1, ">= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "max_train_steps": (lambda v: v >= 1, ">= 1"),
+    "learning_rate": (lambda v: 0 < v < float("inf"), "> 0"),
+    "lr_warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "[0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "[0, 1)"),
+    "adam_weight_decay": (lambda v: 0 <= v < float("inf"), ">= 0"),
+    "adam_epsilon": (lambda v: 0 < v < float("inf"), "> 0"),
+    "max_grad_norm": (lambda v: -float("inf") < v < float("inf"), "a finite number (<= 0 disables clipping)"),
+    "snr_gamma": (lambda v: 0 <= v < float("inf"), ">= 0 (0 or unset disables Min-SNR weighting)"),
+    "caption_dropout": (lambda v: 0 <= v < 1, "[0, 1)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "[0, 1)"),
+    "seed": (lambda v: 0 <= v < 2**32, "0 .. 2**32 - 1"),
+    "checkpointing_steps": (lambda v: v >= 1, ">= 1"),
+    "checkpoints_total_limit": (lambda v: v >= 0, ">= 0 (0 keeps every checkpoint)"),
+    "stop_after_steps": (lambda v: v >= 1, ">= 1"),
+    "logging_steps": (lambda v: v >= 1, ">= 1"),
+    "num_threads": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def check_options(opts: TrainOptions) -> None:
+    """Refuse a value of the wrong type, out of its range or outside its choices, naming the flag, the value
+    and what is allowed. Cheap and torch-free in spirit: runs whenever TrainOptions is made."""
+    for f in dataclasses.fields(TrainOptions):
+        value = getattr(opts, f.name)
+        if value is None:
+            continue
+        kinds = _field_types()[f.name]
+        if int in kinds and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ValueError(f"--{f.name} {value!r} is not valid: expected a whole number.")
+        if float in kinds and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ValueError(f"--{f.name} {value!r} is not valid: expected a number.")
+        if f.name in RANGES and not RANGES[f.name][0](value):
+            raise ValueError(f"--{f.name} {value!r} is out of range: allowed {RANGES[f.name][1]}.")
+        if f.name in CHOICES and value not in CHOICES[f.name]:
+            raise ValueError(
+                f"--{f.name} {value!r} is not valid: choose one of {', '.join(CHOICES[f.name])}."
+            )
+
+
+@functools.cache
+def _field_types() -> dict[str, list[type]]:
+    """Each field's type without None: `int | None` -> [int]."""
+    hints = typing.get_type_hints(TrainOptions)
+    return {
+        name: [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+        for name, hint in hints.items()
+    }
 
 
 FALLBACKS = {"use_ema": False, "mixed_precision": "no", "checkpointing_steps": 500, "latents": "online"}
@@ -89,21 +169,6 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
             values[key] = value
     values["prediction_type"] = values["prediction_type"] or preset.prediction_type
     values["strategy"] = str(parse_strategy(values["strategy"]))
-    choices = {
-        "input_scale": ("rms", "none"),
-        "text": ("cache", "online"),
-        "on_bad": ("skip", "stop"),
-        "prediction_type": ("epsilon", "v_prediction"),
-        "mixed_precision": ("no", "fp16", "bf16"),
-        "report_to": ("tensorboard", "none"),
-        "latents": ("online", "cache"),
-    }
-    for key, allowed in choices.items():
-        if values[key] not in allowed:
-            raise ValueError(f"--{key} {values[key]!r} is not valid: choose one of {', '.join(allowed)}.")
-    for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
-        if values[key] < 1:
-            raise ValueError(f"--{key} must be >= 1, got {values[key]}.")
     if values["latents"] == "cache" and not preset.vae:
         raise ValueError(
             f"--latents cache needs a preset with a VAE; {preset.name} trains on pixels. Drop the flag or pick "
@@ -111,9 +176,7 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
         )
     spec = parse_upsampling(values["caption_upsampling"])  # validates; "none" -> None
     values["caption_upsampling"] = values["caption_upsampling"] if spec is not None else None
-    if not 0.0 <= values["caption_dropout"] < 1.0:
-        raise ValueError(f"--caption_dropout must be in [0, 1), got {values['caption_dropout']}.")
-    return TrainOptions(**values)
+    return TrainOptions(**values)  # checks the preset's defaults as it checked the given values
 
 
 def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:

@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import typing
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from t2istudy.diffusion.autoencoder import get_or_train
+from t2istudy.diffusion.autoencoder import autoencoder_dir, get_or_train
 from t2istudy.diffusion.checkpoint import Denoiser
 from t2istudy.diffusion.data import FolderPairs, StepBatchSampler, shapes_pool
 from t2istudy.diffusion.latents import LatentCache, LatentPairs, sample_latents
@@ -61,9 +62,16 @@ from t2istudy.diffusion.train_folder import (
     OPTIONS,
     SUMMARY,
     TRAIN_LOG,
+    changed_options,
     checkpoint_step,
     complete_checkpoints,
+    describe_differences,
+    read_options,
     read_train_log,
+    result_changing_differences,
+    stale_temporaries,
+    temporary_name,
+    trim_train_log,
 )
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, slug, token_rms
@@ -87,6 +95,12 @@ def new_run_dir(opts: TrainOptions) -> Path:
 def find_checkpoint(run_dir: Path, which: str) -> Path:
     if which == "latest":
         found = complete_checkpoints(run_dir)
+        if not found and (run_dir / FINAL).is_dir():
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: {run_dir} is trained (final/ exists) and has no checkpoint left "
+                "to train further from (they are deleted once final/ is written unless kept). Use final/ as it "
+                "is, or train a longer run in a new --output_dir."
+            )
         if not found:
             raise FileNotFoundError(
                 f"--resume_from_checkpoint latest: no checkpoint in {run_dir / 'checkpoints'}; drop the flag to "
@@ -100,6 +114,53 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
             f"{run_dir / 'checkpoints'}."
         )
     return path
+
+
+def planned_options(opts: TrainOptions, preset: Preset, world: int) -> dict:
+    """What options.json will record for this session, as far as it is known before anything loads: the
+    resolved options, the preset's own autoencoder as the VAE path, and the global batch."""
+    planned = asdict(opts)
+    if opts.vae_path is None and preset.autoencoder:  # what build_images will record
+        planned["vae_path"] = str(autoencoder_dir(preset.autoencoder, opts.autoencoder_dir))
+    global_batch = opts.train_batch_size * world * opts.gradient_accumulation_steps
+    return {**planned, "derived": {"global_batch_size": global_batch}}
+
+
+def check_run_folder(run_dir: Path, opts: TrainOptions, planned: dict) -> tuple[Path | None, list[dict]]:
+    """Whether this session may train in ``run_dir``; returns (checkpoint to resume, resumed_with_changes).
+
+    A fresh start never overwrites a trained run (final/) or a checkpointed one; a resume refuses options
+    that change the result (``result_changing_differences``) and records the ones that do not.
+    """
+    if not opts.resume_from_checkpoint:
+        saved = complete_checkpoints(run_dir)
+        if (run_dir / FINAL).is_dir() or saved:
+            what = "is trained (final/ exists)" if (run_dir / FINAL).is_dir() else f"has {saved[-1].name}"
+            raise FileExistsError(
+                f"{run_dir} {what}; training it again from step 0 would overwrite it and repeat its log. To "
+                "continue it, add --resume_from_checkpoint latest (with a larger --max_train_steps to train "
+                "further); to start over, pass a new --output_dir, or delete the folder yourself."
+            )
+        return None, []
+    ckpt = find_checkpoint(run_dir, opts.resume_from_checkpoint)
+    if not (run_dir / OPTIONS).is_file():
+        warnings.warn(f"{run_dir / OPTIONS} is missing: the resumed options cannot be checked.", stacklevel=2)
+        return ckpt, []
+    old = read_options(run_dir)
+    refused = result_changing_differences(old, planned)
+    if refused:
+        raise ValueError(
+            f"Cannot resume {run_dir} with options that change the result (recorded in {run_dir / OPTIONS} "
+            f"-> given now):\n{describe_differences(refused, old)}\nResume with the recorded values (drop these "
+            "flags or give the old ones), or train the new options as a new run: a new --output_dir, or delete "
+            f"{run_dir} yourself. Options that do not change the result (threads, logging, checkpointing, "
+            "locations, stop_after_steps) may differ."
+        )
+    history = list(old.get("resumed_with_changes", []))
+    changes = {k: list(v) for k, v in changed_options(old, planned).items() if k != "resume_from_checkpoint"}
+    if changes:
+        history.append({"step": checkpoint_step(ckpt), "changes": changes})
+    return ckpt, history
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +306,12 @@ def train(opts: TrainOptions) -> Path:
         else:
             run_dir[0] = str(new_run_dir(opts))
     run_dir = Path(broadcast_object_list(run_dir)[0]) if state.num_processes > 1 else Path(run_dir[0])
+    # Before anything loads: may this session train here, and with these options?
+    ckpt, resumed_with_changes = check_run_folder(
+        run_dir, opts, planned_options(opts, preset, state.num_processes)
+    )
+    if ckpt is None and state.is_main_process and (run_dir / TRAIN_LOG).is_file():
+        (run_dir / TRAIN_LOG).unlink()  # a run killed before its first checkpoint starts over: a fresh log
 
     accelerator = Accelerator(
         cpu=cpu,
@@ -330,8 +397,7 @@ def train(opts: TrainOptions) -> Path:
 
     # Resume: accelerate state (model, optimizer, LR schedule, EMA, RNG) and the log up to that step.
     start_step = 0
-    if opts.resume_from_checkpoint:
-        ckpt = find_checkpoint(run_dir, opts.resume_from_checkpoint)
+    if ckpt is not None:
         try:
             accelerator.load_state(str(ckpt))
         except Exception as err:
@@ -342,12 +408,14 @@ def train(opts: TrainOptions) -> Path:
         if ema is not None:  # accelerate loads the EMA's shadow weights onto the CPU: back beside the model
             ema.to(accelerator.device)
         start_step = checkpoint_step(ckpt)
-        log = run_dir / TRAIN_LOG
-        if accelerator.is_main_process and log.is_file():  # a killed run logged steps past its checkpoint
-            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-            log.write_text("".join(line + "\n" for line in kept))
+        # A killed run logged steps past its checkpoint (or tore its last line): keep the log strictly increasing.
+        if accelerator.is_main_process:
+            trim_train_log(run_dir, start_step)
     if accelerator.is_main_process:
-        (run_dir / OPTIONS).write_text(json.dumps({**asdict(opts), "derived": derived}, indent=1))
+        record = {**asdict(opts), "derived": derived}
+        if resumed_with_changes:  # which result-neutral options differed, at which resume
+            record["resumed_with_changes"] = resumed_with_changes
+        (run_dir / OPTIONS).write_text(json.dumps(record, indent=1))
         if opts.report_to != "none":
             flat = {k: v for k, v in asdict(opts).items() if isinstance(v, int | float | str | bool)}
             accelerator.init_trackers("train", config=flat)
@@ -484,11 +552,16 @@ def train(opts: TrainOptions) -> Path:
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int | None) -> None:
-    """Write to checkpoint-<step>.tmp, then rename: a crash mid-save never looks like a checkpoint."""
+    """Write to checkpoint-<step>.tmp-<host>-<pid>-<random>, then rename: a crash mid-save never looks like a
+    checkpoint, and two processes saving the same step never share a folder. The main process names it."""
     final = run_dir / CHECKPOINTS / f"checkpoint-{step}"
-    tmp = final.with_name(final.name + ".tmp")
+    name = [temporary_name(final.name)]
+    if accelerator.num_processes > 1:
+        name = broadcast_object_list(name)
+    tmp = final.with_name(name[0])
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in stale_temporaries(final.parent, "checkpoint-"):  # saves cut short by a kill
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
@@ -504,8 +577,9 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
 def save_final(model: Denoiser, ema: EMAModel | None, run_dir: Path, null, summary: dict) -> None:
     """final/: the weights used for sampling (EMA when enabled; raw ones in final/raw/)."""
     out = run_dir / FINAL
-    tmp = out.with_name("final.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in stale_temporaries(run_dir, FINAL):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(temporary_name(FINAL))
     if ema is not None:
         model.unet.save_pretrained(tmp / "raw" / "unet")
         save_file(model.conditioner.state_dict(), tmp / "raw" / "conditioner.safetensors")
@@ -552,8 +626,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    run_dir = train(TrainOptions(**vars(args)))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        opts = TrainOptions(**vars(args))
+    except ValueError as err:  # a value out of range: a usage error naming the flag, before anything loads
+        parser.error(str(err))
+    run_dir = train(opts)
     if PartialState().is_main_process:
         print(f"run directory: {run_dir}")
 

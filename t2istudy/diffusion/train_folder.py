@@ -6,14 +6,23 @@ and the reader cannot drift apart:
 
     options.json                     every option, resolved, plus `derived`
     train_log.jsonl                  one JSON line per logging step: step, loss, lr, ...
-    checkpoints/checkpoint-<step>/   a complete save; checkpoint-<step>.tmp/ is one cut short
+    checkpoints/checkpoint-<step>/   a complete save; checkpoint-<step>.tmp-<host>-<pid>-<random>/ is one
+                                     being written (or cut short)
     final/                           the trained weights; final/summary.json is written last
+
+It also holds what a resume may change (`result_changing_differences`): the grid layer asks the same question
+before it resumes a run.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
 import shutil
+import socket
+import warnings
 from pathlib import Path
 
 OPTIONS = "options.json"
@@ -23,8 +32,96 @@ FINAL = "final"
 SUMMARY = "summary.json"  # in final/: steps, wall time, last loss
 
 
+# Options that do not change the trained weights: how fast, where, how often to log or save, when to stop.
+# Every other option changes the result, so a resume that changes one is refused (a new option is
+# result-changing until it is listed here).
+RESULT_NEUTRAL = frozenset(
+    {
+        "output_dir",
+        "runs_root",
+        "cache_dir",
+        "latent_cache_dir",
+        "autoencoder_dir",
+        "dataloader_num_workers",
+        "on_bad",  # skip or stop: a run that finished read the same pairs either way
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "stop_after_steps",
+        "logging_steps",
+        "report_to",
+        "num_threads",
+        "progress",
+    }
+)
+# LR schedules that do not depend on max_train_steps: the first N steps of a longer run are the N-step run,
+# so a resume may extend it (the ladder climbs this way).
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
+RECORD_KEYS = ("derived", "resumed_with_changes")  # options.json entries that are not options
+
+
+def changed_options(old: dict, new: dict) -> dict[str, tuple]:
+    """Every option whose value differs, ``{name: (old, new)}``, for two options.json-like dicts.
+
+    Options missing on either side (an options.json written before the option existed) are not compared.
+    With ``derived.global_batch_size`` on both sides, a different number of processes shows up as
+    ``global_batch_size``.
+    """
+    found = {
+        key: (old[key], new[key])
+        for key in old
+        if key in new and key not in RECORD_KEYS and old[key] != new[key]
+    }
+    batch = [d.get("derived", {}).get("global_batch_size") for d in (old, new)]
+    if None not in batch and batch[0] != batch[1]:
+        found["global_batch_size"] = tuple(batch)
+    return found
+
+
+def result_changing_differences(old: dict, new: dict) -> dict[str, tuple]:
+    """The differences, ``{name: (old, new)}``, that would change a run's result if it were resumed with
+    ``new`` after being trained with ``old`` (both resolved options, as in options.json).
+
+    Everything outside ``RESULT_NEUTRAL`` counts, except a larger ``max_train_steps`` under a constant LR
+    schedule (``CONSTANT_SCHEDULES``): that only trains further along the same curve. A ``vae_path`` of None
+    in ``new`` means the preset's own autoencoder, which options.json records as its folder: it is not
+    compared (the trainer fills it in before it asks).
+    """
+    found = {k: v for k, v in changed_options(old, new).items() if k not in RESULT_NEUTRAL}
+    if new.get("vae_path") is None:
+        found.pop("vae_path", None)
+    steps = found.get("max_train_steps")
+    if (
+        steps is not None
+        and None not in steps
+        and steps[1] > steps[0]
+        and old.get("lr_scheduler") == new.get("lr_scheduler")
+        and new.get("lr_scheduler") in CONSTANT_SCHEDULES
+    ):
+        del found["max_train_steps"]
+    return found
+
+
+def describe_differences(differences: dict[str, tuple], options: dict | None = None) -> str:
+    """One line per difference, ``  --seed: 0 -> 1``, with why where it is not obvious."""
+    lines = []
+    for key, (old, new) in differences.items():
+        name = f"--{key}" if key != "global_batch_size" else "global batch size"
+        line = f"  {name}: {old!r} -> {new!r}"
+        if key == "max_train_steps":
+            schedule = (options or {}).get("lr_scheduler")
+            if schedule in CONSTANT_SCHEDULES:
+                line += " (with a constant schedule it may grow, not shrink)"
+            else:
+                line += f" (--lr_scheduler {schedule} spans max_train_steps: the steps already trained followed another schedule)"
+        elif key == "global_batch_size":
+            line += " (train_batch_size x processes x gradient_accumulation_steps)"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def checkpoint_step(path: str | Path) -> int | None:
-    """The step of a `checkpoint-<step>` folder name; None for anything else (e.g. `checkpoint-800.tmp`)."""
+    """The step of a `checkpoint-<step>` folder name; None for anything else (e.g. `checkpoint-800.tmp-...`)."""
     name = Path(path).name
     prefix, _, step = name.rpartition("-")
     return int(step) if prefix == "checkpoint" and step.isdigit() else None
@@ -36,10 +133,89 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted((p for p in found if checkpoint_step(p) is not None), key=checkpoint_step)
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "_", socket.gethostname()) or "host"
+
+
+def temporary_name(name: str) -> str:
+    """``<name>.tmp-<host>-<pid>-<random>``: where ``name`` is written before its rename, unique per process
+    so that two processes saving the same step never write into one folder."""
+    return f"{name}.tmp-{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def stale_temporaries(folder: str | Path, name: str) -> list[Path]:
+    """Temporary folders of ``name*`` in ``folder`` that nobody is writing any more: those of processes of
+    this machine that have ended, and the fixed ``<name>.tmp`` of earlier versions. Another machine's (a
+    shared file system) are left alone: their writer may still be running."""
+    stale = []
+    for path in Path(folder).glob(f"{name}*.tmp*"):
+        base, sep, owner = path.name.rpartition(".tmp")
+        if not sep or not path.is_dir():
+            continue
+        if owner == "":  # an earlier version's fixed name
+            stale.append(path)
+            continue
+        host, _, rest = owner[1:].partition("-")
+        pid = rest.partition("-")[0]
+        if host == _host() and pid.isdigit() and not _running(int(pid)):
+            stale.append(path)
+    return sorted(stale)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def read_train_log(run_dir: str | Path) -> list[dict]:
-    """Every logged step of a run (`train_log.jsonl`), oldest first; [] before the first log."""
+    """Every logged step of a run (`train_log.jsonl`), oldest first; [] before the first log.
+
+    A torn last line (the machine lost power in mid-write) is dropped with a warning naming the file: the
+    steps before it stand. A bad line anywhere else is damage, not a torn write, and raises naming the file
+    and the line.
+    """
     log = Path(run_dir) / TRAIN_LOG
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    if not log.is_file():
+        return []
+    lines = [(n, line) for n, line in enumerate(log.read_text(errors="replace").splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line.strip(" \t\x00")]  # power loss can leave NUL bytes
+    records = []
+    for k, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a JSON object with an integer 'step'")
+        except ValueError as err:
+            if k == len(lines) - 1:
+                warnings.warn(
+                    f"{log}: dropped its torn last line {n} ({line[:40]!r}...), a write cut short (power "
+                    "loss or a kill); the steps logged before it are kept.",
+                    stacklevel=2,
+                )
+                break
+            raise ValueError(
+                f"{log}, line {n}: {err}. A damaged line in the middle of the log is not a torn write: delete "
+                f"line {n} (the log only records losses; the training state is in the checkpoints)."
+            ) from None
+        records.append(record)
+    return records
+
+
+def trim_train_log(run_dir: str | Path, step: int) -> None:
+    """Keep the log lines up to ``step`` (a resume from checkpoint-<step> logs the later steps again), and
+    drop a torn last line, so the log stays strictly increasing. Rewritten through a rename."""
+    log = Path(run_dir) / TRAIN_LOG
+    if not log.is_file():
+        return
+    kept = [r for r in read_train_log(run_dir) if r["step"] <= step]
+    tmp = log.with_name(temporary_name(log.name))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, log)
 
 
 def read_options(run_dir: str | Path) -> dict:

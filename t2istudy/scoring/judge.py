@@ -22,6 +22,7 @@ How, top to bottom:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,13 @@ class Detected:
 
 
 def as_array(image: np.ndarray | Image.Image, name: str = "image") -> np.ndarray:
-    """uint8/float [H, W, 3] array from a PIL image or an array; clear errors for anything else."""
+    """float32 [H, W, 3] array in 0..255 from a PIL image or an array; clear errors for anything else.
+
+    uint8 (and integer) images are read as they are. Float images are read by their range: within [0, 1]
+    or [-1, 1] (a model's output) they are rescaled with a warning, since the range is a guess; within
+    [0, 255] they are taken as pixel values; anything else is refused (a [-1, 1] image read as pixel values
+    would be near-black and score 0 without a word).
+    """
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
@@ -66,9 +73,34 @@ def as_array(image: np.ndarray | Image.Image, name: str = "image") -> np.ndarray
     if np.issubdtype(image.dtype, np.floating):
         if not np.isfinite(image).all():
             raise ValueError(f"{name}: contains NaN or infinite values.")
-        if image.max() <= 1.0 + 1e-6 and image.min() >= -1e-6:
-            image = image * 255.0  # float images in [0, 1]
+        image = _float_to_pixels(image, name)
+    elif not (np.issubdtype(image.dtype, np.integer) or image.dtype == bool):
+        raise ValueError(f"{name}: expected uint8 or float pixels, got dtype {image.dtype}.")
     return image.astype(np.float32)
+
+
+def _float_to_pixels(image: np.ndarray, name: str) -> np.ndarray:
+    """A float image on the 0..255 scale, from [0, 1], [-1, 1] or [0, 255] values."""
+    lo, hi, eps = float(image.min()), float(image.max()), 1e-6
+    if lo >= -eps and hi <= 1 + eps:
+        scale = "[0, 1]"
+        image = np.clip(image, 0.0, 1.0) * 255.0
+    elif lo >= -1 - eps and hi <= 1 + eps:
+        scale = "[-1, 1]"
+        image = (np.clip(image, -1.0, 1.0) + 1.0) * 127.5
+    elif lo >= -eps and hi <= 255 + eps:
+        return image  # float pixel values, as degrade() works with them
+    else:
+        raise ValueError(
+            f"{name}: float values in [{lo:.3g}, {hi:.3g}] fit no pixel range; pass uint8 0..255, or floats in "
+            "[0, 1] or [-1, 1] (clamp a model's output to [-1, 1] first)."
+        )
+    warnings.warn(
+        f"{name}: float image read as {scale} values and rescaled to 0..255; pass uint8 pixels to leave no "
+        "doubt (a [-1, 1] image whose values are all >= 0 would be read as [0, 1]).",
+        stacklevel=3,
+    )
+    return image
 
 
 def detect(image: np.ndarray | Image.Image, min_area: float = MIN_AREA) -> tuple[str, list[Detected]]:

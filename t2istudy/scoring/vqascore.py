@@ -16,7 +16,9 @@ How:
   written anywhere; 429, 5xx, timeouts, connection errors and malformed bodies are retried up to
   ``max_attempts`` times with capped exponential backoff; other 4xx fail that item; 401/403 stop the run.
 - Every answer is written to an sqlite cache keyed by (image sha256, prompt, model, template, detail) as
-  soon as it arrives, on the main thread, so an interrupted or repeated run never pays twice.
+  soon as it arrives, on the main thread, so an interrupted or repeated run never pays twice. The default
+  file is ``cache/vqascore.sqlite`` (git-ignored, beside the other caches); answers in a cache at the old
+  default, ``vqascore_cache.sqlite`` in the working folder, are copied into it (``adopt_legacy_cache``).
 - Requests run in a bounded thread pool (``max_workers``). Token usage and an estimated cost (USD, from
   ``PRICES_PER_MTOK``; check current prices) are kept in :attr:`VQAScore.stats`.
 """
@@ -28,8 +30,10 @@ import hashlib
 import io
 import json
 import math
+import sqlite3
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -56,6 +60,10 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
     "gpt-4o-2024-11-20": (2.50, 10.00),
     "gpt-4o-mini": (0.15, 0.60),
 }
+# Relative to the working folder (notebooks run at the repository root). The default before cache/ was
+# LEGACY_CACHE, which git did not ignore.
+DEFAULT_CACHE = "cache/vqascore.sqlite"
+LEGACY_CACHE = "vqascore_cache.sqlite"
 
 
 @dataclass
@@ -65,7 +73,7 @@ class VQAOptions:
     model: str = "gpt-4o"
     base_url: str | None = None  # None: the client's default (OPENAI_BASE_URL or api.openai.com)
     api_key_env: str = "OPENAI_API_KEY"
-    cache_path: str = "vqascore_cache.sqlite"
+    cache_path: str = DEFAULT_CACHE
     template: str = QUESTION_TEMPLATE
     detail: str = "auto"  # image detail for the vision model: auto | low | high
     normalize: bool = True  # P(yes) / (P(yes) + P(no)); False: raw P(yes)
@@ -168,6 +176,39 @@ class ScoreCache(SqliteCache):
             self.db.commit()
 
 
+def adopt_legacy_cache(cache: ScoreCache, cache_path: str | Path) -> int:
+    """Copy the answers of a cache at the old default path into the default one; returns how many were new.
+
+    Only when ``cache_path`` is the default: paid answers are never left behind by the move to cache/. The old
+    file is read, never changed; once copied it can be deleted (git ignores it meanwhile).
+    """
+    legacy = Path(LEGACY_CACHE)
+    if Path(cache_path) != Path(DEFAULT_CACHE) or not legacy.is_file():
+        return 0
+    try:
+        with cache.lock:
+            cache.db.execute("ATTACH DATABASE ? AS legacy", (str(legacy),))
+            try:
+                copied = cache.db.execute(
+                    "INSERT OR IGNORE INTO answers SELECT * FROM legacy.answers"
+                ).rowcount
+                cache.db.commit()
+            finally:
+                cache.db.execute("DETACH DATABASE legacy")
+    except sqlite3.DatabaseError as err:
+        raise ValueError(
+            f"{legacy.resolve()} (the old default VQAScore cache) cannot be read ({err}); move it away, or pass "
+            "cache_path explicitly."
+        ) from err
+    if copied:
+        warnings.warn(
+            f"Copied {copied} VQAScore answers from {legacy.resolve()} (the old default) into {cache.path}; the "
+            f"old file is no longer written and can be deleted.",
+            stacklevel=3,
+        )
+    return copied
+
+
 class VQAScore:
     """``VQAScore(model=..., base_url=..., cache_path=...).score(images, prompts)`` -> one dict per item."""
 
@@ -182,6 +223,7 @@ class VQAScore:
             self.options.api_key_env, "VQAScore", self.options.base_url, self.options.timeout_s
         )
         self.cache = ScoreCache(self.options.cache_path)
+        adopt_legacy_cache(self.cache, self.options.cache_path)
         self.stats = UsageStats(model=self.options.model)
         self._lock = threading.Lock()
 
@@ -285,7 +327,7 @@ class VQAScore:
         if failed:
             raise VQAScoreError(
                 f"{len(failed)} of {len(keys)} items could not be scored (answers for the others are cached in "
-                f"{opts.cache_path}; rerun to retry only the failures): " + "; ".join(self.stats.failures[:5])
+                f"{self.cache.path}; rerun to retry only the failures): " + "; ".join(self.stats.failures[:5])
             )
         results = []
         for answer, was_cached in zip(answers, cached, strict=True):

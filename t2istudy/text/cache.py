@@ -73,6 +73,33 @@ def token_rms(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.pow(2).mean(dim=(0, -1)).sqrt().float().reshape(-1)
 
 
+def load_npy(path: str | Path, *, mmap: bool, fix: str) -> np.ndarray:
+    """``np.load`` (memory-mapped or not) that names the file and ``fix`` when the file is cut short.
+
+    A truncated ``.npy`` (a copy or a build interrupted, a full disk) otherwise fails deep in numpy with
+    "mmap length is greater than file size", naming neither; the header says how many bytes to expect.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:  # a newer format: numpy checks it itself
+                shape, dtype = None, None
+            offset = f.tell()
+        if shape is not None:
+            expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = path.stat().st_size
+            if size < expected:
+                raise ValueError(f"truncated: {size} bytes, {expected} expected for {dtype} {tuple(shape)}")
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path} is unreadable ({err}): {fix}") from err
+
+
 def _trim(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop padding columns beyond the longest caption (keeps at least one column)."""
     if features.shape[1] == 0:  # an empty prompt on a tokenizer without BOS: one padding column
@@ -99,10 +126,14 @@ class EmbeddingCache:
                 f"Cache {self.path} has version {self.meta.get('version')}, expected {CACHE_VERSION}: rebuild it."
             )
         self.captions: list[str] = json.loads((self.path / "captions.json").read_text())
-        self.features = np.load(self.path / "features.npy", mmap_mode="r")
-        self.mask = np.load(self.path / "mask.npy", mmap_mode="r")
-        self.null_features = torch.from_numpy(np.load(self.path / "null_features.npy"))
-        self.null_mask = torch.from_numpy(np.load(self.path / "null_mask.npy"))
+        fix = (
+            f"delete the folder {self.path} and rerun; the entry is rebuilt from the encoder on the next run "
+            "(training builds a missing entry, as does `t2istudy grid prepare <grid>`)."
+        )
+        self.features = load_npy(self.path / "features.npy", mmap=True, fix=fix)
+        self.mask = load_npy(self.path / "mask.npy", mmap=True, fix=fix)
+        self.null_features = torch.from_numpy(load_npy(self.path / "null_features.npy", mmap=False, fix=fix))
+        self.null_mask = torch.from_numpy(load_npy(self.path / "null_mask.npy", mmap=False, fix=fix))
         self.row = {c: i for i, c in enumerate(self.captions)}
         if len(self.row) != self.features.shape[0]:
             raise ValueError(
