@@ -39,7 +39,42 @@ def test_small_presets_sizes():
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="Unknown preset 'sd3'.*cpu-small"):
         get_preset("sd3")
-    assert set(PRESETS) == {"sd2-256", "cpu-small", "cpu-latent", "cpu-tiny", "cpu-tiny-latent"}
+    assert set(PRESETS) == {
+        "sd2-256",
+        "cpu-small",
+        "cpu-latent",
+        "cpu-latent-v",
+        "cpu-tiny",
+        "cpu-tiny-latent",
+    }
+
+
+def test_every_preset_train_default_reaches_the_resolved_options():
+    """A preset's train_defaults only take effect on fields whose TrainOptions default is None: a fixed
+    default once silently kept cpu-latent-v's cosine schedule at constant_with_warmup."""
+    from dataclasses import replace
+
+    from t2istudy.diffusion.options import PRESET_SETTABLE, TrainOptions, resolve_options
+
+    for preset in PRESETS.values():
+        assert set(preset.train_defaults) <= PRESET_SETTABLE, preset.name
+        resolved = resolve_options(TrainOptions(preset=preset.name, encoder="fake-8"))
+        for key, value in preset.train_defaults.items():
+            assert getattr(resolved, key) == value, (preset.name, key)
+    v = get_preset("cpu-latent-v")
+    assert (v.prediction_type, v.zero_terminal_snr, v.timestep_spacing) == ("v_prediction", True, "trailing")
+    assert (
+        resolve_options(TrainOptions(preset="cpu-latent", encoder="fake-8")).lr_scheduler
+        == "constant_with_warmup"
+    )
+    explicit = TrainOptions(preset="cpu-latent-v", encoder="fake-8", lr_scheduler="linear")
+    assert resolve_options(explicit).lr_scheduler == "linear"
+    PRESETS["broken"] = replace(PRESETS["cpu-tiny"], name="broken", train_defaults={"logging_steps": 5})
+    try:
+        with pytest.raises(ValueError, match=r"Preset broken sets \['logging_steps'\].*None default"):
+            resolve_options(TrainOptions(preset="broken", encoder="fake-8"))
+    finally:
+        del PRESETS["broken"]
 
 
 def test_missing_vae_is_a_clear_error(tmp_path):

@@ -57,7 +57,9 @@ class TrainOptions:
     gradient_accumulation_steps: int = 1
     max_train_steps: int | None = None
     learning_rate: float | None = None
-    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
+    lr_scheduler: str | None = (
+        None  # any diffusers get_scheduler name (None: the preset's, else constant_with_warmup)
+    )
     lr_warmup_steps: int | None = None
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -157,13 +159,29 @@ def _field_types() -> dict[str, list[type]]:
     }
 
 
-FALLBACKS = {"use_ema": False, "mixed_precision": "no", "checkpointing_steps": 500, "latents": "online"}
+FALLBACKS = {
+    "use_ema": False,
+    "mixed_precision": "no",
+    "checkpointing_steps": 500,
+    "latents": "online",
+    "lr_scheduler": "constant_with_warmup",
+}
+
+
+# The fields a preset's train_defaults may set: those whose default is None ("the preset's").
+PRESET_SETTABLE = frozenset(f.name for f in dataclasses.fields(TrainOptions) if f.default is None)
 
 
 def resolve_options(opts: TrainOptions) -> TrainOptions:
     """Fill `None` fields from the preset, validate choices, canonicalize the strategy."""
     preset = get_preset(opts.preset)
     values = asdict(opts)
+    fixed = sorted(k for k in preset.train_defaults if k not in PRESET_SETTABLE)
+    if fixed:  # a preset default that a fixed field default would silently override
+        raise ValueError(
+            f"Preset {preset.name} sets {fixed} in train_defaults, but TrainOptions gives them a fixed default, "
+            "so the preset's value would be ignored: give each field a None default (and a FALLBACKS entry)."
+        )
     for key, value in {**FALLBACKS, **preset.train_defaults}.items():
         if values.get(key) is None:
             values[key] = value
