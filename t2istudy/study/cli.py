@@ -158,10 +158,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "grid" and args.grid_command == "run":
         if args.dry_run:
             grid = grids.load_grid(args.grid)
+            runner.preflight(grid.runs(), grid.source)  # the same checks as a real run: typos fail here
             for spec in grid.runs():
-                print(
-                    f"{run_folder.run_state(grids.run_path(args.runs_dir, spec)):11s} {spec.run_id}  {spec.params}"
-                )
+                state = run_folder.run_state(grids.run_path(args.runs_dir, spec), metrics=True)
+                print(f"{state:11s} {spec.run_id}  {spec.params}")
             return 0
         results = runner.run_grid(
             args.grid,
@@ -175,8 +175,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "grid" and args.grid_command == "status":
         table = run_results.grid_status(args.grid, args.runs_dir)
         with_counts = table["state"].value_counts().to_dict()
-        print(table.astype(object).fillna("").to_string(index=False))
+        shown = table.astype(object).fillna("")
+        shown["error"] = [e if len(e) <= 80 else e[:77] + "..." for e in shown["error"]]
+        print(shown.to_string(index=False))
         print("  ".join(f"{k}: {v}" for k, v in sorted(with_counts.items())))
+        for row in table[table["state"] == "corrupt"].itertuples():  # each with its fix, in full
+            print(f"{row.run_id}: {row.error}")
         if args.csv:
             table.to_csv(args.csv, index=False)
         return 0

@@ -47,6 +47,7 @@ class Grid:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
+    source: str = field(default="", compare=False)  # the grid file it was read from, for error messages
 
     def runs(self) -> list[RunSpec]:
         return expand_grid(self)
@@ -59,7 +60,7 @@ def load_grid(path: str | Path) -> Grid:
         raise FileNotFoundError(
             f"Grid file not found: {path}. Pass a YAML/JSON grid such as grids/quick.yaml."
         )
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a grid file must be a mapping with keys {', '.join(GRID_KEYS)}.")
     unknown = sorted(set(raw) - set(GRID_KEYS))
@@ -99,9 +100,28 @@ def load_grid(path: str | Path) -> Grid:
         exclude=list(raw.get("exclude") or []),
         include=list(raw.get("include") or []),
         description=str(raw.get("description") or ""),
+        source=str(path),
     )
     check_parameters(grid.notebook, _all_keys(grid), where=str(path))
     return grid
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's YAML (a superset of JSON); a syntax error names the file and the line, not '<unicode string>'."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = " ".join(
+            str(p) for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p
+        )
+        raise ValueError(
+            f"{where}: not valid YAML ({problem or err}). Fix the grid file there (indentation, a missing "
+            f"':' or a quote left open; quote values holding ':' or '#', e.g. strategy: \"layer:9\")."
+        ) from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err}); a grid file is YAML or JSON.") from err
 
 
 def _all_keys(grid: Grid) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torch
 from t2istudy.diffusion import train
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
-from t2istudy.study import grids, run_folder
+from t2istudy.study import grid_checks, grids, run_folder
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, caption_hash
 from t2istudy.world.shapes_benchmark import make_benchmark
@@ -69,13 +69,36 @@ def run_options(values: dict[str, Any]) -> TrainOptions:
             strategy=values["strategy"],
             preset=values.get("preset", "cpu-small"),
             seed=values.get("seed", 0),
-            **values.get("train_options", {}),
+            **{k: values[k] for k in ("max_train_steps", "input_scale") if k in values},
+            **(values.get("train_options") or {}),
         )
     )
 
 
-def cache_requests(specs: list[grids.RunSpec]) -> list[CacheRequest]:
-    """What the runs will look up in the cache: their training captions and their benchmark prompts."""
+class PrepareError(ValueError):
+    """Some runs could not be prepared; the caches of the others were built. ``bad``: run id -> why."""
+
+    def __init__(self, grid: str, bad: dict[str, str]):
+        self.bad = dict(bad)
+        super().__init__(
+            f"[prepare {grid}] {len(bad)} run(s) could not be prepared; the other runs' caches were built:\n"
+            + "\n".join(f"  {run_id}: {why}" for run_id, why in bad.items())
+            + "\n  Fix those runs in the grid file (or leave them out with --only), then prepare again."
+        )
+
+
+def _record(bad: dict[str, str] | None, run_id: str, err: Exception) -> None:
+    """Note a run's failure where failures are collected (``bad``), else let it raise."""
+    if bad is None:
+        raise err
+    bad.setdefault(run_id, f"{type(err).__name__}: {err}")
+
+
+def cache_requests(specs: list[grids.RunSpec], bad: dict[str, str] | None = None) -> list[CacheRequest]:
+    """What the runs will look up in the cache: their training captions and their benchmark prompts.
+
+    ``bad``: collect each run that cannot be read (run id -> why) and go on with the others; without it,
+    the first such run raises."""
     requests: dict[tuple, CacheRequest] = {}
     captions_of: dict[tuple, list[str]] = {}  # one caption pool per data setting, built once
     prompts_of: dict[tuple, list[str]] = {}  # one benchmark per (n_per_skill, benchmark_seed), likewise
@@ -90,91 +113,111 @@ def cache_requests(specs: list[grids.RunSpec]) -> list[CacheRequest]:
         request.wanted_by.setdefault(strategy, []).append(run_id)
 
     for spec in specs:
-        values = run_values(spec)
-        if values is None:
-            continue
-        opts = run_options(values)
-        if opts.text != "cache":
-            continue
-        data_key = (opts.data, opts.pool_size, opts.data_seed, opts.max_objects, opts.preset)
-        if data_key not in captions_of:
-            captions_of[data_key] = list(train.build_data(opts, get_preset(opts.preset)).captions)
-        strategy = str(parse_strategy(opts.strategy))
+        try:
+            _want_run(spec, want, captions_of, prompts_of)
+        except Exception as err:  # noqa: BLE001 - one bad run must not cost the others their pass
+            _record(bad, spec.run_id, err)
+    return list(requests.values())
+
+
+def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) -> None:
+    """Ask ``want`` for every cache entry one run will look up."""
+    values = run_values(spec)
+    if values is None:
+        return
+    opts = run_options(values)
+    if opts.text != "cache":
+        return
+    data_key = (opts.data, opts.pool_size, opts.data_seed, opts.max_objects, opts.preset)
+    if data_key not in captions_of:
+        captions_of[data_key] = list(train.build_data(opts, get_preset(opts.preset)).captions)
+    strategy = str(parse_strategy(opts.strategy))
+    want(
+        opts.encoder,
+        opts.max_length,
+        opts.cache_dir,
+        "training captions",
+        captions_of[data_key],
+        opts.encode_batch_size,
+        strategy,
+        spec.run_id,
+    )
+    if values.get("benchmark") == "shapes":  # genai-bench prompts are encoded at sampling time
+        bench_key = (int(values["n_per_skill"]), int(values["benchmark_seed"]))
+        if bench_key not in prompts_of:
+            bench = make_benchmark(n_per_skill=bench_key[0], seed=bench_key[1])
+            prompts_of[bench_key] = bench["prompt"].tolist()
         want(
             opts.encoder,
             opts.max_length,
             opts.cache_dir,
-            "training captions",
-            captions_of[data_key],
-            opts.encode_batch_size,
+            "benchmark prompts",
+            prompts_of[bench_key],
+            PROMPT_BATCH,
             strategy,
             spec.run_id,
         )
-        if values.get("benchmark") == "shapes":  # genai-bench prompts are encoded at sampling time
-            bench_key = (int(values["n_per_skill"]), int(values["benchmark_seed"]))
-            if bench_key not in prompts_of:
-                bench = make_benchmark(n_per_skill=bench_key[0], seed=bench_key[1])
-                prompts_of[bench_key] = bench["prompt"].tolist()
+        if int(values.get("geneval_per_task") or 0) > 0:  # the GenEval-style tier's prompts too
+            tier_key = ("geneval", int(values["geneval_per_task"]), int(values["benchmark_seed"]))
+            if tier_key not in prompts_of:
+                prompts_of[tier_key] = make_geneval_tier(tier_key[1], seed=tier_key[2])["prompt"].tolist()
             want(
                 opts.encoder,
                 opts.max_length,
                 opts.cache_dir,
-                "benchmark prompts",
-                prompts_of[bench_key],
+                "GenEval-style prompts",
+                prompts_of[tier_key],
                 PROMPT_BATCH,
                 strategy,
                 spec.run_id,
             )
-            if int(values.get("geneval_per_task") or 0) > 0:  # the GenEval-style tier's prompts too
-                tier_key = ("geneval", int(values["geneval_per_task"]), int(values["benchmark_seed"]))
-                if tier_key not in prompts_of:
-                    prompts_of[tier_key] = make_geneval_tier(tier_key[1], seed=tier_key[2])["prompt"].tolist()
-                want(
-                    opts.encoder,
-                    opts.max_length,
-                    opts.cache_dir,
-                    "GenEval-style prompts",
-                    prompts_of[tier_key],
-                    PROMPT_BATCH,
-                    strategy,
-                    spec.run_id,
-                )
-    return list(requests.values())
 
 
-def prepare_images(specs: list[grids.RunSpec], log=print) -> int:
+def prepare_images(specs: list[grids.RunSpec], log=print, bad: dict[str, str] | None = None) -> int:
     """Train each latent preset's autoencoder and fill its latent cache once, before parallel runs would
-    each do it; returns how many image sides were prepared."""
+    each do it; returns how many image sides were prepared. ``bad``: as for :func:`cache_requests`."""
     done: set[tuple] = set()
+    failed: dict[tuple, Exception] = {}  # one failure per image side, recorded for every run needing it
     for spec in specs:
-        values = run_values(spec)
-        if values is None:
-            continue
-        opts = run_options(values)
-        preset = get_preset(opts.preset)
-        key = (
-            opts.preset,
-            opts.vae_path,
-            opts.latents,
-            opts.data,
-            opts.pool_size,
-            opts.data_seed,
-            opts.max_objects,
-        )
-        if not preset.vae or key in done:
-            continue
-        log(f"[prepare] {opts.preset}: autoencoder and latent cache ({opts.latents})")
-        train.build_images(opts, preset, train.build_data(opts, preset), "cpu", torch.float32, progress=True)
-        done.add(key)
+        try:
+            values = run_values(spec)
+            if values is None:
+                continue
+            opts = run_options(values)
+            preset = get_preset(opts.preset)
+            key = (
+                opts.preset,
+                opts.vae_path,
+                opts.latents,
+                opts.data,
+                opts.pool_size,
+                opts.data_seed,
+                opts.max_objects,
+            )
+            if not preset.vae or key in done:
+                continue
+            if key in failed:
+                raise failed[key]
+            log(f"[prepare] {opts.preset}: autoencoder and latent cache ({opts.latents})")
+            try:
+                data = train.build_data(opts, preset)
+                train.build_images(opts, preset, data, "cpu", torch.float32, progress=True)
+            except Exception as err:
+                failed[key] = err
+                raise
+            done.add(key)
+        except Exception as err:  # noqa: BLE001 - one bad run must not cost the others their preparation
+            _record(bad, spec.run_id, err)
     return len(done)
 
 
 def runs_awaiting_build(specs: list[grids.RunSpec]) -> set[str]:
     """Ids of the runs that would build a cache entry themselves: the ones a parallel launch must keep
-    from building the same entry twice at once (`runner.cache_waves`)."""
+    from building the same entry twice at once (`runner.cache_waves`). A run that cannot be read is left
+    out: it fails on its own."""
     return {
         run_id
-        for request in cache_requests(specs)
+        for request in cache_requests(specs, bad={})
         for strategy in request.missing()
         for run_id in request.wanted_by[strategy]
     }
@@ -187,28 +230,49 @@ def prepare_grid(
     dry_run: bool = False,
     log=print,
 ) -> list[CacheRequest]:
-    """Build every cache entry that the grid's incomplete runs will need, one encoder pass per request."""
+    """Build every cache entry that the grid's incomplete runs will need, one encoder pass per request.
+
+    A run that cannot be prepared (a bad option, an encoder that does not load) does not stop the others:
+    every good run gets its entries, then :class:`PrepareError` names each bad run and why."""
     if not isinstance(grid, grids.Grid):
         grid = grids.load_grid(grid)
     specs = grids.select_runs(grids.expand_grid(grid), only)
     specs = [s for s in specs if run_folder.run_state(grids.run_path(root, s)) != "done"]
+    bad: dict[str, str] = {}
+    declared = grids.notebook_parameters(grid.notebook)
+    for spec in specs:  # the same check as `grid run`'s preflight: a typo is named with its fix
+        problems = grid_checks.train_options_problems(spec, declared)
+        if problems:
+            bad[spec.run_id] = "; ".join(problems)
+    specs = [s for s in specs if s.run_id not in bad]
     if not dry_run:
-        prepare_images(specs, log)
-    todo = [(r, missing) for r in cache_requests(specs) if (missing := r.missing())]
+        prepare_images(specs, log, bad)
+    todo = [(r, missing) for r in cache_requests(specs, bad) if (missing := r.missing())]
     if not todo:
         log(f"[prepare {grid.name}] every cache entry the incomplete runs need exists")
+    built = []
     for request, missing in todo:
         log(
             f"[prepare {grid.name}] {request.encoder}: {', '.join(missing)} on {len(set(request.captions))} "
             f"{request.what}, one pass" + (" (dry run)" if dry_run else "")
         )
         if not dry_run:
-            EmbeddingCache.get_or_build_many(
-                request.cache_dir,
-                request.encoder,
-                missing,
-                request.captions,
-                max_length=request.max_length,
-                batch_size=request.batch_size,
-            )
-    return [request for request, _ in todo]
+            try:
+                EmbeddingCache.get_or_build_many(
+                    request.cache_dir,
+                    request.encoder,
+                    missing,
+                    request.captions,
+                    max_length=request.max_length,
+                    batch_size=request.batch_size,
+                )
+            except Exception as err:  # noqa: BLE001 - the runs of other encoders still get their entries
+                why = f"building the {request.encoder} cache for its {request.what} failed: {type(err).__name__}: {err}"
+                for strategy in missing:
+                    for run_id in request.wanted_by[strategy]:
+                        bad.setdefault(run_id, why)
+                continue
+        built.append(request)
+    if bad:
+        raise PrepareError(grid.name, bad)
+    return built

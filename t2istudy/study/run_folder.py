@@ -9,10 +9,11 @@ A run is one execution of a parameterized notebook, e.g. one (encoder, strategy,
         metrics.json    overall and per-skill scores with bootstrap CIs (written by the notebook)
         scores.csv      one row per benchmark prompt (written by the notebook; needed for paired CIs)
         logs/ samples/  heavy or noisy, git-ignored
-        RUNNING         pid and host while a process executes the run
+        RUNNING         the lock of the process executing the run: pid, host, heartbeat (`run_lock`)
         .gitignore      "*" while it runs: a commit made meanwhile cannot pick up a half-written run
         FAILED          the error, when the notebook failed (the next batch retries the run)
-        DONE            written last: a run is complete only when DONE exists
+        DONE            written last: a run is complete only when DONE exists (and, for a grid's
+                        runs, a readable metrics.json; DONE beside FAILED is never complete)
 
 Why a directory per run and a marker written last: a batch can be killed at any moment (a laptop
 lid, a SLURM time limit) and started again; finished runs are never executed twice or lost, and a
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,18 +33,73 @@ import pandas as pd
 
 from t2istudy.study.grids import SCHEMA_VERSION
 from t2istudy.study.provenance import provenance
+from t2istudy.study.run_lock import read_holder
 
 MARKERS = ("DONE", "FAILED", "RUNNING")
 RUNNER_ENV = "T2ISTUDY_RUNNER"  # set while the runner executes a notebook: the runner writes DONE itself
 
 
+class CorruptFile(ValueError):
+    """A run file that cannot be read (a write cut short, an edit): names the file and a fix that keeps
+    the run's weights. A ValueError, so that the command line prints it without a traceback."""
+
+    def __init__(self, path: Path, reason: str, fix: str = ""):
+        self.path, self.reason = Path(path), reason
+        fix = fix or (
+            f"Move it aside (mv {path} {path}.bad) and run the grid again: the run is executed again and "
+            f"keeps its trained weights."
+        )
+        super().__init__(f"{path} {reason}. {fix}")
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}); delete the run directory to run it again."
-        ) from err
+        raise CorruptFile(path, f"is not valid JSON ({err})") from err
+    except UnicodeDecodeError as err:
+        raise CorruptFile(path, f"is not text ({err})") from err
+    if not isinstance(data, dict):
+        raise CorruptFile(path, f"holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """A JSON-lines log (``train_log.jsonl``), tolerant of the one tear a kill can cause.
+
+    A process killed while appending leaves a torn last line: it is dropped with a warning naming the
+    file (the run resumes from its checkpoint and logs that step again). A bad line before the last one
+    is not a tear but a damaged file: :class:`CorruptFile` naming the file and the line. [] when absent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a {type(record).__name__}, not a JSON object")
+        except ValueError as err:
+            if number == len(lines):
+                warnings.warn(
+                    f"{path}: dropped its torn last line {number} ({line[:60]!r}): a write cut short by a kill",
+                    stacklevel=2,
+                )
+                break
+            raise CorruptFile(
+                path,
+                f"line {number} is not valid JSON ({err}) and is not the last line, so not a torn write",
+                fix=(
+                    f"Move the log aside (mv {path} {path}.bad): the run's checkpoints and weights are kept "
+                    f"and the next `grid run` resumes it (its log restarts from the checkpoint)."
+                ),
+            ) from err
+        records.append(record)
+    return records
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -76,34 +132,48 @@ def check_schema(run_dir: Path) -> None:
         )
 
 
-def run_state(run_dir: Path) -> str:
-    """done | failed | running | interrupted | pending."""
+def run_state(run_dir: Path, *, metrics: bool = False) -> str:
+    """done | failed | running | interrupted | pending | corrupt (see :func:`run_problem`).
+
+    ``metrics``: the run must also have a readable metrics.json to be done (a grid's runs: the runner
+    requires it), so that a run whose metrics were lost is executed again instead of counted.
+    """
+    if run_problem(run_dir, metrics=metrics):
+        return "corrupt"
     if (run_dir / "DONE").exists():
         return "done"
     if (run_dir / "FAILED").exists():
         return "failed"
-    marker = run_dir / "RUNNING"
-    if marker.exists():
-        try:
-            info = read_json(marker)
-        except ValueError:
-            return "interrupted"
-        if info.get("host") != socket.gethostname():
-            return "running"  # a cluster job: its pid cannot be checked from here
-        return "running" if _pid_alive(int(info.get("pid", -1))) else "interrupted"
+    holder = read_holder(run_dir)
+    if holder is not None:
+        return "interrupted" if holder.stale_reason() else "running"
     return "interrupted" if (run_dir / "params.json").exists() else "pending"
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def run_problem(run_dir: Path, *, metrics: bool = False) -> str | None:
+    """Why a run that looks finished cannot count as done; None when nothing is wrong.
+
+    DONE beside FAILED (two processes finished one run, or a run finished by hand after a failure), and,
+    with ``metrics``, DONE with metrics.json missing or unreadable. `grid run` executes such a run again:
+    the run notebook reuses its trained weights (train/final) and only samples and scores again.
+    """
+    if not (run_dir / "DONE").exists():
+        return None
+    rerun = (
+        f"Run `t2istudy grid run <grid file> --only {run_dir.name}`: it is executed again and reuses its "
+        f"trained weights (only sampling and scoring run again)."
+    )
+    if (run_dir / "FAILED").exists():
+        return f"corrupt: DONE and FAILED are both in {run_dir}, so it is not known which is true. {rerun}"
+    if metrics:
+        path = run_dir / "metrics.json"
+        if not path.is_file():
+            return f"incomplete: {path} is missing although DONE exists. {rerun}"
+        try:
+            read_json(path)
+        except CorruptFile as err:
+            return f"corrupt: {path} {err.reason}. {rerun}"
+    return None
 
 
 def now() -> str:
@@ -170,6 +240,7 @@ def finish_run(out_dir: str | Path) -> None:
                 "provenance": provenance(),
             },
         )
+    (out_dir / "FAILED").unlink(missing_ok=True)  # a run is never left both DONE and FAILED
     write_json(out_dir / "DONE", {"finished": now(), "by": "notebook"})
 
 

@@ -15,20 +15,45 @@ from t2istudy.diffusion import train_folder
 from t2istudy.scoring.summaries import summarize, summarize_geneval
 from t2istudy.study.grids import Grid, expand_grid, load_grid, run_path
 from t2istudy.study.provenance import FIELDS
-from t2istudy.study.run_folder import check_schema, read_json, run_state
+from t2istudy.study.run_folder import (
+    CorruptFile,
+    check_schema,
+    read_json,
+    read_jsonl,
+    run_problem,
+    run_state,
+)
 
 
 def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFrame:
-    """One row per run of the grid: state, overall score with CI, seconds, error."""
+    """One row per run of the grid: state, overall score with CI, seconds, error.
+
+    One run never fails the listing: a run whose files cannot be read is state ``corrupt`` with the
+    error ``corrupt: <file>: why. Fix ...`` (a fix that keeps its weights); a DONE run whose metrics.json
+    is missing is ``corrupt`` too (``incomplete: ...``), not done with a blank score.
+    """
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
     rows = []
     for spec in expand_grid(grid):
         out = run_path(root, spec)
-        check_schema(out)
-        rows.append(_status_row(out, spec.run_id))
+        try:
+            check_schema(out)
+            rows.append(_status_row(out, spec.run_id))
+        except CorruptFile as err:
+            rows.append({"run_id": spec.run_id, "state": "corrupt", "error": _corrupt(out, err)})
+        except ValueError as err:  # another schema version: named with its fix
+            rows.append({"run_id": spec.run_id, "state": "corrupt", "error": str(err)})
     columns = ["run_id", "state", "overall", "ci_low", "ci_high", "seconds", "progress", "error"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _corrupt(out: Path, err: CorruptFile) -> str:
+    try:
+        name = err.path.relative_to(out)
+    except ValueError:
+        name = err.path
+    return f"corrupt: {name}: {err}"
 
 
 def training_progress(out: Path) -> str | None:
@@ -36,28 +61,49 @@ def training_progress(out: Path) -> str | None:
 
     Looks in the run directory and its subfolders (``<run>/train`` for the study notebook) for the folder
     that ``t2istudy.diffusion.train`` writes, so that ``grid status`` shows what a killed or failed run has kept:
-    the next ``grid run`` resumes it from that checkpoint.
+    the next ``grid run`` resumes it from that checkpoint. Reads the training log with the tolerant reader
+    (`run_folder.read_jsonl`: a torn last line is dropped with a warning; a damaged one raises CorruptFile).
     """
     for folder in (out, *sorted(p for p in out.glob("*") if p.is_dir())):
         if train_folder.is_training_folder(folder):
-            return train_folder.training_progress(folder)
+            return _training_progress(folder)
     return None
 
 
+def _training_progress(folder: Path) -> str:
+    """`train_folder.training_progress`, reading its files without failing on a torn log line."""
+    logged = read_jsonl(folder / train_folder.TRAIN_LOG)
+    step = logged[-1].get("step", 0) if logged else 0
+    options = folder / train_folder.OPTIONS
+    total = read_json(options).get("max_train_steps") if options.is_file() else None
+    text = f"step {step}/{total}" if total else f"step {step}"
+    if (folder / train_folder.FINAL).is_dir():
+        return text + ", trained (sampling and scoring next)"
+    saved = train_folder.complete_checkpoints(folder)
+    return text + (
+        f", last checkpoint-{train_folder.checkpoint_step(saved[-1])}" if saved else ", no checkpoint yet"
+    )
+
+
 def _status_row(out: Path, run_id: str) -> dict[str, Any]:
-    state = run_state(out)
+    state = run_state(out, metrics=True)
     row: dict[str, Any] = {"run_id": run_id, "state": state}
+    if state == "corrupt":
+        row["error"] = run_problem(out, metrics=True)
     if state in ("failed", "running", "interrupted"):
-        row["progress"] = training_progress(out)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            row["progress"] = training_progress(out)
+        if caught:
+            row["error"] = "; ".join(str(w.message) for w in caught)
     if state == "done":
-        overall = (
-            read_json(out / "metrics.json").get("overall", {}) if (out / "metrics.json").exists() else {}
-        )
+        overall = read_json(out / "metrics.json").get("overall", {})
         row.update(overall=overall.get("mean"), ci_low=overall.get("ci_low"), ci_high=overall.get("ci_high"))
         row["seconds"] = read_json(out / "DONE").get("seconds")
     elif state == "failed":
         info = read_json(out / "FAILED")
-        row.update(seconds=info.get("seconds"), error=info.get("error", "")[:200])
+        error = info.get("error", "")[:200]
+        row.update(seconds=info.get("seconds"), error="; ".join(e for e in (error, row.get("error")) if e))
     return row
 
 
@@ -67,10 +113,32 @@ def find_runs(root: str | Path, grid: str | None = None, done_only: bool = True)
     if not root.exists():
         raise FileNotFoundError(f"No runs directory at {root}: run a grid first (t2istudy grid run ...).")
     pattern = f"{grid}/*/params.json" if grid else "*/*/params.json"
-    dirs = sorted(p.parent for p in root.glob(pattern))
-    for d in dirs:
-        check_schema(d)
-    return [d for d in dirs if not done_only or (d / "DONE").exists()]
+    found = []
+    for d in sorted(p.parent for p in root.glob(pattern)):
+        try:
+            check_schema(d)  # another schema version raises: runs of two schemas are not mixed
+        except CorruptFile as err:
+            warnings.warn(f"skipping run {d}: {err}", stacklevel=2)
+            continue
+        if not done_only:
+            found.append(d)
+        elif (d / "DONE").exists():
+            problem = run_problem(d, metrics=_expects_metrics(d))
+            if problem:  # not silently dropped: the analysis says which run is missing and why
+                warnings.warn(f"skipping run {d}: {problem}", stacklevel=2)
+            else:
+                found.append(d)
+    return found
+
+
+def _expects_metrics(run_dir: Path) -> bool:
+    """Whether the run is a grid's (the runner required its metrics.json), not a side notebook's."""
+    if (run_dir.parent / "grid.json").is_file():
+        return True
+    try:
+        return read_json(run_dir / "DONE").get("metrics") is True
+    except CorruptFile:
+        return True
 
 
 METRICS = {
@@ -101,7 +169,11 @@ def load_metrics(
     _check_metric(metric)
     rows = []
     for out in tier_runs(root, grid, tier):
-        record, metrics = read_json(out / "params.json"), read_json(out / "metrics.json")
+        try:
+            record, metrics = read_json(out / "params.json"), read_json(out / "metrics.json")
+        except CorruptFile as err:
+            warnings.warn(f"skipping run {out}: {err}", stacklevel=2)
+            continue
         base = {"grid": record["grid"], "run_id": record["run_id"], **record.get("params", {}), "tier": tier}
         extras = {
             k: v
@@ -139,7 +211,12 @@ def _has_tier(out: Path, tier: str) -> bool:
     numbers are metrics.json's top level) its entry in metrics.json["tiers"]."""
     if not (out / SCORES_FILE[tier]).exists():
         return False
-    return tier == "heldout" or tier in read_json(out / "metrics.json").get("tiers", {})
+    if tier == "heldout":
+        return True
+    try:
+        return tier in read_json(out / "metrics.json").get("tiers", {})
+    except CorruptFile:  # left out and named with the rest; `grid status` gives its fix
+        return False
 
 
 def tier_runs(root: str | Path, grid: str | None = None, tier: str = "heldout") -> list[Path]:
@@ -216,7 +293,16 @@ def load_scores(
     frames = []
     for out in tier_runs(root, grid, tier):
         record = read_json(out / "params.json")
-        table = _read_scores(out, metric, tier)
+        try:
+            table = _read_scores(out, metric, tier)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            warnings.warn(
+                f"skipping run {out}: its {tier} scores cannot be read ({err}). Move that file and DONE aside "
+                f"and run `t2istudy grid run <grid file> --only {out.name}`: it samples and scores again from "
+                f"its trained weights.",
+                stacklevel=2,
+            )
+            continue
         if f"{metric}_shuffled" in table.columns:  # the judge's shuffled-prompt control (the floor)
             table["shuffled"] = table[f"{metric}_shuffled"]
         if metric != "score":

@@ -3,7 +3,9 @@
 A batch can be killed at any moment and started again: finished runs are skipped, a half-written run is
 executed again, and runs sharing an embedding-cache entry never build it twice at once (`cache_waves`).
 Before the first kernel starts, the grid's missing cache entries are built (`prepare.prepare_grid`) and
-strategy and preset strings are checked with their one parser (`preflight`).
+strategy and preset strings and the training options are checked with their one parser (`preflight`).
+Two runners (or SLURM jobs) on one grid never execute the same run: each claims a run's lock right
+before executing it (`run_lock`) and skips a run another live process holds.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import socket
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +25,8 @@ import papermill
 import submitit
 
 from t2istudy.diffusion.model import get_preset
+from t2istudy.study import run_lock
+from t2istudy.study.grid_checks import check_train_options, param_differences, resume_conflict
 from t2istudy.study.grids import (
     SCHEMA_VERSION,
     Grid,
@@ -55,28 +60,87 @@ class RunResult:
     seconds: float = 0.0
     error: str = ""
     path: str = ""
+    note: str = ""  # e.g. a stale lock taken over
+
+
+MARKERS = ("DONE", "FAILED")
+
+
+def markers(out: Path) -> dict[str, int]:
+    """The run's end markers and their mtimes: what a runner saw when it planned, compared again right
+    before it executes, so that a run another runner finished (or failed) meanwhile is not run twice."""
+    found = {}
+    for name in MARKERS:
+        try:
+            found[name] = (out / name).stat().st_mtime_ns
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def execute_run(
-    spec: RunSpec, root: str | Path = "runs", *, threads: int | None = None, require_metrics: bool = True
+    spec: RunSpec,
+    root: str | Path = "runs",
+    *,
+    threads: int | None = None,
+    require_metrics: bool = True,
+    force: bool = False,
+    expect: dict[str, int] | None = None,
 ) -> RunResult:
     """Execute one run's notebook with papermill; never raises for a failing notebook (isolation).
 
-    A failing cell leaves ``notebook.ipynb`` with the error highlighted and a FAILED marker with the
-    message; the batch goes on. DONE is written only after the notebook finished (and, for training
-    runs, wrote metrics.json). ``out_dir`` is passed when the notebook declares it.
+    The run is claimed first (its RUNNING lock) and checked again under the lock: a run another live
+    process holds, one that got DONE meanwhile, or (``expect``: its markers when the batch was planned)
+    one another runner finished or failed since, is skipped; one holding training state from other
+    parameters than ``spec``'s is refused (`grid_checks.resume_conflict`). ``force``: take over a lock
+    held on another host (a job that died). A failing cell leaves ``notebook.ipynb`` with the error
+    highlighted and a FAILED marker with the message; the batch goes on. DONE is written only after the
+    notebook finished (and, for training runs, wrote metrics.json), and never beside FAILED.
+    ``out_dir`` is passed when the notebook declares it.
     """
     out = run_path(root, spec).resolve()
-    if (out / "DONE").exists():
+    if run_state(out, metrics=require_metrics) == "done":
         return RunResult(spec.run_id, "skipped", path=str(out))
     out.mkdir(parents=True, exist_ok=True)
+    claimed = run_lock.claim(out, force=force)
+    if claimed.lock is None:
+        holder = claimed.holder.describe() if claimed.holder else "another process"
+        return RunResult(
+            spec.run_id, "skipped", error=f"running elsewhere ({holder}); not run here", path=str(out)
+        )
+    lock = claimed.lock
+    try:
+        if run_state(out, metrics=require_metrics) == "done":
+            return RunResult(
+                spec.run_id, "skipped", error="finished meanwhile by another runner", path=str(out)
+            )
+        if expect is not None and markers(out) != expect:
+            return RunResult(
+                spec.run_id,
+                "skipped",
+                error=f"{run_state(out, metrics=require_metrics)} meanwhile in another runner; not run again here",
+                path=str(out),
+            )
+        conflict = resume_conflict(spec, root)
+        if conflict:
+            return RunResult(spec.run_id, "failed", error=conflict, path=str(out))
+        result = _execute(spec, out, lock, threads, require_metrics)
+        result.note = claimed.note
+        return result
+    finally:
+        lock.release()
+
+
+def _execute(
+    spec: RunSpec, out: Path, lock: run_lock.RunLock, threads: int | None, require_metrics: bool
+) -> RunResult:
+    """The claimed run's execution; the end marker is written only while this process holds the lock."""
     (out / "logs").mkdir(exist_ok=True)
     for name in ("FAILED", "DONE"):
         (out / name).unlink(missing_ok=True)
     if (out / "notebook.ipynb").exists():  # keep the previous failed attempt for reading
         os.replace(out / "notebook.ipynb", out / "notebook.previous.ipynb")
     write_json(out / "params.json", _params_record(spec))
-    write_json(out / "RUNNING", {"pid": os.getpid(), "host": socket.gethostname(), "started": now()})
     (out / ".gitignore").write_text("# in progress: git ignores this run until it has finished\n*\n")
     os.environ[RUNNER_ENV] = "1"
     os.environ.setdefault("TQDM_DISABLE", "1")  # bars would only clutter the executed notebook and logs
@@ -84,6 +148,7 @@ def execute_run(
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
     start = time.perf_counter()
+    lost = "the lock was taken over meanwhile (--rerun-running elsewhere): its end marker is that runner's"
     try:
         with (
             open(out / "logs" / "stdout.txt", "w") as stdout,
@@ -106,6 +171,9 @@ def execute_run(
     except Exception as err:  # noqa: BLE001 - isolation: any failure is recorded, the batch goes on
         seconds = time.perf_counter() - start
         message = _error_message(err)
+        if not lock.held():
+            return RunResult(spec.run_id, "failed", seconds, f"{message}; {lost}", str(out))
+        (out / "DONE").unlink(missing_ok=True)
         write_json(
             out / "FAILED",
             {
@@ -118,14 +186,23 @@ def execute_run(
         return RunResult(spec.run_id, "failed", seconds, message, str(out))
     else:
         seconds = time.perf_counter() - start
+        if not lock.held():
+            return RunResult(spec.run_id, "skipped", seconds, lost, str(out))
+        (out / "FAILED").unlink(missing_ok=True)
         write_json(
-            out / "DONE", {"finished": now(), "seconds": round(seconds, 1), "host": socket.gethostname()}
+            out / "DONE",
+            {
+                "finished": now(),
+                "seconds": round(seconds, 1),
+                "host": socket.gethostname(),
+                "metrics": require_metrics,
+            },
         )
         return RunResult(spec.run_id, "done", seconds, path=str(out))
     finally:  # also on Ctrl-C: the run is then "interrupted" and the next batch executes it again
-        (out / "RUNNING").unlink(missing_ok=True)
         # A killed process never gets here and leaves the .gitignore: half-written runs stay out of git.
-        (out / ".gitignore").unlink(missing_ok=True)
+        if lock.held():
+            (out / ".gitignore").unlink(missing_ok=True)
 
 
 def execute_notebook(
@@ -174,10 +251,11 @@ def _error_message(err: Exception) -> str:
     return f"{type(err).__name__}: {err}".strip()
 
 
-def preflight(specs: list[RunSpec]) -> None:
-    """Validate strategy and preset strings with their one parser before any run starts, so that a
-    typo fails in a second, not after a kernel start per run (encoders are checked by the run itself:
-    their weights may exist only on the compute nodes)."""
+def preflight(specs: list[RunSpec], where: str = "") -> None:
+    """Validate strategy and preset strings with their one parser, and each run's training options as
+    the run would build them (`grid_checks`), before any run starts, so that a typo fails in a second,
+    not after a kernel start per run (encoders are checked by the run itself: their weights may exist
+    only on the compute nodes). ``where``: the grid file, named in the error."""
     checks = {"strategy": parse_strategy, "preset": get_preset}
     for spec in specs:
         for key, check in checks.items():
@@ -185,28 +263,47 @@ def preflight(specs: list[RunSpec]) -> None:
                 try:
                     check(spec.params[key])
                 except ValueError as err:
-                    raise ValueError(f"run {spec.run_id}: {err}") from err
+                    raise ValueError(f"{where + ': ' if where else ''}run {spec.run_id}: {err}") from err
+    check_train_options(specs, where or (specs[0].grid if specs else "grid"))
 
 
 def plan(specs: list[RunSpec], root: str | Path = "runs") -> dict[str, list[RunSpec]]:
-    """Split runs by state, checking schema and that finished runs match today's parameters."""
+    """Split runs by state (a grid's runs: DONE needs a readable metrics.json), checking schema, that
+    finished runs match today's parameters, and that runs to resume do (``refused`` otherwise)."""
     by_state: dict[str, list[RunSpec]] = {}
     for spec in specs:
         out = run_path(root, spec)
         check_schema(out)
-        state = run_state(out)
+        state = run_state(out, metrics=True)
         if state == "done":
             recorded = read_json(out / "params.json").get("params", {})
-            if recorded != spec.params:
-                diff = sorted(
-                    k for k in set(recorded) | set(spec.params) if recorded.get(k) != spec.params.get(k)
-                )
+            differences = param_differences(recorded, spec.params)
+            if differences:
+                diff = sorted({line.partition(":")[0].partition(".")[0] for line in differences})
                 raise ValueError(
                     f"{out} is complete but was run with different values for {diff} than the grid asks "
-                    f"now. Give the grid a new 'name' (a new runs/ folder), or delete that run to redo it."
+                    f"now ({'; '.join(differences)}). Give the grid a new 'name' (a new runs/ folder), or "
+                    f"move that run aside (mv {out} {out}.old) to redo it."
                 )
+        elif state in ("failed", "interrupted", "corrupt") and resume_conflict(spec, root):
+            state = "refused"
         by_state.setdefault(state, []).append(spec)
     return by_state
+
+
+def check_writable(folder: Path, n_runs: int) -> None:
+    """Fail with the folder and the fix, not a PermissionError traceback, when runs cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(
+            f"The runs folder {folder} is not writable ({err.strerror or err}), and {n_runs} run(s) need to "
+            f"run. Make it writable (chmod -R u+w {folder}), or pass --runs-dir with a writable folder (copy "
+            f"the finished runs there first, so that they are skipped)."
+        ) from err
 
 
 def run_grid(
@@ -228,8 +325,10 @@ def run_grid(
     cpu_count // workers threads). ``launcher="slurm"`` submits one submitit job per run; ``cluster``
     picks submitit's backend ("slurm", or "local" to try the same path on one machine) and ``slurm``
     holds executor parameters (timeout_min, gpus_per_node, cpus_per_task, mem_gb, slurm_partition...).
-    Runs marked RUNNING by a live process here, or by any process on another host (a cluster job killed
-    at its time limit leaves the marker), are skipped unless ``rerun_running``. With ``prepare`` (local
+    Runs locked by a live process (RUNNING with a heartbeat) are skipped; ``rerun_running`` takes over
+    those held on another host (a cluster job that died: its lock also goes stale by itself once its
+    heartbeat stops, `run_lock.STALE_SECONDS`). A run holding training state from other parameters than
+    the grid's now is refused (a failed result naming each difference). With ``prepare`` (local
     launcher) the runs' missing embedding caches are first built with one encoder pass per encoder
     (`t2istudy.study.prepare`); on a cluster, run `t2istudy grid prepare` as a job of its own first.
     """
@@ -238,24 +337,31 @@ def run_grid(
     specs = select_runs(expand_grid(grid), only)
     for spec in specs:
         check_parameters(spec.notebook, spec.params, where=f"run {spec.run_id}")
-    preflight(specs)
+    preflight(specs, grid.source)
     groups = plan(specs, root)
     grid_dir = Path(root) / grid.name
-    grid_dir.mkdir(parents=True, exist_ok=True)
-    write_json(grid_dir / "grid.json", {"schema_version": SCHEMA_VERSION, **grid.__dict__})
     results = [RunResult(s.run_id, "skipped", path=str(run_path(root, s))) for s in groups.get("done", [])]
     busy = [] if rerun_running else groups.get("running", [])
     results += [RunResult(s.run_id, "skipped", error="running elsewhere (--rerun-running)") for s in busy]
-    states = ("pending", "failed", "interrupted") + (("running",) if rerun_running else ())
+    refused = groups.get("refused", [])
+    results += [RunResult(s.run_id, "failed", error=resume_conflict(s, root) or "") for s in refused]
+    states = ("pending", "failed", "interrupted", "corrupt") + (("running",) if rerun_running else ())
     todo = [s for s in specs if any(s in groups.get(state, []) for state in states)]
     log(
-        f"[grid {grid.name}] {len(specs)} runs: {len(specs) - len(todo) - len(busy)} done, "
-        f"{len(busy)} running elsewhere, {len(todo)} to run ({launcher}, workers={workers})"
+        f"[grid {grid.name}] {len(specs)} runs: {len(groups.get('done', []))} done, "
+        f"{len(busy)} running elsewhere, {len(refused)} refused, {len(todo)} to run ({launcher}, workers={workers})"
+        + "".join(f"\n  REFUSED {r.error}" for r in results if r.state == "failed")
     )
     if not todo:
+        if not refused:
+            log(f"[grid {grid.name}] nothing to run: every run is complete or running elsewhere")
         return results
     if launcher not in ("local", "slurm"):
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
+    check_writable(grid_dir, len(todo))
+    grid_record = {k: v for k, v in grid.__dict__.items() if k != "source"}
+    write_json(grid_dir / "grid.json", {"schema_version": SCHEMA_VERSION, **grid_record})
+    expect = {s.run_id: markers(run_path(root, s).resolve()) for s in todo}
     start = time.perf_counter()
     prepared = False  # True: every cache entry the runs need exists now
     if prepare and launcher == "local":
@@ -271,16 +377,23 @@ def run_grid(
         waves = cache_waves(todo, set() if prepared else _awaiting_build(todo, log))
     for wave in waves:
         if launcher == "local":
-            results += _run_local(wave, root, workers, log, start)
+            results += _run_local(wave, root, workers, log, start, expect, rerun_running)
         else:
-            results += _run_submitit(wave, root, grid_dir, cluster or "slurm", slurm or {}, log, start)
+            results += _run_submitit(
+                wave, root, grid_dir, cluster or "slurm", slurm or {}, log, start, expect, rerun_running
+            )
     failed = [r for r in results if r.state == "failed"]
     log(
         f"[grid {grid.name}] finished in {time.perf_counter() - start:.0f} s: "
         f"{sum(r.state == 'done' for r in results)} new, {len(failed)} failed"
-        + "".join(f"\n  FAILED {r.run_id}: {r.error} (see {r.path}/notebook.ipynb)" for r in failed)
+        + "".join(f"\n  FAILED {r.run_id}: {r.error}" + _see(r) for r in failed)
     )
     return results
+
+
+def _see(result: RunResult) -> str:
+    notebook = Path(result.path) / "notebook.ipynb" if result.path else None
+    return f" (see {notebook})" if notebook and notebook.exists() else ""
 
 
 def cache_waves(
@@ -313,24 +426,37 @@ def _awaiting_build(todo: list[RunSpec], log) -> set[str] | None:
 
 def _report(log, i: int, n: int, result: RunResult, start: float) -> None:
     extra = f"  {result.error}" if result.error else ""
+    note = f"  ({result.note})" if result.note else ""
     log(
         f"[{i}/{n}] {result.state:7s} {result.run_id} ({result.seconds:.0f} s; "
-        f"batch {time.perf_counter() - start:.0f} s){extra}"
+        f"batch {time.perf_counter() - start:.0f} s){extra}{note}"
     )
 
 
-def _run_local(todo: list[RunSpec], root, workers: int, log, start: float) -> list[RunResult]:
+def _execute_planned(spec: RunSpec, root: str, expect: dict[str, int], force: bool) -> RunResult:
+    """execute_run with the markers seen when planning (positional, for submitit's map_array)."""
+    return execute_run(spec, root, expect=expect, force=force)
+
+
+def _run_local(
+    todo: list[RunSpec], root, workers: int, log, start: float, expect: dict, force: bool = False
+) -> list[RunResult]:
     results = []
     if workers <= 1:
         for i, spec in enumerate(todo, 1):
             log(f"[{i}/{len(todo)}] running {spec.run_id} ...")
-            results.append(execute_run(spec, root))
+            results.append(execute_run(spec, root, expect=expect.get(spec.run_id), force=force))
             _report(log, i, len(todo), results[-1], start)
         return results
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # fresh processes: no forked torch/OpenMP state
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(execute_run, spec, root, threads=threads): spec for spec in todo}
+        futures = {
+            pool.submit(
+                execute_run, spec, root, threads=threads, expect=expect.get(spec.run_id), force=force
+            ): spec
+            for spec in todo
+        }
         for i, future in enumerate(cf.as_completed(futures), 1):
             spec = futures[future]
             try:
@@ -342,12 +468,15 @@ def _run_local(todo: list[RunSpec], root, workers: int, log, start: float) -> li
 
 
 def _run_submitit(
-    todo, root, grid_dir: Path, cluster: str, options: dict, log, start: float
+    todo, root, grid_dir: Path, cluster: str, options: dict, log, start: float, expect: dict, force: bool
 ) -> list[RunResult]:
     executor = submitit.AutoExecutor(folder=grid_dir / ".submitit" / "%j", cluster=cluster)
     executor.update_parameters(name=f"t2istudy-{grid_dir.name}", **options)
     root = str(Path(root).resolve())
-    jobs = executor.map_array(execute_run, todo, [root] * len(todo))
+    n = len(todo)
+    jobs = executor.map_array(
+        _execute_planned, todo, [root] * n, [expect.get(s.run_id) for s in todo], [force] * n
+    )
     log(
         f"submitted {len(jobs)} {cluster} jobs: {', '.join(str(j.job_id) for j in jobs[:5])}"
         + (" ..." if len(jobs) > 5 else "")
