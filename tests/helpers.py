@@ -25,3 +25,40 @@ class FakeEncoder:
             feats[row, : len(i)] = self.table[i]
             mask[row, : len(i)] = True
         return (feats, mask) if str(strategy).startswith("learned") else (feats.mean(2), mask)
+
+
+TINY_POOL = 64  # captions of the tiny shapes pool the trainer tests train on
+
+
+def build_tiny_cache(root):
+    """An embedding cache of the tiny shapes pool from FakeEncoder, so training never loads a real encoder."""
+    from t2istudy.diffusion.data import shapes_pool
+    from t2istudy.diffusion.model import get_preset
+    from t2istudy.text.cache import EmbeddingCache
+
+    captions = shapes_pool(TINY_POOL, 0, get_preset("cpu-tiny").image_size).captions
+    EmbeddingCache.build(FakeEncoder(), "norm_mean", captions, root, progress=False)
+    return root
+
+
+def tiny_train_options(cache_dir, out, **kw):
+    """TrainOptions of a 6-step cpu-tiny run on that cache (checkpoints at 3 and 6, a log line per step)."""
+    from t2istudy.diffusion.options import TrainOptions
+
+    base = dict(
+        encoder="fake-8",
+        strategy="norm_mean",
+        preset="cpu-tiny",
+        pool_size=TINY_POOL,
+        cache_dir=str(cache_dir),
+        output_dir=str(out),
+        max_train_steps=6,
+        train_batch_size=8,
+        lr_warmup_steps=2,
+        checkpointing_steps=3,
+        logging_steps=1,
+        report_to="none",
+        progress=False,
+        num_threads=1,
+    )
+    return TrainOptions(**{**base, **kw})

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FakeEncoder
+from helpers import TINY_POOL as POOL
+from helpers import FakeEncoder, build_tiny_cache, tiny_train_options
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -24,36 +25,14 @@ from t2istudy.diffusion.train import build_parser, diffusion_loss, train
 from t2istudy.diffusion.train_folder import read_train_log
 from t2istudy.text.cache import EmbeddingCache
 
-POOL = 64
-
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     """A cache for the tiny shapes pool, so training never loads a real encoder."""
-    root = tmp_path_factory.mktemp("cache")
-    captions = shapes_pool(POOL, 0, get_preset("cpu-tiny").image_size).captions
-    EmbeddingCache.build(FakeEncoder(), "norm_mean", captions, root, progress=False)
-    return root
+    return build_tiny_cache(tmp_path_factory.mktemp("cache"))
 
 
-def options(cache_dir, out, **kw) -> TrainOptions:
-    base = dict(
-        encoder="fake-8",
-        strategy="norm_mean",
-        preset="cpu-tiny",
-        pool_size=POOL,
-        cache_dir=str(cache_dir),
-        output_dir=str(out),
-        max_train_steps=6,
-        train_batch_size=8,
-        lr_warmup_steps=2,
-        checkpointing_steps=3,
-        logging_steps=1,
-        report_to="none",
-        progress=False,
-        num_threads=1,
-    )
-    return TrainOptions(**{**base, **kw})
+options = tiny_train_options
 
 
 # ---- data order ---------------------------------------------------------------------------------------------

@@ -10,45 +10,21 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from helpers import FakeEncoder
+from helpers import TINY_POOL as POOL
+from helpers import build_tiny_cache, tiny_train_options
 
 from t2istudy.diffusion import train as train_module
 from t2istudy.diffusion import train_folder as tf
-from t2istudy.diffusion.data import shapes_pool
-from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train import main, train
-from t2istudy.text.cache import EmbeddingCache
-
-POOL = 64
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    captions = shapes_pool(POOL, 0, get_preset("cpu-tiny").image_size).captions
-    EmbeddingCache.build(FakeEncoder(), "norm_mean", captions, root, progress=False)
-    return root
+    return build_tiny_cache(tmp_path_factory.mktemp("cache"))
 
 
-def options(cache_dir, out, **kw) -> TrainOptions:
-    base = dict(
-        encoder="fake-8",
-        strategy="norm_mean",
-        preset="cpu-tiny",
-        pool_size=POOL,
-        cache_dir=str(cache_dir),
-        output_dir=str(out),
-        max_train_steps=6,
-        train_batch_size=8,
-        lr_warmup_steps=2,
-        checkpointing_steps=3,
-        logging_steps=1,
-        report_to="none",
-        progress=False,
-        num_threads=1,
-    )
-    return TrainOptions(**{**base, **kw})
+options = tiny_train_options
 
 
 @pytest.fixture(scope="module")
