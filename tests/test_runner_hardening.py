@@ -298,6 +298,7 @@ def test_status_shows_each_damaged_run_with_a_fix_and_analysis_warns(tmp_path, n
     fake_done(g / "seed4", {**params, "seed": 4})
     (g / "seed4" / "FAILED").write_text("{}")  # both markers
     fake_done(g / "seed5", {**params, "seed": 5})  # the one good run
+    (g / "seed5" / "scores.csv").write_text("id,prompt,skills,score\n")  # a scored run has its prompts' file
     (g / "grid.json").write_text("{}")  # a grid's runs: metrics.json is required
 
     status = run_results.grid_status(grid, tmp_path / "runs").set_index("run_id")
