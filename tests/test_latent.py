@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from helpers import FakeEncoder
+from helpers import FakeEncoder, tiny_train_options
 
 from t2istudy.diffusion.autoencoder import (
     RECIPES,
@@ -158,25 +158,11 @@ def text_cache(tmp_path_factory):
 
 
 def latent_options(text_cache, vae, out, **kw) -> TrainOptions:
-    base = dict(
-        encoder="fake-8",
-        strategy="norm_mean",
-        preset="cpu-tiny-latent",
-        pool_size=POOL,
-        cache_dir=str(text_cache),
-        vae_path=str(vae),
-        latent_cache_dir=str(out.parent / "latents"),
-        output_dir=str(out),
-        max_train_steps=6,
-        train_batch_size=8,
-        lr_warmup_steps=2,
-        checkpointing_steps=3,
-        logging_steps=1,
-        report_to="none",
-        progress=False,
-        num_threads=1,
+    """The tiny trainer options (tests/helpers.py) on cpu-tiny-latent, this module's pool and the tiny VAE."""
+    latent = dict(preset="cpu-tiny-latent", pool_size=POOL, vae_path=str(vae))
+    return tiny_train_options(
+        text_cache, out, latent_cache_dir=str(out.parent / "latents"), **{**latent, **kw}
     )
-    return TrainOptions(**{**base, **kw})
 
 
 def test_latent_run_resumes_bitwise_and_cache_matches_online(text_cache, tiny_vae, tmp_path):
