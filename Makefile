@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 setup:
 	@bash scripts/setup.sh
 
-study: setup  ## the default small study end to end (hours on 2 CPU cores; resumable: rerun to continue)
+study: setup  ## the small study on cpu-latent-v (grids/small2.yaml) end to end (~10 h on 2 CPU cores; resumable)
 	$(PY) -m t2istudy study
 
 quick: setup  ## a few-minute smoke run of the whole study that still writes every figure and table

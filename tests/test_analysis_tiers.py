@@ -206,8 +206,10 @@ def test_study_runs_the_geneval_analysis_only_for_grids_that_ask_for_it():
     }
     assert figures.params["tier"] == "geneval" and figures.out == "analysis/quick/figures-geneval"
     assert "tier" not in quick["analysis-tables"].params  # the held-out steps: as before
-    full = [s.name for s in pipeline.default_study(quick=False)]
-    assert not [name for name in full if "geneval" in name]  # small.yaml's runs predate the tier
+    record = [s.name for s in pipeline.default_study(quick=False, grid="small")]
+    assert not [name for name in record if "geneval" in name]  # small.yaml's runs predate the tier
+    full = {s.name: s for s in pipeline.default_study(quick=False)}  # small2.yaml asks for it
+    assert full["analysis-tables-geneval"].params["figures_dir"] == "figures/small2"
     assert F.tier_dir("figures", "heldout") == Path("figures")
     assert F.tier_dir("figures", "geneval") == Path("figures/geneval")
 

@@ -104,7 +104,8 @@ def test_study_lists_its_steps(capsys):
         and steps["analysis-figures-fraction"].params["figures_dir"] == "figures/quick/fraction"
         and steps["analysis-figures-fraction"].params["probe_dir"] == "figures/quick/probe"
     )
-    for s in study.default_study(quick=False) + study.default_study(quick=True):  # notebooks declare these
+    every = study.default_study(quick=False) + study.default_study(quick=True)
+    for s in every + study.default_study(quick=False, grid="small"):  # notebooks declare these
         path = paths.REPO / (s.grid or s.notebook)
         if s.grid:
             assert len(grids.load_grid(path).runs()) in (36, 4)
@@ -136,7 +137,7 @@ def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
         study.Step("side", notebook=str(side_nb), out="side/quick", params={"n": 2}),
         study.Step("analysis", notebook=str(side_nb), out="analysis/g", always=True),
     ]
-    monkeypatch.setattr(study, "default_study", lambda quick, figures_dir: steps)
+    monkeypatch.setattr(study, "default_study", lambda quick, figures_dir, grid=None: steps)
     lines: list[str] = []
     root = tmp_path / "runs"
     assert study.run_study(quick=True, runs_dir=root, log=lines.append) is False
@@ -181,3 +182,20 @@ def test_launcher_flags_map_to_submitit_parameters():
     }
     local = cli.build_parser().parse_args(["study", "--quick", "--workers", "2"])
     assert cli.launcher_options(local) == {"workers": 2, "launcher": "local", "cluster": None, "slurm": None}
+
+
+def test_the_study_runs_the_latent_grid_by_default_and_keeps_the_record_where_it_was():
+    default = {s.name: s for s in study.default_study()}
+    assert default["grid"].grid == "grids/small2.yaml"
+    assert default["analysis-tables"].params["figures_dir"] == "figures/small2"
+    assert default["analysis-tables-fraction"].params["figures_dir"] == "figures/small2/fraction"
+    assert default["probe"].params["out_dir"] == "figures/probe"  # side notebooks: not per grid
+    assert default["analysis-figures"].params["probe_dir"] == "figures/probe"
+    record = {s.name: s for s in study.default_study(grid="small")}
+    assert record["grid"].grid == "grids/small.yaml"
+    assert record["analysis-tables"].params["figures_dir"] == "figures"  # cpu-small keeps its names
+    assert record["analysis-tables"].out == "analysis/small/tables"
+    with pytest.raises(ValueError, match=r"no grids/smal\.yaml; grids are \[.*'small2'"):
+        study.default_study(grid="smal")
+    with pytest.raises(ValueError, match="drop --quick"):
+        study.default_study(quick=True, grid="small2")

@@ -1,6 +1,6 @@
 """The ``t2istudy`` command: the study, grids of notebook runs, and single notebooks.
 
-t2istudy study [--quick]                      the default study end to end (resumable: rerun to continue)
+t2istudy study [--quick | --grid small]       the default study end to end (resumable: rerun to continue)
 t2istudy grid run grids/small.yaml [--workers 2 | --launcher slurm --partition gpu --gpus 1]
 t2istudy grid status grids/small.yaml         done / failed / pending runs with their overall score
 t2istudy grid prepare grids/small.yaml        fill the runs' embedding caches, one encoder pass per encoder
@@ -20,6 +20,7 @@ from t2istudy.diffusion import train
 from t2istudy.study import grids, run_folder, run_results, runner
 from t2istudy.study import pipeline as study
 from t2istudy.study.paths import repo_file
+from t2istudy.study.pipeline import DEFAULT_GRID
 from t2istudy.study.prepare import prepare_grid
 from t2istudy.study.rescore import add_shuffled_controls
 
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run the default study (grid, side notebooks, analysis)")
     study.add_argument(
         "--quick", action="store_true", help="a few-minute smoke run that still writes every output"
+    )
+    study.add_argument(
+        "--grid",
+        default=None,
+        help=f"training grid of the full study, a name under grids/ (default {DEFAULT_GRID}; "
+        "small: the superseded cpu-small study)",
     )
     study.add_argument("--runs-dir", default="runs")
     study.add_argument("--figures-dir", default="figures")
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "study":
         if args.list:
-            for step in study.default_study(quick=args.quick):
+            for step in study.default_study(quick=args.quick, grid=args.grid):
                 print(f"{step.name:18s} {step.describe()}")
             return 0
         ok = study.run_study(
@@ -152,6 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             runs_dir=args.runs_dir,
             figures_dir=args.figures_dir,
             skip=args.skip,
+            grid=args.grid,
             **launcher_options(args),
         )
         return 0 if ok else 1

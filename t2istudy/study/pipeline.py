@@ -1,7 +1,12 @@
 """The default study: which notebooks run with which parameters, quick or full, and in what order.
 
-    t2istudy study            the small study (grids/small.yaml): ~15 h on 2 CPU cores, resumable
-    t2istudy study --quick    a few-minute smoke run (grids/quick.yaml) that still writes every output
+    t2istudy study                the study on the latent preset (grids/small2.yaml): ~10 h on 2 CPU cores
+    t2istudy study --grid small   the superseded cpu-small study (grids/small.yaml), the record in figures/
+    t2istudy study --quick        a few-minute smoke run (grids/quick.yaml) that still writes every output
+
+Where outputs go: the side notebooks (layer norms, judge validation, probe) do not depend on the grid and
+write to ``figures/``; a grid's tables and figures go to ``figures/<grid>/``, except the cpu-small
+record, which keeps the names it was published under (``figures/`` itself).
 
 Order: the training grid, then the side notebooks (layer norms, judge validation, probe), then the two
 analysis notebooks (per metric, and on the GenEval-style tier for a grid that asks for it). Each step is
@@ -43,11 +48,27 @@ class Step:
         return f"{self.notebook} -> {Path(runs_dir) / self.out} {params}"
 
 
-def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Step]:
-    """The study's steps. Quick: smallest settings everywhere, outputs under figures/quick/."""
+DEFAULT_GRID = "small2"  # the study on cpu-latent-v, the preset whose models draw (issue 17)
+RECORD_GRIDS = ("small",)  # superseded studies whose tables and figures stay at the top of figures/
+
+
+def grid_figures_dir(grid: str, figures_dir: str | Path = "figures") -> str:
+    """Where a grid's analysis writes: ``figures/<grid>``, or ``figures`` for a record grid."""
+    return str(figures_dir) if grid in RECORD_GRIDS else str(Path(figures_dir) / grid)
+
+
+def default_study(quick: bool = False, figures_dir: str = "figures", grid: str | None = None) -> list[Step]:
+    """The study's steps. Quick: smallest settings everywhere, outputs under figures/quick/.
+    ``grid`` (a name under grids/) picks the training grid of a full study; DEFAULT_GRID when None."""
+    if quick and grid not in (None, "quick"):
+        raise ValueError(f"--quick runs grids/quick.yaml; drop --quick to run grid {grid!r}.")
+    if not quick and not repo_file(f"grids/{grid or DEFAULT_GRID}.yaml").exists():
+        names = sorted(p.stem for p in repo_file("grids").glob("*.yaml"))
+        raise ValueError(f"--grid {grid!r}: no grids/{grid}.yaml; grids are {names}.")
     tag = "quick" if quick else "full"
-    grid = "quick" if quick else "small"
+    grid = "quick" if quick else (grid or DEFAULT_GRID)
     figures_dir = str(Path(figures_dir) / "quick") if quick else figures_dir
+    grid_dir = figures_dir if quick else grid_figures_dir(grid, figures_dir)
     layer_norms = {"encoders": ["smollm2-135m", "minilm-l6"], "n_prompts": 8} if quick else {"n_prompts": 128}
     return [
         Step("grid", grid=f"grids/{grid}.yaml"),
@@ -72,11 +93,11 @@ def default_study(quick: bool = False, figures_dir: str = "figures") -> list[Ste
             out=f"probe/{tag}",
             params={**(QUICK_SIDE_PARAMS["probe"] if quick else {}), "out_dir": f"{figures_dir}/probe"},
         ),
-        *analysis_steps(grid, "score", figures_dir, figures_dir),
-        *analysis_steps(grid, "fraction", f"{figures_dir}/fraction", figures_dir),
-        *analysis_steps(grid, "above_floor", f"{figures_dir}/above_floor", figures_dir, with_figures=False),
+        *analysis_steps(grid, "score", grid_dir, figures_dir),
+        *analysis_steps(grid, "fraction", f"{grid_dir}/fraction", figures_dir),
+        *analysis_steps(grid, "above_floor", f"{grid_dir}/above_floor", figures_dir, with_figures=False),
         *(
-            analysis_steps(grid, "score", figures_dir, figures_dir, tier="geneval")
+            analysis_steps(grid, "score", grid_dir, figures_dir, tier="geneval")
             if _asks_geneval(grid)
             else []
         ),
@@ -156,6 +177,7 @@ def run_study(
     workers: int = 1,
     skip: list[str] | None = None,
     log: Callable[[str], None] = print,
+    grid: str | None = None,
     **launcher: Any,
 ) -> bool:
     """Execute every step not yet complete; prints progress and the total time. True when all succeeded.
@@ -163,7 +185,7 @@ def run_study(
     ``launcher`` (launcher, cluster, slurm) goes to ``runner.run_grid`` for the training grid; the side
     and analysis notebooks always run on this machine.
     """
-    steps = default_study(quick, str(figures_dir))
+    steps = default_study(quick, str(figures_dir), grid=grid)
     unknown = sorted(set(skip or []) - {s.name for s in steps})
     if unknown:
         raise ValueError(f"--skip names unknown steps {unknown}; steps are {[s.name for s in steps]}.")
