@@ -201,3 +201,43 @@ def test_latent_preset_trains_its_autoencoder_and_fills_its_latent_cache_once(tm
     assert (
         prepare.prepare_images(specs, log=lambda *_: None) == 1 and len(trained) == 1
     )  # found, not retrained
+
+
+def test_upsampled_runs_get_their_rewrites_once_and_the_rewrites_embedding_entries(tmp_path, monkeypatch):
+    """prompt_upsampling: the runs embed rewrites, so prepare writes every rewrite first (one rewriter load
+    for all runs, one generation per distinct prompt), then the rewrites' entries; a rerun generates none."""
+    from t2istudy.text import upsample as upsample_module
+
+    made: list[str] = []
+
+    class FakeRewriter:
+        def __init__(self, options):
+            made.append("load")
+
+        def rewrite(self, prompt):
+            made.append(prompt)
+            return f"a picture of {prompt}", 4
+
+    monkeypatch.setattr(upsample_module, "LocalRewriter", FakeRewriter)
+    monkeypatch.setattr("t2istudy.text.encoders.load_encoder", lambda name, **_: FakeEncoder(name=name))
+    path = write_grid(tmp_path)
+    grid = yaml.safe_load(path.read_text())
+    grid["params"]["prompt_upsampling"] = {"model": "smollm2-135m", "cache_path": str(tmp_path / "up.sqlite")}
+    grid["axes"] = {"encoder": ["fake-a"], "strategy": ["last", "mean"], "seed": [0, 1]}
+    path.write_text(yaml.safe_dump(grid))
+
+    requests = prepare.prepare_grid(path, tmp_path / "runs", log=lambda *_: None)
+    prompts = make_benchmark(n_per_skill=2, seed=0)["prompt"].tolist()
+    tier = make_geneval_tier(1, seed=0)["prompt"].tolist()
+    distinct = list(dict.fromkeys(prompts + tier))
+    assert made == ["load", *distinct]  # 4 runs, 2 tiers: each distinct prompt rewritten once
+    rewritten = {r.what: r.captions for r in requests if r.what.endswith("rewritten")}
+    assert rewritten == {
+        "benchmark prompts, rewritten": [f"a picture of {p}" for p in prompts],
+        "GenEval-style prompts, rewritten": [f"a picture of {p}" for p in tier],
+    }
+    for captions in rewritten.values():  # the entries sample_run will look up
+        for strategy in ("last", "mean"):
+            assert EmbeddingCache.find(tmp_path / "cache", "fake-a", strategy, captions) is not None
+    made.clear()
+    assert prepare.prepare_grid(path, tmp_path / "runs", log=lambda *_: None) == [] and made == []

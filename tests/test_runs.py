@@ -89,6 +89,22 @@ def test_grid_expansion_product_exclude_include(tmp_path, nb):
     assert grids.make_run_id({"strategy": "layer[9]", "cfg": 3.0}) == "layer-9__cfg3.0"
 
 
+def test_a_string_parameter_names_the_runs_own_values_in_braces():
+    params = {
+        "encoder": "gemma3-270m",
+        "seed": 2,
+        "out": "runs/small2/{encoder}__seed{seed}/train",
+        "json": '{"backend": "local"}',  # not a placeholder: left as it is
+        "unknown": "{nope}",  # no such parameter: left as it is
+        "n": 3,
+    }
+    filled = grids.fill_placeholders(params)
+    assert filled["out"] == "runs/small2/gemma3-270m__seed2/train"
+    assert filled["json"] == '{"backend": "local"}' and filled["unknown"] == "{nope}" and filled["n"] == 3
+    with pytest.raises(ValueError, match=r"\{a\} is itself a template"):
+        grids.fill_placeholders({"a": "{b}", "b": 1, "c": "{a}"})
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -265,3 +265,22 @@ def test_option_types_and_choices_are_checked_at_construction_and_on_the_command
     assert (
         exit_.value.code == 2 and "--logging_steps 0 is out of range: allowed >= 1" in capsys.readouterr().err
     )
+
+
+def test_a_shared_model_is_reused_only_for_the_options_it_was_trained_with(tmp_path):
+    """run.ipynb's shared_train_dir: sampling a model trained for another arm would credit the wrong arm."""
+    from dataclasses import replace
+
+    from t2istudy.diffusion.model import get_preset
+
+    asked = TrainOptions(encoder="smollm2-135m", strategy="last", preset="cpu-tiny", seed=0, output_dir="a")
+    resolved = resolve_options(asked)
+    trained_on_4 = train_module.planned_options(resolved, get_preset(resolved.preset), world=4)
+    (tmp_path / tf.OPTIONS).write_text(json.dumps(trained_on_4))
+    # threads, logging and the folder do not change the model; neither does the machine it trained on
+    train_module.check_reusable(tmp_path, replace(asked, num_threads=1, output_dir="b", progress=False))
+    with pytest.raises(ValueError, match=r"(?s)other options.*--seed: 0 -> 1.*leave it empty to train one"):
+        train_module.check_reusable(tmp_path, replace(asked, seed=1))
+    longer = resolved.max_train_steps + 100  # a resume may extend a constant schedule; a reuse may not
+    with pytest.raises(ValueError, match=rf"--max_train_steps: {resolved.max_train_steps} -> {longer}"):
+        train_module.check_reusable(tmp_path, replace(asked, max_train_steps=longer))

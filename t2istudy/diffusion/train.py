@@ -60,6 +60,7 @@ from t2istudy.diffusion.train_folder import (
     CHECKPOINTS,
     FINAL,
     OPTIONS,
+    RESULT_NEUTRAL,
     SUMMARY,
     TRAIN_LOG,
     changed_options,
@@ -124,6 +125,27 @@ def planned_options(opts: TrainOptions, preset: Preset, world: int) -> dict:
         planned["vae_path"] = str(autoencoder_dir(preset.autoencoder, opts.autoencoder_dir))
     global_batch = opts.train_batch_size * world * opts.gradient_accumulation_steps
     return {**planned, "derived": {"global_batch_size": global_batch}}
+
+
+def check_reusable(run_dir: str | Path, opts: TrainOptions) -> None:
+    """Refuse to reuse a model trained earlier (a run's ``shared_train_dir``) for options it was not trained
+    with: sampling it would credit the wrong arm. Options that do not change the result may differ, and so
+    may the number of processes (a model trained on 8 GPUs is sampled anywhere)."""
+    run_dir = Path(run_dir)
+    opts = resolve_options(opts)
+    planned = planned_options(opts, get_preset(opts.preset), world=1)
+    trained = read_options(run_dir)  # unlike a resume, a longer max_train_steps is a different model here
+    refused = {
+        k: v
+        for k, v in changed_options(trained, planned).items()
+        if k not in RESULT_NEUTRAL and k != "global_batch_size"
+    }
+    if refused:
+        raise ValueError(
+            f"{run_dir} holds a model trained with other options than this run asks for (recorded in "
+            f"{run_dir / OPTIONS} -> asked now):\n{describe_differences(refused, trained)}\n"
+            "Point shared_train_dir at a model trained with these options, or leave it empty to train one."
+        )
 
 
 def check_run_folder(run_dir: Path, opts: TrainOptions, planned: dict) -> tuple[Path | None, list[dict]]:

@@ -4,6 +4,10 @@ A grid is fixed ``params`` for every run x the cartesian product of ``axes``, mi
 ``include``; each run gets a readable id (``gemma3-270m__norm_mean__seed0``) and a folder
 ``runs/<grid>/<run-id>/`` (:func:`run_path`). Papermill silently injects parameters a notebook does not
 declare, so every name is checked against the notebook's ``parameters`` cell before anything runs.
+
+A string parameter may name another of the run's parameters in braces, filled per run:
+``shared_train_dir: runs/small2/{encoder}__{strategy}__seed{seed}/train`` (only ``{name}`` with a
+parameter's name is replaced, so a JSON object in a string is left alone).
 """
 
 from __future__ import annotations
@@ -150,8 +154,28 @@ def expand_grid(grid: Grid) -> list[RunSpec]:
                 f"Grid {grid.name!r}: two runs get the same id {rid!r} ({specs[rid].params} and {combo}); "
                 f"make the axis values distinct."
             )
-        specs[rid] = RunSpec(grid.name, rid, grid.notebook, {**grid.params, **combo})
+        specs[rid] = RunSpec(grid.name, rid, grid.notebook, fill_placeholders({**grid.params, **combo}))
     return list(specs.values())
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def fill_placeholders(params: dict[str, Any]) -> dict[str, Any]:
+    """Each string value's ``{name}`` -> ``str(params[name])``, for names of the run's own parameters."""
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in params:
+            return match.group(0)
+        value = params[name]
+        if isinstance(value, str) and _PLACEHOLDER.search(value):
+            raise ValueError(
+                f"Grid parameter {{{name}}} is itself a template ({value!r}); name a plain value."
+            )
+        return str(value)
+
+    return {k: _PLACEHOLDER.sub(fill, v) if isinstance(v, str) else v for k, v in params.items()}
 
 
 def _matches(combo: dict[str, Any], pattern: dict[str, Any]) -> bool:

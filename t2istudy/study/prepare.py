@@ -7,12 +7,15 @@ whole dataset per strategy). `t2istudy grid prepare` runs each encoder once and 
 from the same forward pass; the runs then find their entries and never load the encoder for training.
 
 It reads runs through the run notebook's parameters (encoder, strategy, preset, train_options, benchmark,
-n_per_skill, benchmark_seed); runs of a notebook that does not declare encoder and strategy are left alone.
+n_per_skill, geneval_per_task, benchmark_seed, prompt_upsampling); runs of a notebook that does not declare
+encoder and strategy are left alone. A run that samples with prompt upsampling embeds the rewrites: prepare
+writes them first (one rewriter load for all runs), then their embedding entries.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.study import grid_checks, grids, run_folder
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, caption_hash
+from t2istudy.text.upsample import Upsampler, parse_upsampling
 from t2istudy.world.shapes_benchmark import make_benchmark
 from t2istudy.world.shapes_geneval import make_geneval_tier
 
@@ -142,35 +146,76 @@ def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) ->
         strategy,
         spec.run_id,
     )
-    if values.get("benchmark") == "shapes":  # genai-bench prompts are encoded at sampling time
-        bench_key = (int(values["n_per_skill"]), int(values["benchmark_seed"]))
-        if bench_key not in prompts_of:
-            bench = make_benchmark(n_per_skill=bench_key[0], seed=bench_key[1])
-            prompts_of[bench_key] = bench["prompt"].tolist()
+    upsampling = parse_upsampling(values.get("prompt_upsampling"))
+    for what, prompts in benchmark_prompts(values, prompts_of):
+        if upsampling is not None:  # the run embeds the rewrites; known only once they are cached
+            prompts = Upsampler(upsampling).cached(prompts)
+            if prompts is None:
+                continue
+            what = f"{what}, rewritten"
         want(
-            opts.encoder,
-            opts.max_length,
-            opts.cache_dir,
-            "benchmark prompts",
-            prompts_of[bench_key],
-            PROMPT_BATCH,
-            strategy,
-            spec.run_id,
+            opts.encoder, opts.max_length, opts.cache_dir, what, prompts, PROMPT_BATCH, strategy, spec.run_id
         )
-        if int(values.get("geneval_per_task") or 0) > 0:  # the GenEval-style tier's prompts too
-            tier_key = ("geneval", int(values["geneval_per_task"]), int(values["benchmark_seed"]))
-            if tier_key not in prompts_of:
-                prompts_of[tier_key] = make_geneval_tier(tier_key[1], seed=tier_key[2])["prompt"].tolist()
-            want(
-                opts.encoder,
-                opts.max_length,
-                opts.cache_dir,
-                "GenEval-style prompts",
-                prompts_of[tier_key],
-                PROMPT_BATCH,
-                strategy,
-                spec.run_id,
+
+
+def benchmark_prompts(values: dict[str, Any], prompts_of: dict | None = None) -> list[tuple[str, list[str]]]:
+    """(what, prompts) for each benchmark tier a run samples: the held-out tier, then the GenEval-style one.
+    GenAI-Bench prompts are encoded at sampling time and are not listed. ``prompts_of`` memoizes tiers."""
+    if values.get("benchmark") != "shapes":
+        return []
+    prompts_of = {} if prompts_of is None else prompts_of
+    seed = int(values["benchmark_seed"])
+    tiers = [("benchmark prompts", "heldout", int(values["n_per_skill"]))]
+    if int(values.get("geneval_per_task") or 0) > 0:
+        tiers.append(("GenEval-style prompts", "geneval", int(values["geneval_per_task"])))
+    out = []
+    for what, tier, n in tiers:
+        if (tier, n, seed) not in prompts_of:
+            bench = (
+                make_benchmark(n_per_skill=n, seed=seed)
+                if tier == "heldout"
+                else make_geneval_tier(n, seed=seed)
             )
+            prompts_of[tier, n, seed] = bench["prompt"].tolist()
+        out.append((what, prompts_of[tier, n, seed]))
+    return out
+
+
+def prepare_rewrites(specs: list[grids.RunSpec], log=print, bad: dict[str, str] | None = None) -> int:
+    """Rewrite the benchmark prompts of every run that asks for ``prompt_upsampling``, once per rewriter,
+    into the rewrite cache; returns how many prompts were rewritten. Runs side by side would otherwise each
+    load the rewriter and generate the same rewrites (~2 s a prompt for qwen2.5-0.5b on one CPU thread), and
+    the embedding entries of the rewrites can only be prepared once the rewrites exist."""
+    wanted: dict[str, tuple[Any, list[str], list[str]]] = {}  # options -> (options, prompts, run ids)
+    prompts_of: dict = {}
+    for spec in specs:
+        try:
+            values = run_values(spec)
+            upsampling = parse_upsampling((values or {}).get("prompt_upsampling"))
+            if upsampling is None:
+                continue
+            key = json.dumps(upsampling.describe(), sort_keys=True)
+            entry = wanted.setdefault(key, (upsampling, [], []))
+            entry[1].extend(p for _, prompts in benchmark_prompts(values, prompts_of) for p in prompts)
+            entry[2].append(spec.run_id)
+        except Exception as err:  # noqa: BLE001 - one bad run must not cost the others their rewrites
+            _record(bad, spec.run_id, err)
+    generated = 0
+    for upsampling, prompts, run_ids in wanted.values():
+        upsampler = Upsampler(upsampling, progress=True)
+        unique = list(dict.fromkeys(prompts))
+        log(
+            f"[prepare] rewriting {len(unique)} benchmark prompts with {upsampling.backend}:{upsampling.model} "
+            f"({upsampling.style}; cached ones cost nothing)"
+        )
+        try:
+            upsampler.records(unique)
+        except Exception as err:  # noqa: BLE001 - the runs of other rewriters still get theirs
+            for run_id in run_ids:
+                _record(bad, run_id, err)
+            continue
+        generated += upsampler.stats.generated
+    return generated
 
 
 def prepare_images(specs: list[grids.RunSpec], log=print, bad: dict[str, str] | None = None) -> int:
@@ -247,6 +292,7 @@ def prepare_grid(
     specs = [s for s in specs if s.run_id not in bad]
     if not dry_run:
         prepare_images(specs, log, bad)
+        prepare_rewrites(specs, log, bad)
     todo = [(r, missing) for r in cache_requests(specs, bad) if (missing := r.missing())]
     if not todo:
         log(f"[prepare {grid.name}] every cache entry the incomplete runs need exists")

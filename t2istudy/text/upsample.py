@@ -384,6 +384,13 @@ class Upsampler:
         o = self.options
         return (o.backend, o.model, o.template, o.max_new_tokens, prompt)
 
+    def cached(self, prompts: list[str]) -> list[str] | None:
+        """The rewrites if every prompt's is cached, else None; generates nothing (no model loads)."""
+        found = [self.cache.get(self._key(p)) for p in prompts]
+        if any(text is None for text in found):
+            return None
+        return [text or p for text, p in zip(found, prompts, strict=True)]  # empty: kept, as in records()
+
     def records(self, prompts: list[str]) -> list[dict[str, Any]]:
         """One dict per prompt: original, rewritten, cached, and the options + template that made it."""
         start = time.time()
