@@ -216,3 +216,26 @@ def test_fraction_metric_recomputes_stats_from_the_scores(tmp_path):
     pd.read_csv(one).drop(columns="fraction").to_csv(one, index=False)  # a VQAScore run has no partial credit
     with pytest.raises(ValueError, match="no 'fraction' column"):
         run_results.load_scores(tmp_path, "fixture", metric="fraction")
+
+
+def test_paired_effect_reads_only_the_seeds_and_prompts_both_sides_have():
+    """Upsampled vs as-written prompts on the same models: by hand, treated is 1 on seed 0 and 0 on seed
+    1; control is 1 on the counting prompts and 0 on the colour ones, on seeds 0-2 (seed 2 is unpaired)."""
+
+    def scores(values):
+        return pd.DataFrame(
+            [
+                {"seed": seed, "id": f"p{i}", "skills": "counting" if i < 2 else "color", "score": value}
+                for seed, row in values.items()
+                for i, value in enumerate(row)
+            ]
+        )
+
+    treated = scores({0: [1, 1, 1, 1], 1: [0, 0, 0, 0]})
+    control = scores({0: [1, 1, 0, 0], 1: [1, 1, 0, 0], 2: [1, 1, 1, 1]})
+    table = F.paired_effect(treated, control, F.Options(n_boot=200)).set_index("skill")
+    assert list(table.index) == ["overall", "counting", "color"]  # GenEval task names first
+    assert table.loc["overall", ["treated", "control", "diff"]].tolist() == [0.5, 0.5, 0.0]
+    assert table.loc["counting", "diff"] == -0.5 and table.loc["color", "diff"] == 0.5
+    assert table.loc["overall", "n_seeds"] == 2 and table.loc["overall", "n_prompts"] == 4
+    assert table.loc["overall", "verdict"] == "inconclusive"

@@ -26,6 +26,7 @@ import pandas as pd
 import seaborn as sns
 
 from t2istudy.scoring.bootstrap import mean_of_group_means_ci_over_seeds_and_prompts
+from t2istudy.study import run_results
 from t2istudy.text.plots_layers import plot_layer_norms
 from t2istudy.world.genai_bench import SKILL_GROUPS
 from t2istudy.world.shapes_geneval import TASKS
@@ -336,6 +337,54 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
     return pd.DataFrame(out)
 
 
+def paired_effect(treated: pd.DataFrame, control: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+    """treated - control, overall and per skill (task), on the seeds and prompts both have: for two ways
+    of sampling the same trained models (prompts upsampled or as written), paired by seed and prompt, with
+    the claims' CI and verdict. ``treated`` / ``control``: one arm's per-prompt scores each."""
+    out = []
+    for skill in ["overall", *_skills(treated)]:
+        ma, mb = _matrix(treated, skill), _matrix(control, skill)
+        seeds, prompts = ma.index.intersection(mb.index), ma.columns.intersection(mb.columns)
+        paired = len(seeds) > 0 and len(prompts) > 0
+        stats = arm_difference(treated, control, skill, opts)
+        out.append(
+            {
+                "skill": skill,
+                "treated": _point(_split(ma.loc[seeds, prompts], treated, skill)) if paired else np.nan,
+                "control": _point(_split(mb.loc[seeds, prompts], control, skill)) if paired else np.nan,
+                **stats,
+                "verdict": verdict(stats, opts.min_seeds),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def upsampling_effect(
+    root: str | Path, grid: str, baseline_grid: str, metric: str = "score", opts: Options = Options()
+) -> pd.DataFrame:
+    """Inference prompt upsampling's effect on both tiers: each arm of ``grid`` (runs sampled with
+    ``prompt_upsampling``, reusing the models of ``baseline_grid``'s runs) against the same arm of
+    ``baseline_grid``, paired by seed and prompt (:func:`paired_effect`). Empty when ``grid`` has no runs."""
+    out = []
+    for tier in run_results.TIERS:
+        treated = run_results.load_scores(root, grid, metric, tier)
+        if treated.empty:
+            continue
+        control = run_results.load_scores(root, baseline_grid, metric, tier)
+        for (enc, strategy, rewriter), arm in treated.groupby(
+            ["encoder", "strategy", "prompt_upsampling"], sort=False
+        ):
+            base = control[(control["encoder"] == enc) & (control["strategy"] == strategy)]
+            table = paired_effect(arm, base, opts) if len(base) else pd.DataFrame()
+            if len(table):
+                out.append(table.assign(tier=tier, encoder=enc, strategy=strategy, rewriter=rewriter))
+    if not out:
+        return pd.DataFrame()
+    table = pd.concat(out, ignore_index=True)
+    first = ["tier", "encoder", "strategy", "rewriter"]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
 def provenance_note(provenance: pd.DataFrame) -> str:
     """A sentence for a table's caption when the compared runs ran with different code, versions or
     devices (``run_results.load_provenance``); "" when they agree or none recorded it."""
@@ -470,6 +519,17 @@ def claims_plot(
     ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(data["a"], data["b"], strict=True)], fontsize=8)
     ax.set_xlabel(f"paired difference in {metric}, {tier} tier (95% CI over prompts and seeds)")
     ax.set_title("The paper's claims at this scale (green: held, red: failed, grey: inconclusive)")
+    return fig, data
+
+
+def upsampling_effect_plot(effect: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure, pd.DataFrame]:
+    """Forest plot of :func:`upsampling_effect`: upsampled - as written, per tier and skill (task)."""
+    rows = effect.assign(a=effect["tier"] + " " + effect["skill"] + ": upsampled", b="as written")
+    fig, data = claims_plot(rows, metric)
+    ax = fig.axes[0]
+    ax.set_xlabel(f"paired difference in {metric} (95% CI over prompts and seeds)")
+    rewriters = ", ".join(sorted(effect["rewriter"].astype(str).unique()))
+    ax.set_title(f"Inference prompt upsampling ({rewriters}), same trained models", fontsize=9)
     return fig, data
 
 
