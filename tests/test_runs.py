@@ -333,12 +333,20 @@ def test_cache_waves_build_each_cache_entry_once_before_the_rest():
 def test_bad_strategy_or_preset_fails_before_any_run(tmp_path):
     nb = make_notebook(tmp_path / "nb.ipynb")
     bad = nbformat.read(nb, as_version=4)
-    bad.cells[0].source += '\nstrategy = "last"\npreset = "cpu-tiny"'
+    declared = (
+        "strategy = 'last'",
+        "preset = 'cpu-tiny'",
+        "geneval_per_task = 0",
+        "prompt_upsampling = None",
+    )
+    bad.cells[0].source += "\n" + "\n".join(declared)
     nbformat.write(bad, nb)
     counter = tmp_path / "count.txt"
     for params, message in [
         ({"strategy": "norm_maen"}, "run norm_maen: .*norm_maen"),
         ({"preset": "cpu-huge"}, "Unknown preset"),
+        ({"geneval_per_task": 100}, "geneval_per_task=100: Only 63 distinct single_object prompts"),
+        ({"prompt_upsampling": "remote:gpt-4o"}, "run remote-gpt-4o: Unknown upsampling backend"),
     ]:
         grid = write_grid(
             tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {k: [v] for k, v in params.items()}}

@@ -11,6 +11,7 @@ before executing it (`run_lock`) and skips a run another live process holds.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing
 import os
 import socket
@@ -49,6 +50,8 @@ from t2istudy.study.run_folder import (
     write_json,
 )
 from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.upsample import parse_upsampling
+from t2istudy.world.shapes_geneval import make_geneval_tier
 
 CACHE_KEYS = ("encoder", "strategy")  # runs sharing these share an embedding cache entry
 
@@ -251,12 +254,27 @@ def _error_message(err: Exception) -> str:
     return f"{type(err).__name__}: {err}".strip()
 
 
+@functools.cache
+def check_geneval_size(n: int | None) -> None:
+    """A GenEval-style tier larger than its distinct prompts would fail only after training; fail now."""
+    if n:
+        try:
+            make_geneval_tier(int(n))
+        except ValueError as err:
+            raise ValueError(f"geneval_per_task={n}: {err}") from err
+
+
 def preflight(specs: list[RunSpec], where: str = "") -> None:
     """Validate strategy and preset strings with their one parser, and each run's training options as
     the run would build them (`grid_checks`), before any run starts, so that a typo fails in a second,
     not after a kernel start per run (encoders are checked by the run itself: their weights may exist
     only on the compute nodes). ``where``: the grid file, named in the error."""
-    checks = {"strategy": parse_strategy, "preset": get_preset}
+    checks = {
+        "strategy": parse_strategy,
+        "preset": get_preset,
+        "prompt_upsampling": parse_upsampling,
+        "geneval_per_task": check_geneval_size,
+    }
     for spec in specs:
         for key, check in checks.items():
             if key in spec.params:
