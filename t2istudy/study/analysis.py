@@ -490,6 +490,17 @@ def scaling_plot(
     ax.set_ylim(0, 1)
     ax.legend(title="strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"Scaling: score vs encoder size, {tier} tier (CI over prompts and seeds)")
+    if data["encoder"].nunique() > 1:  # the paper's question 4 asks about size; these sizes are families
+        ax.text(
+            0.0,
+            -0.22,
+            "Confounded: each size is another model family (tokenizer, data, training recipe), "
+            "so size and family cannot be told apart here.",
+            transform=ax.transAxes,
+            fontsize=7,
+            va="top",
+            wrap=True,
+        )
     return fig, data
 
 
