@@ -401,3 +401,39 @@ def test_cache_key_includes_the_template(tmp_path, tiny):
     meta.write_text(meta.read_text().replace(digest, "00000000"))
     assert EmbeddingCache.find(tmp_path, "tiny", "recipe:qwen-image", captions) is None
     assert math.isfinite(plain.token_rms[0])
+
+
+def test_probe_sweep_reads_each_template_from_its_own_encoder_pass(tiny, monkeypatch):
+    """Recipes with prompt templates in one probe sweep: each template gets its own forward pass, and a
+    templated layer (lumina2: layer -2 under its template) is not read from the plain pass's stack."""
+    from t2istudy.probe.layerwise import ProbeOptions, from_stack, sweep, template_of
+
+    assert template_of("recipe:lumina2") == "lumina2" and template_of("layers/3") is None
+    assert from_stack("layer:4") and from_stack("learned") and not from_stack("layer:-2[template=lumina2]")
+    calls: list[str | None] = []
+    real = tiny.encode
+
+    def encode(batch, template=None, **kw):
+        calls.append(template)
+        return real(batch, template=template, **kw)
+
+    monkeypatch.setattr(tiny, "encode", encode)
+    result = sweep(
+        ["tiny"],
+        ["layer:5", "recipe:lumina2", "recipe:sana"],
+        seeds=[0],
+        options=ProbeOptions(steps=2, n_boot=10),
+        n_train=40,
+        n_eval=16,
+        control_representations=["last"],
+        load=lambda name, **_: tiny,
+        progress=False,
+    )
+    assert calls == [None, "lumina2", "sana"]  # 56 prompts: one chunk per template
+    table = result.table
+    assert sorted(table.loc[table.control == "none", "representation"].unique()) == [
+        "last[template=sana]",
+        "layer:-2[template=lumina2]",
+        "layer:5",
+    ]
+    assert list(table.loc[table.control == "shuffled", "representation"].unique()) == ["last"]

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ class Features:
         """Per-token input shape of a representation: (D,) or (L, D) for learned."""
         if name == "learned":
             return tuple(self.stack.shape[2:])
-        if name.startswith("layer:"):
+        if from_stack(name):
             return (self.stack.shape[3],)
         return (self.single[name].shape[2],)
 
@@ -108,11 +109,27 @@ class Features:
         for name in names:
             if name == "learned":
                 parts.append(stacked)
-            elif name.startswith("layer:"):
+            elif from_stack(name):
                 parts.append(stacked[:, :, int(name.split(":")[1])])
             else:
                 parts.append(self.single[name][rows_t])
         return torch.stack(parts).float(), mask
+
+
+_STACK_LAYER = re.compile(r"layer:\d+")
+
+
+def from_stack(name: str) -> bool:
+    """Whether a canonical representation is read from the stack of every state (``layer:k``, ``learned``)
+    rather than aggregated on its own (strategies, and a layer read under a prompt template)."""
+    return name == "learned" or bool(_STACK_LAYER.fullmatch(name))
+
+
+def template_of(representation: str) -> str | None:
+    """The prompt template a representation's states must be encoded with (None: the plain prompt)."""
+    if representation == LAYERS or representation.startswith(LAYERS + "/") or representation == "learned":
+        return None
+    return parse_strategy(representation).template
 
 
 def expand_representations(representations: Iterable[str], num_states: int) -> list[str]:
@@ -132,7 +149,7 @@ def expand_representations(representations: Iterable[str], num_states: int) -> l
             names += [f"layer:{k}" for k in range(0, num_states, int(step))]
             continue
         strategy = parse_strategy(rep)
-        if strategy.kind == "layer":
+        if strategy.kind == "layer" and strategy.template is None:  # a templated layer: its own member
             k = strategy.layer % num_states if -num_states <= strategy.layer < num_states else strategy.layer
             if not 0 <= k < num_states:
                 raise ValueError(
@@ -177,8 +194,8 @@ def featurize(
         if names is None:
             num_states = hidden.shape[0]
             names = expand_representations(representations, num_states)
-            want_stack = any(n.startswith("layer:") or n == "learned" for n in names)
-            strategies = [n for n in names if not (n.startswith("layer:") or n == "learned")]
+            want_stack = any(from_stack(n) for n in names)
+            strategies = [n for n in names if not from_stack(n)]
             template = getattr(states, "template", None)
             wrong = [n for n in strategies if parse_strategy(n).template != template]
             if wrong:  # a template changes the forward pass: the states must come from it
@@ -458,7 +475,7 @@ def summarize_accuracy(
 
 
 def _layer_index(name: str) -> float:
-    return float(name.split(":")[1]) if name.startswith("layer:") else float("nan")
+    return float(name.split(":")[1]) if from_stack(name) and name != "learned" else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -480,6 +497,18 @@ class SweepResult:
         if self.ceiling is not None:
             out["ceiling"] = out.skill.map(self.ceiling)
         return out
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run the block with ``n`` torch threads (None or 0: unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def sweep(
@@ -517,115 +546,79 @@ def sweep(
     if load is None:
         load = load_encoder
     opts = options or ProbeOptions()
-    with _torch_threads(opts.threads):  # encoding too: with busy cores, 2 OpenMP threads wait on each other
-        return _sweep(
-            encoders,
-            representations,
-            skills,
-            seeds,
-            opts,
-            n_train,
-            n_eval,
-            data_seed,
-            shuffled,
-            random_init,
-            control_representations,
-            load,
-            progress,
-        )
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    """Run the block with ``n`` torch threads (None or 0: unchanged), then restore the previous count."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _sweep(
-    encoders,
-    representations,
-    skills,
-    seeds,
-    opts,
-    n_train,
-    n_eval,
-    data_seed,
-    shuffled,
-    random_init,
-    control_representations,
-    load,
-    progress,
-) -> SweepResult:
     prompts, targets, train, test = probe_dataset(n_train, n_eval, seed=data_seed)
     targets = targets.subset(skills)
     tables, timings = [], []
     runs = [(name, False) for name in encoders] + [(name, True) for name in random_init]
-    for name, random in runs:
-        start = time.perf_counter()
-        encoder = load(name, random_init=random) if random else load(name)
-        label = f"{name} (random init)" if random else name
-        reps = list(control_representations) if random else list(representations)
-        if random or shuffled:
-            reps += [r for r in control_representations if r not in reps]
-        features = featurize(
-            lambda batch, encoder=encoder: encoder.encode(batch),
-            list(prompts.prompt),
-            reps,
-            encoder_name=name,
-            progress=progress,
-        )
-        del encoder
-        encoded = time.perf_counter()
-        main = train_probes(
-            features,
-            targets,
-            train,
-            test,
-            representations=expand_representations(
-                representations if not random else control_representations, features.num_states
-            ),
-            seeds=seeds,
-            options=opts,
-            progress=progress,
-        )
-        if random:
-            main["control"] = "random_init"
-        tables.append(main)
-        probed = time.perf_counter()
-        if shuffled and not random:
-            control_names = expand_representations(control_representations, features.num_states)
-            tables.append(
-                train_probes(
-                    features,
-                    targets,
-                    train,
-                    test,
-                    representations=control_names,
-                    seeds=seeds,
-                    options=opts,
-                    shuffle=True,
+    with _torch_threads(opts.threads):  # encoding too: with busy cores, 2 OpenMP threads wait on each other
+        for name, random in runs:
+            start = time.perf_counter()
+            encoder = load(name, random_init=random) if random else load(name)
+            members = list(control_representations) if random else list(representations)
+            controls = list(control_representations) if (random or shuffled) else []
+            timing = {"encode_s": 0.0, "probe_s": 0.0, "shuffled_s": 0.0}
+            # One encoder pass per prompt template: a template changes the forward pass, so each template's
+            # representations are read from states encoded with it (most sweeps have one group, no template).
+            for template in dict.fromkeys(template_of(r) for r in members + controls):
+                group = [r for r in members if template_of(r) == template]
+                group_controls = [r for r in controls if template_of(r) == template and not random]
+                t0 = time.perf_counter()
+                features = featurize(
+                    lambda batch, encoder=encoder, t=template: (
+                        encoder.encode(batch, template=t) if t else encoder.encode(batch)
+                    ),
+                    list(prompts.prompt),
+                    list(dict.fromkeys(group + group_controls)),
+                    encoder_name=name,
+                    progress=progress,
                 )
+                t1 = time.perf_counter()
+                if group:  # (a group may hold only the shuffled controls)
+                    main = train_probes(
+                        features,
+                        targets,
+                        train,
+                        test,
+                        representations=expand_representations(group, features.num_states),
+                        seeds=seeds,
+                        options=opts,
+                        progress=progress,
+                    )
+                    if random:
+                        main["control"] = "random_init"
+                    tables.append(main)
+                t2 = time.perf_counter()
+                if group_controls and shuffled:
+                    tables.append(
+                        train_probes(
+                            features,
+                            targets,
+                            train,
+                            test,
+                            representations=expand_representations(group_controls, features.num_states),
+                            seeds=seeds,
+                            options=opts,
+                            shuffle=True,
+                        )
+                    )
+                timing["encode_s"] += t1 - t0
+                timing["probe_s"] += t2 - t1
+                timing["shuffled_s"] += time.perf_counter() - t2
+                num_states = features.num_states
+                del features
+            del encoder
+            timings.append(
+                {
+                    "encoder": f"{name} (random init)" if random else name,
+                    "num_states": num_states,
+                    "members": len(expand_representations(members, num_states)),
+                    "seeds": len(seeds),
+                    "steps": opts.steps,
+                    **timing,
+                    "load_s": time.perf_counter() - start - sum(timing.values()),  # loading the encoder
+                    "load_1min": os.getloadavg()[0],
+                }
             )
-        timings.append(
-            {
-                "encoder": label,
-                "num_states": features.num_states,
-                "members": len(main.representation.unique()),
-                "seeds": len(seeds),
-                "steps": opts.steps,
-                "encode_s": encoded - start,
-                "probe_s": probed - encoded,
-                "shuffled_s": time.perf_counter() - probed,
-                "load_1min": os.getloadavg()[0],
-            }
-        )
-        del features
     return SweepResult(
         pd.concat(tables, ignore_index=True),
         chance(targets, train, test),
