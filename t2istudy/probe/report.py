@@ -15,6 +15,7 @@ import scipy.stats
 import seaborn as sns
 
 from t2istudy.figure_files import write_png_pdf
+from t2istudy.probe.layerwise import from_stack
 from t2istudy.text.aggregation import parse_strategy
 
 # ----------------------------------------------------------------------------------------------------
@@ -37,9 +38,7 @@ def plot_layer_curves(summary: pd.DataFrame, encoder: str, ncols: int = 4):
     palette = [
         c for i, c in enumerate(plt.rcParams["axes.prop_cycle"].by_key()["color"]) if i != 3
     ]  # red = chance
-    strategies = [
-        r for r in dict.fromkeys(data[data.control == "none"].representation) if not r.startswith("layer:")
-    ]
+    strategies = [r for r in dict.fromkeys(data[data.control == "none"].representation) if not from_stack(r)]
     colours = {r: palette[i % len(palette)] for i, r in enumerate(strategies)}
     for ax, skill in zip(axes.flat, skills, strict=False):
         d = data[data.skill == skill]
