@@ -18,30 +18,15 @@ from typing import Any
 
 from t2istudy.diffusion import train_folder
 from t2istudy.diffusion.options import TrainOptions, resolve_options
+from t2istudy.diffusion.train_folder import RESULT_NEUTRAL
 from t2istudy.study.grids import RunSpec, notebook_parameters, run_path
 from t2istudy.study.run_folder import CorruptFile, read_json
 
 TRAIN_OPTIONS = "train_options"  # the run notebook's dict of further TrainOptions fields
 SET_BY_NOTEBOOK = ("output_dir", "report_to", "progress")  # the run notebook passes these itself
 # Parameters that do not change a run's numbers: they may differ between a run's start and its resume.
-NEUTRAL = frozenset(
-    {
-        "keep_checkpoints",
-        "num_threads",
-        "dataloader_num_workers",
-        "logging_steps",
-        "report_to",
-        "progress",
-        "checkpointing_steps",
-        "checkpoints_total_limit",
-        "stop_after_steps",
-        "resume_from_checkpoint",
-        "cache_dir",
-        "latent_cache_dir",
-        "autoencoder_dir",
-        "runs_root",
-    }
-)
+# The trainer's own list (what a resume may change), plus the run notebook's parameters of that kind.
+NEUTRAL = RESULT_NEUTRAL | {"keep_checkpoints"}
 
 
 def train_options_problems(spec: RunSpec, declared: dict[str, dict[str, Any]] | None = None) -> list[str]:
