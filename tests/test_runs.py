@@ -392,6 +392,12 @@ def test_run_notebook_end_to_end_on_a_tiny_model(tmp_path):
     assert len(list((out / "samples").glob("*-s0.png"))) == 8
     assert (shared / "final" / "summary.json").exists() and not (out / "train").exists()
     assert not (shared / "checkpoints").exists()  # keep_checkpoints=False
+    # another arm pointed at the same model is refused, not credited with it
+    other = json.loads(grid.read_text())
+    other["name"], other["params"]["seed"], other["axes"] = "other", 1, {"guidance_scale": [2.0]}
+    grid.write_text(json.dumps(other))
+    (refused,) = runner.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    assert refused.state == "failed" and "--seed: 0 -> 1" in refused.error, refused.error
 
 
 def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb):
