@@ -199,3 +199,16 @@ def test_the_study_runs_the_latent_grid_by_default_and_keeps_the_record_where_it
         study.default_study(grid="smal")
     with pytest.raises(ValueError, match="drop --quick"):
         study.default_study(quick=True, grid="small2")
+
+
+def test_a_side_notebook_command_reruns_on_request_and_keeps_the_finished_run(tmp_path, monkeypatch, capsys):
+    nb = fake_notebook(tmp_path / "side.ipynb", 'n = 1\nout_dir = ""', "print(n)")
+    monkeypatch.setitem(cli.NOTEBOOK_COMMANDS, "upsampling", (str(nb), "upsampling"))
+    root = tmp_path / "runs"
+    assert cli.main(["upsampling", "--runs-dir", str(root)]) == 0
+    assert cli.main(["upsampling", "--runs-dir", str(root)]) == 0
+    assert "already complete: --rerun runs it again" in capsys.readouterr().out
+    assert cli.main(["upsampling", "--runs-dir", str(root), "--rerun"]) == 0
+    kept = list((root / "upsampling").glob("default.previous-*"))
+    assert len(kept) == 1 and run_folder.run_state(kept[0]) == "done"
+    assert run_folder.run_state(root / "upsampling" / "default") == "done"

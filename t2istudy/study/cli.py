@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"execute {notebook} (-p to override its parameters)")
         p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
         p.add_argument("--runs-dir", default="runs")
+        p.add_argument(
+            "--rerun",
+            action="store_true",
+            help="run it again although its folder is complete; the old folder is kept as <folder>.previous-<time>",
+        )
     return parser
 
 
@@ -208,8 +214,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         notebook = str(repo_file(notebook))  # also when called from outside the repository root
         params = dict(parse_assignment(p) for p in args.param)
         out = Path(args.runs_dir) / folder / (grids.make_run_id(params) if params else "default")
+        if args.rerun and run_folder.run_state(out) == "done":  # keep the finished record, never delete it
+            kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%dT%H%M%S')}")
+            out.rename(kept)
+            print(f"kept the finished run as {kept}")
         result = runner.execute_notebook(notebook, out, params)
-        print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}")
+        hint = (
+            " (already complete: --rerun runs it again and keeps this one)"
+            if result.state == "skipped"
+            else ""
+        )
+        print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}{hint}")
         return 0 if result.state in ("done", "skipped") else 1
     raise AssertionError(args)
 
