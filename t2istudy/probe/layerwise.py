@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import re
@@ -555,13 +556,14 @@ def sweep(
             start = time.perf_counter()
             encoder = load(name, random_init=random) if random else load(name)
             members = list(control_representations) if random else list(representations)
-            controls = list(control_representations) if (random or shuffled) else []
+            # the shuffled-facts controls (a random-init encoder is itself the control: none on top)
+            controls = list(control_representations) if shuffled and not random else []
             timing = {"encode_s": 0.0, "probe_s": 0.0, "shuffled_s": 0.0}
             # One encoder pass per prompt template: a template changes the forward pass, so each template's
             # representations are read from states encoded with it (most sweeps have one group, no template).
             for template in dict.fromkeys(template_of(r) for r in members + controls):
                 group = [r for r in members if template_of(r) == template]
-                group_controls = [r for r in controls if template_of(r) == template and not random]
+                group_controls = [r for r in controls if template_of(r) == template]
                 t0 = time.perf_counter()
                 features = featurize(
                     lambda batch, encoder=encoder, t=template: (
@@ -573,34 +575,20 @@ def sweep(
                     progress=progress,
                 )
                 t1 = time.perf_counter()
+                probe = functools.partial(
+                    train_probes, features, targets, train, test, seeds=seeds, options=opts
+                )
                 if group:  # (a group may hold only the shuffled controls)
-                    main = train_probes(
-                        features,
-                        targets,
-                        train,
-                        test,
-                        representations=expand_representations(group, features.num_states),
-                        seeds=seeds,
-                        options=opts,
-                        progress=progress,
+                    main = probe(
+                        representations=expand_representations(group, features.num_states), progress=progress
                     )
                     if random:
                         main["control"] = "random_init"
                     tables.append(main)
                 t2 = time.perf_counter()
-                if group_controls and shuffled:
-                    tables.append(
-                        train_probes(
-                            features,
-                            targets,
-                            train,
-                            test,
-                            representations=expand_representations(group_controls, features.num_states),
-                            seeds=seeds,
-                            options=opts,
-                            shuffle=True,
-                        )
-                    )
+                if group_controls:
+                    names = expand_representations(group_controls, features.num_states)
+                    tables.append(probe(representations=names, shuffle=True))
                 timing["encode_s"] += t1 - t0
                 timing["probe_s"] += t2 - t1
                 timing["shuffled_s"] += time.perf_counter() - t2
