@@ -426,10 +426,11 @@ def test_probe_sweep_reads_each_template_from_its_own_encoder_pass(tiny, monkeyp
         n_train=40,
         n_eval=16,
         control_representations=["last"],
+        random_init=["tiny"],
         load=lambda name, **_: tiny,
         progress=False,
     )
-    assert calls == [None, "lumina2", "sana"]  # 56 prompts: one chunk per template
+    assert calls == [None, "lumina2", "sana", None]  # 56 prompts: one chunk per template, then random init
     table = result.table
     assert sorted(table.loc[table.control == "none", "representation"].unique()) == [
         "last[template=sana]",
@@ -437,3 +438,6 @@ def test_probe_sweep_reads_each_template_from_its_own_encoder_pass(tiny, monkeyp
         "layer:5",
     ]
     assert list(table.loc[table.control == "shuffled", "representation"].unique()) == ["last"]
+    # the random-init encoder probes the control representations only, with no shuffled control on top
+    assert list(table.loc[table.control == "random_init", "representation"].unique()) == ["last"]
+    assert len(table[table.control == "shuffled"]) == len(table[table.control == "random_init"])
