@@ -64,9 +64,16 @@ def _heldout_table(k: int) -> pd.DataFrame:
     return table.assign(fraction=0.5 + 0.5 * table["score"], score_shuffled=0.0, fraction_shuffled=0.5)
 
 
-def write_runs(root: Path, grid: str = "tiers", geneval: bool = True) -> Path:
-    """One run folder per (encoder, strategy, seed), as notebooks/run.ipynb and the runner leave it."""
-    for (encoder, strategy), (tasks, k) in PASSED.items():
+def write_runs(
+    root: Path,
+    grid: str = "tiers",
+    geneval: bool = True,
+    passed: dict | None = None,
+    extras: dict | None = None,
+) -> Path:
+    """One run folder per (encoder, strategy, seed), as notebooks/run.ipynb and the runner leave it;
+    ``passed`` as PASSED (its default), ``extras``: (encoder, strategy) -> more metrics.json entries."""
+    for (encoder, strategy), (tasks, k) in (passed or PASSED).items():
         for seed in (0, 1):
             params = {"encoder": encoder, "strategy": strategy, "seed": seed}
             run_id = make_run_id(params)
@@ -75,7 +82,8 @@ def write_runs(root: Path, grid: str = "tiers", geneval: bool = True) -> Path:
             out.mkdir(parents=True)
             run_folder.write_json(out / "params.json", {**record, "notebook": "notebooks/run.ipynb"})
             held = _heldout_table(k)
-            run_folder.write_results(out, held, summarize(held, n_boot=50), {"train_seconds": 1.0})
+            extra = (extras or {}).get((encoder, strategy), {})
+            run_folder.write_results(out, held, summarize(held, n_boot=50), {"train_seconds": 1.0, **extra})
             if geneval:
                 table = _geneval_table(tasks)
                 run_folder.write_tier_results(out, "geneval", table, summarize_geneval(table, n_boot=50))

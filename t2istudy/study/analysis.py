@@ -27,7 +27,9 @@ import seaborn as sns
 
 from t2istudy.scoring.bootstrap import mean_of_group_means_ci_over_seeds_and_prompts
 from t2istudy.study import run_results
+from t2istudy.text.aggregation import recipe_of
 from t2istudy.text.plots_layers import plot_layer_norms
+from t2istudy.text.recipes import RECIPES
 from t2istudy.world.genai_bench import SKILL_GROUPS
 from t2istudy.world.shapes_geneval import TASKS
 
@@ -385,6 +387,72 @@ def upsampling_effect(
     return table[first + [c for c in table.columns if c not in first]]
 
 
+def recipe_comparison(
+    root: str | Path,
+    grid: str = "recipes",
+    baseline: str = "recipe:paper",
+    metric: str = "score",
+    opts: Options = Options(),
+) -> pd.DataFrame:
+    """Released recipes under one protocol (issue 18), on both tiers: per (tier, encoder, recipe) the
+    overall score over seeds with its two-level CI, the conditioning projection's parameter count (concat
+    recipes widen it) and the paired difference to ``baseline`` on the same encoder, with its verdict.
+    A strategy is named by its recipe when its expansion is one (``norm_mean`` reads ``recipe:paper``).
+    Rows best first within each tier and encoder; empty when the grid has no complete runs."""
+    out = []
+    for tier in run_results.TIERS:
+        metrics = run_results.load_metrics(root, grid, metric, tier)
+        if metrics.empty:
+            continue
+        scores = run_results.load_scores(root, grid, metric, tier)
+        overall = metrics[metrics["skill"] == "overall"]
+        arms = arm_table(overall, scores, opts)
+        width = (
+            overall.groupby(["encoder", "strategy"])["conditioner_parameters"].first()
+            if "conditioner_parameters" in overall
+            else pd.Series(dtype=float)
+        )
+        names = {s: recipe_of(s) or s for s in scores["strategy"].unique()}
+        for enc in arms["encoder"].unique():
+            at_enc = scores[scores["encoder"] == enc]
+            base = at_enc[at_enc["strategy"].map(names) == baseline]
+            for row in arms[arms["encoder"] == enc].itertuples():
+                arm = at_enc[at_enc["strategy"] == row.strategy]
+                name = names.get(row.strategy, row.strategy)
+                is_base = name == baseline
+                stats = arm_difference(arm, base, opts=opts) if len(base) and not is_base else {}
+                recipe = RECIPES.get(name.removeprefix("recipe:")) if name.startswith("recipe:") else None
+                out.append(
+                    {
+                        "tier": tier,
+                        "encoder": enc,
+                        "recipe": name,
+                        "system": recipe.system if recipe else "",
+                        "n_seeds": int(row.n_seeds),
+                        "score": row.mean,
+                        "ci_low": row.ci_low,
+                        "ci_high": row.ci_high,
+                        "projection_params": width.get((enc, row.strategy), np.nan),
+                        f"diff_vs_{baseline.removeprefix('recipe:')}": stats.get("diff", np.nan),
+                        "diff_low": stats.get("ci_low", np.nan),
+                        "diff_high": stats.get("ci_high", np.nan),
+                        "verdict": "baseline"
+                        if is_base
+                        else (verdict(stats, opts.min_seeds) if stats else "no baseline run"),
+                    }
+                )
+    if not out:
+        return pd.DataFrame()
+    table = pd.DataFrame(out)
+    table["projection_params"] = table["projection_params"].astype("Int64")
+    order = list(run_results.TIERS)
+    return table.sort_values(
+        ["tier", "encoder", "score"],
+        key=lambda c: c.map(order.index) if c.name == "tier" else c,
+        ascending=[True, True, False],
+    ).reset_index(drop=True)
+
+
 def provenance_note(provenance: pd.DataFrame) -> str:
     """A sentence for a table's caption when the compared runs ran with different code, versions or
     devices (``run_results.load_provenance``); "" when they agree or none recorded it."""
@@ -531,6 +599,46 @@ def claims_plot(
     ax.set_xlabel(f"paired difference in {metric}, {tier} tier (95% CI over prompts and seeds)")
     ax.set_title("The paper's claims at this scale (green: held, red: failed, grey: inconclusive)")
     return fig, data
+
+
+def recipe_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure, pd.DataFrame]:
+    """The recipe comparison (:func:`recipe_comparison`): one panel per tier, one row per recipe (best on
+    average first), a point with its CI per encoder; the projection's parameter count beside each point."""
+    tiers = [t for t in run_results.TIERS if t in set(table["tier"])]
+    order = table.groupby("recipe")["score"].mean().sort_values(ascending=False).index.tolist()
+    encoders = list(dict.fromkeys(table["encoder"]))
+    fig, axes = plt.subplots(
+        1, len(tiers), figsize=(5.5 * len(tiers), 0.45 * len(order) + 1.6), sharey=True, squeeze=False
+    )
+    for ax, tier in zip(axes[0], tiers, strict=True):
+        at_tier = table[table["tier"] == tier]
+        for k, enc in enumerate(encoders):
+            rows = at_tier[at_tier["encoder"] == enc].set_index("recipe").reindex(order)
+            y = np.arange(len(order))[::-1] + (k - (len(encoders) - 1) / 2) * 0.22
+            err = np.vstack([rows["score"] - rows["ci_low"], rows["ci_high"] - rows["score"]]).clip(min=0)
+            ax.errorbar(rows["score"], y, xerr=np.nan_to_num(err), fmt="o", capsize=2, label=enc)
+            for yy, x, width in zip(y, rows["ci_high"], rows["projection_params"], strict=True):
+                if pd.notna(width) and pd.notna(x):
+                    ax.annotate(
+                        f"{int(width) / 1e6:.2g}M",
+                        (x, yy),
+                        xytext=(3, 0),
+                        textcoords="offset points",
+                        fontsize=6,
+                        va="center",
+                        color="gray",
+                    )
+        ax.set_title(f"{tier} tier", fontsize=9)
+        ax.set_xlabel(f"overall {metric} (95% CI over prompts and seeds)")
+        ax.set_xlim(0, 1)
+    systems = table.drop_duplicates("recipe").set_index("recipe")["system"]
+    axes[0][0].set_yticks(
+        np.arange(len(order))[::-1], [f"{r} ({systems[r]})" if systems[r] else r for r in order], fontsize=8
+    )
+    axes[0][-1].legend(title="encoder", fontsize=8, loc="lower right")
+    fig.suptitle("Released recipes under one protocol (grey: projection parameters)", fontsize=10)
+    fig.tight_layout()
+    return fig, table
 
 
 def upsampling_effect_plot(effect: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure, pd.DataFrame]:

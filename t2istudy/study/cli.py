@@ -6,7 +6,7 @@ t2istudy grid status grids/small.yaml         done / failed / pending runs with 
 t2istudy grid prepare grids/small.yaml        fill the runs' embedding caches, one encoder pass per encoder
 t2istudy notebook notebooks/run.ipynb runs/manual/r1 -p encoder=gemma3-270m -p seed=1
 t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.diffusion.train)
-t2istudy layer-norms | probe | judge-validation | upsampling   the side notebooks with their defaults
+t2istudy layer-norms | probe | judge-validation | upsampling | recipes   the side notebooks (defaults)
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ NOTEBOOK_COMMANDS = {  # subcommand -> (notebook, output folder under --runs-dir
     "probe": ("notebooks/probe.ipynb", "probe"),
     "judge-validation": ("notebooks/judge_validation.ipynb", "judge_validation"),
     "upsampling": ("notebooks/upsampling.ipynb", "upsampling"),
+    "recipes": ("notebooks/recipes.ipynb", "recipe_comparison"),  # not runs/recipes: the grid's folder
 }
 
 

@@ -1,0 +1,88 @@
+"""The released-recipes comparison (issue 18) over synthetic run folders with hand-computed numbers.
+
+Design: gemma3-270m with three strategies x 2 seeds (both seeds alike), written by test_analysis_tiers'
+``write_runs``. ``norm_mean`` is recipe:paper's expansion, so it is the baseline. GenEval-style tasks
+passed: paper {single_object, two_object} -> 2/6; flux2 adds counting -> 3/6, diff +1/6 with a CI of
+width 0 (each task's difference is constant over its prompts); lumina2 drops two_object -> 1/6, diff -1/6.
+Held-out: paper passes 2 of 4 prompts, flux2 3, lumina2 1.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_analysis_tiers import NOTEBOOKS, write_runs
+
+from t2istudy.study import analysis as F
+from t2istudy.study import runner
+
+PASSED = {
+    ("gemma3-270m", "norm_mean"): ({"single_object", "two_object"}, 2),
+    ("gemma3-270m", "recipe:flux2"): ({"single_object", "two_object", "counting"}, 3),
+    ("gemma3-270m", "recipe:lumina2"): ({"single_object"}, 1),
+}
+WIDTHS = {("gemma3-270m", "norm_mean"): 164_096, ("gemma3-270m", "recipe:flux2"): 491_776}  # lumina2: none
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("recipes") / "runs"
+    extras = {arm: {"conditioner_parameters": n} for arm, n in WIDTHS.items()}
+    return write_runs(root, "recipes", passed=PASSED, extras=extras)
+
+
+def test_recipe_comparison_values(runs):
+    table = F.recipe_comparison(runs, "recipes", opts=F.Options(n_boot=200))
+    assert len(table) == 6 and list(dict.fromkeys(table["tier"])) == ["heldout", "geneval"]
+    geneval = table[table["tier"] == "geneval"].set_index("recipe")
+    assert list(geneval.index) == ["recipe:flux2", "recipe:paper", "recipe:lumina2"]  # best first
+    assert geneval["score"].tolist() == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+    assert geneval.loc["recipe:flux2", ["diff_vs_paper", "diff_low", "diff_high"]].tolist() == pytest.approx(
+        [1 / 6] * 3
+    )
+    assert geneval.loc["recipe:lumina2", "diff_vs_paper"] == pytest.approx(-1 / 6)
+    assert geneval["verdict"].tolist() == [
+        "held (preliminary: 2 seeds)",
+        "baseline",
+        "failed (preliminary: 2 seeds)",
+    ]
+    assert geneval.loc["recipe:flux2", "system"] == "FLUX.2"
+    assert geneval["projection_params"].tolist()[:2] == [491_776, 164_096]
+    assert pd.isna(geneval.loc["recipe:lumina2", "projection_params"])  # not recorded: shown empty
+    assert (geneval["n_seeds"] == 2).all()
+    held = table[table["tier"] == "heldout"].set_index("recipe")
+    assert held["score"].tolist() == pytest.approx([0.75, 0.5, 0.25])
+    assert held.loc["recipe:flux2", "diff_vs_paper"] == pytest.approx(0.25)
+    assert pd.isna(held.loc["recipe:paper", "diff_vs_paper"])
+    assert F.recipe_comparison(runs, "no_such_grid").empty
+
+
+def test_recipe_plot_has_a_panel_per_tier(runs):
+    table = F.recipe_comparison(runs, "recipes", opts=F.Options(n_boot=50))
+    fig, data = F.recipe_plot(table)
+    assert len(fig.axes) == 2 and len(data) == 6
+    ax = fig.axes[0]
+    ticks = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True)}
+    assert max(ticks, key=ticks.get) == "recipe:flux2 (FLUX.2)"  # best on average at the top
+    assert min(ticks, key=ticks.get) == "recipe:lumina2 (Lumina-Image-2.0)"
+
+
+@pytest.mark.slow
+def test_recipes_notebook_writes_table_and_figure(runs, tmp_path):
+    figures = tmp_path / "figures"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = runner.execute_notebook(
+            NOTEBOOKS / "recipes.ipynb",
+            tmp_path / "out",
+            {"runs_dir": str(runs), "figures_dir": str(figures), "n_boot": 50},
+        )
+    assert result.state == "done", result.error
+    assert {p.name for p in figures.iterdir()} == {
+        *(f"recipes.{e}" for e in ("csv", "md", "tex")),
+        *(f"recipes_forest.{e}" for e in ("png", "pdf", "csv")),
+    }
+    assert "FLUX.2" in (figures / "recipes.md").read_text()
