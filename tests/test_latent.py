@@ -254,6 +254,22 @@ def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp
     assert len(md) == 2 + 2 and md[2].startswith("| lad | 2 |")  # header, rule, one row per rung
 
 
+def test_ladder_refuses_a_decaying_schedule_over_several_rungs_before_training(tmp_path, monkeypatch):
+    """cpu-latent-v decays its rate (cosine) over max_train_steps: a second rung cannot resume the first,
+    so the ladder says so before it spends the first rung's minutes; one rung, or a constant rate, is fine."""
+    from t2istudy.study import ladder
+
+    monkeypatch.setattr(ladder, "train", lambda opts: pytest.fail("trained before refusing"))
+    with pytest.raises(ValueError, match=r"rungs \[1000, 3000\] under lr_scheduler 'cosine'.*--rungs 3000"):
+        ladder.climb(tmp_path / "v", [3000, 1000], preset="cpu-latent-v")
+    with pytest.raises(ValueError, match="'cosine'"):  # also the base preset with the lever given
+        ladder.check_schedule("cpu-latent", [1000, 2000], {"lr_scheduler": "cosine"})
+    assert not (tmp_path / "v" / "train").exists()
+    ladder.check_schedule("cpu-latent-v", [3000])  # one rung: nothing resumes
+    ladder.check_schedule("cpu-latent", [1000, 2000])  # the preset's constant_with_warmup
+    ladder.check_schedule("cpu-latent-v", [1000, 2000], {"lr_scheduler": "constant"})
+
+
 def test_validation_split_is_training_distribution_and_disjoint_from_both_tiers():
     from t2istudy.study.tiers import make_tier, make_validation_split
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from t2istudy.diffusion.options import TrainOptions
+from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train import train
-from t2istudy.diffusion.train_folder import complete_checkpoints
+from t2istudy.diffusion.train_folder import CONSTANT_SCHEDULES, complete_checkpoints
 from t2istudy.figure_files import save_figure
 from t2istudy.study.tiers import evaluate_tiers
 
@@ -41,6 +41,19 @@ COLUMNS = (
     "guidance_scale",
     "sample_seconds",
 )
+
+
+def check_schedule(preset: str, rungs: list[int], train_options: dict | None = None) -> None:
+    """Refuse, before any training, a ladder of several rungs under a decaying learning-rate schedule: each
+    rung resumes the previous one, which is the shorter run only while the rate stays constant (the trainer
+    would refuse at the second rung, after the first one's minutes were spent)."""
+    schedule = resolve_options(TrainOptions(preset=preset, **(train_options or {}))).lr_scheduler
+    if len(rungs) > 1 and schedule not in CONSTANT_SCHEDULES:
+        raise ValueError(
+            f"The ladder has rungs {rungs} under lr_scheduler {schedule!r}, which spans max_train_steps, so a "
+            f"rung cannot resume the one before it. Climb one rung per ladder (--rungs {rungs[-1]} with its "
+            f"own --name), or use a constant schedule ({', '.join(CONSTANT_SCHEDULES)})."
+        )
 
 
 def climb(
@@ -63,6 +76,7 @@ def climb(
     done = pd.read_csv(table_path) if table_path.is_file() else pd.DataFrame(columns=COLUMNS)
     train_dir = out / "train"
     clock = json.loads((out / CLOCK).read_text()) if (out / CLOCK).is_file() else {}
+    check_schedule(preset, sorted({*rungs, *done["steps"].astype(int)}), train_options)
     for steps in sorted(rungs):
         if steps in set(done["steps"]):
             continue
