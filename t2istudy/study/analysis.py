@@ -143,20 +143,27 @@ def arm_difference(
     """Mean of (arm a - arm b) over the seeds and prompts both have, paired by seed and prompt, with a CI
     resampling seeds and prompts (unlike `scoring.summaries.paired_difference`: one run each, prompts only).
     On the GenEval-style tier the overall difference is that of the task means' means (GenEval's rule)."""
+    return _difference(*_paired_matrices(a, b, skill), a, skill, opts)
+
+
+def _paired_matrices(
+    a: pd.DataFrame, b: pd.DataFrame, skill: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The [seed x prompt] matrices of arms a and b on the seeds and prompts both have."""
     ma, mb = _matrix(a, skill), _matrix(b, skill)
-    seeds = ma.index.intersection(mb.index)
-    prompts = ma.columns.intersection(mb.columns)
-    if len(seeds) == 0 or len(prompts) == 0:
-        return {
-            "diff": np.nan,
-            "ci_low": np.nan,
-            "ci_high": np.nan,
-            "n_seeds": len(seeds),
-            "n_prompts": len(prompts),
-        }
-    diff = ma.loc[seeds, prompts] - mb.loc[seeds, prompts]
-    mean, low, high = _mean_ci(_split(diff, a, skill), opts)
-    return {"diff": mean, "ci_low": low, "ci_high": high, "n_seeds": len(seeds), "n_prompts": len(prompts)}
+    seeds, prompts = ma.index.intersection(mb.index), ma.columns.intersection(mb.columns)
+    return ma.loc[seeds, prompts], mb.loc[seeds, prompts]
+
+
+def _difference(
+    ma: pd.DataFrame, mb: pd.DataFrame, a: pd.DataFrame, skill: str | None, opts: Options
+) -> dict:
+    """Mean and CI of ma - mb (paired matrices; ``a``'s scores tell the tier's overall rule)."""
+    n = {"n_seeds": ma.shape[0], "n_prompts": ma.shape[1]}
+    if ma.size == 0:
+        return {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, **n}
+    mean, low, high = _mean_ci(_split(ma - mb, a, skill), opts)
+    return {"diff": mean, "ci_low": low, "ci_high": high, **n}
 
 
 def verdict(row: dict | pd.Series, min_seeds: int = 1) -> str:
@@ -345,15 +352,13 @@ def paired_effect(treated: pd.DataFrame, control: pd.DataFrame, opts: Options = 
     the claims' CI and verdict. ``treated`` / ``control``: one arm's per-prompt scores each."""
     out = []
     for skill in ["overall", *_skills(treated)]:
-        ma, mb = _matrix(treated, skill), _matrix(control, skill)
-        seeds, prompts = ma.index.intersection(mb.index), ma.columns.intersection(mb.columns)
-        paired = len(seeds) > 0 and len(prompts) > 0
-        stats = arm_difference(treated, control, skill, opts)
+        ma, mb = _paired_matrices(treated, control, skill)
+        stats = _difference(ma, mb, treated, skill, opts)
         out.append(
             {
                 "skill": skill,
-                "treated": _point(_split(ma.loc[seeds, prompts], treated, skill)) if paired else np.nan,
-                "control": _point(_split(mb.loc[seeds, prompts], control, skill)) if paired else np.nan,
+                "treated": _point(_split(ma, treated, skill)) if ma.size else np.nan,
+                "control": _point(_split(mb, control, skill)) if mb.size else np.nan,
                 **stats,
                 "verdict": verdict(stats, opts.min_seeds),
             }
