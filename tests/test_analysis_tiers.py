@@ -70,13 +70,16 @@ def write_runs(
     geneval: bool = True,
     passed: dict | None = None,
     extras: dict | None = None,
+    common: dict | None = None,
 ) -> Path:
     """One run folder per (encoder, strategy, seed), as notebooks/run.ipynb and the runner leave it;
-    ``passed`` as PASSED (its default), ``extras``: (encoder, strategy) -> more metrics.json entries."""
+    ``passed`` as PASSED (its default), ``extras``: (encoder, strategy) -> more metrics.json entries,
+    ``common``: more parameters of every run (not in its id)."""
     for (encoder, strategy), (tasks, k) in (passed or PASSED).items():
         for seed in (0, 1):
             params = {"encoder": encoder, "strategy": strategy, "seed": seed}
             run_id = make_run_id(params)
+            params = {**(common or {}), **params}
             out = root / grid / run_id
             record = {"schema_version": SCHEMA_VERSION, "grid": grid, "run_id": run_id, "params": params}
             out.mkdir(parents=True)

@@ -27,11 +27,14 @@ PASSED = {
 WIDTHS = {("gemma3-270m", "norm_mean"): 164_096, ("gemma3-270m", "recipe:flux2"): 491_776}  # lumina2: none
 
 
+PROTOCOL = {"preset": "cpu-latent-v", "n_per_skill": 125}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("recipes") / "runs"
     extras = {arm: {"conditioner_parameters": n} for arm, n in WIDTHS.items()}
-    return write_runs(root, "recipes", passed=PASSED, extras=extras)
+    return write_runs(root, "recipes", passed=PASSED, extras=extras, common=PROTOCOL)
 
 
 def test_recipe_comparison_values(runs):
@@ -86,3 +89,30 @@ def test_recipes_notebook_writes_table_and_figure(runs, tmp_path):
         *(f"recipes_forest.{e}" for e in ("png", "pdf", "csv")),
     }
     assert "FLUX.2" in (figures / "recipes.md").read_text()
+
+
+def test_baseline_runs_come_from_another_grid_of_the_same_protocol(runs, tmp_path):
+    """recipes without its own norm_mean runs takes recipe:paper from a small2-like grid (same settings
+    but encoder, strategy and seed), and refuses one whose settings differ."""
+    root = tmp_path / "runs"
+    without_paper = {arm: v for arm, v in PASSED.items() if arm[1] != "norm_mean"}
+    write_runs(root, "recipes", passed=without_paper, common=PROTOCOL)
+    paper_and_last = {
+        **{a: v for a, v in PASSED.items() if a[1] == "norm_mean"},
+        ("gemma3-270m", "last"): ({}, 0),
+    }
+    write_runs(root, "small2", passed=paper_and_last, common=PROTOCOL)
+    opts = F.Options(n_boot=100)
+    assert F.recipe_comparison(root, "recipes", opts=opts)["verdict"].eq("no baseline run").all()
+    table = F.recipe_comparison(root, "recipes", opts=opts, baseline_grid="small2")
+    geneval = table[table["tier"] == "geneval"].set_index("recipe")
+    assert list(geneval.index) == ["recipe:flux2", "recipe:paper", "recipe:lumina2"]  # small2's last left out
+    assert geneval.loc["recipe:paper", ["grids", "n_seeds"]].tolist() == ["small2", 2]
+    assert geneval.loc["recipe:flux2", "diff_vs_paper"] == pytest.approx(1 / 6)
+    mine = F.recipe_comparison(runs, "recipes", opts=opts)  # the grid's own baseline runs: the same numbers
+    assert table.drop(columns=["grids", "projection_params"]).equals(
+        mine.drop(columns=["grids", "projection_params"])
+    )
+    write_runs(root, "other", passed=paper_and_last, common={**PROTOCOL, "preset": "cpu-small"})
+    with pytest.raises(ValueError, match="not the same protocol.*cpu-small"):
+        F.recipe_comparison(root, "recipes", opts=opts, baseline_grid="other")

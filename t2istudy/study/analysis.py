@@ -16,6 +16,7 @@ encoders) sit beside ours with their source spelled out; they are not on the sam
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -392,24 +393,86 @@ def upsampling_effect(
     return table[first + [c for c in table.columns if c not in first]]
 
 
+SWEPT = ("encoder", "strategy", "seed")  # what may differ between runs compared under one protocol
+
+
+def _protocols(root: str | Path, grid: str) -> dict[str, str]:
+    """{run_id: its settings other than encoder, strategy and seed} for a grid's complete runs."""
+    out = {}
+    for run in run_results.find_runs(root, grid):
+        record = json.loads((run / "params.json").read_text(encoding="utf-8"))
+        rest = {k: v for k, v in record.get("params", {}).items() if k not in SWEPT}
+        out[record["run_id"]] = json.dumps(rest, sort_keys=True)
+    return out
+
+
+def _recipe_runs(
+    root: str | Path, grid: str, baseline: str, baseline_grid: str | None, metric: str, tier: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics and scores of ``grid``'s runs on ``tier``, strategies named by their recipe, plus the
+    ``baseline`` runs of ``baseline_grid`` for the (encoder, seed) pairs the grid has no baseline run of."""
+    tables = []
+    for source in [grid] + ([baseline_grid] if baseline_grid else []):
+        metrics = run_results.load_metrics(root, source, metric, tier)
+        if metrics.empty:
+            continue
+        scores = run_results.load_scores(root, source, metric, tier)
+        names = {s: recipe_of(s) or s for s in scores["strategy"].unique()}
+        metrics["strategy"], scores["strategy"] = (
+            metrics["strategy"].map(names),
+            scores["strategy"].map(names),
+        )
+        tables.append((source, metrics, scores))
+    if not tables or tables[0][0] != grid:
+        return pd.DataFrame(), pd.DataFrame()
+    metrics, scores = tables[0][1], tables[0][2]
+    if len(tables) == 2:
+        own = set(map(tuple, metrics.loc[metrics["strategy"] == baseline, ["encoder", "seed"]].to_numpy()))
+        extra_m, extra_s = tables[1][1], tables[1][2]
+        keep = [
+            s == baseline and e in set(metrics["encoder"]) and (e, seed) not in own
+            for e, s, seed in zip(extra_m["encoder"], extra_m["strategy"], extra_m["seed"], strict=True)
+        ]
+        extra_m = extra_m[keep]
+        if len(extra_m):
+            mine, theirs = set(_protocols(root, grid).values()), _protocols(root, baseline_grid)
+            theirs = {theirs[r] for r in extra_m["run_id"].unique()}
+            if theirs != mine or len(mine) != 1:
+                settings = [json.loads(v) for v in sorted(mine | theirs)]
+                keys = sorted({k for d in settings for k in d})
+                differ = [k for k in keys if len({json.dumps(d.get(k)) for d in settings}) > 1]
+                raise ValueError(
+                    f"The {baseline} runs of {baseline_grid!r} are not the same protocol as {grid!r}'s runs: "
+                    f"they differ in {', '.join(f'{k} ({sorted({str(d.get(k)) for d in settings})})' for k in differ)}. "
+                    f"Run {baseline} in {grid!r} itself, or pass baseline_grid=None."
+                )
+            ids = set(extra_m["run_id"])
+            metrics = pd.concat([metrics, extra_m], ignore_index=True)
+            scores = pd.concat([scores, extra_s[extra_s["run_id"].isin(ids)]], ignore_index=True)
+    return metrics, scores
+
+
 def recipe_comparison(
     root: str | Path,
     grid: str = "recipes",
     baseline: str = "recipe:paper",
     metric: str = "score",
     opts: Options = Options(),
+    baseline_grid: str | None = None,
 ) -> pd.DataFrame:
     """Released recipes under one protocol (issue 18), on both tiers: per (tier, encoder, recipe) the
     overall score over seeds with its two-level CI, the conditioning projection's parameter count (concat
     recipes widen it) and the paired difference to ``baseline`` on the same encoder, with its verdict.
     A strategy is named by its recipe when its expansion is one (``norm_mean`` reads ``recipe:paper``).
-    Rows best first within each tier and encoder; empty when the grid has no complete runs."""
+    ``baseline_grid``: a grid whose ``baseline`` runs stand in for the grid's own where it has none, when
+    every setting but encoder, strategy and seed is the same (small2's ``norm_mean`` runs are recipe:paper's);
+    ``grids`` says where each arm's runs come from. Rows best first within each tier and encoder; empty
+    when the grid has no complete runs."""
     out = []
     for tier in run_results.TIERS:
-        metrics = run_results.load_metrics(root, grid, metric, tier)
+        metrics, scores = _recipe_runs(root, grid, baseline, baseline_grid, metric, tier)
         if metrics.empty:
             continue
-        scores = run_results.load_scores(root, grid, metric, tier)
         overall = metrics[metrics["skill"] == "overall"]
         arms = arm_table(overall, scores, opts)
         width = (
@@ -417,15 +480,15 @@ def recipe_comparison(
             if "conditioner_parameters" in overall
             else pd.Series(dtype=float)
         )
-        names = {s: recipe_of(s) or s for s in scores["strategy"].unique()}
+        sources = overall.groupby(["encoder", "strategy"])["grid"].agg(lambda g: "+".join(dict.fromkeys(g)))
         for enc in arms["encoder"].unique():
             at_enc = scores[scores["encoder"] == enc]
-            base = at_enc[at_enc["strategy"].map(names) == baseline]
+            base = at_enc[at_enc["strategy"] == baseline]
             for row in arms[arms["encoder"] == enc].itertuples():
+                is_base = row.strategy == baseline
                 arm = at_enc[at_enc["strategy"] == row.strategy]
-                name = names.get(row.strategy, row.strategy)
-                is_base = name == baseline
                 stats = arm_difference(arm, base, opts=opts) if len(base) and not is_base else {}
+                name = str(row.strategy)
                 recipe = RECIPES.get(name.removeprefix("recipe:")) if name.startswith("recipe:") else None
                 out.append(
                     {
@@ -444,6 +507,7 @@ def recipe_comparison(
                         "verdict": "baseline"
                         if is_base
                         else (verdict(stats, opts.min_seeds) if stats else "no baseline run"),
+                        "grids": sources.get((enc, row.strategy), grid),
                     }
                 )
     if not out:
