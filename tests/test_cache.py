@@ -177,3 +177,35 @@ def test_one_pass_for_every_strategy_equals_one_pass_each(tmp_path):
         alone = EmbeddingCache.build(enc, strategy, captions, tmp_path / "a", batch_size=3, progress=False)
         assert entry.meta == alone.meta
         assert (entry.path / "features.npy").read_bytes() == (alone.path / "features.npy").read_bytes()
+
+
+def test_build_refuses_early_when_the_disk_cannot_hold_the_entry_and_leaves_nothing(tmp_path, monkeypatch):
+    """The first batch's chunks project the entry's peak size (here 2 batches x 2 captions x 7 tokens x 8
+    float32 + headers, x 1.75); with less free than that the build stops after one batch, naming the sizes
+    and the fix, and removes its temporary folder."""
+    import collections
+
+    from t2istudy.text import cache as cache_module
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 300, 300))
+    enc = FakeEncoder()
+    with pytest.raises(OSError, match=r"need about 0\.0 GB .* has 0\.0 GB free.*--cache_dir"):
+        EmbeddingCache.build(enc, "norm_mean", CAPTIONS, tmp_path, batch_size=2, progress=False)
+    assert enc.calls == 1  # refused after the first batch, not after the whole pass
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no chunk, no entry left behind
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    cache = EmbeddingCache.build(FakeEncoder(), "norm_mean", CAPTIONS, tmp_path, batch_size=2, progress=False)
+    assert len(cache) == 4
+
+
+def test_a_build_that_fails_midway_leaves_no_temporary_folder(tmp_path):
+    class FailsOnSecondBatch(FakeEncoder):
+        def encode_aggregated(self, prompts, strategy, batch_size=32, progress=False):
+            if self.calls == 1:
+                raise RuntimeError("encoder crashed")
+            return super().encode_aggregated(prompts, strategy, batch_size, progress)
+
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        EmbeddingCache.build(FailsOnSecondBatch(), "last", CAPTIONS, tmp_path, batch_size=2, progress=False)
+    assert list(tmp_path.rglob("*.tmp-*")) == [] and list(tmp_path.rglob("meta.json")) == []

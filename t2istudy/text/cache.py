@@ -264,6 +264,33 @@ class EmbeddingCache:
         writers = [
             _EntryWriter(cls.entry_dir(root, encoder.name, s, encoder.max_length, unique)) for s in canonical
         ]
+        try:
+            cls._encode_chunks(encoder, canonical, unique, writers, batch_size, progress)
+            return [
+                cls(writer.finish(unique, cls._meta(encoder, s, unique), dtype, _null_fn(encoder, s)))
+                for writer, s in zip(writers, canonical, strict=True)
+            ]
+        except BaseException:  # a half-written entry is worthless and may be gigabytes: never leave it
+            for writer in writers:
+                shutil.rmtree(writer.tmp, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _meta(encoder: Encoder, strategy: str, unique: list[str]) -> dict:
+        return {
+            "version": CACHE_VERSION,
+            "encoder": encoder.name,
+            "strategy": strategy,
+            "template_digest": template_digest(strategy),
+            "max_length": encoder.max_length,
+            "caption_hash": caption_hash(unique),
+            "num_captions": len(unique),
+        }
+
+    @staticmethod
+    def _encode_chunks(encoder, canonical, unique, writers, batch_size: int, progress: bool) -> None:
+        """Pass 1 of every entry: encode the captions batch by batch into each writer's float32 chunks;
+        after the first batch, refuse early if the disk cannot hold the entries (``check_disk_space``)."""
         steps = range(0, len(unique), batch_size)
         label = f"encode {encoder.name}" + (f" ({len(canonical)} strategies)" if len(canonical) > 1 else "")
         for i, start in enumerate(tqdm(steps, desc=label, disable=not progress)):
@@ -286,22 +313,8 @@ class EmbeddingCache:
                     mask,
                     f"Encoder {encoder.name} produced non-finite values for strategy {strategy}.",
                 )
-        entries = []
-        for writer, strategy in zip(writers, canonical, strict=True):
-            meta = {
-                "version": CACHE_VERSION,
-                "encoder": encoder.name,
-                "strategy": strategy,
-                "template_digest": template_digest(strategy),
-                "max_length": encoder.max_length,
-                "caption_hash": caption_hash(unique),
-                "num_captions": len(unique),
-            }
-            path = writer.finish(
-                unique, meta, dtype, lambda shape, s=strategy: null_embedding(encoder, s, shape)
-            )
-            entries.append(cls(path))
-        return entries
+            if i == 0:
+                check_disk_space(writers, len(unique), canonical)
 
     @classmethod
     def get_or_build(
@@ -348,6 +361,33 @@ class EmbeddingCache:
             built = cls.build_many(encoder, missing, captions, root, batch_size=batch_size, progress=progress)
             found.update(zip(missing, built, strict=True))
         return [found[s] for s in strategies]
+
+
+def _null_fn(encoder: Encoder, strategy: str):
+    return lambda shape: null_embedding(encoder, strategy, shape)
+
+
+# Peak disk of an entry, in units of its float32 chunks: the chunks, plus the final array written while they
+# are deleted one by one (float16: half as large; padded to the longest caption, hence the margin).
+PEAK_OVER_CHUNKS = 1.75
+
+
+def check_disk_space(writers: list, n_captions: int, strategies: list[str]) -> None:
+    """Refuse before the encoder pass goes on when the entries' projected peak size (from the first batch's
+    chunks) exceeds the free space: a concat strategy's entry is n_states x wider, and a disk filled
+    halfway would fail late and could take other runs' checkpoints down with it."""
+    need = 0.0
+    for writer in writers:
+        rows = writer.chunks[0][1]
+        first = (writer.tmp / "chunk000000.npy").stat().st_size
+        need += first / rows * n_captions * PEAK_OVER_CHUNKS
+    free = shutil.disk_usage(writers[0].tmp).free
+    if need > free:
+        raise OSError(
+            f"The embedding cache entries for {strategies} need about {need / 1e9:.1f} GB while being built, "
+            f"but {writers[0].tmp.parent} has {free / 1e9:.1f} GB free. Free disk space, or put the cache on "
+            "a larger disk (--cache_dir, or cache_dir in the grid's params)."
+        )
 
 
 class _EntryWriter:
