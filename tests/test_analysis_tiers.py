@@ -253,3 +253,16 @@ def test_analysis_notebooks_execute_on_both_tiers(runs, tmp_path):
     assert claims.loc[("gemma3-270m norm_mean", "gemma3-270m last"), "diff"] == pytest.approx(1 / 3)
     assert "Tier: geneval" in (figures_dir / "geneval" / "claims.md").read_text()
     assert "Tier: heldout" in (figures_dir / "claims.md").read_text()
+
+
+def test_grid_status_shows_both_tiers(runs, tmp_path):
+    from t2istudy.study.grids import load_grid
+
+    path = tmp_path / "tiers.yaml"
+    path.write_text(
+        f"name: tiers\nnotebook: {NOTEBOOKS / 'run.ipynb'}\n"
+        "axes:\n  encoder: [gemma3-270m]\n  strategy: [norm_mean, last]\n  seed: [0, 1]\n"
+    )
+    status = run_results.grid_status(load_grid(path), runs).set_index("run_id")
+    assert status["overall"].tolist() == pytest.approx([0.75, 0.75, 0.25, 0.25])  # held-out: prompt mean
+    assert status["geneval"].tolist() == pytest.approx([0.5, 0.5, 1 / 6, 1 / 6])  # mean of task means

@@ -54,7 +54,7 @@ def test_parse_assignment_uses_yaml_values():
 def test_grid_status_and_dry_run_on_fixture_runs(fixture_grid, capsys):
     assert cli.main(["grid", "status", str(fixture_grid), "--runs-dir", str(FIXTURE)]) == 0
     out = capsys.readouterr().out
-    assert "done: 4  pending: 2" in out
+    assert "done: 4  pending: 2" in out and "geneval" in out.splitlines()[0]
     assert "gemma3-270m__norm_mean__seed1" in out and "0.875" in out  # k=14 of 16 prompts
     assert cli.main(["grid", "run", str(fixture_grid), "--runs-dir", str(FIXTURE), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()

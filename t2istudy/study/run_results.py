@@ -26,7 +26,8 @@ from t2istudy.study.run_folder import (
 
 
 def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFrame:
-    """One row per run of the grid: state, overall score with CI, seconds, error.
+    """One row per run of the grid: state, held-out overall score with CI, the GenEval-style tier's
+    overall (``geneval``, empty for a run scored before that tier), seconds, error.
 
     One run never fails the listing: a run whose files cannot be read is state ``corrupt`` with the
     error ``corrupt: <file>: why. Fix ...`` (a fix that keeps its weights); a DONE run whose metrics.json
@@ -44,7 +45,7 @@ def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFr
             rows.append({"run_id": spec.run_id, "state": "corrupt", "error": _corrupt(out, err)})
         except ValueError as err:  # another schema version: named with its fix
             rows.append({"run_id": spec.run_id, "state": "corrupt", "error": str(err)})
-    columns = ["run_id", "state", "overall", "ci_low", "ci_high", "seconds", "progress", "error"]
+    columns = ["run_id", "state", "overall", "ci_low", "ci_high", "geneval", "seconds", "progress", "error"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -97,8 +98,10 @@ def _status_row(out: Path, run_id: str) -> dict[str, Any]:
         if caught:
             row["error"] = "; ".join(str(w.message) for w in caught)
     if state == "done":
-        overall = read_json(out / "metrics.json").get("overall", {})
+        metrics = read_json(out / "metrics.json")
+        overall = metrics.get("overall", {})
         row.update(overall=overall.get("mean"), ci_low=overall.get("ci_low"), ci_high=overall.get("ci_high"))
+        row["geneval"] = metrics.get("tiers", {}).get("geneval", {}).get("overall", {}).get("mean")
         row["seconds"] = read_json(out / "DONE").get("seconds")
     elif state == "failed":
         info = read_json(out / "FAILED")
