@@ -28,6 +28,7 @@ import seaborn as sns
 
 from t2istudy.scoring.bootstrap import mean_of_group_means_ci_over_seeds_and_prompts
 from t2istudy.study import run_results
+from t2istudy.study.run_folder import read_json
 from t2istudy.text.aggregation import recipe_of
 from t2istudy.text.plots_layers import plot_layer_norms
 from t2istudy.text.recipes import RECIPES
@@ -400,7 +401,7 @@ def _protocols(root: str | Path, grid: str) -> dict[str, str]:
     """{run_id: its settings other than encoder, strategy and seed} for a grid's complete runs."""
     out = {}
     for run in run_results.find_runs(root, grid):
-        record = json.loads((run / "params.json").read_text(encoding="utf-8"))
+        record = read_json(run / "params.json")
         rest = {k: v for k, v in record.get("params", {}).items() if k not in SWEPT}
         out[record["run_id"]] = json.dumps(rest, sort_keys=True)
     return out
@@ -427,24 +428,25 @@ def _recipe_runs(
         return pd.DataFrame(), pd.DataFrame()
     metrics, scores = tables[0][1], tables[0][2]
     if len(tables) == 2:
-        own = set(map(tuple, metrics.loc[metrics["strategy"] == baseline, ["encoder", "seed"]].to_numpy()))
+        pair = ["encoder", "seed"]
+        own = pd.MultiIndex.from_frame(metrics.loc[metrics["strategy"] == baseline, pair])
         extra_m, extra_s = tables[1][1], tables[1][2]
-        keep = [
-            s == baseline and e in set(metrics["encoder"]) and (e, seed) not in own
-            for e, s, seed in zip(extra_m["encoder"], extra_m["strategy"], extra_m["seed"], strict=True)
+        extra_m = extra_m[
+            (extra_m["strategy"] == baseline)
+            & extra_m["encoder"].isin(metrics["encoder"])
+            & ~pd.MultiIndex.from_frame(extra_m[pair]).isin(own)
         ]
-        extra_m = extra_m[keep]
         if len(extra_m):
             mine, theirs = set(_protocols(root, grid).values()), _protocols(root, baseline_grid)
             theirs = {theirs[r] for r in extra_m["run_id"].unique()}
             if theirs != mine or len(mine) != 1:
                 settings = [json.loads(v) for v in sorted(mine | theirs)]
                 keys = sorted({k for d in settings for k in d})
-                differ = [k for k in keys if len({json.dumps(d.get(k)) for d in settings}) > 1]
+                values = {k: sorted({json.dumps(d.get(k)) for d in settings}) for k in keys}
+                differ = ", ".join(f"{k} ({', '.join(v)})" for k, v in values.items() if len(v) > 1)
                 raise ValueError(
                     f"The {baseline} runs of {baseline_grid!r} are not the same protocol as {grid!r}'s runs: "
-                    f"they differ in {', '.join(f'{k} ({sorted({str(d.get(k)) for d in settings})})' for k in differ)}. "
-                    f"Run {baseline} in {grid!r} itself, or pass baseline_grid=None."
+                    f"they differ in {differ}. Run {baseline} in {grid!r} itself, or pass baseline_grid=None."
                 )
             ids = set(extra_m["run_id"])
             metrics = pd.concat([metrics, extra_m], ignore_index=True)

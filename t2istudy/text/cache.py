@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -267,7 +268,11 @@ class EmbeddingCache:
         try:
             cls._encode_chunks(encoder, canonical, unique, writers, batch_size, progress)
             return [
-                cls(writer.finish(unique, cls._meta(encoder, s, unique), dtype, _null_fn(encoder, s)))
+                cls(
+                    writer.finish(
+                        unique, cls._meta(encoder, s, unique), dtype, partial(null_embedding, encoder, s)
+                    )
+                )
                 for writer, s in zip(writers, canonical, strict=True)
             ]
         except BaseException:  # a half-written entry is worthless and may be gigabytes: never leave it
@@ -363,16 +368,12 @@ class EmbeddingCache:
         return [found[s] for s in strategies]
 
 
-def _null_fn(encoder: Encoder, strategy: str):
-    return lambda shape: null_embedding(encoder, strategy, shape)
-
-
 # Peak disk of an entry, in units of its float32 chunks: the chunks, plus the final array written while they
 # are deleted one by one (float16: half as large; padded to the longest caption, hence the margin).
 PEAK_OVER_CHUNKS = 1.75
 
 
-def check_disk_space(writers: list, n_captions: int, strategies: list[str]) -> None:
+def check_disk_space(writers: list[_EntryWriter], n_captions: int, strategies: list[str]) -> None:
     """Refuse before the encoder pass goes on when the entries' projected peak size (from the first batch's
     chunks) exceeds the free space: a concat strategy's entry is n_states x wider, and a disk filled
     halfway would fail late and could take other runs' checkpoints down with it."""
