@@ -1,12 +1,16 @@
 """Embedding cache: layout, dtype choice, input-scale statistic, refusals, and cache == on-the-fly."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from helpers import FakeEncoder
 
+from t2istudy import staging
 from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, token_rms
 
 CAPTIONS = [
@@ -209,3 +213,28 @@ def test_a_build_that_fails_midway_leaves_no_temporary_folder(tmp_path):
     with pytest.raises(RuntimeError, match="encoder crashed"):
         EmbeddingCache.build(FailsOnSecondBatch(), "last", CAPTIONS, tmp_path, batch_size=2, progress=False)
     assert list(tmp_path.rglob("*.tmp-*")) == [] and list(tmp_path.rglob("meta.json")) == []
+
+
+def test_a_killed_builds_leftover_is_removed_by_the_next_build_and_another_hosts_is_kept(tmp_path):
+    """SIGKILL skips every cleanup: the next build of the same entry removes this machine's dead leftovers
+    (today's .tmp-<host>-<pid>-<random> and the older .tmp-<pid>), never another host's or another entry's."""
+    entry = EmbeddingCache.entry_dir(tmp_path, "fake-8", "last", 32, ["a b", "c"])
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        ).stdout
+    )
+    stale = [
+        entry.with_name(f"{entry.name}.tmp-{staging.host()}-{dead}-0000abcd"),
+        entry.with_name(f"{entry.name}.tmp-{dead}"),
+    ]
+    kept = [
+        entry.with_name(f"{entry.name}.tmp-otherhost-{dead}-0000abcd"),  # its writer may run over there
+        entry.with_name(f"{entry.name}.tmp-{staging.host()}-{os.getpid()}-0000abcd"),  # a live writer
+        entry.with_name(f"{entry.name}0.tmp-{dead}"),  # another entry's name that extends this one
+    ]
+    for folder in stale + kept:
+        (folder / "chunk000000.npy").parent.mkdir(parents=True)
+    cache = EmbeddingCache.build(FakeEncoder(), "last", ["a b", "c"], tmp_path, progress=False)
+    assert cache.path == entry and (entry / "meta.json").is_file()
+    assert sorted(p.name for p in entry.parent.iterdir()) == sorted([entry.name] + [p.name for p in kept])

@@ -13,6 +13,7 @@ import pytest
 from helpers import TINY_POOL as POOL
 from helpers import build_tiny_cache, tiny_train_options
 
+from t2istudy import staging
 from t2istudy.diffusion import train as train_module
 from t2istudy.diffusion import train_folder as tf
 from t2istudy.diffusion.options import TrainOptions, resolve_options
@@ -144,7 +145,7 @@ def test_resume_refuses_changed_options_and_records_neutral_ones(cache_dir, stop
 def test_checkpoint_temporaries_are_unique_and_stale_ones_are_cleaned(
     cache_dir, stopped, tmp_path, monkeypatch
 ):
-    a, b = tf.temporary_name("checkpoint-3"), tf.temporary_name("checkpoint-3")
+    a, b = staging.temporary_name("checkpoint-3"), staging.temporary_name("checkpoint-3")
     assert a != b and a.startswith("checkpoint-3.tmp-") and f"-{os.getpid()}-" in a
     assert tf.checkpoint_step(a) is None  # never counted as a checkpoint
 
@@ -153,12 +154,12 @@ def test_checkpoint_temporaries_are_unique_and_stale_ones_are_cleaned(
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    host = tf.temporary_name("x").split(".tmp-")[1].split("-")[0]
+    host = staging.temporary_name("x").split(".tmp-")[1].split("-")[0]
     stale = [ckpts / "checkpoint-3.tmp", ckpts / f"checkpoint-6.tmp-{host}-{int(dead.stdout)}-00000000"]
     foreign = ckpts / "checkpoint-6.tmp-otherhost-1-00000000"  # another machine's writer may be alive
     for path in (*stale, foreign):
         path.mkdir()
-    assert tf.stale_temporaries(ckpts, "checkpoint-") == sorted(stale)
+    assert staging.stale_temporaries(ckpts, "checkpoint-") == sorted(stale)
     saved = []
     save_state = train_module.Accelerator.save_state
     monkeypatch.setattr(

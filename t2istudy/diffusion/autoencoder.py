@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from t2istudy.diffusion.data import to_tensor
+from t2istudy.staging import staging_folder
 from t2istudy.world.shapes import ShapesWorld
 
 
@@ -207,9 +207,8 @@ def get_or_train(
     released = released_dir(recipe) if use_released else None
     if released is None:
         return train_autoencoder(recipe, path, num_threads=num_threads, progress=progress)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(released, tmp)
+    tmp = staging_folder(path)
+    shutil.copytree(released, tmp, dirs_exist_ok=True)
     try:
         tmp.rename(path)
     except OSError:  # another process put it there first: keep theirs (same bytes)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from t2istudy.staging import staging_folder
 from t2istudy.text.cache import load_npy
 
 LATENT_CACHE_VERSION = 1
@@ -86,9 +86,7 @@ class LatentCache:
         path = cls.entry_dir(root, vae_key(vae), data_id)
         if (path / "meta.json").is_file():
             return cls(path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = staging_folder(path)
         n = len(dataset)
         moments = None
         device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype

@@ -70,10 +70,9 @@ from t2istudy.diffusion.train_folder import (
     read_options,
     read_train_log,
     result_changing_differences,
-    stale_temporaries,
-    temporary_name,
     trim_train_log,
 )
+from t2istudy.staging import stale_temporaries, temporary_name
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, slug, token_rms
 from t2istudy.text.encoders import load_encoder

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import shutil
-import socket
 import warnings
 from pathlib import Path
+
+from t2istudy.staging import temporary_name
 
 OPTIONS = "options.json"
 TRAIN_LOG = "train_log.jsonl"
@@ -131,45 +130,6 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     """Checkpoints in step order; a `.tmp` folder (a save that was interrupted) never counts."""
     found = [p for p in (Path(run_dir) / CHECKPOINTS).glob("checkpoint-*") if p.is_dir()]
     return sorted((p for p in found if checkpoint_step(p) is not None), key=checkpoint_step)
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_]+", "_", socket.gethostname()) or "host"
-
-
-def temporary_name(name: str) -> str:
-    """``<name>.tmp-<host>-<pid>-<random>``: where ``name`` is written before its rename, unique per process
-    so that two processes saving the same step never write into one folder."""
-    return f"{name}.tmp-{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def stale_temporaries(folder: str | Path, name: str) -> list[Path]:
-    """Temporary folders of ``name*`` in ``folder`` that nobody is writing any more: those of processes of
-    this machine that have ended, and the fixed ``<name>.tmp`` of earlier versions. Another machine's (a
-    shared file system) are left alone: their writer may still be running."""
-    stale = []
-    for path in Path(folder).glob(f"{name}*.tmp*"):
-        base, sep, owner = path.name.rpartition(".tmp")
-        if not sep or not path.is_dir():
-            continue
-        if owner == "":  # an earlier version's fixed name
-            stale.append(path)
-            continue
-        host, _, rest = owner[1:].partition("-")
-        pid = rest.partition("-")[0]
-        if host == _host() and pid.isdigit() and not _running(int(pid)):
-            stale.append(path)
-    return sorted(stale)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def read_train_log(run_dir: str | Path) -> list[dict]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from t2istudy.staging import running
+
 LOCK = "RUNNING"
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0  # no heartbeat for 10 min: the holder is gone (20 missed beats)
@@ -48,7 +50,7 @@ class Holder:
     def stale_reason(self) -> str | None:
         """Why this holder is gone (None: it may be alive). Another host's pid cannot be checked from
         here: only a missing heartbeat tells that its job died."""
-        if self.host == socket.gethostname() and not pid_alive(self.pid):
+        if self.host == socket.gethostname() and not running(self.pid):
             return f"pid {self.pid} on this host is not running"
         if self.age > STALE_SECONDS:
             return f"no heartbeat for {self.age / 60:.0f} min (limit {STALE_SECONDS / 60:.0f} min)"
@@ -75,18 +77,6 @@ def read_holder(run_dir: Path) -> Holder | None:
         )
     except (ValueError, TypeError, AttributeError):
         return Holder(-1, "?", "?", "", STALE_SECONDS + 1 if age > UNREADABLE_GRACE_SECONDS else 0.0)
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:

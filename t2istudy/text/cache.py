@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from functools import partial
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from t2istudy.staging import staging_folder
 from t2istudy.text import encoders
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.templates import get_template
@@ -397,9 +397,7 @@ class _EntryWriter:
     def __init__(self, path: Path):
         self.path = path
         # One folder per process: parallel builds of the same entry never share one.
-        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        self.tmp = staging_folder(path)
         self.chunks: list[tuple[int, int]] = []  # (chunk index, rows)
         self.max_t, self.max_abs, self.sq, self.count = 1, 0.0, None, 0
 
