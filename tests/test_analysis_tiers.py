@@ -19,79 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_runs import NOTEBOOKS, write_runs
 
 from t2istudy.scoring.bootstrap import (
     mean_ci_over_seeds_and_prompts,
     mean_of_group_means_ci_over_seeds_and_prompts,
 )
-from t2istudy.scoring.summaries import summarize, summarize_geneval
 from t2istudy.study import analysis as F
 from t2istudy.study import pipeline, run_folder, run_results, runner
-from t2istudy.study.grids import SCHEMA_VERSION, make_run_id
 from t2istudy.world.shapes_geneval import TASKS
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
-GENEVAL_COUNTS = {"single_object": 3, **{t: 1 for t in TASKS[1:]}}
-PASSED = {  # (encoder, strategy) -> the GenEval-style tasks it passes; k of 4 held-out prompts it passes
-    ("gemma3-270m", "last"): ({"single_object"}, 1),
-    ("gemma3-270m", "norm_mean"): ({"single_object", "two_object", "counting"}, 3),
-    ("minilm-l6", "last"): ({"two_object"}, 0),
-    ("minilm-l6", "norm_mean"): ({"two_object", "colors"}, 2),
-}
-
-
-def _geneval_table(passed: set[str]) -> pd.DataFrame:
-    rows = [
-        {"id": f"{task}-{j:04d}", "prompt": f"a photo of {task} {j}", "task": task}
-        for task, n in GENEVAL_COUNTS.items()
-        for j in range(n)
-    ]
-    table = pd.DataFrame(rows)
-    table["score"] = table["task"].isin(passed).astype(float)
-    return table.assign(fraction=0.5 + 0.5 * table["score"], score_shuffled=0.0, fraction_shuffled=0.5)
-
-
-def _heldout_table(k: int) -> pd.DataFrame:
-    table = pd.DataFrame(
-        {
-            "id": ["attribute-0001", "attribute-0002", "counting-0001", "counting-0002"],
-            "prompt": ["a", "b", "c", "d"],
-            "skills": [("attribute",), ("attribute",), ("counting",), ("counting",)],
-        }
-    )
-    table["score"] = (np.arange(4) < k).astype(float)
-    return table.assign(fraction=0.5 + 0.5 * table["score"], score_shuffled=0.0, fraction_shuffled=0.5)
-
-
-def write_runs(
-    root: Path,
-    grid: str = "tiers",
-    geneval: bool = True,
-    passed: dict | None = None,
-    extras: dict | None = None,
-    common: dict | None = None,
-) -> Path:
-    """One run folder per (encoder, strategy, seed), as notebooks/run.ipynb and the runner leave it;
-    ``passed`` as PASSED (its default), ``extras``: (encoder, strategy) -> more metrics.json entries,
-    ``common``: more parameters of every run (not in its id)."""
-    for (encoder, strategy), (tasks, k) in (passed or PASSED).items():
-        for seed in (0, 1):
-            params = {"encoder": encoder, "strategy": strategy, "seed": seed}
-            run_id = make_run_id(params)
-            params = {**(common or {}), **params}
-            out = root / grid / run_id
-            record = {"schema_version": SCHEMA_VERSION, "grid": grid, "run_id": run_id, "params": params}
-            out.mkdir(parents=True)
-            run_folder.write_json(out / "params.json", {**record, "notebook": "notebooks/run.ipynb"})
-            held = _heldout_table(k)
-            extra = (extras or {}).get((encoder, strategy), {})
-            run_folder.write_results(out, held, summarize(held, n_boot=50), {"train_seconds": 1.0, **extra})
-            if geneval:
-                table = _geneval_table(tasks)
-                run_folder.write_tier_results(out, "geneval", table, summarize_geneval(table, n_boot=50))
-            run_folder.write_json(out / "DONE", {"finished": "2026-01-01T00:00:00+00:00", "seconds": 1.0})
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_analysis_tiers import NOTEBOOKS, write_runs
+from synthetic_runs import NOTEBOOKS, write_runs
 
 from t2istudy.study import analysis as F
 from t2istudy.study import runner

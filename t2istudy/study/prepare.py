@@ -149,9 +149,8 @@ def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) ->
     upsampling = parse_upsampling(values.get("prompt_upsampling"))
     for what, prompts in benchmark_prompts(values, prompts_of):
         if upsampling is not None:  # the run embeds the rewrites; known only once they are cached
-            # one cache lookup per (rewriter, tier), shared by the runs: benchmark_prompts hands every run
-            # the same memoized list of a tier, so its id names the tier here
-            key = ("rewritten", json.dumps(upsampling.describe(), sort_keys=True), id(prompts))
+            # one cache lookup per (rewriter, tier), shared by the runs; the tier is named by its prompts' hash
+            key = ("rewritten", json.dumps(upsampling.describe(), sort_keys=True), caption_hash(prompts))
             if key not in prompts_of:
                 prompts_of[key] = Upsampler(upsampling).cached(prompts)
             prompts = prompts_of[key]
