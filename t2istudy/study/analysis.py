@@ -609,32 +609,58 @@ def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
 def scaling_plot(
     arms: pd.DataFrame, info: pd.DataFrame, tier: str = "heldout"
 ) -> tuple[plt.Figure, pd.DataFrame]:
-    """Overall score vs encoder parameters (log x), one line per strategy, CI error bars; ``tier`` names
-    the benchmark tier in the title (``arms`` keeps no tier column)."""
+    """Overall score vs encoder parameters (log x), CI error bars; ``tier`` names the benchmark tier in the
+    title (``arms`` keeps no tier column). The paper's question 4 is about decoder sizes, so decoders of one
+    strategy are joined by a line and a bidirectional encoder is an open marker beside them; the strategies
+    are nudged apart on x so that their error bars do not hide one another."""
     data = arms[arms["skill"] == "overall"].merge(info, on="encoder").sort_values("params")
     layer_k = data["strategy"].str.fullmatch(r"layer:\d+")
     if layer_k.any() and data[layer_k].groupby("encoder").size().max() == 1:  # one middle layer per encoder
         data.loc[layer_k, "strategy"] = "layer:k"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for strategy, group in data.groupby("strategy", sort=False):
-        err = np.vstack([group["mean"] - group["ci_low"], group["ci_high"] - group["mean"]]).clip(min=0)
-        ax.errorbar(
-            group["params"], group["mean"], yerr=np.nan_to_num(err), marker="o", capsize=3, label=strategy
+    strategies = list(dict.fromkeys(data["strategy"]))
+    nudge = {s: 10 ** (0.025 * (i - (len(strategies) - 1) / 2)) for i, s in enumerate(strategies)}
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, strategy in enumerate(strategies):
+        group = data[data["strategy"] == strategy]
+        x = group["params"] * nudge[strategy]
+        err = np.nan_to_num(
+            np.vstack([group["mean"] - group["ci_low"], group["ci_high"] - group["mean"]]).clip(min=0)
         )
-    for row in data.drop_duplicates("encoder").itertuples():
-        ax.annotate(row.encoder, (row.params, 0.02), rotation=90, fontsize=7, ha="center", va="bottom")
+        decoder = (group["kind"] != "bidirectional").to_numpy()
+        color = f"C{i}"
+        ax.errorbar(
+            x[decoder], group["mean"][decoder], yerr=err[:, decoder], marker="o", capsize=3, color=color,
+            label=strategy,
+        )  # fmt: skip
+        if (~decoder).any():
+            ax.errorbar(
+                x[~decoder], group["mean"][~decoder], yerr=err[:, ~decoder], marker="o", mfc="white",
+                capsize=3, color=color, ls="none", label=None if decoder.any() else strategy,
+            )  # fmt: skip
+    sizes = data.drop_duplicates("encoder")
     ax.set_xscale("log")
-    ax.set_xlabel("encoder parameters")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xticks(
+        sizes["params"],
+        [f"{r.encoder}\n{r.params / 1e6:.0f}M" + ("\n(bidirectional)" if r.kind == "bidirectional" else "")
+         for r in sizes.itertuples()],
+        fontsize=7,
+    )  # fmt: skip
+    ax.set_xlim(sizes["params"].min() / 1.6, sizes["params"].max() * 1.6)
+    ax.set_xlabel("encoder parameters (log scale)")
     ax.set_ylabel(f"overall score\n{OURS}")
-    ax.set_ylim(0, 1)
+    top = float(np.nanmax(data[["ci_high", "mean"]].to_numpy())) if len(data) else 1.0
+    ax.set_ylim(0, min(1.0, max(0.25, 1.25 * top)))
+    ax.grid(axis="y", alpha=0.3)
     ax.legend(title="strategy", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"Scaling: score vs encoder size, {tier} tier (CI over prompts and seeds)")
+    ax.set_title(f"Scaling: score vs encoder size, {tier} tier\n(CI over prompts and seeds)", fontsize=10)
     if data["encoder"].nunique() > 1:  # the paper's question 4 asks about size; these sizes are families
         ax.text(
             0.0,
-            -0.22,
+            -0.3,
             "Confounded: each size is another model family (tokenizer, data, training recipe), "
-            "so size and family cannot be told apart here.",
+            "so size and family cannot be told apart here. Open markers: a bidirectional encoder, not a "
+            "decoder LLM.",
             transform=ax.transAxes,
             fontsize=7,
             va="top",
