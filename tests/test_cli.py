@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
-from t2istudy.study import cli, grids, paths, run_folder
+from t2istudy.study import cli, grids, paths, run_folder, run_results
 from t2istudy.study import pipeline as study
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs"
@@ -55,10 +56,27 @@ def test_grid_status_and_dry_run_on_fixture_runs(fixture_grid, capsys):
     assert cli.main(["grid", "status", str(fixture_grid), "--runs-dir", str(FIXTURE)]) == 0
     out = capsys.readouterr().out
     assert "done: 4  pending: 2" in out and "geneval" in out.splitlines()[0]
+    assert "left: 2 runs x 1 s (median of 4 done)" in out  # every fixture run's DONE says 1 s
+
     assert "gemma3-270m__norm_mean__seed1" in out and "0.875" in out  # k=14 of 16 prompts
     assert cli.main(["grid", "run", str(fixture_grid), "--runs-dir", str(FIXTURE), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["done", "done", "pending"] * 2
+
+
+def test_time_left_plans_from_the_median_done_run():
+    table = pd.DataFrame(
+        {
+            "state": ["done", "done", "done", "pending", "failed", "interrupted"],
+            "seconds": [1800.0, 2400.0, 9000.0, None, 60.0, None],  # one done run slowed by a busy machine
+        }
+    )
+    # 3 runs left x 2,400 s = 2.0 worker-hours (the mean, 4,400 s, would say 3.7)
+    assert run_results.time_left(table) == (
+        "left: 3 runs x 2,400 s (median of 3 done) = 2.0 worker-hours, 1.0 h with --workers 2 at their pace"
+    )
+    assert run_results.time_left(table.assign(state="done")) is None  # nothing left
+    assert run_results.time_left(table.assign(state="pending")) is None  # nothing ran yet
 
 
 def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, fixture_grid, capsys):

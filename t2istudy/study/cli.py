@@ -203,6 +203,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         shown["error"] = [e if len(e) <= 80 else e[:77] + "..." for e in shown["error"]]
         print(shown.to_string(index=False))
         print("  ".join(f"{k}: {v}" for k, v in sorted(with_counts.items())))
+        if plan := run_results.time_left(table):
+            print(plan)
         for row in table[table["state"] == "corrupt"].itertuples():  # each with its fix, in full
             print(f"{row.run_id}: {row.error}")
         if args.csv:

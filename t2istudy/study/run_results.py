@@ -49,6 +49,21 @@ def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFr
     return pd.DataFrame(rows, columns=columns)
 
 
+def time_left(table: pd.DataFrame) -> str | None:
+    """What the runs not yet done will take, planned from the done ones' recorded seconds (median, so a
+    run slowed by a busy machine does not set the plan); None when nothing is left or nothing ran yet."""
+    left = int((table["state"] != "done").sum())
+    seconds = pd.to_numeric(table.loc[table["state"] == "done", "seconds"], errors="coerce").dropna()
+    if left == 0 or seconds.empty:
+        return None
+    per_run = float(seconds.median())
+    hours = left * per_run / 3600
+    return (
+        f"left: {left} runs x {per_run:,.0f} s (median of {len(seconds)} done) = {hours:.1f} worker-hours, "
+        f"{hours / 2:.1f} h with --workers 2 at their pace"
+    )
+
+
 def _corrupt(out: Path, err: CorruptFile) -> str:
     try:
         name = err.path.relative_to(out)
