@@ -145,7 +145,7 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
 
 def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list[Path]:
     """Verdict (all-or-nothing) on both tiers against training machine-minutes, one line per ladder."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharex=True)
     for ax, (col, title) in zip(
         axes,
         [
@@ -158,14 +158,15 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list
             group = group.sort_values("machine_minutes")
             ax.plot(group["machine_minutes"], group[col], marker="o", label=label)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training machine-minutes (1 thread, shared machine: load in ladder.csv)")
+        ax.set_xlabel("training machine-minutes (1 thread; load in ladder.csv)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("verdict (all-or-nothing)")
     axes[0].axhline(0.5, color="gray", ls=":", lw=1)
     axes[1].axhline(0.2, color="gray", ls=":", lw=1)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # below both panels: no point hides behind it
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.042 * ((len(labels) + 1) // 2), 1, 1))
     written = save_figure(fig, out_dir, stem, table)
     md = Path(out_dir) / f"{stem}.md"
     md.write_text(markdown_table(table))
