@@ -34,9 +34,9 @@ def stale_temporaries(folder: str | Path, name: str) -> list[Path]:
     """Staging folders of ``name*`` in ``folder`` that nobody is writing any more: those of processes of
     this machine that have ended, the fixed ``<name>.tmp`` of earlier versions, and their ``<name>.tmp-<pid>``
     (this machine's, as they were written before the host was named). Another machine's are left alone."""
-    stale = []
+    stale, this_machine = [], host()
     for path in Path(folder).glob(f"{name}*.tmp*"):
-        base, sep, owner = path.name.rpartition(".tmp")
+        _, sep, owner = path.name.rpartition(".tmp")
         if not sep or not path.is_dir():
             continue
         if owner == "":  # an earlier version's fixed name
@@ -46,7 +46,7 @@ def stale_temporaries(folder: str | Path, name: str) -> list[Path]:
             this_host, pid = True, owner[1:]
         else:
             writer, _, rest = owner[1:].partition("-")
-            this_host, pid = writer == host(), rest.partition("-")[0]
+            this_host, pid = writer == this_machine, rest.partition("-")[0]
         if this_host and pid.isdigit() and not running(int(pid)):
             stale.append(path)
     return sorted(stale)

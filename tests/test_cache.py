@@ -234,7 +234,7 @@ def test_a_killed_builds_leftover_is_removed_by_the_next_build_and_another_hosts
         entry.with_name(f"{entry.name}0.tmp-{dead}"),  # another entry's name that extends this one
     ]
     for folder in stale + kept:
-        (folder / "chunk000000.npy").parent.mkdir(parents=True)
+        folder.mkdir(parents=True)
     cache = EmbeddingCache.build(FakeEncoder(), "last", ["a b", "c"], tmp_path, progress=False)
     assert cache.path == entry and (entry / "meta.json").is_file()
     assert sorted(p.name for p in entry.parent.iterdir()) == sorted([entry.name] + [p.name for p in kept])

@@ -57,7 +57,6 @@ def test_grid_status_and_dry_run_on_fixture_runs(fixture_grid, capsys):
     out = capsys.readouterr().out
     assert "done: 4  pending: 2" in out and "geneval" in out.splitlines()[0]
     assert "left: 2 runs x 1 s (median of 4 done)" in out  # every fixture run's DONE says 1 s
-
     assert "gemma3-270m__norm_mean__seed1" in out and "0.875" in out  # k=14 of 16 prompts
     assert cli.main(["grid", "run", str(fixture_grid), "--runs-dir", str(FIXTURE), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()

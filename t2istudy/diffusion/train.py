@@ -72,7 +72,7 @@ from t2istudy.diffusion.train_folder import (
     result_changing_differences,
     trim_train_log,
 )
-from t2istudy.staging import stale_temporaries, temporary_name
+from t2istudy.staging import staging_folder, stale_temporaries, temporary_name
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, slug, token_rms
 from t2istudy.text.encoders import load_encoder
@@ -598,9 +598,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: in
 def save_final(model: Denoiser, ema: EMAModel | None, run_dir: Path, null, summary: dict) -> None:
     """final/: the weights used for sampling (EMA when enabled; raw ones in final/raw/)."""
     out = run_dir / FINAL
-    for stale in stale_temporaries(run_dir, FINAL):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.with_name(temporary_name(FINAL))
+    tmp = staging_folder(out)  # after removing what killed saves of final/ left behind
     if ema is not None:
         model.unet.save_pretrained(tmp / "raw" / "unet")
         save_file(model.conditioner.state_dict(), tmp / "raw" / "conditioner.safetensors")
