@@ -8,6 +8,9 @@ rungs are skipped, and training resumes from the last rung's checkpoint.
     .venv/bin/python benchmarks/ladder.py --preset cpu-small --rungs 400,800,1600
     .venv/bin/python benchmarks/ladder.py --plot-only          # redraw figures/ladder.* from runs/ladder/
 
+Beside the figure, figures/ladder_objects.{csv,md}: the single-object and colours tasks' verdict by the
+object the prompt names, and the share of images with nothing drawn (what limits single objects).
+
 Machine-minutes = wall seconds x threads / 60 with the load average beside them (docs/training.md).
 """
 
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 from t2istudy.diffusion.model import PRESETS, get_preset, replace_preset
-from t2istudy.study.ladder import climb, collect, plot
+from t2istudy.study.ladder import climb, collect, object_breakdown, plot, write_object_breakdown
 from t2istudy.study.tiers import tune_guidance
 
 
@@ -90,7 +93,9 @@ def main() -> None:
             )
             tuned.to_csv(Path(args.root) / name / "cfg_tune.csv", index=False)
             print(tuned.to_string(index=False))
-    print("wrote", *plot(collect([args.root]), args.figures))
+    table = collect([args.root])
+    print("wrote", *plot(table, args.figures))
+    print("wrote", *write_object_breakdown(object_breakdown(table, args.root), args.figures))
 
 
 if __name__ == "__main__":

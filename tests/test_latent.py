@@ -254,6 +254,44 @@ def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp
     assert len(md) == 2 + 2 and md[2].startswith("| lad | 2 |")  # header, rule, one row per rung
 
 
+def test_object_breakdown_counts_verdicts_and_empty_images_per_named_object(tmp_path):
+    """Hand-made rung: 3 circle prompts (1 pass, 2 with nothing drawn), 1 square (pass), 2 colours
+    prompts for a yellow circle (0 and 1): the breakdown and its Markdown cells are those counts."""
+    from t2istudy.study import ladder
+
+    rung = tmp_path / "runs" / "lad" / "rung-04000"
+    rung.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "prompt": [
+                "a photo of a circle",
+                "a drawing of one circle",
+                "a circle",
+                "a photo of a square",
+                "a photo of a yellow circle",
+                "a drawing of one yellow circle",
+                "a circle and a square",
+            ],
+            "task": ["single_object"] * 4 + ["colors"] * 2 + ["two_object"],
+            "score": [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0],
+            "n_objects": [1, 0, 0, 1, 0, 1, 2],
+        }
+    ).to_csv(rung / "scores_geneval.csv", index=False)
+    table = pd.DataFrame({"ladder": ["lad"], "steps": [4000], "machine_minutes": [44.1]})
+    got = ladder.object_breakdown(table, tmp_path / "runs").set_index(["task", "object"])
+    assert got.loc[("single_object", "circle"), ["prompts", "verdict", "empty"]].tolist() == [
+        3,
+        0.3333,
+        0.6667,
+    ]
+    assert got.loc[("single_object", "square"), ["prompts", "verdict", "empty"]].tolist() == [1, 1.0, 0.0]
+    assert got.loc[("colors", "yellow circle"), ["prompts", "verdict", "empty"]].tolist() == [2, 0.5, 0.5]
+    assert len(got) == 3  # the two-object prompt is in neither task
+    paths = ladder.write_object_breakdown(got.reset_index(), tmp_path / "fig")
+    md = paths[1].read_text()
+    assert "| lad | 4000 | 0.33 (0.67) | 1.00 (0.00) |" in md and "| lad | 4000 | 0.50 |" in md
+
+
 def test_ladder_refuses_a_decaying_schedule_over_several_rungs_before_training(tmp_path, monkeypatch):
     """cpu-latent-v decays its rate (cosine) over max_train_steps: a second rung cannot resume the first,
     so the ladder says so before it spends the first rung's minutes; one rung, or a constant rate, is fine."""

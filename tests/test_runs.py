@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -427,3 +428,45 @@ def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb
     assert (result.state, "--rerun-running" in result.error) == ("skipped", True) and not counter.exists()
     (result,) = runner.run_grid(grid, tmp_path / "runs", rerun_running=True, log=lambda *_: None)
     assert result.state == "done" and executions(counter) == ["seed0"]
+
+
+@pytest.mark.slow
+def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_results(tmp_path):
+    """A finished run recorded as sampled under "shared" noise (as runs before the rule were) is sampled and
+    scored again under its preset's "per_prompt" rule: same trained weights, training time kept, the old
+    results kept under previous/shared/; a second pass does nothing; a run without weights is refused."""
+    from t2istudy.study.run_evaluation import resample_grid, resample_run
+
+    notebook = Path(__file__).parent.parent / "notebooks" / "run.ipynb"
+    params = {
+        "preset": "cpu-tiny",
+        "max_train_steps": 4,
+        "n_per_skill": 1,
+        "geneval_per_task": 1,
+        "sample_steps": 2,
+        "encoder": "minilm-l6",
+        "strategy": "norm_mean",
+        "keep_checkpoints": False,
+        "train_options": {"pool_size": 32, "cache_dir": str(tmp_path / "cache")},
+    }
+    grid = write_grid(tmp_path, notebook, {"name": "g", "params": params, "axes": {"seed": [0]}})
+    (result,) = runner.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
+    assert result.state == "done", result.error
+    out = Path(result.path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sample_noise"] == "per_prompt"  # cpu-tiny's rule, recorded by the notebook
+    old = {k: v for k, v in metrics.items() if k != "sample_noise"}  # as a run from before the rule
+    (out / "metrics.json").write_text(json.dumps(old))
+    assert "sampled under 'per_prompt' already" not in resample_run(out)
+    new = json.loads((out / "metrics.json").read_text())
+    assert new["sample_noise"] == "per_prompt" and new["resampled"]["from"] == "shared"
+    assert new["train_seconds"] == old["train_seconds"] and new["trained_here"] is True
+    assert new["overall"]["n"] == old["overall"]["n"] and "geneval" in new["tiers"]
+    assert json.loads((out / "previous" / "shared" / "metrics.json").read_text()) == old
+    assert (out / "previous" / "shared" / "scores_geneval.csv").is_file() and (out / "DONE").is_file()
+    assert resample_run(out) == "sampled under 'per_prompt' already"
+    (out / "metrics.json").write_text(json.dumps(old))
+    shutil.rmtree(out / "train" / "final")
+    lines: list[str] = []
+    assert resample_grid(tmp_path / "runs", "g", log=lines.append) == 1
+    assert "not changed" in lines[0] and "git-ignored" in lines[0] and "machine that trained" in lines[0]

@@ -79,6 +79,37 @@ def test_images_depend_only_on_prompt_and_seed(tmp_path):
         sample(model, prompts, [0], **{**kw, "steps": 1}, sampler="euler")
 
 
+def test_noise_rules_per_prompt_draws_differ_shared_ones_repeat_and_keys_pair_rewrites():
+    """A denoiser that ignores the text shows the starting noise itself: under "shared" every prompt gets
+    the seed's one draw; under "per_prompt" each prompt its own, keyed by its text (not its position), and a
+    rewritten prompt given its original as key starts from the original's noise."""
+    import hashlib
+
+    from t2istudy.diffusion.sample import noise_seed
+
+    assert noise_seed(7, "a red circle", "shared") == 7
+    digest = hashlib.sha256(b"7\na red circle").digest()
+    assert noise_seed(7, "a red circle") == int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    with pytest.raises(ValueError, match="Unknown sample noise rule 'fresh'.*per_prompt, shared"):
+        noise_seed(0, "a", "fresh")
+
+    class Blind(torch.nn.Module):
+        def forward(self, x, t, features, mask):
+            return torch.zeros_like(x)
+
+    kw = dict(text=WordText(), null=NULL, preset=PRESET, steps=2, guidance_scale=1.0)
+    prompts = ["a red circle", "two blue squares", "a red circle"]
+    shared = sample(Blind(), prompts, [0], noise="shared", **kw)
+    per = sample(Blind(), prompts, [0], noise="per_prompt", **kw)
+    assert np.array_equal(shared[0], shared[1])  # one draw for every prompt
+    assert not np.array_equal(per[0], per[1]) and np.array_equal(per[0], per[2])  # keyed by the text
+    assert np.array_equal(sample(Blind(), prompts[:1], [0], **kw)[0], per[0])  # cpu-tiny: per_prompt default
+    rewritten = sample(Blind(), ["a big red circle"], [0], noise_keys=["a red circle"], **kw)
+    assert np.array_equal(rewritten[0], per[0])
+    with pytest.raises(ValueError, match="noise_keys has 2 texts for 1 prompts"):
+        sample(Blind(), ["a"], [0], noise_keys=["a", "b"], **kw)
+
+
 def colour_benchmark(n: int = 48) -> pd.DataFrame:
     """Single-object captions from the world; the judge checks the named colour appears exactly once, alone."""
     from t2istudy.world.shapes import PALETTE, ShapesWorld

@@ -41,6 +41,8 @@ class Preset:
     # schedule's last alpha_bar is ~2e-9, so an unclipped first DDIM step amplifies eps errors ~2e4x)
     guidance_scale: float = 7.0  # CFG default for sampling (the paper's 7.0; small presets tune it)
     sample_steps: int = 25
+    sample_noise: str = "per_prompt"  # each (prompt, seed) starts from its own noise, the same in every arm;
+    # "shared": every prompt starts from the seed's one draw, so a tier's mean rests on one draw (cpu-small)
     train_defaults: dict = field(default_factory=dict)  # TrainOptions defaults this preset overrides
 
     @property
@@ -154,6 +156,7 @@ PRESETS: dict[str, Preset] = {
             "cross_attention_dim": 64,
         },
         guidance_scale=3.0,
+        sample_noise="shared",  # the record: the cpu-small study was sampled this way
         train_defaults={
             "train_batch_size": 64,
             "learning_rate": 1e-3,

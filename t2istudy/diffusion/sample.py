@@ -1,8 +1,12 @@
 """Sampling with classifier-free guidance: DDIM or DPM-Solver++ from diffusers, batched, deterministic.
 
-The starting noise of image (prompt, seed) comes from a generator seeded by `seed` alone, so every prompt
-and every compared model (encoder, strategy) starts from the same noise for the same seed: differences
-between arms are paired, not noise. DDIM (eta 0) and DPM-Solver++ are deterministic after that.
+The starting noise of image (prompt, seed) comes from a generator seeded by (seed, prompt) (the preset's
+``sample_noise = "per_prompt"``): every compared model (encoder, strategy) starts a prompt from the same
+noise, so differences between arms are paired, and every prompt of a tier gets its own draw, so a tier's
+mean averages over noise as well as prompts. ``"shared"`` seeds by `seed` alone: every prompt starts from
+one draw, and the tier's verdict then moves with that draw (by 0.18 overall for one 4,000-step model,
+figures/sample_noise.md); cpu-small's record was sampled so. DDIM (eta 0) and DPM-Solver++ are
+deterministic after that.
 
     images = sample_run("runs/train/00003-gemma3-270m-norm_mean", prompts, seeds=[0, 1], out_dir="samples")
     table = scoring.get_scorer("judge").score(images, bench)   # one image per prompt when seeds=[0]
@@ -10,6 +14,7 @@ between arms are paired, not noise. DDIM (eta 0) and DPM-Solver++ are determinis
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +32,18 @@ from t2istudy.text.cache import EmbeddingCache, pad_cat
 from t2istudy.text.upsample import parse_upsampling, upsample_records, write_upsampled
 
 SAMPLERS = ("ddim", "dpm++")
+NOISE_RULES = ("per_prompt", "shared")
+
+
+def noise_seed(seed: int, prompt: str, rule: str = "per_prompt") -> int:
+    """The generator seed of image (prompt, seed): `seed` itself ("shared"), or the first 63 bits of
+    sha256("<seed>\\n<prompt>") ("per_prompt": independent of the prompt's position, batch and arm)."""
+    if rule == "shared":
+        return int(seed)
+    if rule != "per_prompt":
+        raise ValueError(f"Unknown sample noise rule {rule!r}: choose one of {', '.join(NOISE_RULES)}.")
+    digest = hashlib.sha256(f"{int(seed)}\n{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def make_sampler(name: str, preset: Preset, prediction_type: str):
@@ -57,6 +74,8 @@ def sample(
     sampler: str = "ddim",
     steps: int | None = None,
     guidance_scale: float | None = None,
+    noise: str | None = None,
+    noise_keys: Sequence[str] | None = None,
     batch_size: int = 32,
     vae=None,
     out_dir: str | Path | None = None,
@@ -67,11 +86,17 @@ def sample(
 
     `model` is a `checkpoint.Denoiser`; `text` anything with `embed(captions) -> (features, mask)` (an
     `EmbeddingCache` or `OnlineText`); `null` the empty-prompt embedding the model was trained with.
+    `noise` ("per_prompt" | "shared", default the preset's) picks the starting noise (`noise_seed`);
+    `noise_keys` are the texts it is keyed by (default `prompts`; a rewritten prompt keeps its original's).
     Writes `<out_dir>/<prompt index>-s<seed>.png` and `grid.png` (rows = prompts) when out_dir is given.
     """
     preset = get_preset(preset)
     steps = steps or preset.sample_steps
     scale = preset.guidance_scale if guidance_scale is None else guidance_scale
+    noise = noise or preset.sample_noise
+    keys = list(prompts) if noise_keys is None else list(noise_keys)
+    if len(keys) != len(prompts):
+        raise ValueError(f"noise_keys has {len(keys)} texts for {len(prompts)} prompts: give one per prompt.")
     if not prompts or not seeds:
         raise ValueError("sample() needs at least one prompt and one seed.")
     if preset.vae and vae is None:
@@ -84,7 +109,10 @@ def sample(
         chunk = jobs[start : start + batch_size]
         n = len(chunk)
         x = torch.stack(
-            [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for _, _, s in chunk]
+            [
+                torch.randn(shape, generator=torch.Generator().manual_seed(noise_seed(s, keys[i], noise)))
+                for i, _, s in chunk
+            ]
         )
         cond_f, cond_m = text.embed([p for _, p, _ in chunk])
         guided = scale != 1.0
@@ -175,5 +203,6 @@ def sample_run(
         preset=opts.preset,
         prediction_type=opts.prediction_type,
         vae=vae,
+        noise_keys=list(prompts),  # a rewritten prompt starts from its original's noise: paired with it
         **kwargs,
     )

@@ -72,13 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         "rescore", help="add the judge's shuffled-prompt control to complete runs, from their samples"
     )
     gres.add_argument("--force", action="store_true", help="recompute it where it exists")
+    gsam = gsub.add_parser(
+        "resample",
+        help="sample and score complete runs again under their preset's noise rule (trained weights reused; "
+        "the replaced results are kept under <run>/previous/)",
+    )
+    gsam.add_argument(
+        "--only", nargs="*", default=None, help="run ids to re-sample (default: all that need it)"
+    )
     gprep = gsub.add_parser(
         "prepare",
         help="build the cache entries the incomplete runs need, one encoder pass for all strategies",
     )
     gprep.add_argument("--only", nargs="*", default=None, help="run ids to prepare for (default: all)")
     gprep.add_argument("--dry-run", action="store_true", help="list what would be built, build nothing")
-    for p in (grun, gstat, gres, gprep):
+    for p in (grun, gstat, gres, gsam, gprep):
         p.add_argument("grid", help="grid file (YAML/JSON), e.g. grids/quick.yaml")
         p.add_argument("--runs-dir", default="runs")
     add_launcher_args(grun)
@@ -212,6 +220,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "grid" and args.grid_command == "rescore":
         return 1 if add_shuffled_controls(args.runs_dir, grids.load_grid(args.grid).name, args.force) else 0
+    if args.command == "grid" and args.grid_command == "resample":
+        from t2istudy.study.run_evaluation import resample_grid  # torch: only when sampling
+
+        return 1 if resample_grid(args.runs_dir, grids.load_grid(args.grid).name, args.only) else 0
     if args.command == "grid" and args.grid_command == "prepare":
         prepare_grid(args.grid, args.runs_dir, only=args.only, dry_run=args.dry_run)
         return 0

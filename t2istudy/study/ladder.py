@@ -21,11 +21,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train import train
 from t2istudy.diffusion.train_folder import CONSTANT_SCHEDULES, complete_checkpoints
 from t2istudy.figure_files import save_figure
 from t2istudy.study.tiers import evaluate_tiers
+from t2istudy.world.shapes import PALETTE, SHAPES
 
 CLOCK = "train_clock.json"  # {steps: [cumulative training seconds, load]}, written before each rung is judged
 COLUMNS = (
@@ -39,6 +41,7 @@ COLUMNS = (
     "machine_minutes",
     "load_average",
     "guidance_scale",
+    "sample_noise",
     "sample_seconds",
 )
 
@@ -121,6 +124,7 @@ def climb(
             "machine_minutes": round(seconds * threads / 60, 2),
             "load_average": round(load, 2),
             "guidance_scale": guidance_scale,
+            "sample_noise": get_preset(preset).sample_noise,
             "sample_seconds": round(time.time() - t0, 1),
         }
         for tier, (scores, summary) in results.items():
@@ -140,7 +144,12 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
     files = sorted({f for p in paths for f in Path(p).rglob("ladder.csv")})
     if not files:
         raise FileNotFoundError(f"No ladder.csv under {', '.join(map(str, paths))}: climb a ladder first.")
-    return pd.concat([pd.read_csv(f).assign(ladder=f.parent.name) for f in files], ignore_index=True)
+    table = pd.concat([pd.read_csv(f).assign(ladder=f.parent.name) for f in files], ignore_index=True)
+    if (
+        "sample_noise" not in table
+    ):  # rungs judged before the column existed started every prompt from one draw
+        table["sample_noise"] = None
+    return table.assign(sample_noise=table["sample_noise"].fillna("shared"))
 
 
 def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list[Path]:
@@ -185,6 +194,7 @@ _MD_COLUMNS = {  # ladder.csv column -> the docs table's header
     "geneval_position": "position",
     "geneval_color_attr": "colour attr",
     "heldout_overall": "held-out",
+    "sample_noise": "noise",
 }
 
 
@@ -194,7 +204,9 @@ def markdown_table(table: pd.DataFrame) -> str:
     lines = ["| ladder | " + " | ".join(_MD_COLUMNS.values()) + " |", "|---" * (len(_MD_COLUMNS) + 1) + "|"]
     for _, r in rows.iterrows():
         cells = [
-            f"{r[c]:.0f}"
+            str(r[c])
+            if c == "sample_noise"
+            else f"{r[c]:.0f}"
             if c == "steps"
             else f"{r[c]:.1f}"
             if c in ("machine_minutes", "load_average")
@@ -205,3 +217,83 @@ def markdown_table(table: pd.DataFrame) -> str:
         ]
         lines.append(f"| {r['ladder']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What limits single objects: the verdict by object, and how often nothing is drawn
+
+_OBJECT = {
+    "single_object": rf"\b({'|'.join(SHAPES)})\b",  # the shape a one-object prompt names
+    "colors": rf"\b((?:{'|'.join(PALETTE)}) (?:{'|'.join(SHAPES)}))\b",  # "yellow circle"
+}
+
+
+def object_breakdown(table: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """Per rung of ``table`` (from ``collect``): the single-object and colours tasks' verdict by the object
+    the prompt names, and the share of its images in which the judge found no object at all.
+
+    Why: a task mean hides which objects fail and how. "Draws nothing" (``empty``) and "draws the wrong or
+    extra objects" (``verdict`` low, ``empty`` 0) need different levers.
+    """
+    rows = []
+    for _, rung in table.iterrows():
+        path = Path(root) / rung["ladder"] / f"rung-{int(rung['steps']):05d}" / "scores_geneval.csv"
+        if not path.is_file():
+            continue
+        scores = pd.read_csv(path)
+        for task, pattern in _OBJECT.items():
+            part = scores[scores["task"] == task]
+            part = part.assign(object=part["prompt"].str.extract(pattern)[0])
+            for obj, group in part.dropna(subset=["object"]).groupby("object"):
+                rows.append(
+                    {
+                        "ladder": rung["ladder"],
+                        "steps": int(rung["steps"]),
+                        "machine_minutes": rung["machine_minutes"],
+                        "task": task,
+                        "object": obj,
+                        "prompts": len(group),
+                        "verdict": round(float(group["score"].mean()), 4),
+                        "empty": round(float((group["n_objects"] == 0).mean()), 4),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def write_object_breakdown(
+    breakdown: pd.DataFrame, out_dir: str | Path, stem: str = "ladder_objects"
+) -> list[Path]:
+    """``<stem>.csv`` (long form) and ``<stem>.md``: single objects by shape as "verdict (empty share)", and
+    the colours task's verdict by colour and shape, one row per rung."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / f"{stem}.csv"
+    breakdown.to_csv(csv, index=False)
+    lines = []
+    for task, cell, title in [
+        (
+            "single_object",
+            lambda r: f"{r.verdict:.2f} ({r.empty:.2f})",
+            "single object: verdict (share empty)",
+        ),
+        ("colors", lambda r: f"{r.verdict:.2f}", "colours task: verdict"),
+    ]:
+        part = breakdown[breakdown["task"] == task]
+        if part.empty:
+            continue
+        objects = sorted(part["object"].unique())
+        lines += [
+            f"{title}",
+            "",
+            "| ladder | steps | " + " | ".join(objects) + " |",
+            "|---" * (len(objects) + 2) + "|",
+        ]
+        for (ladder, steps), rung in part.groupby(["ladder", "steps"]):
+            by_object = {r.object: cell(r) for r in rung.itertuples()}
+            lines.append(
+                f"| {ladder} | {steps} | " + " | ".join(by_object.get(o, "-") for o in objects) + " |"
+            )
+        lines.append("")
+    md = out_dir / f"{stem}.md"
+    md.write_text("\n".join(lines))
+    return [csv, md]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,23 @@ def add_shuffled_control(run_dir: str | Path, force: bool = False) -> str:
     return f"added: fraction {means['fraction']:.3f}, shuffled {means['fraction_shuffled']:.3f}"
 
 
-def add_shuffled_controls(root: str | Path, grid: str, force: bool = False, log=print) -> int:
-    """The control for every complete run of a grid; a run whose samples are gone is reported, not fatal."""
+def apply_to_runs(
+    root: str | Path, grid: str, action: Callable[[Path], str], only: list[str] | None = None, log=print
+) -> int:
+    """``action`` on every complete run of a grid (or those named in ``only``), logging what it did; a run it
+    refuses (FileNotFoundError, ValueError) is reported and left alone, not fatal. Returns the refusals."""
     failed = 0
     for run_dir in find_runs(root, grid):
+        if only and run_dir.name not in only:
+            continue
         try:
-            log(f"{run_dir.name}: {add_shuffled_control(run_dir, force)}")
+            log(f"{run_dir.name}: {action(run_dir)}")
         except (FileNotFoundError, ValueError) as err:
             failed += 1
             log(f"{run_dir.name}: not changed: {err}")
     return failed
+
+
+def add_shuffled_controls(root: str | Path, grid: str, force: bool = False, log=print) -> int:
+    """The control for every complete run of a grid; a run whose samples are gone is reported, not fatal."""
+    return apply_to_runs(root, grid, lambda run_dir: add_shuffled_control(run_dir, force), log=log)
