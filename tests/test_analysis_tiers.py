@@ -204,3 +204,17 @@ def test_grid_status_shows_both_tiers(runs, tmp_path):
     status = run_results.grid_status(load_grid(path), runs).set_index("run_id")
     assert status["overall"].tolist() == pytest.approx([0.75, 0.75, 0.25, 0.25])  # held-out: prompt mean
     assert status["geneval"].tolist() == pytest.approx([0.5, 0.5, 1 / 6, 1 / 6])  # mean of task means
+
+
+def test_a_grid_sampled_under_two_noise_rules_is_refused_with_the_resample_command(tmp_path):
+    """Runs recorded without a rule count as "shared"; one arm re-sampled "per_prompt" beside them makes the
+    grid's arms incomparable, and loading it names both groups and `t2istudy grid resample`."""
+    root = write_runs(tmp_path / "runs", extras={("gemma3-270m", "last"): {"sample_noise": "per_prompt"}})
+    with pytest.raises(
+        ValueError,
+        match=r"different noise rules \(per_prompt: gemma3-270m__last__seed0, "
+        r"gemma3-270m__last__seed1; shared: .*t2istudy grid resample",
+    ):
+        run_results.load_metrics(root, "tiers")
+    same = write_runs(tmp_path / "same")  # every run without the key: one rule, loads
+    assert set(run_results.load_metrics(same, "tiers")["sample_noise"]) == {"shared"}

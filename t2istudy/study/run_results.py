@@ -198,9 +198,31 @@ def load_metrics(
             for k, v in metrics.items()
             if isinstance(v, (int, float, str, bool)) and k != "schema_version"
         }
+        extras.setdefault("sample_noise", "shared")  # runs from before the rule was recorded
         for skill, values in _run_stats(out, metrics, metric, tier).items():
             rows.append({**base, **extras, "skill": skill, **values})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    check_one_noise_rule(table)
+    return table
+
+
+def check_one_noise_rule(table: pd.DataFrame) -> None:
+    """Refuse a grid whose runs were sampled under different noise rules: one shared draw per tier and
+    one draw per prompt give different verdicts for the same model, so the arms would not be comparable."""
+    if table.empty:
+        return
+    for grid, runs in table.drop_duplicates("run_id").groupby("grid"):
+        rules = runs.groupby("sample_noise")["run_id"].apply(list)
+        if len(rules) > 1:
+            listed = "; ".join(
+                f"{rule}: {', '.join(sorted(ids)[:4])}{' ...' if len(ids) > 4 else ''}"
+                for rule, ids in rules.items()
+            )
+            raise ValueError(
+                f"The runs of grid {grid!r} were sampled under different noise rules ({listed}), so their "
+                f"verdicts are not comparable. Re-sample them under their preset's rule: "
+                f"`t2istudy grid resample <grid file>` (reuses the trained weights)."
+            )
 
 
 def _run_stats(out: Path, metrics: dict[str, Any], metric: str, tier: str) -> dict[str, dict[str, Any]]:
