@@ -22,8 +22,15 @@ import os
 from pathlib import Path
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
-from t2istudy.diffusion.model import PRESETS, get_preset, replace_preset
-from t2istudy.study.ladder import climb, collect, object_breakdown, plot, write_object_breakdown
+from t2istudy.diffusion.model import get_preset
+from t2istudy.study.ladder import (
+    climb,
+    collect,
+    object_breakdown,
+    plot,
+    register_lever,
+    write_object_breakdown,
+)
 from t2istudy.study.tiers import tune_guidance
 
 
@@ -65,14 +72,11 @@ def main() -> None:
                 "--preset_changes needs --name: the lever's ladder gets its own folder and preset name"
             )
         if changes:  # a lever: the preset with some fields changed, under its own name
-            base = get_preset(args.preset)
-            if isinstance(changes.get("unet"), dict):
-                changes["unet"] = {**base.unet, **changes["unet"]}
-            args.preset = f"{args.preset}+{args.name}"
-            PRESETS[args.preset] = replace_preset(base, name=args.preset, **changes)
+            base = get_preset(args.preset).name
+            args.preset = register_lever(base, args.name, changes)
             out = Path(args.root) / name
             out.mkdir(parents=True, exist_ok=True)
-            (out / "preset.json").write_text(json.dumps({"base": base.name, "changes": changes}, indent=1))
+            (out / "preset.json").write_text(json.dumps({"base": base, "changes": changes}, indent=1))
         table = climb(
             f"{args.root}/{name}",
             [int(r) for r in args.rungs.split(",")],

@@ -26,6 +26,7 @@ import pandas as pd
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 from t2istudy.diffusion.sample import NOISE_RULES
 from t2istudy.figure_files import save_figure
+from t2istudy.study.ladder import register_saved
 from t2istudy.study.tiers import evaluate_tiers
 
 KEY = ["run", "rule", "sample_seed", "tier"]
@@ -42,6 +43,7 @@ def measure(
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=[*KEY, "group", "mean"])
     finished = set(map(tuple, done[KEY].astype(str).values.tolist()))
     for train_dir in train_dirs:
+        register_saved(train_dir.parent)  # a ladder's lever preset (preset.json), as its ladder registered it
         for rule in rules:
             for tier, n in sizes.items():
                 for seed in seeds[tier]:
@@ -85,14 +87,16 @@ def plot(results: pd.DataFrame, figures: Path) -> list[Path]:
     overall = results[results["group"] == "overall"]
     tiers = [t for t in ("geneval", "heldout") if t in set(overall["tier"])]
     runs = sorted(overall["run"].unique())
+    suffix = os.path.commonprefix([r[::-1] for r in runs])[::-1] if len(runs) > 1 else ""
+    labels = [r[: len(r) - len(suffix)] if suffix else r for r in runs]
     fig, axes = plt.subplots(
-        1, len(tiers), figsize=(5.2 * len(tiers), 1.2 + 0.55 * len(runs) * 2), squeeze=False
+        1, len(tiers), figsize=(4.6 * len(tiers) + 2.4, 1.6 + 0.7 * len(runs)), squeeze=False, sharey=True
     )
     for ax, tier in zip(axes[0], tiers, strict=True):
         part = overall[overall["tier"] == tier]
         for k, run in enumerate(runs):
             for j, (rule, color) in enumerate(zip(NOISE_RULES, ("tab:blue", "tab:orange"), strict=True)):
-                y = 2 * k + j * 0.7
+                y = k + 0.18 - 0.36 * j
                 vals = part[(part["run"] == run) & (part["rule"] == rule)]
                 ax.scatter(vals["mean"], [y] * len(vals), color=color, s=22, label=rule if k == 0 else None)
                 for _, r in vals.iterrows():
@@ -104,13 +108,26 @@ def plot(results: pd.DataFrame, figures: Path) -> list[Path]:
                         textcoords="offset points",
                         ha="center",
                     )
-        ax.set_yticks([2 * k + 0.35 for k in range(len(runs))], runs, fontsize=7)
-        ax.set_xlabel("verdict (all-or-nothing), one dot per sample seed")
+        ax.set_yticks(range(len(runs)), labels, fontsize=7)
+        ax.set_ylim(-0.6, len(runs) - 0.4)
+        ax.set_xlabel("verdict (all-or-nothing); one dot per sample seed", fontsize=8)
         ax.set_title({"geneval": "GenEval-style tier", "heldout": "held-out tier"}[tier], fontsize=10)
         ax.set_xlim(0, max(0.7, float(part["mean"].max()) + 0.05))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(title="sample noise", fontsize=7, title_fontsize=7, loc="lower right")
-    fig.tight_layout()
+    if suffix:
+        fig.suptitle(f"runs: <name>{suffix}", fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        names,
+        title="sample noise",
+        loc="lower center",
+        ncol=2,
+        fontsize=7,
+        title_fontsize=7,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     table = spread(results)
     written = save_figure(fig, figures, "sample_noise", table)
     md = figures / "sample_noise.md"

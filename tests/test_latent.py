@@ -254,6 +254,28 @@ def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp
     assert len(md) == 2 + 2 and md[2].startswith("| lad | 2 |")  # header, rule, one row per rung
 
 
+def test_a_ladders_lever_preset_is_registered_again_from_its_folder(tmp_path):
+    """benchmarks/ladder.py saves a lever as {"base", "changes"}; loading the ladder's weights later needs
+    the same preset under the same name, U-Net changes merged into the base's U-Net."""
+    import json
+
+    from t2istudy.diffusion.model import PRESETS, get_preset
+    from t2istudy.study import ladder
+
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    changes = {"prediction_type": "v_prediction", "unet": {"cross_attention_dim": 128}}
+    (folder / "preset.json").write_text(json.dumps({"base": "cpu-latent", "changes": changes}))
+    try:
+        assert ladder.register_saved(folder) == "cpu-latent+wide"
+        preset = get_preset("cpu-latent+wide")
+        assert preset.prediction_type == "v_prediction" and preset.cross_attention_dim == 128
+        assert preset.unet["block_out_channels"] == get_preset("cpu-latent").unet["block_out_channels"]
+    finally:
+        PRESETS.pop("cpu-latent+wide", None)
+    assert ladder.register_saved(tmp_path) is None  # no preset.json: a plain preset's ladder
+
+
 def test_object_breakdown_counts_verdicts_and_empty_images_per_named_object(tmp_path):
     """Hand-made rung: 3 circle prompts (1 pass, 2 with nothing drawn), 1 square (pass), 2 colours
     prompts for a yellow circle (0 and 1): the breakdown and its Markdown cells are those counts."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from t2istudy.diffusion.model import get_preset
+from t2istudy.diffusion.model import PRESETS, get_preset, replace_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train import train
 from t2istudy.diffusion.train_folder import CONSTANT_SCHEDULES, complete_checkpoints
@@ -44,6 +44,30 @@ COLUMNS = (
     "sample_noise",
     "sample_seconds",
 )
+
+
+def register_lever(base: str, name: str, changes: dict) -> str:
+    """Register ``base`` with ``changes`` as preset ``<base>+<name>`` for this process; returns that name.
+
+    Why: a lever is measured as a variant of a preset without adding it to PRESETS for good; its ladder
+    folder keeps ``preset.json`` ({"base", "changes"}) so that anything loading the ladder's weights later
+    (sampling, `benchmarks/sample_noise.py`) can register the same variant again (:func:`register_saved`).
+    """
+    preset = get_preset(base)
+    if isinstance(changes.get("unet"), dict):
+        changes = {**changes, "unet": {**preset.unet, **changes["unet"]}}
+    full = f"{base}+{name}"
+    PRESETS[full] = replace_preset(preset, name=full, **changes)
+    return full
+
+
+def register_saved(ladder_dir: str | Path) -> str | None:
+    """Register the lever preset a ladder folder was trained with (its preset.json); None when it has none."""
+    path = Path(ladder_dir) / "preset.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return register_lever(saved["base"], Path(ladder_dir).name, saved["changes"])
 
 
 def check_schedule(preset: str, rungs: list[int], train_options: dict | None = None) -> None:
