@@ -16,7 +16,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from t2istudy.study import grids, paths, run_folder, run_results, runner
+from t2istudy.study import grids, paths, run_folder, run_lock, run_results, runner
 
 FAKE_SOURCE = """
 import json, time
@@ -465,6 +465,10 @@ def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_r
     assert json.loads((out / "previous" / "shared" / "metrics.json").read_text()) == old
     assert (out / "previous" / "shared" / "scores_geneval.csv").is_file() and (out / "DONE").is_file()
     assert resample_run(out) == "sampled under 'per_prompt' already"
+    held = run_lock.claim(out)  # a runner or another re-sampler holds the run: left alone
+    with pytest.raises(ValueError, match="is held by pid .*not re-sampled here"):
+        resample_run(out)
+    held.lock.release()
     (out / "metrics.json").write_text(json.dumps(old))
     shutil.rmtree(out / "train" / "final")
     lines: list[str] = []

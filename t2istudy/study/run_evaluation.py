@@ -20,7 +20,7 @@ from t2istudy.diffusion import sample, train_folder
 from t2istudy.diffusion.model import get_preset
 from t2istudy.scoring.scorers import get_scorer
 from t2istudy.scoring.summaries import summarize
-from t2istudy.study import tiers
+from t2istudy.study import run_lock, tiers
 from t2istudy.study.provenance import provenance
 from t2istudy.study.rescore import apply_to_runs, run_parameters
 from t2istudy.study.run_folder import now, read_json, write_results, write_tier_results
@@ -105,7 +105,17 @@ def resample_run(run_dir: str | Path) -> str:
     whose trained weights are not on this machine (train/ is git-ignored).
     """
     run_dir = Path(run_dir)
-    drawn, wanted = needs_resampling(run_dir)
+    claimed = run_lock.claim(run_dir)  # one process per run: two re-samplers, or a runner, never collide
+    if claimed.lock is None:
+        raise ValueError(f"{run_dir} is held by {claimed.holder.describe()}: not re-sampled here.")
+    try:
+        return _resample_claimed(run_dir)
+    finally:
+        claimed.lock.release()
+
+
+def _resample_claimed(run_dir: Path) -> str:
+    drawn, wanted = needs_resampling(run_dir)  # read under the lock: another process may have just done it
     if drawn == wanted:
         return f"sampled under {wanted!r} already"
     params = run_parameters(run_dir)
