@@ -10,7 +10,8 @@ several sample seeds of each rule; the spread of a rule's means over seeds is wh
         --runs runs/ladder/cpu-latent-v-4000steps-gemma3-270m-norm_mean-s0/train --seeds 0,1,2
 
 Resumes: results append to runs/sample_noise/results.csv, one row per (run, rule, seed, tier, group),
-and finished (run, rule, seed, tier) are skipped. --plot-only redraws the figure from that file.
+and finished (run, rule, seed, tier) are skipped; each draw's per-prompt verdicts go to
+runs/sample_noise/scores/. --plot-only redraws the figure from that file.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def measure(
                         continue
                     t0 = time.time()
                     scores, summary = evaluate_tiers(train_dir, {tier: n}, sample_seed=seed, noise=rule)[tier]
+                    per_prompt = out.parent / "scores" / f"{key[0]}__{rule}__s{seed}__{tier}.csv"
+                    per_prompt.parent.mkdir(parents=True, exist_ok=True)  # for breakdowns by object or task
+                    scores.drop(columns=["skills", "spec", "scene"], errors="ignore").to_csv(
+                        per_prompt, index=False
+                    )
                     rows = pd.DataFrame(
                         {
                             "run": key[0],

@@ -23,7 +23,7 @@ from t2istudy.scoring.summaries import summarize
 from t2istudy.study import run_lock, tiers
 from t2istudy.study.provenance import provenance
 from t2istudy.study.rescore import apply_to_runs, run_parameters
-from t2istudy.study.run_folder import now, read_json, write_results, write_tier_results
+from t2istudy.study.run_folder import now, read_json, write_json, write_results, write_tier_results
 from t2istudy.world import shapes_benchmark
 from t2istudy.world.genai_bench import load_genai_bench
 
@@ -132,10 +132,11 @@ def _resample_claimed(run_dir: Path) -> str:
         )
     old = read_json(run_dir / "metrics.json")
     keep = run_dir / "previous" / drawn  # what the new results replace, never lost
-    keep.mkdir(parents=True, exist_ok=True)
-    for name in RESULT_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, keep / name)
+    if not (keep / "metrics.json").is_file():  # a retry after a kill keeps the first attempt's originals
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in RESULT_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, keep / name)
     ev = evaluate_run(
         train_dir,
         run_dir,
@@ -163,7 +164,7 @@ def _resample_claimed(run_dir: Path) -> str:
         {
             **training,
             "sample_seconds": round(ev.sample_seconds, 1),
-            "sample_noise": wanted,
+            "sample_noise": drawn,  # until every file is written: a kill before that is redone on retry
             "resampled": {
                 "at": now(),
                 "from": drawn,
@@ -174,7 +175,8 @@ def _resample_claimed(run_dir: Path) -> str:
     )
     if ev.geneval:
         write_tier_results(run_dir, "geneval", *ev.geneval)
-    new = read_json(run_dir / "metrics.json")
+    new = {**read_json(run_dir / "metrics.json"), "sample_noise": wanted}
+    write_json(run_dir / "metrics.json", new)
     parts = [f"held-out {old['overall']['mean']:.3f} -> {new['overall']['mean']:.3f}"]
     if "geneval" in old.get("tiers", {}) and "geneval" in new.get("tiers", {}):
         before, after = old["tiers"]["geneval"]["overall"]["mean"], new["tiers"]["geneval"]["overall"]["mean"]
