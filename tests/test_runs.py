@@ -431,7 +431,7 @@ def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb
 
 
 @pytest.mark.slow
-def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_results(tmp_path):
+def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_results(tmp_path, monkeypatch):
     """A finished run recorded as sampled under "shared" noise (as runs before the rule were) is sampled and
     scored again under its preset's "per_prompt" rule: same trained weights, training time kept, the old
     results kept under previous/shared/; a second pass does nothing; a run without weights is refused."""
@@ -457,6 +457,16 @@ def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_r
     assert metrics["sample_noise"] == "per_prompt"  # cpu-tiny's rule, recorded by the notebook
     old = {k: v for k, v in metrics.items() if k != "sample_noise"}  # as a run from before the rule
     (out / "metrics.json").write_text(json.dumps(old))
+    from t2istudy.study import run_evaluation
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed while writing the GenEval-style tier")
+
+    with monkeypatch.context() as patch:  # a kill between the files: not marked done, originals kept
+        patch.setattr(run_evaluation, "write_tier_results", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            resample_run(out)
+    assert json.loads((out / "metrics.json").read_text())["sample_noise"] == "shared"
     assert "sampled under 'per_prompt' already" not in resample_run(out)
     new = json.loads((out / "metrics.json").read_text())
     assert new["sample_noise"] == "per_prompt" and new["resampled"]["from"] == "shared"
