@@ -78,6 +78,17 @@ def test_time_left_plans_from_the_median_done_run():
     assert run_results.time_left(table.assign(state="pending")) is None  # nothing ran yet
 
 
+def test_status_names_a_mix_of_noise_rules_and_the_resample_command():
+    table = pd.DataFrame(
+        {"state": ["done"] * 3 + ["pending"], "sample_noise": ["shared", "per_prompt", "shared", None]}
+    )
+    assert run_results.noise_rules(table) == (
+        "sample noise: per_prompt 1, shared 2 runs: mixed, so the analysis refuses this grid. `t2istudy grid "
+        "resample <grid file>` samples them again under their preset's rule (trained weights reused)."
+    )
+    assert run_results.noise_rules(table.assign(sample_noise="shared")) is None  # one rule: nothing to say
+
+
 def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, fixture_grid, capsys):
     bad = json.loads(fixture_grid.read_text()) | {"seeds": [0]}
     (tmp_path / "bad.yaml").write_text(json.dumps(bad))

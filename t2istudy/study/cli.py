@@ -213,6 +213,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("  ".join(f"{k}: {v}" for k, v in sorted(with_counts.items())))
         if plan := run_results.time_left(table):
             print(plan)
+        if mixed := run_results.noise_rules(table):
+            print(mixed)
         for row in table[table["state"] == "corrupt"].itertuples():  # each with its fix, in full
             print(f"{row.run_id}: {row.error}")
         if args.csv:

@@ -49,6 +49,20 @@ def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFr
     return pd.DataFrame(rows, columns=columns)
 
 
+def noise_rules(table: pd.DataFrame) -> str | None:
+    """For `grid status`: a line when the done runs were sampled under different noise rules, with the fix."""
+    if "sample_noise" not in table:
+        return None
+    counts = table["sample_noise"].dropna().value_counts().sort_index()
+    if len(counts) < 2:
+        return None
+    listed = ", ".join(f"{rule} {n}" for rule, n in counts.items())
+    return (
+        f"sample noise: {listed} runs: mixed, so the analysis refuses this grid. `t2istudy grid resample "
+        f"<grid file>` samples them again under their preset's rule (trained weights reused)."
+    )
+
+
 def time_left(table: pd.DataFrame) -> str | None:
     """What the runs not yet done will take, planned from the done ones' recorded seconds (median, so a
     run slowed by a busy machine does not set the plan); None when nothing is left or nothing ran yet."""
@@ -117,6 +131,7 @@ def _status_row(out: Path, run_id: str) -> dict[str, Any]:
         overall = metrics.get("overall", {})
         row.update(overall=overall.get("mean"), ci_low=overall.get("ci_low"), ci_high=overall.get("ci_high"))
         row["geneval"] = metrics.get("tiers", {}).get("geneval", {}).get("overall", {}).get("mean")
+        row["sample_noise"] = metrics.get("sample_noise", "shared")  # runs from before the rule: shared
         row["seconds"] = read_json(out / "DONE").get("seconds")
     elif state == "failed":
         info = read_json(out / "FAILED")
