@@ -32,9 +32,9 @@ def check_edited(tmp_path: Path, old: str, new: str) -> CheckReport:
 def test_results_md_matches_figures() -> None:
     report = check_results(RESULTS)
     assert [str(mismatch) for mismatch in report.mismatches] == []
-    # the ladder, small2 arm and claim, cpu-small arm, claims and per-skill, probe, fact-preservation and
-    # upsampling-effect tables; a comment that silently checked nothing would show here
-    assert report.tables_checked == 9
+    # the sample-noise, ladder, small2 arm and claim, cpu-small arm, claims and per-skill, probe,
+    # fact-preservation and upsampling-effect tables; a comment that silently checked nothing would show here
+    assert report.tables_checked == 10
     assert report.numbers_checked >= 300
 
 
