@@ -267,6 +267,44 @@ def test_relate_to_diffusion_rank_correlation():
         R.relate_to_diffusion(summary, runs, score="score")
 
 
+def test_recipe_probe_table_names_recipes_and_diffs_by_hand():
+    # recipe:paper is norm_mean and recipe:ltx2 is concat[minmax]; layer:3 is no recipe and drops out
+    summary = pd.DataFrame(
+        {
+            "encoder": ["a", "a", "a", "a", "a", "b", "b", "a"],
+            "control": ["none"] * 7 + ["shuffled"],
+            "representation": ["norm_mean", "norm_mean", "concat[minmax]", "concat[minmax]", "layer:3"]
+            + ["norm_mean", "concat[minmax]", "norm_mean"],
+            "skill": [
+                "counting",
+                "spatial",
+                "counting",
+                "spatial",
+                "counting",
+                "counting",
+                "counting",
+                "counting",
+            ],
+            "accuracy": [0.6, 0.2, 0.9, 0.5, 1.0, 0.3, 0.1, 0.0],
+            "seed_std": [0.1, 0.3, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0],
+            "seeds": 3,
+        }
+    )
+    table = R.recipe_probe_table(summary).set_index(["encoder", "recipe"])
+    assert sorted(table.index) == [("a", "ltx2"), ("a", "paper"), ("b", "ltx2"), ("b", "paper")]
+    assert table.accuracy["a", "paper"] == pytest.approx(0.4)  # (0.6 + 0.2) / 2
+    assert table.accuracy["a", "ltx2"] == pytest.approx(0.7)
+    assert table.diff_vs_paper["a", "ltx2"] == pytest.approx(0.3)
+    assert table.diff_vs_paper["b", "ltx2"] == pytest.approx(-0.2)
+    assert table.seed_std["a", "paper"] == pytest.approx(0.2)
+    assert table["rank"]["a", "ltx2"] == 1 and table["rank"]["b", "paper"] == 1
+    assert table.strategy["a", "ltx2"] == "concat[minmax]"
+    fig, data = R.plot_recipe_probe(table.reset_index())
+    assert len(data) == 4 and len(fig.axes[0].lines) >= 2  # a baseline line per encoder
+    with pytest.raises(ValueError, match="recipe:paper"):
+        R.recipe_probe_table(summary[summary.representation == "layer:3"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # The notebook on a small budget (a real encoder: minilm-l6 loads in seconds)
 

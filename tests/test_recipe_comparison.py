@@ -76,19 +76,41 @@ def test_recipe_plot_has_a_panel_per_tier(runs):
 @pytest.mark.slow
 def test_recipes_notebook_writes_table_and_figure(runs, tmp_path):
     figures = tmp_path / "figures"
+    probe = tmp_path / "probe" / "gemma3-270m"  # a recipe probe sweep as notebooks/probe.ipynb saves it
+    probe.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "encoder": "gemma3-270m",
+            "control": "none",
+            "representation": ["norm_mean", "concat[minmax]"],
+            "skill": "counting",
+            "accuracy": [0.5, 0.75],
+            "seed_std": 0.0,
+            "seeds": 1,
+        }
+    ).to_csv(probe / "probe_all.csv", index=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = runner.execute_notebook(
             NOTEBOOKS / "recipes.ipynb",
             tmp_path / "out",
-            {"runs_dir": str(runs), "figures_dir": str(figures), "n_boot": 50},
+            {
+                "runs_dir": str(runs),
+                "figures_dir": str(figures),
+                "n_boot": 50,
+                "probe_dir": str(probe.parent),
+            },
         )
     assert result.state == "done", result.error
     assert {p.name for p in figures.iterdir()} == {
         *(f"recipes.{e}" for e in ("csv", "md", "tex")),
         *(f"recipes_forest.{e}" for e in ("png", "pdf", "csv")),
+        *(f"probe_recipes.{e}" for e in ("csv", "md", "tex")),
+        *(f"probe_recipes_plot.{e}" for e in ("png", "pdf", "csv")),
     }
     assert "FLUX.2" in (figures / "recipes.md").read_text()
+    probed = pd.read_csv(figures / "probe_recipes.csv").set_index("recipe")
+    assert probed.diff_vs_paper["ltx2"] == pytest.approx(0.25)
 
 
 def test_baseline_runs_come_from_another_grid_of_the_same_protocol(runs, tmp_path):

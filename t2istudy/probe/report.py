@@ -17,6 +17,7 @@ import seaborn as sns
 from t2istudy.figure_files import write_png_pdf
 from t2istudy.probe.layerwise import from_stack
 from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.recipes import RECIPES
 
 # ----------------------------------------------------------------------------------------------------
 # Figures
@@ -117,6 +118,72 @@ def load_summaries(folder: str | os.PathLike, name: str = "probe_all.csv") -> pd
             f"({sorted(set(dup[(dup[key] == first[key]).all(axis=1)].source))}): keep one sweep per encoder."
         )
     return table
+
+
+# ----------------------------------------------------------------------------------------------------
+# Released recipes, probed (issue 18: the cheap first look before any diffusion run)
+
+
+def recipe_probe_table(summary: pd.DataFrame, baseline: str = "paper") -> pd.DataFrame:
+    """One row per (encoder, named recipe) probed: the mean over skills of held-out probe accuracy, each
+    skill's accuracy, and the difference to ``baseline`` (a recipe name) on the same encoder.
+
+    Probe summaries hold a recipe under its expansion (``recipe:ltx2`` is ``concat[minmax]``); the name comes
+    back here by matching ``str(parse_strategy(recipe.strategy))``. ``seed_std`` is the mean over skills of
+    each skill's spread over probe seeds (a summary keeps no per-prompt rows, so no CI on the mean).
+    Representations that are no recipe's expansion (``layer:3``, ...) are left out.
+    """
+    names = {str(parse_strategy(r.strategy)): name for name, r in RECIPES.items()}
+    probes = summary[(summary.control == "none") & summary.representation.isin(names)]
+    if probes.empty:
+        raise ValueError(
+            "No named recipe in these probe results: probe with representations such as "
+            "['recipe:paper', 'recipe:flux2', ...] (notebooks/probe.ipynb, docs/probe.md)."
+        )
+    probes = probes.assign(recipe=probes.representation.map(names))
+    per_skill = probes.pivot_table(index=["encoder", "recipe"], columns="skill", values="accuracy")
+    table = pd.DataFrame(
+        {
+            "strategy": probes.groupby(["encoder", "recipe"]).representation.first(),
+            "accuracy": per_skill.mean(axis=1),
+            "seed_std": probes.groupby(["encoder", "recipe"]).seed_std.mean(),
+            "n_seeds": probes.groupby(["encoder", "recipe"]).seeds.min(),
+        }
+    ).join(per_skill)
+    table = table.reset_index()
+    base = table[table.recipe == baseline].set_index("encoder").accuracy
+    table.insert(4, f"diff_vs_{baseline}", table.accuracy - table.encoder.map(base))
+    table["rank"] = table.groupby("encoder").accuracy.rank(ascending=False, method="min").astype(int)
+    return table.sort_values(["encoder", "rank", "recipe"], ignore_index=True)
+
+
+def plot_recipe_probe(table: pd.DataFrame, baseline: str = "paper") -> tuple[plt.Figure, pd.DataFrame]:
+    """Mean probe accuracy per recipe (rows, in the first encoder's order), one marker per encoder, with
+    ``baseline`` drawn as a vertical line per encoder. Returns the figure and the numbers it shows."""
+    data = table[["encoder", "recipe", "strategy", "accuracy", "seed_std"]]
+    order = list(data[data.encoder == data.encoder.iloc[0]].sort_values("accuracy", ascending=False).recipe)
+    order += sorted(set(data.recipe) - set(order))
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(order) + 1.2))
+    sns.pointplot(
+        data=data,
+        x="accuracy",
+        y="recipe",
+        hue="encoder",
+        order=order,
+        linestyle="none",
+        errorbar=None,  # one row per (encoder, recipe): the spread over probe seeds is in the table
+        dodge=0.4 if data.encoder.nunique() > 1 else False,  # seaborn divides by (encoders - 1)
+        ax=ax,
+    )
+    for encoder, color in zip(data.encoder.unique(), sns.color_palette(), strict=False):
+        base = data[(data.encoder == encoder) & (data.recipe == baseline)].accuracy
+        if len(base):
+            ax.axvline(float(base.iloc[0]), color=color, lw=0.8, ls="--")
+    ax.set_xlabel(f"probe accuracy, mean over skills (dashed: recipe:{baseline})")
+    ax.set_ylabel("")
+    ax.set_title("Released recipes, probed on held-out compositions")
+    fig.tight_layout()
+    return fig, data
 
 
 # ----------------------------------------------------------------------------------------------------
