@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_runs import NOTEBOOKS, write_runs
+from synthetic_runs import NOTEBOOKS, PASSED, write_runs
 
 from t2istudy.scoring.bootstrap import (
     mean_ci_over_seeds_and_prompts,
@@ -218,3 +218,19 @@ def test_a_grid_sampled_under_two_noise_rules_is_refused_with_the_resample_comma
         run_results.load_metrics(root, "tiers")
     same = write_runs(tmp_path / "same")  # every run without the key: one rule, loads
     assert set(run_results.load_metrics(same, "tiers")["sample_noise"]) == {"shared"}
+
+
+def test_grids_compared_across_are_refused_under_two_noise_rules(tmp_path):
+    """Each grid is one rule, but upsampled runs re-sampled per prompt against as-written runs still drawn
+    under the shared rule are not paired by noise: the cross-grid comparison names both and the fix."""
+    from t2istudy.study.analysis import upsampling_effect
+
+    per_prompt = {arm: {"sample_noise": "per_prompt"} for arm in PASSED}
+    root = write_runs(tmp_path / "runs", "upsampled", extras=per_prompt)
+    write_runs(root, "asis")  # no rule recorded: shared
+    with pytest.raises(ValueError, match=r"asis: shared; upsampled: per_prompt.*t2istudy grid resample"):
+        upsampling_effect(root, "upsampled", "asis")
+    write_runs(root, "asis2", extras=per_prompt)
+    run_results.check_same_noise_rule(
+        run_results.load_metrics(root, "upsampled"), run_results.load_metrics(root, "asis2")
+    )

@@ -380,6 +380,10 @@ def upsampling_effect(
         if treated.empty:
             continue
         control = run_results.load_scores(root, baseline_grid, metric, tier)
+        run_results.check_same_noise_rule(
+            run_results.load_metrics(root, grid, metric, tier),
+            run_results.load_metrics(root, baseline_grid, metric, tier),
+        )
         for (enc, strategy, rewriter), arm in treated.groupby(
             ["encoder", "strategy", "prompt_upsampling"], sort=False
         ):
@@ -427,6 +431,7 @@ def _recipe_runs(
     if not tables or tables[0][0] != grid:
         return pd.DataFrame(), pd.DataFrame()
     metrics, scores = tables[0][1], tables[0][2]
+    run_results.check_same_noise_rule(*(t[1] for t in tables))
     if len(tables) == 2:
         pair = ["encoder", "seed"]
         own = pd.MultiIndex.from_frame(metrics.loc[metrics["strategy"] == baseline, pair])

@@ -240,6 +240,24 @@ def check_one_noise_rule(table: pd.DataFrame) -> None:
             )
 
 
+def check_same_noise_rule(*tables: pd.DataFrame) -> None:
+    """Refuse a comparison across grids (upsampled against as-written prompts, recipes against small2's
+    baseline runs) whose runs were sampled under different noise rules; each grid alone is checked on load."""
+    rules: dict[str, set[str]] = {}
+    for table in tables:
+        if table.empty:
+            continue
+        for grid, runs in table.groupby("grid"):
+            rules.setdefault(str(grid), set()).update(runs["sample_noise"].dropna())
+    if len(set().union(*rules.values())) > 1:
+        listed = "; ".join(f"{grid}: {', '.join(sorted(r))}" for grid, r in sorted(rules.items()))
+        raise ValueError(
+            f"These grids were sampled under different noise rules ({listed}), so a comparison across them "
+            f"is not paired by noise. Re-sample the older grid under its preset's rule: "
+            f"`t2istudy grid resample <grid file>` (reuses the trained weights)."
+        )
+
+
 def _run_stats(out: Path, metrics: dict[str, Any], metric: str, tier: str) -> dict[str, dict[str, Any]]:
     """{skill or group: {n, mean, ci_low, ci_high}} of one run on one tier: metrics.json's own numbers for
     the verdict, recomputed from the per-prompt scores for the other metrics (by the tier's summary rule)."""
