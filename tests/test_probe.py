@@ -300,7 +300,8 @@ def test_recipe_probe_table_names_recipes_and_diffs_by_hand():
     assert table["rank"]["a", "ltx2"] == 1 and table["rank"]["b", "paper"] == 1
     assert table.strategy["a", "ltx2"] == "concat[minmax]"
     fig, data = R.plot_recipe_probe(table.reset_index())
-    assert len(data) == 4 and len(fig.axes[0].lines) >= 2  # a baseline line per encoder
+    baselines = sorted(line.get_xdata()[0] for line in fig.axes[0].lines if line.get_linestyle() == "--")
+    assert len(data) == 4 and baselines == pytest.approx([0.3, 0.4])  # recipe:paper's line per encoder
     with pytest.raises(ValueError, match="recipe:paper"):
         R.recipe_probe_table(summary[summary.representation == "layer:3"])
 

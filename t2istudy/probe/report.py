@@ -16,8 +16,7 @@ import seaborn as sns
 
 from t2istudy.figure_files import write_png_pdf
 from t2istudy.probe.layerwise import from_stack
-from t2istudy.text.aggregation import parse_strategy
-from t2istudy.text.recipes import RECIPES
+from t2istudy.text.aggregation import parse_strategy, recipe_of
 
 # ----------------------------------------------------------------------------------------------------
 # Figures
@@ -129,27 +128,26 @@ def recipe_probe_table(summary: pd.DataFrame, baseline: str = "paper") -> pd.Dat
     skill's accuracy, and the difference to ``baseline`` (a recipe name) on the same encoder.
 
     Probe summaries hold a recipe under its expansion (``recipe:ltx2`` is ``concat[minmax]``); the name comes
-    back here by matching ``str(parse_strategy(recipe.strategy))``. ``seed_std`` is the mean over skills of
+    back here through ``recipe_of``. ``seed_std`` is the mean over skills of
     each skill's spread over probe seeds (a summary keeps no per-prompt rows, so no CI on the mean).
     Representations that are no recipe's expansion (``layer:3``, ...) are left out.
     """
-    names = {str(parse_strategy(r.strategy)): name for name, r in RECIPES.items()}
-    probes = summary[(summary.control == "none") & summary.representation.isin(names)]
+    probes = summary[summary.control == "none"]
+    names = {rep: (recipe_of(rep) or "").removeprefix("recipe:") for rep in probes.representation.unique()}
+    probes = probes.assign(recipe=probes.representation.map(names))
+    probes = probes[probes.recipe != ""]
     if probes.empty:
         raise ValueError(
             "No named recipe in these probe results: probe with representations such as "
             "['recipe:paper', 'recipe:flux2', ...] (notebooks/probe.ipynb, docs/probe.md)."
         )
-    probes = probes.assign(recipe=probes.representation.map(names))
     per_skill = probes.pivot_table(index=["encoder", "recipe"], columns="skill", values="accuracy")
-    table = pd.DataFrame(
-        {
-            "strategy": probes.groupby(["encoder", "recipe"]).representation.first(),
-            "accuracy": per_skill.mean(axis=1),
-            "seed_std": probes.groupby(["encoder", "recipe"]).seed_std.mean(),
-            "n_seeds": probes.groupby(["encoder", "recipe"]).seeds.min(),
-        }
-    ).join(per_skill)
+    table = (
+        probes.groupby(["encoder", "recipe"])
+        .agg(strategy=("representation", "first"), seed_std=("seed_std", "mean"), n_seeds=("seeds", "min"))
+        .assign(accuracy=per_skill.mean(axis=1))[["strategy", "accuracy", "seed_std", "n_seeds"]]
+        .join(per_skill)
+    )
     table = table.reset_index()
     base = table[table.recipe == baseline].set_index("encoder").accuracy
     table.insert(4, f"diff_vs_{baseline}", table.accuracy - table.encoder.map(base))

@@ -374,16 +374,16 @@ def upsampling_effect(
     """Inference prompt upsampling's effect on both tiers: each arm of ``grid`` (runs sampled with
     ``prompt_upsampling``, reusing the models of ``baseline_grid``'s runs) against the same arm of
     ``baseline_grid``, paired by seed and prompt (:func:`paired_effect`). Empty when ``grid`` has no runs."""
+    # a run's noise rule is the same on every tier: one check before the tiers
+    run_results.check_same_noise_rule(
+        *(run_results.load_metrics(root, g, metric) for g in (grid, baseline_grid))
+    )
     out = []
     for tier in run_results.TIERS:
         treated = run_results.load_scores(root, grid, metric, tier)
         if treated.empty:
             continue
         control = run_results.load_scores(root, baseline_grid, metric, tier)
-        run_results.check_same_noise_rule(
-            run_results.load_metrics(root, grid, metric, tier),
-            run_results.load_metrics(root, baseline_grid, metric, tier),
-        )
         for (enc, strategy, rewriter), arm in treated.groupby(
             ["encoder", "strategy", "prompt_upsampling"], sort=False
         ):
