@@ -9,8 +9,11 @@ from t2istudy.study.results_check import (
     ResultsCheckError,
     check_results,
     compare_cell,
+    format_like,
     key_words,
     parse_tables,
+    rewrite_cell,
+    update_results,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,3 +125,48 @@ def test_parse_tables_keeps_the_comment_right_above_only() -> None:
         "source: x.csv",
     )
     assert (second.line, second.header, second.comment) == (10, ["b"], None)
+
+
+def test_rewrite_cell_keeps_the_quoted_precision_and_rebuilds_the_verdict() -> None:
+    held = "**+0.034 [+0.013, +0.055] held (preliminary: 2 seeds)**"
+    assert (
+        rewrite_cell(held, ["-0.0091", "-0.06", "0.0411", "inconclusive"])
+        == "-0.009 [-0.060, +0.041] inconclusive"
+    )
+    level = "+0.025 [-0.037, +0.090] inconclusive"
+    assert rewrite_cell(level, ["0.0361", "0.002", "0.073", "held (preliminary: 2 seeds)"]) == (
+        "**+0.036 [+0.002, +0.073] held (preliminary: 2 seeds)**"
+    )
+    assert rewrite_cell("-0.02 [-0.05, +0.01] inconclusive", ["-0.061", "-0.08", "-0.04", "failed"]) == (
+        "**-0.06 [-0.08, -0.04] failed**"
+    )
+    assert rewrite_cell("`0.097` [0.072, 0.121]", ["0.1304", "0.0916", "0.165"]) == "`0.130` [0.092, 0.165]"
+    assert rewrite_cell("3", ["2"]) == "2"
+    assert rewrite_cell("0.097", ["0.1", "0.05"]) is None  # quotes 1 number where the CSV gives 2
+    assert rewrite_cell("0.1 [0.0, 0.2]", ["0.1", "0.0", "0.2", "held"]) is None  # no verdict to replace
+    assert (format_like("\u22120.50", -0.251), format_like("+0.5", 0.0), format_like("12", 11.6)) == (
+        "\u22120.25",
+        "+0.0",
+        "12",
+    )
+
+
+def test_write_restores_hand_edited_rows_from_the_csvs(tmp_path: Path) -> None:
+    claim = CLAIM_ROW.replace("**+0.013 [+0.004, +0.024] held**", "+0.020 [-0.004, +0.030] inconclusive")
+    arm = ARM_ROW.replace("0.066 [0.051, 0.081]", "0.071 [0.050, 0.081]")
+    text = RESULTS.read_text()
+    copy = tmp_path / "RESULTS.md"
+    copy.write_text(text.replace(CLAIM_ROW, claim).replace(ARM_ROW, arm))
+    assert len(check_results(copy, root=REPO).mismatches) == 6  # 2 numbers, then 3 numbers and a verdict
+    changed, report = update_results(copy, root=REPO)
+    assert (changed, report.mismatches) == (2, [])
+    assert copy.read_text() == text  # byte for byte: the same rows, markup and precision as written
+
+
+def test_write_leaves_what_it_cannot_rewrite_and_reports_it(tmp_path: Path) -> None:
+    copy = tmp_path / "RESULTS.md"
+    copy.write_text(RESULTS.read_text().replace(ARM_ROW, ARM_ROW.replace("0.066 [0.051, 0.081]", "0.066")))
+    changed, report = update_results(copy, root=REPO)
+    assert changed == 0
+    assert [m.problem for m in report.mismatches] == ["quotes 1 numbers where the CSV gives 3"]
+    assert ARM_ROW.replace("0.066 [0.051, 0.081]", "0.066") in copy.read_text()

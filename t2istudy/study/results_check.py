@@ -26,11 +26,14 @@ it that names where its numbers come from:
 
 Every column of a sourced table must be a key, a checked column or text. Run it as
 ``python -m t2istudy.study.results_check`` (exit status 1 on any mismatch); tests/test_results_md.py
-runs it in the test suite.
+runs it in the test suite. ``--write`` first rewrites every checked cell that disagrees from its CSV (numbers
+at the quoted precision; a verdict cell rebuilt as numbers then verdict, bold if held or failed), so that
+landing runs update the tables without hand edits; rows and prose are still the author's.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from dataclasses import dataclass, field
@@ -49,6 +52,12 @@ ENCODER_LABELS = {
 NUMBER = re.compile(r"(?<![\w.])[+\-\u2212]?\d+(?:\.\d+)?(?![\w.])")
 WHERE = re.compile(r"\s+where\s+")
 OWN_CSV = re.compile(r"^(\S+\.csv):\s*")
+# A claim's verdict as the analysis writes it: "held", "failed" or "inconclusive", maybe with a remark after.
+VERDICT = re.compile(r"(?:held|failed|inconclusive)(?!\w)", re.IGNORECASE)
+BOLD_VERDICTS = (
+    "held",
+    "failed",
+)  # RESULTS.md's rule: a claim that held or failed is bold, inconclusive is not
 
 
 class ResultsCheckError(ValueError):
@@ -238,8 +247,9 @@ def csv_items(cell: str) -> list[float | str]:
     try:
         return [float(cell)]
     except ValueError:
-        numbers = [float(n.replace("\u2212", "-")) for n in NUMBER.findall(cell)]
-        return numbers or [cell]
+        numbers: list[float | str] = [float(n.replace("\u2212", "-")) for n in NUMBER.findall(cell)]
+        verdict = VERDICT.match(cell)
+        return numbers + [verdict.group(0)] if verdict else numbers or [cell]
 
 
 class CsvCache:
@@ -319,13 +329,66 @@ def matching_rows(frame: pd.DataFrame, keys: dict[str, str], where: dict[str, st
     return frame
 
 
-def check_table(table: Table, source: TableSource, csvs: CsvCache) -> tuple[list[Mismatch], int]:
-    """Compare every checked cell of one sourced table with its CSV; also how many numbers it compared."""
+def format_like(quoted: str, value: float) -> str:
+    """value written as quoted was: the same decimals, a sign if it had one, the same minus character."""
+    decimals = len(quoted.partition(".")[2])
+    if quoted[0] not in "+-\u2212":
+        return f"{value:.{decimals}f}"
+    text = f"{value:+.{decimals}f}"
+    return text.replace("-", "\u2212") if "\u2212" in quoted else text
+
+
+def rewrite_cell(cell: str, raw_values: list[str]) -> str | None:
+    """The cell quoting raw_values (its CSV cells) instead: numbers at the quoted precision, the CSV's verdict.
+
+    A verdict cell (``+0.034 [+0.013, +0.055] held``) is rebuilt as numbers then verdict, bold when the claim
+    held or failed. Any other cell keeps its text and markup and gets new numbers in place. None when the
+    cell cannot be rewritten: it quotes a different count of numbers, or lacks a word the CSV gives.
+    """
+    numbers: list[float] = []
+    verdict: str | None = None
+    for raw in raw_values:
+        if VERDICT.match(raw.strip()) and verdict is None:
+            verdict = raw.strip()
+            continue
+        for item in csv_items(raw):
+            if isinstance(item, float):
+                numbers.append(item)
+            elif item.lower() not in cell.lower():
+                return None
+    body = cell
+    if verdict is not None:
+        found = VERDICT.search(cell)
+        if found is None:
+            return None
+        body = cell[: found.start()].replace("**", "").rstrip()
+    quoted = list(NUMBER.finditer(body))
+    if len(quoted) != len(numbers):
+        return None
+    pieces, end = [], 0
+    for match, value in zip(quoted, numbers, strict=True):
+        pieces += [body[end : match.start()], format_like(match.group(0), value)]
+        end = match.end()
+    body = "".join(pieces) + body[end:]
+    if verdict is None:
+        return body
+    text = f"{body} {verdict}".strip()
+    return f"**{text}**" if verdict.lower().startswith(BOLD_VERDICTS) else text
+
+
+def check_table(
+    table: Table, source: TableSource, csvs: CsvCache, rewrites: dict[tuple[int, str], str] | None = None
+) -> tuple[list[Mismatch], int]:
+    """Compare every checked cell of one sourced table with its CSV; also how many numbers it compared.
+
+    With rewrites, also collect {(row index, header): the cell rewritten from its CSV} for the cells that
+    differ and can be rewritten (``rewrite_cell``).
+    """
     check_declared(table, source)
     headers = [clean(header) for header in table.header]
     found: list[Mismatch] = []
     n_numbers = 0
-    for cells in table.rows:
+    for index, cells in enumerate(table.rows):
         row = dict(zip(headers, cells, strict=False))
         label = " ".join(clean(row.get(header, "")) for header in source.keys)
         keys = row_keys(row, source)
@@ -348,8 +411,13 @@ def check_table(table: Table, source: TableSource, csvs: CsvCache) -> tuple[list
                 )
                 found.append(Mismatch(table.name, label, header, cell, "", problem))
                 continue
-            expected = [item for name in column.columns for item in csv_items(selected.iloc[0][name])]
+            raw_values = [selected.iloc[0][name] for name in column.columns]
+            expected = [item for raw in raw_values for item in csv_items(raw)]
             problems, n = compare_cell(cell, expected)
+            if problems and rewrites is not None:
+                rewritten = rewrite_cell(cell, raw_values)
+                if rewritten is not None and rewritten != cell:
+                    rewrites[(index, header)] = rewritten
             found += [Mismatch(table.name, label, header, *problem) for problem in problems]
             n_numbers += n
     return found, n_numbers
@@ -357,10 +425,16 @@ def check_table(table: Table, source: TableSource, csvs: CsvCache) -> tuple[list
 
 def check_results(results_md: Path, root: Path | None = None) -> CheckReport:
     """Check every table of RESULTS.md against its source CSVs (paths relative to root, default its folder)."""
-    root = results_md.parent if root is None else root
+    return check_markdown(results_md.read_text(), results_md.parent if root is None else root)
+
+
+def check_markdown(
+    markdown: str, root: Path, rewrites: dict[tuple[int, int, str], str] | None = None
+) -> CheckReport:
+    """check_results on text; with rewrites, also collect {(table line, row index, header): new cell}."""
     csvs = CsvCache(root)
     report = CheckReport()
-    for table in parse_tables(results_md.read_text()):
+    for table in parse_tables(markdown):
         if table.comment is None or not table.comment.startswith("source:"):
             report.mismatches.append(
                 Mismatch(
@@ -377,18 +451,65 @@ def check_results(results_md: Path, root: Path | None = None) -> CheckReport:
         source = parse_source(table.comment, table.name)
         if source.none_reason is not None:
             continue
-        mismatches, n_numbers = check_table(table, source, csvs)
+        table_rewrites: dict[tuple[int, str], str] | None = {} if rewrites is not None else None
+        mismatches, n_numbers = check_table(table, source, csvs, table_rewrites)
         report.mismatches += mismatches
         report.tables_checked += 1
         report.numbers_checked += n_numbers
+        if rewrites is not None and table_rewrites:
+            rewrites.update(
+                {(table.line, row, header): cell for (row, header), cell in table_rewrites.items()}
+            )
     return report
+
+
+def update_results(results_md: Path, root: Path | None = None) -> tuple[int, CheckReport]:
+    """Rewrite RESULTS.md's checked cells from their CSVs, so that tables follow the runs without hand edits.
+
+    Only numbers and verdicts change, in the rows the tables already have; prose is left to the author.
+    Returns how many cells changed and the check of the file as written (what could not be rewritten: a
+    row no CSV row matches, a cell quoting a different count of numbers).
+    """
+    root = results_md.parent if root is None else root
+    markdown = results_md.read_text()
+    rewrites: dict[tuple[int, int, str], str] = {}
+    check_markdown(markdown, root, rewrites)
+    if rewrites:
+        lines = markdown.splitlines(keepends=True)
+        for table in parse_tables(markdown):
+            headers = [clean(header) for header in table.header]
+            for index, cells in enumerate(table.rows):
+                new_cells = [
+                    rewrites.get((table.line, index, clean(header)), cell)
+                    for header, cell in zip(headers, cells, strict=False)
+                ] + cells[len(headers) :]
+                if new_cells != cells:
+                    at = table.line + 1 + index  # 0-based: header line, separator, then the rows
+                    ending = "\n" if lines[at].endswith("\n") else ""
+                    lines[at] = (
+                        "|" + "|".join(f" {cell} " if cell else " " for cell in new_cells) + "|" + ending
+                    )
+        markdown = "".join(lines)
+        results_md.write_text(markdown)
+    return len(rewrites), check_markdown(markdown, root)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print every mismatch between RESULTS.md and figures/; exit status 1 if there is any."""
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else Path("RESULTS.md")
-    report = check_results(path)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_md", nargs="?", default="RESULTS.md", type=Path)
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="rewrite the tables' numbers and verdicts from their CSVs first (rows and prose stay as written)",
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    path: Path = args.results_md
+    if args.write:
+        changed, report = update_results(path)
+        print(f"{path}: {changed} cells rewritten from their CSVs")
+    else:
+        report = check_results(path)
     for mismatch in report.mismatches:
         print(mismatch)
     print(
