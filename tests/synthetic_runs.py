@@ -15,7 +15,7 @@ import pandas as pd
 from t2istudy.scoring.summaries import summarize, summarize_geneval
 from t2istudy.study import run_folder
 from t2istudy.study.grids import SCHEMA_VERSION, make_run_id
-from t2istudy.world.shapes_geneval import TASKS
+from t2istudy.world.shapes_geneval import TASKS, make_geneval_tier
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 GENEVAL_COUNTS = {"single_object": 3, **{t: 1 for t in TASKS[1:]}}
@@ -28,13 +28,17 @@ PASSED = {  # (encoder, strategy) -> the GenEval-style tasks it passes; k of 4 h
 
 
 def _geneval_table(passed: set[str]) -> pd.DataFrame:
-    rows = [
-        {"id": f"{task}-{j:04d}", "prompt": f"a photo of {task} {j}", "task": task}
-        for task, n in GENEVAL_COUNTS.items()
-        for j in range(n)
-    ]
-    table = pd.DataFrame(rows)
+    """The tier's real first prompts, so the failure reasons can read them: a passed prompt's image holds its
+    ground-truth objects, a failed one's nothing (reason: empty)."""
+    tier = make_geneval_tier(n_per_task=max(GENEVAL_COUNTS.values()))
+    table = pd.concat([tier[tier["task"] == task].head(n) for task, n in GENEVAL_COUNTS.items()])
+    table = table[["id", "prompt", "task", "scene"]].reset_index(drop=True)
     table["score"] = table["task"].isin(passed).astype(float)
+    table["detected"] = [
+        ", ".join(f"{o.color} {o.shape}" for o in scene.objects) if score else ""
+        for scene, score in zip(table["scene"], table["score"], strict=True)
+    ]
+    table = table.drop(columns="scene")
     return table.assign(fraction=0.5 + 0.5 * table["score"], score_shuffled=0.0, fraction_shuffled=0.5)
 
 

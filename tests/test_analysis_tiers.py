@@ -186,7 +186,11 @@ def test_analysis_notebooks_execute_on_both_tiers(runs, tmp_path):
     expected |= {f"{s}.{e}" for s in figures for e in ("png", "pdf", "csv")}
     heldout_only = {f"{s}.{e}" for s in ("layer_norms", "probe_vs_diffusion") for e in ("png", "pdf", "csv")}
     assert {p.name for p in figures_dir.iterdir()} == expected | heldout_only | {"geneval"}
-    assert {p.name for p in (figures_dir / "geneval").iterdir()} == expected
+    failures = {f"failure_modes.{e}" for e in ("png", "pdf", "csv")}  # read from the judge's detections
+    assert {p.name for p in (figures_dir / "geneval").iterdir()} == expected | failures
+    shares = pd.read_csv(figures_dir / "geneval" / "failure_modes.csv").set_index(["arm", "task", "failure"])
+    assert shares.loc[("minilm-l6 norm_mean", "colors", "pass"), "share"] == 1.0
+    assert shares.loc[("minilm-l6 norm_mean", "counting", "empty"), "share"] == 1.0
     claims = pd.read_csv(figures_dir / "geneval" / "claims.csv").set_index(["a", "b"])
     assert claims.loc[("gemma3-270m norm_mean", "gemma3-270m last"), "diff"] == pytest.approx(1 / 3)
     assert "Tier: geneval" in (figures_dir / "geneval" / "claims.md").read_text()

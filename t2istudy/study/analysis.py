@@ -27,6 +27,7 @@ import pandas as pd
 import seaborn as sns
 
 from t2istudy.scoring.bootstrap import mean_of_group_means_ci_over_seeds_and_prompts
+from t2istudy.scoring.failure_modes import FAILURES
 from t2istudy.study import run_results
 from t2istudy.study.run_folder import read_json
 from t2istudy.text.aggregation import recipe_of
@@ -609,6 +610,34 @@ def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
         f"Per-{unit} scores, {tier_of(metrics)} tier (bars: mean over seeds; whiskers: SD over seeds)", y=1.02
     )
     return grid.figure, data
+
+
+def failure_plot(shares: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
+    """GenEval-style images by how they failed (``scoring.failure_modes``): one panel per task, one stacked
+    bar per arm, pooled over seeds. The ``pass`` segment is the task's verdict; the rest says which lever
+    the failures call for (nothing drawn, the wrong number of objects, the wrong shapes, colour leakage)."""
+    data = shares.assign(arm=shares["encoder"] + " " + shares["strategy"])
+    tasks = [task for task in TASKS if task in set(data["task"])]
+    fig, axes = plt.subplots(
+        len(tasks), 1, figsize=(9, 1.0 + 0.32 * data["arm"].nunique() * len(tasks)), sharex=True
+    )
+    axes = np.atleast_1d(axes)
+    colours = dict(zip(FAILURES, sns.color_palette("tab10", len(FAILURES)), strict=True))
+    for ax, task in zip(axes, tasks, strict=True):
+        wide = data[data["task"] == task].pivot(index="arm", columns="failure", values="share")
+        wide = wide[[f for f in FAILURES if f in wide.columns]].sort_index(ascending=False)
+        left = np.zeros(len(wide))
+        for reason in wide.columns:
+            ax.barh(wide.index, wide[reason], left=left, color=colours[reason], label=reason)
+            left += wide[reason].to_numpy()
+        ax.set_title(task, loc="left", fontsize=10)
+        ax.set_xlim(0, 1)
+    axes[-1].set_xlabel("share of images (pooled over seeds)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=5, bbox_to_anchor=(0.5, 1.0), fontsize=8)
+    fig.suptitle("How GenEval-style prompts fail, by task and arm (first reason per image)", y=1.03)
+    fig.tight_layout()
+    return fig, data
 
 
 def scaling_plot(
