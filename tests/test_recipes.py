@@ -6,6 +6,7 @@ through the streaming encoder is compared with states read straight from transfo
 hand, on token ids built by hand.
 """
 
+import functools
 import gc
 import math
 import weakref
@@ -441,3 +442,41 @@ def test_probe_sweep_reads_each_template_from_its_own_encoder_pass(tiny, monkeyp
     # the random-init encoder probes the control representations only, with no shuffled control on top
     assert list(table.loc[table.control == "random_init", "representation"].unique()) == ["last"]
     assert len(table[table.control == "shuffled"]) == len(table[table.control == "random_init"])
+
+
+# ---- a template's shared prefix runs once ------------------------------------------------------------------
+
+
+def test_shared_prefix_runs_once_and_equals_whole_prompts(tiny, monkeypatch):
+    """qwen-image's 48-token prefix is run once per call, then each batch continues from its cache; the
+    states equal those of running every prompt whole. chat's 3-token prefix is below the threshold."""
+    from t2istudy.text.encoders import PREFIX_CACHE_MIN_TOKENS
+
+    prompts = ["two red circles", "two", "a blue square left of a green triangle", "three"]
+    wrapped = tiny.tokenize_templated(prompts, "qwen-image")
+    prefix = tiny.tokenizer(TEMPLATES["qwen-image"].prefix, add_special_tokens=False)["input_ids"]
+    assert wrapped.shared == len(prefix) >= PREFIX_CACHE_MIN_TOKENS  # SmolLM2 adds no BOS
+    assert tiny.tokenize_templated(prompts, "chat").shared < PREFIX_CACHE_MIN_TOKENS
+    calls = []
+    real = tiny.model.forward
+
+    @functools.wraps(real)  # keeps the signature the encoder reads the cache argument's name from
+    def forward(*args, input_ids=None, **kw):
+        calls.append(input_ids.shape[1])
+        return real(*args, input_ids=input_ids, **kw)
+
+    monkeypatch.setattr(tiny.model, "forward", forward)
+    cached = tiny.encode(prompts, batch_size=2, template="qwen-image")
+    assert calls[0] == len(prefix) and all(n < len(prefix) for n in calls[1:]) and len(calls) == 3
+    streamed, mask = tiny.encode_aggregated(prompts, "recipe:sana", batch_size=3)
+    monkeypatch.setattr(tiny, "prefix_cache", False)
+    whole = tiny.encode(prompts, batch_size=2, template="qwen-image")
+    assert torch.equal(cached.mask, whole.mask) and torch.equal(cached.ids, whole.ids)
+    torch.testing.assert_close(cached.hidden, whole.hidden, rtol=0, atol=1e-5)
+    streamed_whole, mask_whole = tiny.encode_aggregated(prompts, "recipe:sana", batch_size=3)
+    assert torch.equal(mask, mask_whole)
+    torch.testing.assert_close(streamed, streamed_whole, rtol=0, atol=1e-5)
+    calls.clear()
+    tiny.encode(prompts, batch_size=2, template="qwen-image")
+    whole_rows = [int(wrapped.mask[rows].sum(1).max()) for rows in (slice(0, 2), slice(2, 4))]
+    assert calls == whole_rows  # off: each batch's rows whole, no prefix pass

@@ -13,10 +13,15 @@ Facts handled here on purpose (measured on the built-ins, see docs/encoders.md):
   warning) and dominates a plain ``mean``; ``stats`` can exclude it.
 - Right padding, so real tokens of a causal model never see padding; positions past a batch's
   longest prompt are zero, padding positions inside it hold what the model computed there.
+- A prompt template's prefix is the same for every prompt, and a causal model's states of a prefix do not
+  depend on what follows it: a decoder runs the prefix once per call and every batch continues from its
+  attention cache (``SharedPrefix``; the states agree with a full pass to float rounding, ~1e-6 relative).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 import shutil
@@ -33,6 +38,9 @@ from t2istudy.text.templates import WrappedTokens, get_template, wrap_and_tokeni
 
 BUILTIN_ENCODERS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "minilm-l6")
 DEFAULT_MAX_LENGTH = 128  # tokens; the paper's prompts (GenAI-Bench) fit, longer ones are truncated
+# A shared template prefix shorter than this is run with every prompt: caching a few tokens saves about what
+# copying the cache costs (benchmarks/prefix_cache.py: chat's 3-9 tokens break even, 48-169 tokens gain 2-5x).
+PREFIX_CACHE_MIN_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,26 @@ class LayerStates:
     ids: torch.Tensor  # [batch, tokens] long
     n_truncated: int  # prompts cut at max_length
     template: str | None = None  # the prompt template applied (its dropped tokens are not in hidden)
+
+
+@dataclass
+class SharedPrefix:
+    """The tokens every templated prompt starts with (special tokens + the template's prefix), run once:
+    their states of every layer [1, P, width] and the attention cache that later tokens continue from."""
+
+    length: int
+    states: list[torch.Tensor]
+    cache: object  # a transformers Cache holding the prefix's keys and values, one batch row
+
+    def continue_with(self, rows: int) -> object:
+        """A copy of the cache for a batch of ``rows`` prompts (the forward pass appends to it)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    def join(self, index: int, rest: torch.Tensor) -> torch.Tensor:
+        """State ``index`` of the whole sequence [B, P + R, width]: the prefix's, then the batch's own."""
+        return torch.cat([self.states[index].to(rest.dtype).expand(rest.shape[0], -1, -1), rest], dim=1)
 
 
 @dataclass(frozen=True)
@@ -296,6 +324,9 @@ class FrozenEncoder:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.n_truncated = 0  # of the last encode / encode_aggregated call
+        # Run a template's shared prefix once and continue from its cache (decoders only; see SharedPrefix).
+        # False runs every prompt whole, e.g. to measure the saving (benchmarks/prefix_cache.py).
+        self.prefix_cache = kind != "bidirectional"
 
     def __repr__(self) -> str:
         return (
@@ -357,11 +388,41 @@ class FrozenEncoder:
         starts = range(0, n, batch_size)
         return tqdm(starts, desc=f"{what} {self.name}", disable=not progress, leave=False)
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, hidden_states: bool):
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, hidden_states: bool, prefix: SharedPrefix | None = None
+    ):
+        """The model on a batch; with ``prefix``, only the tokens after it run, continuing from its cache
+        (``ids`` and ``mask`` still hold the whole rows: the mask covers the cached tokens too)."""
         kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device).long()}
-        if self.kind != "bidirectional":
+        if prefix is not None:
+            kwargs["input_ids"] = kwargs["input_ids"][:, prefix.length :]
+            kwargs[self._cache_argument()] = prefix.continue_with(ids.shape[0])
+            kwargs["use_cache"] = True
+        elif self.kind != "bidirectional":
             kwargs["use_cache"] = False
         return self.model(**kwargs, output_hidden_states=hidden_states)
+
+    def _cache_argument(self) -> str:
+        """transformers 5 names the attention cache ``cache``; earlier versions ``past_key_values``."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def _shared_prefix(self, wrapped: WrappedTokens | None) -> SharedPrefix | None:
+        """The templated prompts' common prefix run once (None: no template, a bidirectional encoder, a
+        prefix too short to be worth it, or ``prefix_cache`` off)."""
+        if wrapped is None or not self.prefix_cache or wrapped.shared < PREFIX_CACHE_MIN_TOKENS:
+            return None
+        ids = wrapped.ids[:1, : wrapped.shared].to(self.device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        cache = getattr(out, "cache", None)
+        cache = getattr(out, "past_key_values", None) if cache is None else cache
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return None  # a model that returns no reusable cache: run every prompt whole
+        return SharedPrefix(wrapped.shared, [h.float() for h in out.hidden_states], cache)
 
     # -- encoding ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -379,10 +440,12 @@ class FrozenEncoder:
         kept_mask = wrapped.keep_mask if wrapped else mask
         n, t = kept_mask.shape
         hidden = torch.zeros(self.num_states, n, t, self.width)
+        shared = self._shared_prefix(wrapped)
         for start in self._batches(n, batch_size, progress, "encode"):
             sl = slice(start, start + batch_size)
             length = int(mask[sl].sum(1).max())  # trim to this batch's longest prompt
-            out = self._forward(ids[sl, :length], mask[sl, :length], hidden_states=True)
+            prefix = shared if shared is not None and length > shared.length else None
+            out = self._forward(ids[sl, :length], mask[sl, :length], hidden_states=True, prefix=prefix)
             states = out.hidden_states
             if len(states) != self.num_states:
                 raise RuntimeError(
@@ -390,7 +453,7 @@ class FrozenEncoder:
                 )
             select = _batch_selector(wrapped, sl)
             for i, h in enumerate(states):
-                h = select(h.float())
+                h = select(prefix.join(i, h.float()) if prefix else h.float())
                 hidden[i, sl, : h.shape[1]] = h.cpu()
         self._check_finite(hidden)
         self.n_truncated = n_truncated
@@ -449,9 +512,11 @@ class FrozenEncoder:
             features.append(torch.zeros(shape))
         embed, blocks, final_norm = _hook_points(self.model)
         label = ", ".join(map(str, parsed))
+        shared = self._shared_prefix(wrapped)
         for start in self._batches(n, batch_size, progress, f"encode {label}"):
             sl = slice(start, start + batch_size)
             length = int(mask[sl].sum(1).max())
+            prefix = shared if shared is not None and length > shared.length else None
             kept = int(kept_mask[sl].sum(1).max()) if kept_mask.shape[1] else 0
             if length == 0 or kept == 0:  # only empty prompts (no special token, or the template cut all)
                 continue
@@ -472,11 +537,11 @@ class FrozenEncoder:
                 points[-1], indices[-1] = final_norm, len(blocks)
             select = _batch_selector(wrapped, sl)
             handles = [
-                m.register_forward_hook(_feeder(aggs, i, select))
+                m.register_forward_hook(_feeder(aggs, i, select, prefix))
                 for m, i in zip(points, indices, strict=True)
             ]
             try:
-                self._forward(ids[sl, :length], mask[sl, :length], hidden_states=False)
+                self._forward(ids[sl, :length], mask[sl, :length], hidden_states=False, prefix=prefix)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -509,11 +574,13 @@ class FrozenEncoder:
                 )
 
 
-def _feeder(aggs: list[Aggregator], index: int, select):
-    """Forward hook that hands a module's output (its kept tokens) to every aggregator as state ``index``."""
+def _feeder(aggs: list[Aggregator], index: int, select, prefix: SharedPrefix | None = None):
+    """Forward hook that hands a module's output (its kept tokens) to every aggregator as state ``index``;
+    after a cached prefix, the prefix's states of that layer go in front of the batch's own."""
 
     def hook(_module, _inputs, output):
-        hidden = select(output[0] if isinstance(output, tuple) else output)
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = select(prefix.join(index, hidden) if prefix else hidden)
         for agg in aggs:
             agg.add(index, hidden)
 

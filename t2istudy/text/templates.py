@@ -128,6 +128,7 @@ class WrappedTokens:
     keep: torch.Tensor  # [N, K] long: positions in ids of the kept tokens, in order (0 where padding)
     keep_mask: torch.Tensor  # [N, K] bool, True = a kept token
     n_truncated: int  # prompts whose own tokens were cut at max_length
+    shared: int = 0  # leading tokens identical in every row (special tokens + the template's prefix)
 
     def kept(self, hidden: torch.Tensor) -> torch.Tensor:
         """Gather the kept tokens of one layer's states [N, T, D] -> [N, K, D], padding zeroed."""
@@ -174,7 +175,7 @@ def wrap_and_tokenize(
             kept.append(list(range(start, len(rows[-1]))))
         else:
             kept.append(list(range(len(rows[-1]))))
-    return WrappedTokens(*_pad(rows, pad_id), *_pad(kept, 0), n_truncated)
+    return WrappedTokens(*_pad(rows, pad_id), *_pad(kept, 0), n_truncated, len(before) + len(prefix))
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
