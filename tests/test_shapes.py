@@ -273,3 +273,23 @@ def test_advanced_wordings_in_training_are_true(training):
             continue
         checked += 1
     assert checked > 300
+
+
+def test_colourless_captions_name_the_shapes_only_and_leave_the_default_stream_alone():
+    from t2istudy.diffusion.data import shapes_pool
+    from t2istudy.text.cache import caption_hash
+
+    # p_colourless=0 draws nothing extra: the study's training pool is the one its caches were built from
+    assert caption_hash(shapes_pool(8192, 0, 32).captions) == "7c84e8cad467e602"
+    _, default, _ = ShapesWorld(seed=3).batch(50, np.random.default_rng(5))
+    assert ShapesWorld(seed=3, p_colourless=0.0).batch(50, np.random.default_rng(5))[1] == default
+    _, texts, scenes = ShapesWorld(seed=3, p_colourless=1.0).batch(300, np.random.default_rng(5))
+    for scene, text in zip(scenes, texts, strict=True):
+        assert not any(re.search(rf"\b{c}\b", text) for c in PALETTE), text
+        assert all(re.search(rf"\b{o.shape}s?\b", text) for o in scene.objects), text
+    assert any(" above " in t or " left of " in t or " below " in t for t in texts)  # relations stay
+    _, some, _ = ShapesWorld(seed=3, p_colourless=0.25).batch(400, np.random.default_rng(5))
+    share = np.mean([not any(re.search(rf"\b{c}\b", t) for c in PALETTE) for t in some])
+    assert 0.18 < share < 0.32
+    with pytest.raises(ValueError, match="p_colourless=1.5 must be in 0..1"):
+        ShapesWorld(p_colourless=1.5)

@@ -71,9 +71,15 @@ class ArrayPairs(Dataset):
         return to_tensor(self.images[i]), self.captions[i]
 
 
-def shapes_pool(pool_size: int, seed: int, resolution: int, max_objects: int | None = None) -> ArrayPairs:
+def shapes_pool(
+    pool_size: int,
+    seed: int,
+    resolution: int,
+    max_objects: int | None = None,
+    colourless_captions: float = 0.0,
+) -> ArrayPairs:
     """A fixed pool of shapes-world training scenes (never a held-out composition)."""
-    world = ShapesWorld(seed=seed, max_objects=max_objects or MAX_OBJECTS)
+    world = ShapesWorld(seed=seed, max_objects=max_objects or MAX_OBJECTS, p_colourless=colourless_captions)
     images, captions, _ = world.batch(pool_size, np.random.default_rng(seed), resolution)
     return ArrayPairs(np.asarray(images, dtype=np.uint8), list(captions))
 

@@ -40,6 +40,9 @@ class TrainOptions:
     data: str = "shapes"  # "shapes" (the procedural world) or a folder of images + captions / .tar shards
     pool_size: int = 8192  # shapes: scenes in the fixed training pool (every caption gets cached)
     max_objects: int | None = None  # shapes: cap objects per scene (None: the world's maximum)
+    # shapes: share of captions naming the shapes without their colours ("a circle and a square"), the
+    # wording of GenEval's colourless tasks, which no default caption uses (0: the default pool, unchanged)
+    colourless_captions: float = 0.0
     data_seed: int = 0
     on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
     text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
@@ -104,6 +107,7 @@ RANGES = {
     "max_length": (lambda v: v >= 1, ">= 1"),
     "pool_size": (lambda v: v >= 1, ">= 1"),
     "max_objects": (lambda v: v >= 1, ">= 1"),
+    "colourless_captions": (lambda v: 0.0 <= v <= 1.0, "0 .. 1"),
     "data_seed": (lambda v: 0 <= v < 2**32, "0 .. 2**32 - 1"),
     "encode_batch_size": (lambda v: v >= 1, ">= 1"),
     "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),

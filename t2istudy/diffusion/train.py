@@ -216,7 +216,9 @@ def diffusion_loss(
 
 def build_data(opts: TrainOptions, preset: Preset):
     if opts.data == "shapes":
-        return shapes_pool(opts.pool_size, opts.data_seed, preset.image_size, opts.max_objects)
+        return shapes_pool(
+            opts.pool_size, opts.data_seed, preset.image_size, opts.max_objects, opts.colourless_captions
+        )
     return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad)
 
 
@@ -224,6 +226,9 @@ def data_id(opts: TrainOptions, dataset) -> str:
     """What identifies the training images for the latent cache: the source, its size and its captions."""
     if opts.data == "shapes":
         source = f"shapes-n{opts.pool_size}-d{opts.data_seed}-o{opts.max_objects}-r{get_preset(opts.preset).image_size}"
+        source += (
+            f"-c{opts.colourless_captions:g}" if opts.colourless_captions else ""
+        )  # default: ids unchanged
     else:
         source = f"{slug(str(Path(opts.data).resolve()))[-48:]}-n{len(dataset)}"
     return f"{source}-{caption_hash(dataset.captions)}"

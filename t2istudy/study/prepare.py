@@ -132,7 +132,14 @@ def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) ->
     opts = run_options(values)
     if opts.text != "cache":
         return
-    data_key = (opts.data, opts.pool_size, opts.data_seed, opts.max_objects, opts.preset)
+    data_key = (
+        opts.data,
+        opts.pool_size,
+        opts.data_seed,
+        opts.max_objects,
+        opts.colourless_captions,
+        opts.preset,
+    )
     if data_key not in captions_of:
         captions_of[data_key] = list(train.build_data(opts, get_preset(opts.preset)).captions)
     strategy = str(parse_strategy(opts.strategy))
@@ -242,6 +249,7 @@ def prepare_images(specs: list[grids.RunSpec], log=print, bad: dict[str, str] | 
                 opts.pool_size,
                 opts.data_seed,
                 opts.max_objects,
+                opts.colourless_captions,
             )
             if not preset.vae or key in done:
                 continue

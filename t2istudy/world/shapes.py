@@ -384,14 +384,20 @@ def caption(
     holdout: Holdout = DEFAULT_HOLDOUT,
     p_background: float = 0.7,
     p_relation: float = 0.6,
+    p_colourless: float = 0.0,
 ) -> str:
     """A true English description of every object in ``scene`` (paraphrased; held-out relations avoided).
 
     Objects are grouped by (size, colour, shape) into counted phrases; sizes are named only when the
     scene mixes sizes. Two-object scenes often get a relation ("a red circle above a blue square").
+    With probability ``p_colourless`` the caption names the shapes without their colours ("a circle above
+    a square", "two circles and a square"): still true, and the wording of GenEval's colourless tasks. A
+    relation is stated only where it is allowed for the colours the image shows, as in every caption. At 0
+    no extra random number is drawn, so the default stream is unchanged.
     """
     objs = scene.objects
     sizes_differ = len({o.size_word for o in objs}) > 1
+    colourless = p_colourless > 0 and rng.random() < p_colourless
     text = None
     if len(objs) == 2 and rng.random() < p_relation:
         a, b = objs if rng.random() < 0.5 else objs[::-1]
@@ -402,17 +408,21 @@ def caption(
             rel = pick(rng, true)
             size_a = a.size_word if sizes_differ and rel not in ("larger", "smaller") else ""
             size_b = b.size_word if sizes_differ and rel not in ("larger", "smaller") else ""
-            pa = noun_phrase(1, a.color, a.shape, rng, size_a)
-            pb = noun_phrase(1, b.color, b.shape, rng, size_b).replace("one ", "a ", 1)
-            if (a.color, a.shape, size_a) == (b.color, b.shape, size_b):
+            ca, cb = (None, None) if colourless else (a.color, b.color)
+            pa = noun_phrase(1, ca, a.shape, rng, size_a)
+            pb = noun_phrase(1, cb, b.shape, rng, size_b).replace("one ", "a ", 1)
+            if (ca, a.shape, size_a) == (cb, b.shape, size_b):
                 pb = pb.replace("a ", "another ", 1)
             text = f"{pa} {pick(rng, REL_PHRASES[rel])} {pb}"
     if text is None:
-        groups = Counter((o.size_word if sizes_differ else "", o.color, o.shape) for o in objs)
+        groups = Counter(
+            (o.size_word if sizes_differ else "", None if colourless else o.color, o.shape) for o in objs
+        )
         keys = list(groups)
         rng.shuffle(keys)
         text = join_phrases([noun_phrase(groups[k], k[1], k[2], rng, k[0]) for k in keys], rng)
-        text = _skill_wording(objs, rng) or text
+        if not colourless:  # the skill wordings all name colours
+            text = _skill_wording(objs, rng) or text
     if rng.random() < p_background:
         text = with_background(text, scene.background, rng)
     return pick(rng, _PREFIXES) + text
@@ -494,10 +504,13 @@ class ShapesWorld:
     max_objects: int = MAX_OBJECTS
     p_background: float = 0.7
     p_relation: float = 0.6
+    p_colourless: float = 0.0  # share of captions naming shapes without colours (see caption)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(f"max_objects={self.max_objects} must be in 1..{MAX_OBJECTS}.")
+        if not 0.0 <= self.p_colourless <= 1.0:
+            raise ValueError(f"p_colourless={self.p_colourless} must be in 0..1.")
         self._rng = np.random.default_rng(self.seed)
         self._pairs = self.holdout.allowed_pairs()
 
@@ -519,7 +532,7 @@ class ShapesWorld:
     def sample(self, rng: np.random.Generator | None = None) -> tuple[Scene, str]:
         rng = self._rng if rng is None else rng
         scene = self.sample_scene(rng)
-        return scene, caption(scene, rng, self.holdout, self.p_background, self.p_relation)
+        return scene, caption(scene, rng, self.holdout, self.p_background, self.p_relation, self.p_colourless)
 
     def batch(
         self, n: int, rng: np.random.Generator | None = None, resolution: int = 32
