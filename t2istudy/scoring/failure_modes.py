@@ -116,7 +116,8 @@ def classify(scores: pd.DataFrame) -> pd.DataFrame:
         if unknown:
             raise ValueError(
                 f"Prompts {unknown[:3]} are not in the GenEval-style tier of {n_per_task} per task, seed {seed}: "
-                "pass the geneval_per_task and benchmark_seed the runs were scored with."
+                "the scores' geneval_per_task and benchmark_seed columns (the run parameters; 50 and 0 when "
+                "absent) must be those the runs were scored with."
             )
         specs = tier.loc[part["id"]]
         changed = part["prompt"].to_numpy() != specs["prompt"].to_numpy()
