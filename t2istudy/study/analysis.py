@@ -619,7 +619,7 @@ def failure_plot(shares: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     data = shares.assign(arm=shares["encoder"] + " " + shares["strategy"])
     tasks = [task for task in TASKS if task in set(data["task"])]
     fig, axes = plt.subplots(
-        len(tasks), 1, figsize=(9, 1.0 + 0.32 * data["arm"].nunique() * len(tasks)), sharex=True
+        len(tasks), 1, figsize=(9, 1.2 + max(1.0, 0.32 * data["arm"].nunique()) * len(tasks)), sharex=True
     )
     axes = np.atleast_1d(axes)
     colours = dict(zip(FAILURES, sns.color_palette("tab10", len(FAILURES)), strict=True))
