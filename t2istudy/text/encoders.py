@@ -97,6 +97,13 @@ class SharedPrefix:
     length: int
     states: list[torch.Tensor]
     cache: object  # a transformers Cache holding the prefix's keys and values, one batch row
+    argument: (
+        str  # the model's name for the cache argument ("cache"; "past_key_values" before transformers 5)
+    )
+
+    def for_batch(self, length: int) -> SharedPrefix | None:
+        """This prefix for a batch whose rows are ``length`` tokens long; None when no token follows it."""
+        return self if length > self.length else None
 
     def continue_with(self, rows: int) -> object:
         """A copy of the cache for a batch of ``rows`` prompts (the forward pass appends to it)."""
@@ -396,15 +403,11 @@ class FrozenEncoder:
         kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device).long()}
         if prefix is not None:
             kwargs["input_ids"] = kwargs["input_ids"][:, prefix.length :]
-            kwargs[self._cache_argument()] = prefix.continue_with(ids.shape[0])
+            kwargs[prefix.argument] = prefix.continue_with(ids.shape[0])
             kwargs["use_cache"] = True
         elif self.kind != "bidirectional":
             kwargs["use_cache"] = False
         return self.model(**kwargs, output_hidden_states=hidden_states)
-
-    def _cache_argument(self) -> str:
-        """transformers 5 names the attention cache ``cache``; earlier versions ``past_key_values``."""
-        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def _shared_prefix(self, wrapped: WrappedTokens | None) -> SharedPrefix | None:
         """The templated prompts' common prefix run once (None: no template, a bidirectional encoder, a
@@ -422,7 +425,11 @@ class FrozenEncoder:
         cache = getattr(out, "past_key_values", None) if cache is None else cache
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return None  # a model that returns no reusable cache: run every prompt whole
-        return SharedPrefix(wrapped.shared, [h.float() for h in out.hidden_states], cache)
+        # transformers 5 names the attention cache ``cache``; earlier versions ``past_key_values``
+        argument = (
+            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        )
+        return SharedPrefix(wrapped.shared, [h.float() for h in out.hidden_states], cache, argument)
 
     # -- encoding ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -444,7 +451,7 @@ class FrozenEncoder:
         for start in self._batches(n, batch_size, progress, "encode"):
             sl = slice(start, start + batch_size)
             length = int(mask[sl].sum(1).max())  # trim to this batch's longest prompt
-            prefix = shared if shared is not None and length > shared.length else None
+            prefix = shared.for_batch(length) if shared is not None else None
             out = self._forward(ids[sl, :length], mask[sl, :length], hidden_states=True, prefix=prefix)
             states = out.hidden_states
             if len(states) != self.num_states:
@@ -516,7 +523,7 @@ class FrozenEncoder:
         for start in self._batches(n, batch_size, progress, f"encode {label}"):
             sl = slice(start, start + batch_size)
             length = int(mask[sl].sum(1).max())
-            prefix = shared if shared is not None and length > shared.length else None
+            prefix = shared.for_batch(length) if shared is not None else None
             kept = int(kept_mask[sl].sum(1).max()) if kept_mask.shape[1] else 0
             if length == 0 or kept == 0:  # only empty prompts (no special token, or the template cut all)
                 continue
