@@ -54,10 +54,8 @@ WHERE = re.compile(r"\s+where\s+")
 OWN_CSV = re.compile(r"^(\S+\.csv):\s*")
 # A claim's verdict as the analysis writes it: "held", "failed" or "inconclusive", maybe with a remark after.
 VERDICT = re.compile(r"(?:held|failed|inconclusive)(?!\w)", re.IGNORECASE)
-BOLD_VERDICTS = (
-    "held",
-    "failed",
-)  # RESULTS.md's rule: a claim that held or failed is bold, inconclusive is not
+# RESULTS.md's rule: a claim that held or failed is bold, an inconclusive one is not.
+BOLD_VERDICTS = ("held", "failed")
 
 
 class ResultsCheckError(ValueError):
