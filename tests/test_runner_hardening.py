@@ -206,6 +206,20 @@ def test_done_beside_failed_is_never_done_and_is_run_again(tmp_path, nb, monkeyp
     assert run_folder.run_state(out) == "done" and not (out / "FAILED").exists()
 
 
+def test_grid_record_names_the_notebook_as_params_json_does(tmp_path, nb, monkeypatch):
+    # grid.json is committed with the runs: it names the notebook from the working directory (the repository
+    # root under the CLI), as each run's params.json does, not by this machine's absolute path.
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(
+        tmp_path, nb, {"params": {"counter": str(tmp_path / "count.txt")}, "axes": {"seed": [0]}}
+    )
+    (result,) = runner.run_grid(grid, tmp_path / "runs", **QUIET)
+    assert result.state == "done"
+    record = json.loads((tmp_path / "runs" / "g" / "grid.json").read_text())
+    params = json.loads((tmp_path / "runs" / "g" / "seed0" / "params.json").read_text())
+    assert record["notebook"] == params["notebook"] == "fake.ipynb"
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. A grid edited under a half-done run
 

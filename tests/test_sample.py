@@ -110,6 +110,30 @@ def test_noise_rules_per_prompt_draws_differ_shared_ones_repeat_and_keys_pair_re
         sample(Blind(), ["a"], [0], noise_keys=["a", "b"], **kw)
 
 
+def test_guidance_rescale_by_hand():
+    """With an unconditional prediction of 0 and a conditional one P, CFG at scale s predicts sP; rescaled to
+    P's std with share r it predicts (r + (1 - r) s) P. So rescale 1 undoes any scale (the unguided image),
+    and rescale 0.5 at scale 5 is plain CFG at scale 3; 0 is the preset's default."""
+    pattern = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    class Linear(torch.nn.Module):  # the null embedding is zeros, so the unconditional prediction is 0
+        def forward(self, x, t, features, mask):
+            return features[:, 0, 0].view(-1, 1, 1, 1) / 100 * pattern
+
+    kw = dict(text=WordText(), null=NULL, preset=PRESET, steps=3)
+    prompts = ["a red circle", "two"]
+
+    def images(**options):
+        return np.stack(sample(Linear(), prompts, [0], **kw, **options)).astype(int)
+
+    assert np.abs(images(guidance_scale=5.0, guidance_rescale=1.0) - images(guidance_scale=1.0)).max() <= 1
+    assert np.abs(images(guidance_scale=5.0, guidance_rescale=0.5) - images(guidance_scale=3.0)).max() <= 1
+    assert np.array_equal(images(guidance_scale=5.0), images(guidance_scale=5.0, guidance_rescale=0.0))
+    assert not np.array_equal(images(guidance_scale=5.0), images(guidance_scale=3.0))
+    with pytest.raises(ValueError, match=r"guidance_rescale=1.5 is a share: give a value in \[0, 1\]"):
+        images(guidance_scale=5.0, guidance_rescale=1.5)
+
+
 def colour_benchmark(n: int = 48) -> pd.DataFrame:
     """Single-object captions from the world; the judge checks the named colour appears exactly once, alone."""
     from t2istudy.world.shapes import PALETTE, ShapesWorld

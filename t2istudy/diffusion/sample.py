@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
@@ -74,6 +75,7 @@ def sample(
     sampler: str = "ddim",
     steps: int | None = None,
     guidance_scale: float | None = None,
+    guidance_rescale: float | None = None,
     noise: str | None = None,
     noise_keys: Sequence[str] | None = None,
     batch_size: int = 32,
@@ -86,6 +88,8 @@ def sample(
 
     `model` is a `checkpoint.Denoiser`; `text` anything with `embed(captions) -> (features, mask)` (an
     `EmbeddingCache` or `OnlineText`); `null` the empty-prompt embedding the model was trained with.
+    `guidance_rescale` (default the preset's, 0 = plain CFG) mixes in the guided prediction rescaled to the
+    conditional one's std (diffusers' ``rescale_noise_cfg``, Lin et al. 2024 sec. 3.4).
     `noise` ("per_prompt" | "shared", default the preset's) picks the starting noise (`noise_seed`);
     `noise_keys` are the texts it is keyed by (default `prompts`; a rewritten prompt keeps its original's).
     Writes `<out_dir>/<prompt index>-s<seed>.png` and `grid.png` (rows = prompts) when out_dir is given.
@@ -93,6 +97,9 @@ def sample(
     preset = get_preset(preset)
     steps = steps or preset.sample_steps
     scale = preset.guidance_scale if guidance_scale is None else guidance_scale
+    rescale = preset.guidance_rescale if guidance_rescale is None else guidance_rescale
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance_rescale={rescale} is a share: give a value in [0, 1] (0 = plain CFG).")
     noise = noise or preset.sample_noise
     keys = list(prompts) if noise_keys is None else list(noise_keys)
     if len(keys) != len(prompts):
@@ -133,6 +140,8 @@ def sample(
             if guided:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + scale * (cond - uncond)
+                if rescale:
+                    pred = rescale_noise_cfg(pred, cond, guidance_rescale=rescale)
             x = scheduler.step(pred, t, x).prev_sample
         if vae is not None:
             x = vae.decode(x / vae.config.scaling_factor).sample

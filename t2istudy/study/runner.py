@@ -241,6 +241,7 @@ def _params_record(spec: RunSpec) -> dict[str, Any]:
 
 
 def _relative(path: str) -> str:
+    """``path`` relative to the working directory (the repository root under the CLI)."""
     try:
         return os.path.relpath(path)
     except ValueError:  # another drive (Windows)
@@ -378,6 +379,7 @@ def run_grid(
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
     check_writable(grid_dir, len(todo))
     grid_record = {k: v for k, v in grid.__dict__.items() if k != "source"}
+    grid_record["notebook"] = _relative(grid.notebook)  # as params.json has it: no machine's path
     write_json(grid_dir / "grid.json", {"schema_version": SCHEMA_VERSION, **grid_record})
     expect = {s.run_id: markers(run_path(root, s).resolve()) for s in todo}
     start = time.perf_counter()
