@@ -138,7 +138,8 @@ def plot(validation: pd.DataFrame, results: pd.DataFrame, figures: Path) -> list
             right.scatter(vals, [k] * len(vals), marker=marker, s=24, label=tier if k == 0 else None)
     right.set_yticks(range(len(labels)), labels, fontsize=6)
     right.set_xlabel("verdict (all-or-nothing); one dot per per-prompt draw")
-    right.legend(fontsize=7, title="tier", title_fontsize=7)
+    if len(overall):
+        right.legend(fontsize=7, title="tier", title_fontsize=7)
     right.grid(alpha=0.3)
     fig.tight_layout()
     table = summary_table(results)
