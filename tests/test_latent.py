@@ -342,3 +342,12 @@ def test_validation_split_is_training_distribution_and_disjoint_from_both_tiers(
     assert 0.5 < sum(stated) / len(stated) < 0.9  # captions name the background 70% of the time
     tiers = set(make_tier("geneval", 50)["prompt"]) | set(make_tier("heldout", 125)["prompt"])
     assert not set(split["prompt"]) & tiers
+    # A colourless share: those captions name no colour and are judged on shape counts; the others as before.
+    mixed = make_validation_split(60, p_colourless=0.5)
+    colourless = [not any(c in row.prompt for c in ("red", "green", "blue", "yellow")) for row in mixed.itertuples()]
+    assert 20 <= sum(colourless) <= 40
+    for row, bare in zip(mixed.itertuples(), colourless, strict=True):
+        counts = [c for c in row.spec["constraints"] if c["type"] == "count" and c["shape"]]
+        assert all((c["color"] is None) == bare for c in counts), row.prompt
+        assert scene_satisfies(row.scene, row.spec) and judge(render(row.scene), row.spec)[0], row.prompt
+    assert not set(mixed["prompt"]) & tiers

@@ -17,7 +17,7 @@ import pandas as pd
 from t2istudy.diffusion import sample
 from t2istudy.scoring.scorers import get_scorer
 from t2istudy.scoring.summaries import summarize, summarize_geneval
-from t2istudy.world.shapes import ShapesWorld
+from t2istudy.world.shapes import PALETTE, ShapesWorld
 from t2istudy.world.shapes_benchmark import make_benchmark
 from t2istudy.world.shapes_geneval import make_geneval_tier
 
@@ -69,22 +69,26 @@ def evaluate_tiers(
     return results
 
 
-def make_validation_split(n: int = 200, seed: int = 10_000) -> pd.DataFrame:
+def make_validation_split(n: int = 200, seed: int = 10_000, p_colourless: float = 0.0) -> pd.DataFrame:
     """Training-distribution prompts for tuning the guidance scale: captions of fresh training-world scenes
     (never a held-out composition, never a benchmark prompt), judged on the counts they state.
 
     Spec: the exact count of every (colour, shape) kind and the total, plus the background when the
-    caption names it. Tuning on this split keeps both benchmark tiers untouched.
+    caption names it. With ``p_colourless`` that share of captions names the shapes without their colours
+    (the world's colourless wording, `ShapesWorld.p_colourless`), judged on the count of every shape
+    instead. Tuning on this split keeps both benchmark tiers untouched.
     """
-    world = ShapesWorld(seed=seed)
+    world = ShapesWorld(seed=seed, p_colourless=p_colourless)
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         scene, text = world.sample(rng)
-        kinds = Counter((o.color, o.shape) for o in scene.objects)
+        words = text.replace(",", " ").split()
+        named = any(colour in words for colour in PALETTE)
+        kinds = Counter((o.color if named else None, o.shape) for o in scene.objects)
         cons = [{"type": "count", "color": c, "shape": s, "op": "==", "n": k} for (c, s), k in kinds.items()]
         cons.append({"type": "count", "color": None, "shape": None, "op": "==", "n": len(scene.objects)})
-        if scene.background in text.split() or f"{scene.background}," in text:
+        if scene.background in words:
             cons.append({"type": "background", "color": scene.background})
         rows.append(
             {
@@ -98,9 +102,11 @@ def make_validation_split(n: int = 200, seed: int = 10_000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def tune_guidance(train_dir: str | Path, scales: list[float], n: int = 200, **sample_options) -> pd.DataFrame:
+def tune_guidance(
+    train_dir: str | Path, scales: list[float], n: int = 200, p_colourless: float = 0.0, **sample_options
+) -> pd.DataFrame:
     """The validation verdict at each guidance scale (rows: scale, mean, n); pick the best, then fix it."""
-    bench = make_validation_split(n)
+    bench = make_validation_split(n, p_colourless=p_colourless)
     rows = []
     for scale in scales:
         images = sample.sample_run(
