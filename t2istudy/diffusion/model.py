@@ -40,10 +40,8 @@ class Preset:
     clip_sample: bool = False  # pixel space: clip the predicted x0 to [-1, 1] while sampling (the cosine
     # schedule's last alpha_bar is ~2e-9, so an unclipped first DDIM step amplifies eps errors ~2e4x)
     guidance_scale: float = 7.0  # CFG default for sampling (the paper's 7.0; small presets tune it)
-    guidance_rescale: float = (
-        0.0  # Lin et al. 2024 sec. 3.4: pull the guided prediction's std back toward the
-    )
-    # conditional one's by this share; 0 is plain CFG (every preset so far, the study's record)
+    guidance_rescale: float = 0.0  # share of the guided prediction pulled to the conditional one's std (Lin
+    # et al. 2024 sec. 3.4, against over-exposure under zero-terminal SNR); 0 is plain CFG, every preset's
     sample_steps: int = 25
     sample_noise: str = "per_prompt"  # each (prompt, seed) starts from its own noise, the same in every arm;
     # "shared": every prompt starts from the seed's one draw, so a tier's mean rests on one draw (cpu-small)
