@@ -344,7 +344,9 @@ def test_validation_split_is_training_distribution_and_disjoint_from_both_tiers(
     assert not set(split["prompt"]) & tiers
     # A colourless share: those captions name no colour and are judged on shape counts; the others as before.
     mixed = make_validation_split(60, p_colourless=0.5)
-    colourless = [not any(c in row.prompt for c in ("red", "green", "blue", "yellow")) for row in mixed.itertuples()]
+    colourless = [
+        not any(c in row.prompt for c in ("red", "green", "blue", "yellow")) for row in mixed.itertuples()
+    ]
     assert 20 <= sum(colourless) <= 40
     for row, bare in zip(mixed.itertuples(), colourless, strict=True):
         counts = [c for c in row.spec["constraints"] if c["type"] == "count" and c["shape"]]
