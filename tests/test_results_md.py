@@ -46,7 +46,7 @@ def test_a_changed_number_is_caught_naming_table_row_and_column(tmp_path: Path) 
     report = check_edited(tmp_path, ARM_ROW, ARM_ROW.replace("0.066 [0.051", "0.067 [0.051"))
     assert len(report.mismatches) == 1
     mismatch = report.mismatches[0]
-    assert mismatch.table.endswith("(Claims)")
+    assert mismatch.table.endswith("(Claims on `cpu-small`)")
     assert mismatch.row == "Gemma-3 last"
     assert mismatch.column == "above the floor [95% CI]"
     assert (mismatch.quoted, mismatch.csv_value) == ("0.067", "+0.066 (0.0659388888888889)")
