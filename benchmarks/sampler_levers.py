@@ -27,6 +27,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from sample_noise import run_label  # benchmarks/ is the script folder: first on sys.path
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 from t2istudy.diffusion.model import get_preset
@@ -37,11 +38,6 @@ from t2istudy.study.tiers import evaluate_tiers, tune_guidance
 
 SETTING = ["run", "sampler", "sample_steps", "guidance_scale", "guidance_rescale"]
 KEYS = {"sampler": "sampler", "steps": "sample_steps", "cfg": "guidance_scale", "rescale": "guidance_rescale"}
-
-
-def run_label(train_dir: Path) -> str:
-    """A ladder's folder name (runs/ladder/<name>/train) or the run folder's name."""
-    return train_dir.parent.name if train_dir.name == "train" else train_dir.name
 
 
 def preset_setting(train_dir: Path) -> dict:
