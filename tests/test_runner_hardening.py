@@ -486,3 +486,27 @@ def test_read_only_runs_folder_all_done_exits_0_else_names_the_folder(tmp_path, 
     err = capsys.readouterr().err
     assert f"The runs folder {root / 'g'} is not writable" in err and "--runs-dir" in err
     assert "Traceback" not in err and not executions(counter)
+
+
+def test_concurrent_write_json_to_one_file_never_fails(tmp_path):
+    """Two `grid run`s both write grid.json (CI saw one die renaming a temp file the other had renamed
+    away): each writer's temp name is its own, so writers racing on one file all succeed, last one wins."""
+    import threading
+
+    target, errors = tmp_path / "grid.json", []
+
+    def writer(k: int) -> None:
+        try:
+            for i in range(200):
+                run_folder.write_json(target, {"writer": k, "i": i})
+        except OSError as err:  # the old fixed "grid.json.tmp" raised FileNotFoundError here
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(target.read_text())["i"] == 199
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json"]  # no temp file left behind

@@ -160,8 +160,7 @@ def train_autoencoder(
         probe = torch.cat([scene_batch(recipe, recipe.steps + k) for k in range(4)])
         std = float(vae.encode(probe).latent_dist.mode().std())
     vae.register_to_config(scaling_factor=1.0 / std)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_folder(out_dir)  # unique to this process: two trainers never save into one folder
     vae.save_pretrained(tmp)
     summary = {
         "recipe": dataclasses.asdict(recipe),

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from t2istudy.scoring.scorers import JudgeScorer
+from t2istudy.staging import temporary_name
 from t2istudy.study.grids import notebook_parameters
 from t2istudy.study.run_folder import read_json
 from t2istudy.study.run_results import find_runs
@@ -65,7 +66,7 @@ def add_shuffled_control(run_dir: str | Path, force: bool = False) -> str:
             )
     for column in CONTROL_COLUMNS:
         stored[column] = fresh[column].to_numpy()
-    tmp = scores_path.with_suffix(".csv.tmp")
+    tmp = scores_path.with_name(temporary_name(scores_path.name))
     stored.to_csv(tmp, index=False)
     os.replace(tmp, scores_path)
     means = stored[["fraction", "fraction_shuffled"]].mean()

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from t2istudy.staging import temporary_name
 from t2istudy.study.grids import SCHEMA_VERSION
 from t2istudy.study.provenance import provenance
 from t2istudy.study.run_lock import read_holder
@@ -103,8 +104,10 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically (temp file + rename) so that a kill never leaves half a JSON file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    """Write atomically (temp file + rename) so that a kill never leaves half a JSON file. The temp name is
+    unique to its writer: two processes writing the same file (two `grid run`s writing grid.json) must not
+    rename each other's temp file away."""
+    tmp = path.with_name(temporary_name(path.name))
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
