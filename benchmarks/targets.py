@@ -1,0 +1,53 @@
+"""The small latent preset against issue 16's targets, from committed CSVs only (figures/targets.*).
+
+Reads the per-prompt draws of runs/sample_noise/results.csv (benchmarks/sample_noise.py) and each run's
+steps and minutes from figures/ladder.csv (benchmarks/ladder.py); trains and samples nothing, so it
+redraws in seconds:
+
+    .venv/bin/python benchmarks/targets.py      # figures/targets.{png,pdf,csv,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from t2istudy.study.targets import markdown_table, plot_targets, target_table
+
+# cpu-latent-v (Gemma-3 norm_mean, seed 0) trained for more steps and nothing else; the 3,000-step run is
+# the lever ladder that became the preset (its preset.json: v-prediction, zero-terminal SNR, cosine)
+SERIES = (
+    "cpu-latent-v-2000steps-gemma3-270m-norm_mean-s0",
+    "cpu-latent-vpred-zsnr-cosine-gemma3-270m-norm_mean-s0",
+    "cpu-latent-v-4000steps-gemma3-270m-norm_mean-s0",
+    "cpu-latent-v-6000steps-gemma3-270m-norm_mean-s0",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default="runs/sample_noise/results.csv")
+    parser.add_argument("--ladder", default="figures/ladder.csv")
+    parser.add_argument("--series", default=",".join(SERIES), help="runs of one arm at more steps (joined)")
+    parser.add_argument("--figures", default="figures")
+    args = parser.parse_args()
+    for path in (args.results, args.ladder):
+        if not Path(path).is_file():
+            parser.error(
+                f"{path} does not exist: run benchmarks/sample_noise.py and benchmarks/ladder.py first."
+            )
+    table = target_table(pd.read_csv(args.results), pd.read_csv(args.ladder))
+    runs = table["run"].tolist()
+    suffix = os.path.commonprefix([r[::-1] for r in runs])[::-1] if len(runs) > 1 else ""
+    suffix = suffix[suffix.find("-") :] if "-" in suffix else ""  # cut at a name boundary
+    written = plot_targets(table, args.series.split(","), args.figures, suffix)
+    md = Path(args.figures) / "targets.md"
+    md.write_text(markdown_table(table, suffix))
+    print("wrote", *written, md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""figures/targets.*: each target's mean over per-prompt draws, its range, and whether it is met."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from t2istudy.study.targets import markdown_table, target_table
+
+
+def results_rows(run: str, rule: str, tier: str, group: str, means: list[float]) -> list[dict]:
+    return [
+        {"run": run, "rule": rule, "sample_seed": k, "tier": tier, "group": group, "mean": m}
+        for k, m in enumerate(means)
+    ]
+
+
+def ladder_rows(run: str) -> list[dict]:
+    base = {"ladder": run, "threads": 1, "load_average": 2.0, "sample_seconds": 120.0}
+    return [
+        {**base, "steps": 1000, "machine_minutes": 5.0},
+        {**base, "steps": 3000, "machine_minutes": 21.0},  # the final rung is the one reported
+    ]
+
+
+def test_target_table_by_hand():
+    results = pd.DataFrame(
+        results_rows("a", "per_prompt", "geneval", "overall", [0.4, 0.5, 0.6])
+        + results_rows("a", "per_prompt", "geneval", "single_object", [0.9, 0.96, 0.99])
+        + results_rows("a", "per_prompt", "heldout", "overall", [0.21])
+        + results_rows("a", "shared", "geneval", "overall", [0.0, 0.0, 0.0])  # another rule: ignored
+    )
+    table = target_table(results, pd.DataFrame(ladder_rows("a")))
+    row = table.iloc[0]
+    assert (row["steps"], row["train_minutes"], row["sample_minutes"]) == (3000, 21.0, 2.0)
+    assert row["geneval_style"] == pytest.approx(0.5) and row["geneval_style_met"]  # 0.50 meets >= 0.50
+    assert (row["geneval_style_low"], row["geneval_style_high"], row["geneval_style_draws"]) == (0.4, 0.6, 3)
+    assert row["single_object"] == pytest.approx(0.95) and row["single_object_met"]
+    assert row["held_out"] == pytest.approx(0.21) and row["held_out_met"]
+    md = markdown_table(table)
+    assert "| a | 3000 | 21.0 (2.0) | 0.500 (0.400-0.600) | 0.950 (0.900-0.990) | 0.210 |" in md
+    assert md.rstrip().endswith("GenEval-style, single object, held-out |")
+
+
+def test_target_not_met_and_missing_run_named():
+    results = pd.DataFrame(results_rows("a", "per_prompt", "geneval", "overall", [0.49]))
+    row = target_table(results, pd.DataFrame(ladder_rows("a"))).iloc[0]
+    assert not row["geneval_style_met"] and row["held_out_draws"] == 0 and not row["held_out_met"]
+    results = pd.DataFrame(results_rows("b", "per_prompt", "geneval", "overall", [0.3]))
+    with pytest.raises(ValueError, match=r"not in the ladder table: b\..*--plot-only"):
+        target_table(results, pd.DataFrame(ladder_rows("a")))
