@@ -1,10 +1,12 @@
 """The small latent preset against issue 16's targets, from committed CSVs only (figures/targets.*).
 
-Reads the per-prompt draws of runs/sample_noise/results.csv (benchmarks/sample_noise.py) and each run's
-steps and minutes from figures/ladder.csv (benchmarks/ladder.py); trains and samples nothing, so it
-redraws in seconds:
+Reads the per-prompt draws of runs/sample_noise/results.csv (benchmarks/sample_noise.py), their
+per-prompt verdicts in runs/sample_noise/scores/, and each run's steps and minutes from
+figures/ladder.csv (benchmarks/ladder.py); trains and samples nothing, so it redraws in seconds:
 
-    .venv/bin/python benchmarks/targets.py      # figures/targets.{png,pdf,csv,md}
+    .venv/bin/python benchmarks/targets.py
+    # figures/targets.{png,pdf,csv,md}: each target against training steps
+    # figures/targets_failures.{csv,md}: what the single- and two-object misses are made of
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from t2istudy.study.targets import markdown_table, plot_targets, target_table
+from t2istudy.study.targets import (
+    failure_breakdown,
+    failure_markdown,
+    markdown_table,
+    plot_targets,
+    target_table,
+)
 
 # cpu-latent-v (Gemma-3 norm_mean, seed 0) trained for more steps and nothing else; the 3,000-step run is
 # the lever ladder that became the preset (its preset.json: v-prediction, zero-terminal SNR, cosine)
@@ -30,6 +38,7 @@ SERIES = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="runs/sample_noise/results.csv")
+    parser.add_argument("--scores", default="runs/sample_noise/scores")
     parser.add_argument("--ladder", default="figures/ladder.csv")
     parser.add_argument("--series", default=",".join(SERIES), help="runs of one arm at more steps (joined)")
     parser.add_argument("--figures", default="figures")
@@ -46,7 +55,11 @@ def main() -> None:
     written = plot_targets(table, args.series.split(","), args.figures, suffix)
     md = Path(args.figures) / "targets.md"
     md.write_text(markdown_table(table, suffix))
-    print("wrote", *written, md)
+    failures = failure_breakdown(args.scores)
+    figures = Path(args.figures)
+    failures.round(3).to_csv(figures / "targets_failures.csv", index=False)
+    (figures / "targets_failures.md").write_text(failure_markdown(failures, suffix))
+    print("wrote", *written, md, figures / "targets_failures.csv", figures / "targets_failures.md")
 
 
 if __name__ == "__main__":

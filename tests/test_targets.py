@@ -49,3 +49,35 @@ def test_target_not_met_and_missing_run_named():
     results = pd.DataFrame(results_rows("b", "per_prompt", "geneval", "overall", [0.3]))
     with pytest.raises(ValueError, match=r"not in the ladder table: b\..*--plot-only"):
         target_table(results, pd.DataFrame(ladder_rows("a")))
+
+
+def test_failure_breakdown_pools_draws_by_hand(tmp_path):
+    """Two draws of two single-object prompts: pass, empty, too many, pass -> shares 0.5 / 0.25 / 0.25."""
+    from t2istudy.study.targets import failure_breakdown, failure_markdown
+    from t2istudy.world.shapes_geneval import make_geneval_tier
+
+    tier = make_geneval_tier(50, 0)
+    single = tier[tier["task"] == "single_object"].head(2)
+    (a, b) = single["prompt"].tolist()
+    noun = {p: p.split()[-1] for p in (a, b)}  # "a photo of a circle" -> circle
+    draws = {
+        0: [(1.0, f"red {noun[a]}"), (0.0, "")],
+        1: [(0.0, f"red {noun[a]}, blue {noun[a]}"), (1.0, f"blue {noun[b]}")],
+    }
+    for seed, rows in draws.items():
+        pd.DataFrame(
+            {
+                "id": single["id"],
+                "prompt": single["prompt"],
+                "task": "single_object",
+                "score": [s for s, _ in rows],
+                "detected": [d for _, d in rows],
+            }
+        ).to_csv(tmp_path / f"run-x__per_prompt__s{seed}__geneval.csv", index=False)
+    row = failure_breakdown(tmp_path).set_index("task").loc["single_object"]
+    assert (row["images"], row["draws"]) == (4, 2)
+    assert (row["pass"], row["empty"], row["too many"], row["wrong shapes"]) == (0.5, 0.25, 0.25, 0.0)
+    md = failure_markdown(failure_breakdown(tmp_path), suffix="-x")
+    assert "| run | single_object | 4 (2) | 0.50 | 0.25 | 0.25 |" in md  # zero-only reasons left out
+    with pytest.raises(FileNotFoundError, match="sample_noise.py --rules per_prompt"):
+        failure_breakdown(tmp_path / "none")

@@ -7,6 +7,10 @@ at each run's training steps and machine-minutes from the ladder (figures/ladder
 arm trained for more steps shows whether steps are what is missing; the levers beside it show whether a
 change of recipe moves a target at equal steps.
 
+The failure breakdown says what a target's misses are made of (an empty canvas, extra objects, wrong
+shapes, one colour for two objects), from the per-prompt verdicts each draw saved
+(runs/sample_noise/scores/<run>__per_prompt__s<seed>__geneval.csv), pooled over draws.
+
     targets   GenEval-style overall >= 0.50, single object >= 0.95, held-out overall >= 0.20, and
               train + sample + score <= 30 machine-minutes (1 thread, quiet machine)
 """
@@ -19,6 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from t2istudy.figure_files import save_figure
+from t2istudy.scoring.failure_modes import FAILURES, classify, failure_shares
 
 # label -> (tier, group, target); the issue's verdict targets for the preset's best arm, one seed
 TARGETS: dict[str, tuple[str, str, float]] = {
@@ -142,4 +147,47 @@ def markdown_table(table: pd.DataFrame, suffix: str = "") -> str:
             + " | ".join(cells)
             + f" | {', '.join(met) or 'none'} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def failure_breakdown(
+    scores_dir: str | Path, tasks: tuple[str, ...] = ("single_object", "two_object")
+) -> pd.DataFrame:
+    """Per (run, task): images, draws and the share of each failure reason (`scoring.failure_modes`),
+    pooled over the run's per-prompt draws of the GenEval-style tier in ``scores_dir``. Wide: one column
+    per reason, in the judge's order, so a row reads as what the task's images came out as."""
+    frames = []
+    for path in sorted(Path(scores_dir).glob("*__per_prompt__s*__geneval.csv")):
+        run, _, seed, _ = path.stem.split("__")
+        frames.append(pd.read_csv(path).assign(run=run, draw=int(seed.removeprefix("s"))))
+    if not frames:
+        raise FileNotFoundError(
+            f"No per-prompt GenEval-style scores in {scores_dir}: benchmarks/sample_noise.py --rules per_prompt "
+            "writes them there."
+        )
+    scores = pd.concat(frames, ignore_index=True)
+    shares = failure_shares(classify(scores), by=("run",))
+    shares = shares[shares["task"].isin(tasks)]
+    wide = shares.pivot_table(index=["run", "task"], columns="failure", values="share").reindex(
+        columns=FAILURES
+    )
+    counts = (
+        scores[scores["task"].isin(tasks)]
+        .groupby(["run", "task"])
+        .agg(images=("id", "size"), draws=("draw", "nunique"))
+    )
+    return counts.join(wide).reset_index()
+
+
+def failure_markdown(table: pd.DataFrame, suffix: str = "", min_share: float = 0.005) -> str:
+    """The breakdown as a markdown table, reasons that no row reaches ``min_share`` of left out."""
+    reasons = [r for r in FAILURES if r in table and (table[r] >= min_share).any()]
+    lines = [
+        "| run | task | images (draws) | " + " | ".join(reasons) + " |",
+        "|---" * (3 + len(reasons)) + "|",
+    ]
+    for row in table.to_dict("records"):
+        cells = " | ".join(f"{row[reason]:.2f}" for reason in reasons)
+        label = short_label(row["run"], suffix)
+        lines.append(f"| {label} | {row['task']} | {row['images']} ({row['draws']}) | {cells} |")
     return "\n".join(lines) + "\n"
