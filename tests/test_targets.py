@@ -38,7 +38,7 @@ def test_target_table_by_hand():
     assert row["single_object"] == pytest.approx(0.95) and row["single_object_met"]
     assert row["held_out"] == pytest.approx(0.21) and row["held_out_met"]
     md = markdown_table(table)
-    assert "| a | 3000 | 21.0 (2.0) | 0.500 (0.400-0.600) | 0.950 (0.900-0.990) | 0.210 |" in md
+    assert "| a | 3000 | 21.0 (0.42, 2.0) | 0.500 (0.400-0.600) | 0.950 (0.900-0.990) | 0.210 |" in md
     assert md.rstrip().endswith("GenEval-style, single object, held-out |")
 
 

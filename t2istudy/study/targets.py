@@ -133,7 +133,9 @@ def plot_targets(table: pd.DataFrame, series: list[str], out_dir: str | Path, su
 
 def markdown_table(table: pd.DataFrame, suffix: str = "") -> str:
     """The table docs/training.md copies: each target's mean over draws with its range, and which are met."""
-    head = "| run | steps | train min (load) | GenEval-style | single object | held-out | targets met |"
+    head = (
+        "| run | steps | train min (s/step, load) | GenEval-style | single object | held-out | targets met |"
+    )
     lines = [head, "|---" * 7 + "|"]
     keys = [column(label) for label in TARGETS]
     for r in table.itertuples():
@@ -143,7 +145,8 @@ def markdown_table(table: pd.DataFrame, suffix: str = "") -> str:
             cells.append("-" if not n else f"{mean:.3f}" if n == 1 else f"{mean:.3f} ({low:.3f}-{high:.3f})")
         met = [label for label, key in zip(TARGETS, keys, strict=True) if getattr(r, f"{key}_met")]
         lines.append(
-            f"| {short_label(r.run, suffix)} | {r.steps} | {r.train_minutes:.1f} ({r.load:.1f}) | "
+            f"| {short_label(r.run, suffix)} | {r.steps} | "
+            f"{r.train_minutes:.1f} ({r.train_minutes * 60 / r.steps:.2f}, {r.load:.1f}) | "
             + " | ".join(cells)
             + f" | {', '.join(met) or 'none'} |"
         )

@@ -1,0 +1,61 @@
+"""Tables copied into the docs equal the files their scripts write: a copy marked
+``<!-- figures/<name>.md, written by ... -->`` must be that file's table, line for line, so a rerun of the
+script that changes a number fails here until the copy is re-synced (`python tests/test_docs_tables.py`
+rewrites every marked copy)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"^<!-- (figures/[\w/.-]+\.md)\b")
+
+
+def marked_copies(text: str) -> list[tuple[str, int, int]]:
+    """(source file, first table line, line after the table) for each marked copy in ``text``."""
+    lines, out = text.splitlines(), []
+    for i, line in enumerate(lines):
+        found = MARKER.match(line)
+        if not found:
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].startswith("|"):  # the marker comment may span lines
+            j += 1
+        end = j
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        out.append((found.group(1), j, end))
+    return out
+
+
+DOCS = sorted((REPO / "docs").glob("*.md"))
+COPIES = [(doc, *c) for doc in DOCS for c in marked_copies(doc.read_text())]
+
+
+def test_marker_parsing_by_hand():
+    text = "intro\n<!-- figures/a.md, written by x\nmore -->\n| h |\n|---|\n| 1 |\nafter\n"
+    assert marked_copies(text) == [("figures/a.md", 3, 6)]
+
+
+@pytest.mark.parametrize("doc,source,start,end", COPIES, ids=[f"{d.name}:{s}" for d, s, _, _ in COPIES])
+def test_copied_table_equals_its_source(doc, source, start, end):
+    copy = doc.read_text().splitlines()[start:end]
+    assert copy == (REPO / source).read_text().splitlines(), (
+        f"{doc.name}'s copy of {source} is out of date: run `python tests/test_docs_tables.py` to re-sync it."
+    )
+
+
+def resync() -> None:
+    for doc in DOCS:
+        lines = doc.read_text().splitlines()
+        for source, start, end in reversed(marked_copies("\n".join(lines))):
+            lines[start:end] = (REPO / source).read_text().splitlines()
+        doc.write_text("\n".join(lines) + "\n")
+        print("re-synced", doc.relative_to(REPO))
+
+
+if __name__ == "__main__":
+    resync()
