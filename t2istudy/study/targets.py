@@ -97,14 +97,14 @@ def plot_targets(table: pd.DataFrame, series: list[str], out_dir: str | Path, su
             ax.errorbar(part["steps"], part[key], yerr=err, fmt=style, capsize=3, ms=5)
         for r in table[~in_series].dropna(subset=[key]).itertuples():
             ax.annotate(
-                short_label(r.run, suffix),
+                short_label(r.run, suffix).removeprefix("cpu-latent-v-"),
                 (r.steps, getattr(r, key)),
                 fontsize=6,
                 xytext=(4, 2),
                 textcoords="offset points",
             )
         ax.axhline(target, color="tab:red", ls="--", lw=1)
-        ax.set_ylim(0, 1.0)
+        ax.set_ylim(0, min(1.0, 1.3 * max(target, float(table[f"{key}_high"].max()))))
         ax.set_title(f"{label} (target >= {target:.2f})", fontsize=10)
         ax.set_xlabel("training steps", fontsize=8)
         ax.grid(alpha=0.3)
