@@ -81,3 +81,18 @@ def test_failure_breakdown_pools_draws_by_hand(tmp_path):
     assert "| run | single_object | 4 (2) | 0.50 | 0.25 | 0.25 |" in md  # zero-only reasons left out
     with pytest.raises(FileNotFoundError, match="sample_noise.py --rules per_prompt"):
         failure_breakdown(tmp_path / "none")
+
+
+def test_plot_targets_writes_the_table_it_draws(tmp_path):
+    from t2istudy.study.targets import plot_targets
+
+    results = pd.DataFrame(
+        results_rows("a-x", "per_prompt", "geneval", "overall", [0.4, 0.5])
+        + results_rows("b-x", "per_prompt", "heldout", "overall", [0.1])
+    )
+    ladder = pd.DataFrame(ladder_rows("a-x") + [{**r, "ladder": "b-x"} for r in ladder_rows("a-x")])
+    table = target_table(results, ladder)
+    paths = plot_targets(table, ["a-x"], tmp_path, suffix="-x")
+    assert sorted(p.name for p in paths) == ["targets.csv", "targets.pdf", "targets.png"]
+    written = pd.read_csv(tmp_path / "targets.csv")
+    assert written["run"].tolist() == ["a-x", "b-x"] and written["geneval_style"].tolist()[0] == 0.45
