@@ -52,11 +52,11 @@ def main() -> None:
     runs = table["run"].tolist()
     suffix = os.path.commonprefix([r[::-1] for r in runs])[::-1] if len(runs) > 1 else ""
     suffix = suffix[suffix.find("-") :] if "-" in suffix else ""  # cut at a name boundary
-    written = plot_targets(table, args.series.split(","), args.figures, suffix)
-    md = Path(args.figures) / "targets.md"
+    figures = Path(args.figures)
+    written = plot_targets(table, args.series.split(","), figures, suffix)
+    md = figures / "targets.md"
     md.write_text(markdown_table(table, suffix))
     failures = failure_breakdown(args.scores)
-    figures = Path(args.figures)
     failures.round(3).to_csv(figures / "targets_failures.csv", index=False)
     (figures / "targets_failures.md").write_text(failure_markdown(failures, suffix))
     print("wrote", *written, md, figures / "targets_failures.csv", figures / "targets_failures.md")
