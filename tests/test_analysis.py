@@ -53,6 +53,8 @@ def test_bootstrap_and_arm_difference_hand_values():
     one_seed = {"diff": 0.1, "ci_low": 0.01, "ci_high": 0.2, "n_seeds": 1}
     assert F.verdict(one_seed, min_seeds=3) == "held (preliminary: 1 seed)"
     assert F.verdict({**one_seed, "n_seeds": 3}, min_seeds=3) == "held"
+    level_two_seeds = {"diff": 0.1, "ci_low": -0.01, "ci_high": 0.2, "n_seeds": 2}
+    assert F.verdict(level_two_seeds, min_seeds=3) == "inconclusive (preliminary: 2 seeds)"
 
 
 def test_tables_match_hand_computed_means(loaded):
@@ -238,4 +240,4 @@ def test_paired_effect_reads_only_the_seeds_and_prompts_both_sides_have():
     assert table.loc["overall", ["treated", "control", "diff"]].tolist() == [0.5, 0.5, 0.0]
     assert table.loc["counting", "diff"] == -0.5 and table.loc["color", "diff"] == 0.5
     assert table.loc["overall", "n_seeds"] == 2 and table.loc["overall", "n_prompts"] == 4
-    assert table.loc["overall", "verdict"] == "inconclusive"
+    assert table.loc["overall", "verdict"] == "inconclusive (preliminary: 2 seeds)"

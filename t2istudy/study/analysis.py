@@ -59,7 +59,7 @@ class Options:
     baseline_strategy: str = "last"  # the paper's baseline: last-layer embeddings
     best_strategy: str = "norm_mean"  # the paper's proposal: layer-normalized mean
     plain_mean: str = "mean"
-    # Below min_seeds a held / failed verdict is marked preliminary: seed variance is under-sampled.
+    # Below min_seeds a verdict is marked preliminary: seed variance is under-sampled.
     min_seeds: int = 3
     bidirectional_strategy: str = "last"  # the paper's T5-XXL baseline uses its last layer
 
@@ -172,8 +172,9 @@ def _difference(
 def verdict(row: dict | pd.Series, min_seeds: int = 1) -> str:
     """held (CI above 0), failed (CI below 0), inconclusive (CI covers 0), or missing runs.
 
-    With fewer than ``min_seeds`` paired seeds, held / failed read "(preliminary: k seeds)": the CI then
-    resamples too few training runs to cover run-to-run variance (the protocol asks for 3).
+    With fewer than ``min_seeds`` paired seeds, every verdict reads "(preliminary: k seeds)": the CI then
+    resamples too few training runs to cover run-to-run variance (the protocol asks for 3), so a level
+    result is as unsettled as a signed one.
     """
     if pd.isna(row["diff"]):
         return "not run"
@@ -182,7 +183,7 @@ def verdict(row: dict | pd.Series, min_seeds: int = 1) -> str:
     elif row["ci_high"] < 0:
         result = "failed"
     else:
-        return "inconclusive"
+        result = "inconclusive"
     n = int(row.get("n_seeds", min_seeds))
     return result if n >= min_seeds else f"{result} (preliminary: {n} seed{'s' if n != 1 else ''})"
 

@@ -209,6 +209,7 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "ladder") -> list
 _MD_COLUMNS = {  # ladder.csv column -> the docs table's header
     "steps": "steps",
     "machine_minutes": "machine-min",
+    "seconds_per_step": "s/step",  # train_seconds / steps: minutes alone mix machines up to 2x apart
     "load_average": "load",
     "geneval_overall": "GenEval-style",
     "geneval_single_object": "single",
@@ -224,7 +225,9 @@ _MD_COLUMNS = {  # ladder.csv column -> the docs table's header
 
 def markdown_table(table: pd.DataFrame) -> str:
     """The ladder as the Markdown table docs/training.md quotes (so its numbers are pasted, never typed)."""
-    rows = table.sort_values(["ladder", "steps"])
+    rows = table.sort_values(["ladder", "steps"]).assign(
+        seconds_per_step=lambda t: t["train_seconds"] / t["steps"]
+    )
     lines = ["| ladder | " + " | ".join(_MD_COLUMNS.values()) + " |", "|---" * (len(_MD_COLUMNS) + 1) + "|"]
     for _, r in rows.iterrows():
         cells = [
