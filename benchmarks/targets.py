@@ -12,7 +12,6 @@ figures/ladder.csv (benchmarks/ladder.py); trains and samples nothing, so it red
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +21,7 @@ from t2istudy.study.targets import (
     failure_markdown,
     markdown_table,
     plot_targets,
+    shared_suffix,
     target_table,
 )
 
@@ -50,8 +50,7 @@ def main() -> None:
             )
     table = target_table(pd.read_csv(args.results), pd.read_csv(args.ladder))
     runs = table["run"].tolist()
-    suffix = os.path.commonprefix([r[::-1] for r in runs])[::-1] if len(runs) > 1 else ""
-    suffix = suffix[suffix.find("-") :] if "-" in suffix else ""  # cut at a name boundary
+    suffix = shared_suffix(runs, boundary="-")
     figures = Path(args.figures)
     written = plot_targets(table, args.series.split(","), figures, suffix)
     md = figures / "targets.md"

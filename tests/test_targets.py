@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from t2istudy.study.targets import markdown_table, target_table
+from t2istudy.study.targets import markdown_table, shared_suffix, target_table
 
 
 def results_rows(run: str, rule: str, tier: str, group: str, means: list[float]) -> list[dict]:
@@ -96,3 +96,10 @@ def test_plot_targets_writes_the_table_it_draws(tmp_path):
     assert sorted(p.name for p in paths) == ["targets.csv", "targets.pdf", "targets.png"]
     written = pd.read_csv(tmp_path / "targets.csv")
     assert written["run"].tolist() == ["a-x", "b-x"] and written["geneval_style"].tolist()[0] == 0.45
+
+
+def test_shared_suffix_cuts_at_a_name_boundary():
+    runs = ["cpu-latent-v-4000steps-gemma3-s0", "cpu-latent-v-6000steps-gemma3-s0"]
+    assert shared_suffix(runs) == "000steps-gemma3-s0"  # the raw common end cuts "4000" mid-number
+    assert shared_suffix(runs, boundary="-") == "-gemma3-s0"
+    assert shared_suffix(runs[:1]) == "" and shared_suffix(["ab", "xy"], boundary="-") == ""

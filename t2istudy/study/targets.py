@@ -17,6 +17,7 @@ shapes, one colour for two objects), from the per-prompt verdicts each draw save
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -76,6 +77,19 @@ def target_table(results: pd.DataFrame, ladder: pd.DataFrame) -> pd.DataFrame:
             }
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["steps", "run"]).reset_index(drop=True)
+
+
+def shared_suffix(runs: list[str], boundary: str = "") -> str:
+    """The longest end every run name shares (its encoder, strategy and seed), so labels can drop it.
+
+    With ``boundary``, the suffix starts at its first ``boundary`` character, so no label ends mid-word.
+    """
+    if len(runs) < 2:
+        return ""
+    suffix = os.path.commonprefix([r[::-1] for r in runs])[::-1]
+    if boundary:
+        suffix = suffix[suffix.find(boundary) :] if boundary in suffix else ""
+    return suffix
 
 
 def short_label(run: str, suffix: str) -> str:
