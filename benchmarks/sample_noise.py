@@ -28,7 +28,7 @@ import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 from t2istudy.diffusion.sample import NOISE_RULES
 from t2istudy.figure_files import save_figure
 from t2istudy.study.ladder import register_saved
-from t2istudy.study.targets import shared_suffix
+from t2istudy.study.targets import shared_suffix, short_label
 from t2istudy.study.tiers import evaluate_tiers
 
 KEY = ["run", "rule", "sample_seed", "tier"]
@@ -95,7 +95,7 @@ def plot(results: pd.DataFrame, figures: Path) -> list[Path]:
     tiers = [t for t in ("geneval", "heldout") if t in set(overall["tier"])]
     runs = sorted(overall["run"].unique())
     suffix = shared_suffix(runs)
-    labels = [r[: len(r) - len(suffix)] if suffix else r for r in runs]
+    labels = [short_label(r, suffix) for r in runs]
     fig, axes = plt.subplots(
         1, len(tiers), figsize=(4.6 * len(tiers) + 2.4, 1.6 + 0.7 * len(runs)), squeeze=False, sharey=True
     )

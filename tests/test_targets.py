@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from t2istudy.study.targets import markdown_table, shared_suffix, target_table
+from t2istudy.study.targets import markdown_table, plot_targets, shared_suffix, target_table
 
 
 def results_rows(run: str, rule: str, tier: str, group: str, means: list[float]) -> list[dict]:
@@ -84,8 +84,6 @@ def test_failure_breakdown_pools_draws_by_hand(tmp_path):
 
 
 def test_plot_targets_writes_the_table_it_draws(tmp_path):
-    from t2istudy.study.targets import plot_targets
-
     results = pd.DataFrame(
         results_rows("a-x", "per_prompt", "geneval", "overall", [0.4, 0.5])
         + results_rows("b-x", "per_prompt", "heldout", "overall", [0.1])
