@@ -108,6 +108,28 @@ def test_compare_cell_rounds_to_the_quoted_precision() -> None:
     )
 
 
+def test_a_number_quoted_below_its_columns_precision_is_caught() -> None:
+    # "0 [0, 0]" (a new row's placeholder) rounds right for any value under 0.5: its column says 3 decimals
+    assert compare_cell("0 [0, 0]", [0.1314, 0.11, 0.152], column_decimals=3)[0] == [
+        ("0", "0.131", "quoted at 0 decimals where its column uses 3"),
+        ("0", "0.110", "quoted at 0 decimals where its column uses 3"),
+        ("0", "0.152", "quoted at 0 decimals where its column uses 3"),
+    ]
+    # a verdict's remark quotes a count, which no column precision applies to
+    remark = "-0.014 [-0.038, +0.010] inconclusive (preliminary: 1 seed)"
+    assert compare_cell(remark, [-0.0141, -0.038, 0.0104, 1.0], column_decimals=3) == ([], 4)
+    assert rewrite_cell("0 [0, 0]", ["0.1314", "0.11", "0.152"], column_decimals=3) == "0.131 [0.110, 0.152]"
+
+
+def test_write_fills_a_placeholder_row_at_its_columns_precision(tmp_path: Path) -> None:
+    copy = tmp_path / "RESULTS.md"
+    copy.write_text(RESULTS.read_text().replace(ARM_ROW, ARM_ROW.replace("0.066 [0.051, 0.081]", "0 [0, 0]")))
+    assert [m.quoted for m in check_results(copy, root=REPO).mismatches] == ["0", "0", "0"]
+    changed, report = update_results(copy, root=REPO)
+    assert (changed, report.mismatches) == (1, [])
+    assert copy.read_text() == RESULTS.read_text()
+
+
 def test_key_cells_become_csv_ids() -> None:
     assert key_words("Gemma-3 `layer:9`", 2) == ["gemma3-270m", "layer:9"]
     assert key_words("attribute (binding)", 1) == ["attribute"]

@@ -21,14 +21,17 @@ it that names where its numbers come from:
   must match.
 - ``column:`` one checked column, ``header = [path.csv:] csv_col ... [where col=value, ...]``. The numbers
   in the cell, in order, must equal the numbers of those CSV cells rounded to the quoted precision
-  (``+0.051``, ``[lo, hi]``); a CSV cell that holds a word (a verdict) must appear in the cell.
+  (``+0.051``, ``[lo, hi]``), and no number may be quoted with fewer decimals than the column's most (a
+  placeholder ``0 [0, 0]`` would round right for any value under 0.5); a CSV cell that holds a word (a
+  verdict) must appear in the cell.
 - ``text:`` columns that are prose, not checked (``header; header``).
 
 Every column of a sourced table must be a key, a checked column or text. Run it as
 ``python -m t2istudy.study.results_check`` (exit status 1 on any mismatch); tests/test_results_md.py
-runs it in the test suite. ``--write`` first rewrites every checked cell that disagrees from its CSV (numbers
-at the quoted precision; a verdict cell rebuilt as numbers then verdict, bold if held or failed), so that
-landing runs update the tables without hand edits; rows and prose are still the author's.
+runs it in the test suite. ``--write`` first rewrites every checked cell that disagrees from its CSV
+(numbers at the quoted precision, or the column's where that is more; a verdict cell rebuilt as numbers then
+verdict, bold if held or failed), so that landing runs update the tables without hand edits, and a new
+row can be added with placeholders at any precision; rows and prose are still the author's.
 """
 
 from __future__ import annotations
@@ -269,8 +272,14 @@ class CsvCache:
         return self.frames[csv]
 
 
-def compare_cell(cell: str, expected: list[float | str]) -> tuple[list[tuple[str, str, str]], int]:
-    """(quoted, CSV value, problem) for each disagreement of one cell with its CSV values; numbers compared."""
+def compare_cell(
+    cell: str, expected: list[float | str], column_decimals: int = 0
+) -> tuple[list[tuple[str, str, str]], int]:
+    """(quoted, CSV value, problem) for each disagreement of one cell with its CSV values; numbers compared.
+
+    ``column_decimals``: the most decimals any cell of the cell's column quotes. A number quoted with fewer
+    is a problem even when it rounds right: "0 [0, 0]" in a column of "0.131 [0.110, 0.152]" is a placeholder
+    that any value under 0.5 would pass, and ``--write`` keeps a cell's own precision."""
     quoted = NUMBER.findall(cell)
     numbers = [item for item in expected if isinstance(item, float)]
     words = [item for item in expected if isinstance(item, str)]
@@ -278,10 +287,19 @@ def compare_cell(cell: str, expected: list[float | str]) -> tuple[list[tuple[str
         shown = ", ".join(f"{number:.4g}" for number in numbers)
         return [(cell, shown, f"quotes {len(quoted)} numbers where the CSV gives {len(numbers)}")], 0
     problems = []
-    for text, value in zip(quoted, numbers, strict=True):
+    n_measured = len(NUMBER.findall(before_verdict(cell)))  # "(preliminary: 1 seed)" is a count, not a value
+    for index, (text, value) in enumerate(zip(quoted, numbers, strict=True)):
         decimals = len(text.partition(".")[2])
         if abs(float(text.replace("\u2212", "-")) - value) > 0.5 * 10**-decimals + 1e-9:
             problems.append((text, f"{value:+.{decimals}f} ({value!r})", "number differs from the CSV"))
+        elif decimals < column_decimals and index < n_measured:
+            problems.append(
+                (
+                    text,
+                    f"{value:.{column_decimals}f}",
+                    f"quoted at {decimals} decimals where its column uses {column_decimals}",
+                )
+            )
     for word in words:
         if not re.search(rf"(?<!\w){re.escape(word.lower())}(?!\w)", cell.lower()):
             problems.append((cell, word, "the CSV's word is missing from the cell"))
@@ -327,17 +345,19 @@ def matching_rows(frame: pd.DataFrame, keys: dict[str, str], where: dict[str, st
     return frame
 
 
-def format_like(quoted: str, value: float) -> str:
-    """value written as quoted was: the same decimals, a sign if it had one, the same minus character."""
-    decimals = len(quoted.partition(".")[2])
+def format_like(quoted: str, value: float, min_decimals: int = 0) -> str:
+    """value written as quoted was: the same decimals (at least min_decimals), a sign if it had one, the same
+    minus character."""
+    decimals = max(len(quoted.partition(".")[2]), min_decimals)
     if quoted[0] not in "+-\u2212":
         return f"{value:.{decimals}f}"
     text = f"{value:+.{decimals}f}"
     return text.replace("-", "\u2212") if "\u2212" in quoted else text
 
 
-def rewrite_cell(cell: str, raw_values: list[str]) -> str | None:
-    """The cell quoting raw_values (its CSV cells) instead: numbers at the quoted precision, the CSV's verdict.
+def rewrite_cell(cell: str, raw_values: list[str], column_decimals: int = 0) -> str | None:
+    """The cell quoting raw_values (its CSV cells) instead: numbers at the quoted precision (at least
+    ``column_decimals``, its column's), the CSV's verdict.
 
     A verdict cell (``+0.034 [+0.013, +0.055] held``) is rebuilt as numbers then verdict, bold when the claim
     held or failed. Any other cell keeps its text and markup and gets new numbers in place. None when the
@@ -365,13 +385,27 @@ def rewrite_cell(cell: str, raw_values: list[str]) -> str | None:
         return None
     pieces, end = [], 0
     for match, value in zip(quoted, numbers, strict=True):
-        pieces += [body[end : match.start()], format_like(match.group(0), value)]
+        pieces += [body[end : match.start()], format_like(match.group(0), value, column_decimals)]
         end = match.end()
     body = "".join(pieces) + body[end:]
     if verdict is None:
         return body
     text = f"{body} {verdict}".strip()
     return f"**{text}**" if verdict.lower().startswith(BOLD_VERDICTS) else text
+
+
+def column_precision(table: Table, headers: list[str], header: str) -> int:
+    """The most decimals any number in the table's column ``header`` is quoted with (0 for counts)."""
+    column = headers.index(header)
+    cells = [cells[column] for cells in table.rows if column < len(cells)]
+    quoted = [text for cell in cells for text in NUMBER.findall(before_verdict(cell))]
+    return max((len(text.partition(".")[2]) for text in quoted), default=0)
+
+
+def before_verdict(cell: str) -> str:
+    """The cell up to its verdict word, if any: the numbers a verdict cell quotes, not its remark's counts."""
+    found = VERDICT.search(cell)
+    return cell if found is None else cell[: found.start()]
 
 
 def check_table(
@@ -384,6 +418,7 @@ def check_table(
     """
     check_declared(table, source)
     headers = [clean(header) for header in table.header]
+    precision = {header: column_precision(table, headers, header) for header in source.columns}
     found: list[Mismatch] = []
     n_numbers = 0
     for index, cells in enumerate(table.rows):
@@ -411,9 +446,9 @@ def check_table(
                 continue
             raw_values = [selected.iloc[0][name] for name in column.columns]
             expected = [item for raw in raw_values for item in csv_items(raw)]
-            problems, n = compare_cell(cell, expected)
+            problems, n = compare_cell(cell, expected, precision[header])
             if problems and rewrites is not None:
-                rewritten = rewrite_cell(cell, raw_values)
+                rewritten = rewrite_cell(cell, raw_values, precision[header])
                 if rewritten is not None and rewritten != cell:
                     rewrites[(index, header)] = rewritten
             found += [Mismatch(table.name, label, header, *problem) for problem in problems]
