@@ -9,6 +9,7 @@ Held-out: paper passes 2 of 4 prompts, flux2 3, lumina2 1.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -138,3 +139,33 @@ def test_baseline_runs_come_from_another_grid_of_the_same_protocol(runs, tmp_pat
     write_runs(root, "other", passed=paper_and_last, common={**PROTOCOL, "preset": "cpu-small"})
     with pytest.raises(ValueError, match="not the same protocol.*cpu-small"):
         F.recipe_comparison(root, "recipes", opts=opts, baseline_grid="other")
+
+
+def test_the_baseline_is_also_shown_on_the_seeds_the_difference_pairs(tmp_path):
+    """One recipe seed is paired with the baseline's seed 0 alone: the table shows that seed's baseline
+    score beside the baseline's mean, so a reader sees what the difference is taken from.
+    Held-out: paper passes 2 of 4 prompts at seed 0 and 4 of 4 at seed 1 (mean 0.75); flux2 (seed 0 only)
+    passes 3 of 4, so its difference is +0.25 against paper's seed 0 (0.5), though it is level with paper's mean."""
+    root, other = tmp_path / "runs", tmp_path / "other"
+    paper = ("gemma3-270m", "norm_mean")
+    write_runs(
+        root,
+        "recipes",
+        passed={
+            paper: PASSED[paper],
+            ("gemma3-270m", "recipe:flux2"): PASSED[("gemma3-270m", "recipe:flux2")],
+        },
+        common=PROTOCOL,
+    )
+    write_runs(other, "recipes", passed={paper: ({"single_object"}, 4)}, common=PROTOCOL)
+    seed1 = "gemma3-270m__norm_mean__seed1"
+    shutil.rmtree(root / "recipes" / seed1)
+    shutil.copytree(other / "recipes" / seed1, root / "recipes" / seed1)
+    shutil.rmtree(root / "recipes" / "gemma3-270m__recipe-flux2__seed1")
+    table = F.recipe_comparison(root, "recipes", opts=F.Options(n_boot=50))
+    held = table[table["tier"] == "heldout"].set_index("recipe")
+    assert held["score"].to_dict() == pytest.approx({"recipe:paper": 0.75, "recipe:flux2": 0.75})
+    assert held.loc["recipe:flux2", ["paper_same_seeds", "diff_vs_paper"]].tolist() == pytest.approx(
+        [0.5, 0.25]
+    )
+    assert pd.isna(held.loc["recipe:paper", "paper_same_seeds"])

@@ -471,7 +471,8 @@ def recipe_comparison(
 ) -> pd.DataFrame:
     """Released recipes under one protocol (issue 18), on both tiers: per (tier, encoder, recipe) the
     overall score over seeds with its two-level CI, the conditioning projection's parameter count (concat
-    recipes widen it) and the paired difference to ``baseline`` on the same encoder, with its verdict.
+    recipes widen it) and the paired difference to ``baseline`` on the same encoder, with its verdict and
+    the baseline's own score on the seeds and prompts the difference pairs (``<baseline>_same_seeds``).
     A strategy is named by its recipe when its expansion is one (``norm_mean`` reads ``recipe:paper``).
     ``baseline_grid``: a grid whose ``baseline`` runs stand in for the grid's own where it has none, when
     every setting but encoder, strategy and seed is the same (small2's ``norm_mean`` runs are recipe:paper's);
@@ -497,6 +498,11 @@ def recipe_comparison(
                 is_base = row.strategy == baseline
                 arm = at_enc[at_enc["strategy"] == row.strategy]
                 stats = arm_difference(arm, base, opts=opts) if len(base) and not is_base else {}
+                # the baseline's score on the seeds and prompts the difference pairs it on: with one recipe
+                # seed, paper's seed 0 alone, which can sit far from paper's mean over its seeds
+                same_seeds = (
+                    _point(_split(_paired_matrices(arm, base, None)[1], arm, None)) if stats else np.nan
+                )
                 name = str(row.strategy)
                 recipe = RECIPES.get(name.removeprefix("recipe:")) if name.startswith("recipe:") else None
                 out.append(
@@ -510,6 +516,7 @@ def recipe_comparison(
                         "ci_low": row.ci_low,
                         "ci_high": row.ci_high,
                         "projection_params": width.get((enc, row.strategy), np.nan),
+                        f"{baseline.removeprefix('recipe:')}_same_seeds": same_seeds,
                         f"diff_vs_{baseline.removeprefix('recipe:')}": stats.get("diff", np.nan),
                         "diff_low": stats.get("ci_low", np.nan),
                         "diff_high": stats.get("ci_high", np.nan),
@@ -735,10 +742,12 @@ def claims_plot(
 
 def recipe_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure, pd.DataFrame]:
     """The recipe comparison (:func:`recipe_comparison`): one panel per tier, one row per recipe (best on
-    average first), a point with its CI per encoder; the projection's parameter count beside each point."""
+    average first), a point with its CI per encoder; the projection's parameter count beside each point,
+    and a tick at the baseline's score on the seeds the recipe's difference pairs it on."""
     tiers = [t for t in run_results.TIERS if t in set(table["tier"])]
     order = table.groupby("recipe")["score"].mean().sort_values(ascending=False).index.tolist()
     encoders = list(dict.fromkeys(table["encoder"]))
+    same_seeds = [c for c in table.columns if str(c).endswith("_same_seeds")]
     fig, axes = plt.subplots(
         1, len(tiers), figsize=(5.5 * len(tiers), 0.45 * len(order) + 1.6), sharey=True, squeeze=False
     )
@@ -748,8 +757,19 @@ def recipe_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure,
             rows = at_tier[at_tier["encoder"] == enc].set_index("recipe").reindex(order)
             y = np.arange(len(order))[::-1] + (k - (len(encoders) - 1) / 2) * 0.22
             err = np.vstack([rows["score"] - rows["ci_low"], rows["ci_high"] - rows["score"]]).clip(min=0)
-            ax.errorbar(rows["score"], y, xerr=np.nan_to_num(err), fmt="o", capsize=2, label=enc)
-            for yy, x, width in zip(y, rows["ci_high"], rows["projection_params"], strict=True):
+            bars = ax.errorbar(rows["score"], y, xerr=np.nan_to_num(err), fmt="o", capsize=2, label=enc)
+            for column in same_seeds:  # where the paired difference is taken from, when it is not the mean
+                ax.scatter(
+                    rows[column],
+                    y,
+                    marker="D",
+                    s=22,
+                    facecolors="none",
+                    edgecolors=bars[0].get_color(),
+                    zorder=3,
+                )
+            right = rows[["ci_high", *same_seeds]].max(axis=1)  # the label clears the CI and the diamond
+            for yy, x, width in zip(y, right, rows["projection_params"], strict=True):
                 if pd.notna(width) and pd.notna(x):
                     ax.annotate(
                         f"{int(width) / 1e6:.2g}M",
@@ -768,7 +788,12 @@ def recipe_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure,
         np.arange(len(order))[::-1], [f"{r} ({systems[r]})" if systems[r] else r for r in order], fontsize=8
     )
     axes[0][-1].legend(title="encoder", fontsize=8, loc="lower right")
-    fig.suptitle("Released recipes under one protocol (grey: projection parameters)", fontsize=10)
+    marks = (
+        f"; open diamond: {same_seeds[0].removesuffix('_same_seeds')} on the recipe's seeds"
+        if same_seeds
+        else ""
+    )
+    fig.suptitle(f"Released recipes under one protocol (grey: projection parameters{marks})", fontsize=10)
     fig.tight_layout()
     return fig, table
 
