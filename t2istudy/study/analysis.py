@@ -497,12 +497,13 @@ def recipe_comparison(
             for row in arms[arms["encoder"] == enc].itertuples():
                 is_base = row.strategy == baseline
                 arm = at_enc[at_enc["strategy"] == row.strategy]
-                stats = arm_difference(arm, base, opts=opts) if len(base) and not is_base else {}
-                # the baseline's score on the seeds and prompts the difference pairs it on: with one recipe
-                # seed, paper's seed 0 alone, which can sit far from paper's mean over its seeds
-                same_seeds = (
-                    _point(_split(_paired_matrices(arm, base, None)[1], arm, None)) if stats else np.nan
-                )
+                stats, same_seeds = {}, np.nan
+                if len(base) and not is_base:
+                    paired_arm, paired_base = _paired_matrices(arm, base, None)
+                    stats = _difference(paired_arm, paired_base, arm, None, opts)
+                    # the baseline on the seeds and prompts the difference pairs it on: with one recipe
+                    # seed, paper's seed 0 alone, which can sit far from paper's mean over its seeds
+                    same_seeds = _point(_split(paired_base, arm, None))
                 name = str(row.strategy)
                 recipe = RECIPES.get(name.removeprefix("recipe:")) if name.startswith("recipe:") else None
                 out.append(
@@ -743,7 +744,7 @@ def claims_plot(
 def recipe_plot(table: pd.DataFrame, metric: str = "score") -> tuple[plt.Figure, pd.DataFrame]:
     """The recipe comparison (:func:`recipe_comparison`): one panel per tier, one row per recipe (best on
     average first), a point with its CI per encoder; the projection's parameter count beside each point,
-    and a tick at the baseline's score on the seeds the recipe's difference pairs it on."""
+    and an open diamond at the baseline's score on the seeds the recipe's difference pairs it on."""
     tiers = [t for t in run_results.TIERS if t in set(table["tier"])]
     order = table.groupby("recipe")["score"].mean().sort_values(ascending=False).index.tolist()
     encoders = list(dict.fromkeys(table["encoder"]))
