@@ -328,6 +328,7 @@ def test_notebook_executes_on_a_small_budget(tmp_path):
             "n_eval": 32,
             "n_boot": 50,
             "out_dir": str(out),
+            "resume_dir": str(tmp_path / "groups"),
         },
         cwd=str(root / "notebooks"),
         kernel_name="python3",
@@ -340,6 +341,7 @@ def test_notebook_executes_on_a_small_budget(tmp_path):
         and len(summary[summary.control == "shuffled"]) == 2 * 8
     )
     assert (out / "probe_minilm-l6.png").stat().st_size > 0 and (out / "probe_minilm-l6.pdf").exists()
+    assert len(list((tmp_path / "groups").glob("minilm-l6__plain__*.json"))) == 1  # the one group, kept
 
 
 def test_save_figures_keeps_dotted_encoder_names(tmp_path):

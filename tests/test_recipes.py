@@ -10,7 +10,9 @@ import functools
 import gc
 import math
 import weakref
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -442,6 +444,63 @@ def test_probe_sweep_reads_each_template_from_its_own_encoder_pass(tiny, monkeyp
     # the random-init encoder probes the control representations only, with no shuffled control on top
     assert list(table.loc[table.control == "random_init", "representation"].unique()) == ["last"]
     assert len(table[table.control == "shuffled"]) == len(table[table.control == "random_init"])
+
+
+def test_probe_sweep_interrupted_resumes_from_its_finished_groups_and_equals_one_pass(tiny, tmp_path):
+    """A sweep killed in its second template group, rerun with the same arguments, reads the first group
+    back (no second encoder pass for it) and ends with the table of an uninterrupted sweep. Other settings
+    compute afresh beside the stored group; a record without its table is named."""
+    from t2istudy.probe.layerwise import ProbeOptions, sweep
+
+    calls: list[str | None] = []
+    real = tiny.encode
+
+    class Killed(RuntimeError):
+        pass
+
+    def encoder(kill_at):
+        def encode(batch, template=None, **kw):
+            calls.append(template)
+            if template == kill_at:
+                raise Killed(template)
+            return real(batch, template=template, **kw)
+
+        return SimpleNamespace(encode=encode)
+
+    def run(kill_at="no template", resume_dir=None, steps=2):
+        return sweep(
+            ["tiny"],
+            ["recipe:paper", "recipe:sana"],
+            seeds=[0],
+            options=ProbeOptions(steps=steps, n_boot=10, threads=1),
+            n_train=40,
+            n_eval=16,
+            control_representations=["last"],
+            load=lambda name, **_: encoder(kill_at),
+            progress=False,
+            resume_dir=resume_dir,
+        )
+
+    whole = run()
+    assert calls == [None, "sana"]
+    store = tmp_path / "probe"
+    calls.clear()
+    with pytest.raises(Killed):
+        run(kill_at="sana", resume_dir=store)
+    assert calls == [None, "sana"] and len(list(store.glob("tiny__plain__*.json"))) == 1
+    calls.clear()
+    resumed = run(resume_dir=store)
+    assert calls == ["sana"]  # the plain group was read back, not encoded again
+    pd.testing.assert_frame_equal(resumed.table, whole.table)
+    assert resumed.timings.loc[0, "encode_s"] > 0 and resumed.timings.loc[0, "load_s"] >= 0
+    assert len(list(store.glob("*.json"))) == len(list(store.glob("*.pkl"))) == 2
+    calls.clear()
+    run(resume_dir=store, steps=3)  # another budget: both groups afresh, the stored ones kept
+    assert calls == [None, "sana"] and len(list(store.glob("*.json"))) == 4
+    for table in store.glob("tiny__sana__*.pkl"):
+        table.unlink()
+    with pytest.raises(FileNotFoundError, match="delete .*json to compute the group again"):
+        run(resume_dir=store)
 
 
 # ---- a template's shared prefix runs once ------------------------------------------------------------------

@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2istudy.probe.group_store import GroupStore
 from t2istudy.probe.targets import Targets, ceiling, chance, probe_dataset, skill_correct
 from t2istudy.scoring.bootstrap import mean_ci_over_prompts
 from t2istudy.text.aggregation import aggregate, parse_strategy
@@ -527,6 +529,7 @@ def sweep(
     control_representations: Sequence[str] = ("last", "norm_mean"),
     load: Callable[..., object] | None = None,
     progress: bool = True,
+    resume_dir: str | Path | None = None,
 ) -> SweepResult:
     """Probe every representation of every encoder on the same prompts, seeds and budget.
 
@@ -534,6 +537,8 @@ def sweep(
     ``random_init`` lists encoders also probed with random weights of the same shape (same
     representations). minilm-l6 in ``encoders`` is the bidirectional, T5-like reference.
     ``load(name, random_init=...)`` defaults to ``encoders.load_encoder``.
+    ``resume_dir``: each finished (encoder, template) group is kept there (``group_store``), and a rerun with
+    the same arguments reads it back instead of encoding and probing again (an interrupted sweep resumes).
     """
     if isinstance(encoders, str):
         encoders = [encoders]
@@ -551,19 +556,48 @@ def sweep(
     targets = targets.subset(skills)
     tables, timings = [], []
     runs = [(name, False) for name in encoders] + [(name, True) for name in random_init]
+    store = GroupStore(resume_dir) if resume_dir is not None else None
     with _torch_threads(opts.threads):  # encoding too: with busy cores, 2 OpenMP threads wait on each other
         for name, random in runs:
             start = time.perf_counter()
-            encoder = load(name, random_init=random) if random else load(name)
+            encoder = None  # loaded on the first group not already in the store
             members = list(control_representations) if random else list(representations)
             # the shuffled-facts controls (a random-init encoder is itself the control: none on top)
             controls = list(control_representations) if shuffled and not random else []
             timing = {"encode_s": 0.0, "probe_s": 0.0, "shuffled_s": 0.0}
+            stored_s = 0.0  # time the stored groups took when they ran, counted in timing, not spent now
             # One encoder pass per prompt template: a template changes the forward pass, so each template's
             # representations are read from states encoded with it (most sweeps have one group, no template).
             for template in dict.fromkeys(template_of(r) for r in members + controls):
                 group = [r for r in members if template_of(r) == template]
                 group_controls = [r for r in controls if template_of(r) == template]
+                settings = {
+                    "encoder": name,
+                    "random_init": random,
+                    "template": template,
+                    "members": group,
+                    "controls": group_controls,
+                    "seeds": list(seeds),
+                    "skills": None if skills is None else list(skills),
+                    "n_train": n_train,
+                    "n_eval": n_eval,
+                    "data_seed": data_seed,
+                    # threads and n_boot do not change a probe's predictions
+                    "options": {k: v for k, v in vars(opts).items() if k not in ("threads", "n_boot")},
+                }
+                done = store.load(settings) if store is not None else None
+                if done is not None:  # finished in an earlier, interrupted sweep: its table and timings
+                    group_table, record = done
+                    if len(group_table):
+                        tables.append(group_table)
+                    for k in timing:
+                        timing[k] += record["timing"][k]
+                    stored_s += sum(record["timing"].values())
+                    num_states = record["num_states"]
+                    continue
+                if encoder is None:
+                    encoder = load(name, random_init=random) if random else load(name)
+                group_tables = []
                 t0 = time.perf_counter()
                 features = featurize(
                     lambda batch, encoder=encoder, t=template: (
@@ -584,15 +618,26 @@ def sweep(
                     )
                     if random:
                         main["control"] = "random_init"
-                    tables.append(main)
+                    group_tables.append(main)
                 t2 = time.perf_counter()
                 if group_controls:
                     names = expand_representations(group_controls, features.num_states)
-                    tables.append(probe(representations=names, shuffle=True))
-                timing["encode_s"] += t1 - t0
-                timing["probe_s"] += t2 - t1
-                timing["shuffled_s"] += time.perf_counter() - t2
+                    group_tables.append(probe(representations=names, shuffle=True))
+                group_timing = {
+                    "encode_s": t1 - t0,
+                    "probe_s": t2 - t1,
+                    "shuffled_s": time.perf_counter() - t2,
+                }
+                for k in timing:
+                    timing[k] += group_timing[k]
                 num_states = features.num_states
+                tables += group_tables
+                if store is not None:
+                    store.save(
+                        settings,
+                        pd.concat(group_tables, ignore_index=True) if group_tables else pd.DataFrame(),
+                        {"timing": group_timing, "num_states": num_states},
+                    )
                 del features
             del encoder
             timings.append(
@@ -603,7 +648,8 @@ def sweep(
                     "seeds": len(seeds),
                     "steps": opts.steps,
                     **timing,
-                    "load_s": time.perf_counter() - start - sum(timing.values()),  # loading the encoder
+                    # loading the encoder (and reading stored groups, whose timings are those of their run)
+                    "load_s": time.perf_counter() - start - (sum(timing.values()) - stored_s),
                     "load_1min": os.getloadavg()[0],
                 }
             )

@@ -1,0 +1,102 @@
+"""Finished probe groups on disk, so an interrupted sweep resumes instead of starting over.
+
+A sweep is a sequence of groups, one per (encoder, random init, prompt template): one encoder pass, then
+the probes of that pass's representations. A recipe sweep of a 0.5B model is seven groups and ~3 hours on
+one thread; a session that ends midway would otherwise lose them all. Each finished group's table and
+timing are written here under a key of everything its numbers depend on (the settings and the source of
+the code that computes them), so a rerun with the same arguments reads them back, and a rerun with other
+settings or edited code computes afresh beside them: nothing is overwritten, and nothing stale is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# The modules whose code decides a group's numbers: an edit to any of them makes earlier groups stale.
+_CODE = (
+    "probe/layerwise.py",
+    "probe/targets.py",
+    "text/aggregation.py",
+    "text/encoders.py",
+    "text/templates.py",
+)
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def code_digest() -> str:
+    """Digest of the source files that compute a probe group's numbers, as they were when imported (the
+    code that runs, even if the files are edited while a long sweep is under way)."""
+    return _CODE_DIGEST
+
+
+def _digest_files() -> str:
+    h = hashlib.sha256()
+    for rel in _CODE:
+        h.update(rel.encode() + b"\0" + (_PACKAGE / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+_CODE_DIGEST = _digest_files()
+
+
+class GroupStore:
+    """One folder of finished groups: ``<encoder>[__random-init]__<template>__<key>.{pkl,json}``.
+
+    The JSON record is written last (and atomically), so a group killed while saving reads as not done.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @staticmethod
+    def key(settings: dict[str, Any]) -> str:
+        """A short digest of a group's settings (JSON-serializable) and of the probe's code."""
+        text = json.dumps({**settings, "code": code_digest()}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _stem(self, settings: dict[str, Any]) -> Path:
+        random = "__random-init" if settings.get("random_init") else ""
+        template = settings.get("template") or "plain"
+        return self.root / f"{settings['encoder']}{random}__{template}__{self.key(settings)}"
+
+    def load(self, settings: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+        """The group's table and record (timings, num_states) when it finished before, else None."""
+        stem = self._stem(settings)
+        record_path, table_path = stem.with_suffix(".json"), stem.with_suffix(".pkl")
+        if not record_path.exists():
+            return None
+        if not table_path.exists():
+            raise FileNotFoundError(
+                f"{record_path} says this probe group finished, but its table {table_path} is missing; "
+                f"delete {record_path} to compute the group again."
+            )
+        return pd.read_pickle(table_path), json.loads(record_path.read_text())
+
+    def save(self, settings: dict[str, Any], table: pd.DataFrame, record: dict[str, Any]) -> Path:
+        """Write the group's table, then its record (the 'done' mark); returns the record's path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stem = self._stem(settings)
+        for path, write in (
+            (stem.with_suffix(".pkl"), lambda p: table.to_pickle(p)),
+            (
+                stem.with_suffix(".json"),
+                lambda p: p.write_text(
+                    json.dumps(
+                        {**record, "settings": settings, "code": code_digest(), "written": time.ctime()},
+                        indent=1,
+                        default=str,
+                    )
+                ),
+            ),
+        ):
+            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            write(tmp)
+            os.replace(tmp, path)
+        return stem.with_suffix(".json")
