@@ -469,7 +469,7 @@ def test_probe_sweep_interrupted_resumes_from_its_finished_groups_and_equals_one
 
     def run(kill_at="no template", resume_dir=None, steps=2):
         return sweep(
-            ["tiny"],
+            ["tiny-0.5b"],  # a dotted name, like qwen2.5-0.5b: the stored files keep it whole
             ["recipe:paper", "recipe:sana"],
             seeds=[0],
             options=ProbeOptions(steps=steps, n_boot=10, threads=1),
@@ -487,7 +487,7 @@ def test_probe_sweep_interrupted_resumes_from_its_finished_groups_and_equals_one
     calls.clear()
     with pytest.raises(Killed):
         run(kill_at="sana", resume_dir=store)
-    assert calls == [None, "sana"] and len(list(store.glob("tiny__plain__*.json"))) == 1
+    assert calls == [None, "sana"] and len(list(store.glob("tiny-0.5b__plain__*.json"))) == 1
     calls.clear()
     resumed = run(resume_dir=store)
     assert calls == ["sana"]  # the plain group was read back, not encoded again
@@ -497,7 +497,7 @@ def test_probe_sweep_interrupted_resumes_from_its_finished_groups_and_equals_one
     calls.clear()
     run(resume_dir=store, steps=3)  # another budget: both groups afresh, the stored ones kept
     assert calls == [None, "sana"] and len(list(store.glob("*.json"))) == 4
-    for table in store.glob("tiny__sana__*.pkl"):
+    for table in store.glob("tiny-0.5b__sana__*.pkl"):
         table.unlink()
     with pytest.raises(FileNotFoundError, match="delete .*json to compute the group again"):
         run(resume_dir=store)

@@ -61,15 +61,17 @@ class GroupStore:
         text = json.dumps({**settings, "code": code_digest()}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def _stem(self, settings: dict[str, Any]) -> Path:
+    def paths(self, settings: dict[str, Any]) -> tuple[Path, Path]:
+        """The group's (table, record) files. Names are built whole, never with ``with_suffix``: encoder
+        names carry dots (``qwen2.5-0.5b``), which a suffix swap would cut."""
         random = "__random-init" if settings.get("random_init") else ""
         template = settings.get("template") or "plain"
-        return self.root / f"{settings['encoder']}{random}__{template}__{self.key(settings)}"
+        stem = f"{settings['encoder']}{random}__{template}__{self.key(settings)}"
+        return self.root / f"{stem}.pkl", self.root / f"{stem}.json"
 
     def load(self, settings: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]] | None:
         """The group's table and record (timings, num_states) when it finished before, else None."""
-        stem = self._stem(settings)
-        record_path, table_path = stem.with_suffix(".json"), stem.with_suffix(".pkl")
+        table_path, record_path = self.paths(settings)
         if not record_path.exists():
             return None
         if not table_path.exists():
@@ -82,11 +84,11 @@ class GroupStore:
     def save(self, settings: dict[str, Any], table: pd.DataFrame, record: dict[str, Any]) -> Path:
         """Write the group's table, then its record (the 'done' mark); returns the record's path."""
         self.root.mkdir(parents=True, exist_ok=True)
-        stem = self._stem(settings)
+        table_path, record_path = self.paths(settings)
         for path, write in (
-            (stem.with_suffix(".pkl"), lambda p: table.to_pickle(p)),
+            (table_path, lambda p: table.to_pickle(p)),
             (
-                stem.with_suffix(".json"),
+                record_path,
                 lambda p: p.write_text(
                     json.dumps(
                         {**record, "settings": settings, "code": code_digest(), "written": time.ctime()},
@@ -99,4 +101,4 @@ class GroupStore:
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
             write(tmp)
             os.replace(tmp, path)
-        return stem.with_suffix(".json")
+        return record_path
