@@ -493,11 +493,11 @@ def test_probe_sweep_interrupted_resumes_from_its_finished_groups_and_equals_one
     assert calls == ["sana"]  # the plain group was read back, not encoded again
     pd.testing.assert_frame_equal(resumed.table, whole.table)
     assert resumed.timings.loc[0, "encode_s"] > 0 and resumed.timings.loc[0, "load_s"] >= 0
-    assert len(list(store.glob("*.json"))) == len(list(store.glob("*.pkl"))) == 2
+    assert len(list(store.glob("*.json"))) == len(list(store.glob("*.csv"))) == 2
     calls.clear()
     run(resume_dir=store, steps=3)  # another budget: both groups afresh, the stored ones kept
     assert calls == [None, "sana"] and len(list(store.glob("*.json"))) == 4
-    for table in store.glob("tiny-0.5b__sana__*.pkl"):
+    for table in store.glob("tiny-0.5b__sana__*.csv"):
         table.unlink()
     with pytest.raises(FileNotFoundError, match="delete .*json to compute the group again"):
         run(resume_dir=store)

@@ -47,9 +47,11 @@ _CODE_DIGEST = _digest_files()
 
 
 class GroupStore:
-    """One folder of finished groups: ``<encoder>[__random-init]__<template>__<key>.{pkl,json}``.
+    """One folder of finished groups: ``<encoder>[__random-init]__<template>__<key>.{csv,json}``.
 
-    The JSON record is written last (and atomically), so a group killed while saving reads as not done.
+    Plain CSV (it round-trips the probe table's str, int and bool columns exactly), so a folder of finished
+    groups can be copied or committed and read on another machine. The JSON record is written last (and
+    atomically), so a group killed while saving reads as not done.
     """
 
     def __init__(self, root: str | Path):
@@ -67,7 +69,7 @@ class GroupStore:
         random = "__random-init" if settings.get("random_init") else ""
         template = settings.get("template") or "plain"
         stem = f"{settings['encoder']}{random}__{template}__{self.key(settings)}"
-        return self.root / f"{stem}.pkl", self.root / f"{stem}.json"
+        return self.root / f"{stem}.csv", self.root / f"{stem}.json"
 
     def load(self, settings: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]] | None:
         """The group's table and record (timings, num_states) when it finished before, else None."""
@@ -79,14 +81,15 @@ class GroupStore:
                 f"{record_path} says this probe group finished, but its table {table_path} is missing; "
                 f"delete {record_path} to compute the group again."
             )
-        return pd.read_pickle(table_path), json.loads(record_path.read_text())
+        table = pd.read_csv(table_path) if table_path.stat().st_size > 1 else pd.DataFrame()
+        return table, json.loads(record_path.read_text())
 
     def save(self, settings: dict[str, Any], table: pd.DataFrame, record: dict[str, Any]) -> Path:
         """Write the group's table, then its record (the 'done' mark); returns the record's path."""
         self.root.mkdir(parents=True, exist_ok=True)
         table_path, record_path = self.paths(settings)
         for path, write in (
-            (table_path, lambda p: table.to_pickle(p)),
+            (table_path, lambda p: table.to_csv(p, index=False)),
             (
                 record_path,
                 lambda p: p.write_text(
