@@ -14,10 +14,13 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from t2istudy.staging import temporary_name
 
 # The modules whose code decides a group's numbers: an edit to any of them makes earlier groups stale.
 _CODE = (
@@ -81,27 +84,20 @@ class GroupStore:
                 f"{record_path} says this probe group finished, but its table {table_path} is missing; "
                 f"delete {record_path} to compute the group again."
             )
-        table = pd.read_csv(table_path) if table_path.stat().st_size > 1 else pd.DataFrame()
-        return table, json.loads(record_path.read_text())
+        return pd.read_csv(table_path), json.loads(record_path.read_text())
 
     def save(self, settings: dict[str, Any], table: pd.DataFrame, record: dict[str, Any]) -> Path:
         """Write the group's table, then its record (the 'done' mark); returns the record's path."""
         self.root.mkdir(parents=True, exist_ok=True)
         table_path, record_path = self.paths(settings)
-        for path, write in (
-            (table_path, lambda p: table.to_csv(p, index=False)),
-            (
-                record_path,
-                lambda p: p.write_text(
-                    json.dumps(
-                        {**record, "settings": settings, "code": code_digest(), "written": time.ctime()},
-                        indent=1,
-                        default=str,
-                    )
-                ),
-            ),
-        ):
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-            write(tmp)
-            os.replace(tmp, path)
+        record = {**record, "settings": settings, "code": code_digest(), "written": time.ctime()}
+        _write_then_rename(table_path, lambda tmp: table.to_csv(tmp, index=False))
+        _write_then_rename(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1, default=str)))
         return record_path
+
+
+def _write_then_rename(path: Path, write: Callable[[Path], object]) -> None:
+    """Write beside ``path`` under a staging name, then rename: a killed write never looks finished."""
+    tmp = path.with_name(temporary_name(path.name))
+    write(tmp)
+    os.replace(tmp, path)

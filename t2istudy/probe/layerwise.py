@@ -588,8 +588,7 @@ def sweep(
                 done = store.load(settings) if store is not None else None
                 if done is not None:  # finished in an earlier, interrupted sweep: its table and timings
                     group_table, record = done
-                    if len(group_table):
-                        tables.append(group_table)
+                    tables.append(group_table)
                     for k in timing:
                         timing[k] += record["timing"][k]
                     stored_s += sum(record["timing"].values())
@@ -633,9 +632,9 @@ def sweep(
                 num_states = features.num_states
                 tables += group_tables
                 if store is not None:
-                    store.save(
+                    store.save(  # (a group always has a table: its members, its controls, or both)
                         settings,
-                        pd.concat(group_tables, ignore_index=True) if group_tables else pd.DataFrame(),
+                        pd.concat(group_tables, ignore_index=True),
                         {"timing": group_timing, "num_states": num_states},
                     )
                 del features
