@@ -14,6 +14,7 @@ from helpers import TINY_POOL as POOL
 from helpers import build_tiny_cache, tiny_train_options
 
 from t2istudy import staging
+from t2istudy.diffusion import run_checks
 from t2istudy.diffusion import train as train_module
 from t2istudy.diffusion import train_folder as tf
 from t2istudy.diffusion.options import TrainOptions, resolve_options
@@ -276,12 +277,12 @@ def test_a_shared_model_is_reused_only_for_the_options_it_was_trained_with(tmp_p
 
     asked = TrainOptions(encoder="smollm2-135m", strategy="last", preset="cpu-tiny", seed=0, output_dir="a")
     resolved = resolve_options(asked)
-    trained_on_4 = train_module.planned_options(resolved, get_preset(resolved.preset), world=4)
+    trained_on_4 = run_checks.planned_options(resolved, get_preset(resolved.preset), world=4)
     (tmp_path / tf.OPTIONS).write_text(json.dumps(trained_on_4))
     # threads, logging and the folder do not change the model; neither does the machine it trained on
-    train_module.check_reusable(tmp_path, replace(asked, num_threads=1, output_dir="b", progress=False))
+    run_checks.check_reusable(tmp_path, replace(asked, num_threads=1, output_dir="b", progress=False))
     with pytest.raises(ValueError, match=r"(?s)other options.*--seed: 0 -> 1.*leave it empty to train one"):
-        train_module.check_reusable(tmp_path, replace(asked, seed=1))
+        run_checks.check_reusable(tmp_path, replace(asked, seed=1))
     longer = resolved.max_train_steps + 100  # a resume may extend a constant schedule; a reuse may not
     with pytest.raises(ValueError, match=rf"--max_train_steps: {resolved.max_train_steps} -> {longer}"):
-        train_module.check_reusable(tmp_path, replace(asked, max_train_steps=longer))
+        run_checks.check_reusable(tmp_path, replace(asked, max_train_steps=longer))

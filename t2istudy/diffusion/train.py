@@ -25,7 +25,6 @@ import os
 import shutil
 import time
 import typing
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,148 +40,35 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from t2istudy.diffusion.autoencoder import autoencoder_dir, get_or_train
 from t2istudy.diffusion.checkpoint import Denoiser
-from t2istudy.diffusion.data import FolderPairs, StepBatchSampler, shapes_pool
-from t2istudy.diffusion.latents import LatentCache, LatentPairs, sample_latents
+from t2istudy.diffusion.data import StepBatchSampler
+from t2istudy.diffusion.inputs import build_data, build_images, build_text, upsample_captions
+from t2istudy.diffusion.latents import sample_latents
 from t2istudy.diffusion.model import (
-    Preset,
     TextConditioner,
     build_unet,
     count_parameters,
     get_preset,
-    load_vae,
     load_vae_config,
     set_input_scale,
 )
 from t2istudy.diffusion.options import TrainOptions, resolve_options
+from t2istudy.diffusion.run_checks import check_run_folder, new_run_dir, planned_options
 from t2istudy.diffusion.train_folder import (
     CHECKPOINTS,
     FINAL,
     OPTIONS,
-    RESULT_NEUTRAL,
     SUMMARY,
     TRAIN_LOG,
-    changed_options,
     checkpoint_step,
     complete_checkpoints,
-    describe_differences,
-    read_options,
     read_train_log,
-    result_changing_differences,
     trim_train_log,
 )
 from t2istudy.staging import staging_folder, stale_temporaries, temporary_name
 from t2istudy.text.aggregation import parse_strategy
-from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, pad_cat, slug, token_rms
-from t2istudy.text.encoders import load_encoder
-from t2istudy.text.upsample import RewrittenText, parse_upsampling, upsample_records, write_upsampled
-
-# ---------------------------------------------------------------------------------------------
-# Run directory
-
-
-def new_run_dir(opts: TrainOptions) -> Path:
-    """EDM-style auto-numbered run folder: <runs_root>/<00000>-<encoder>-<strategy>."""
-    root = Path(opts.runs_root)
-    root.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name[:5]) for p in root.iterdir() if p.name[:5].isdigit()]
-    run = root / f"{max(numbers, default=-1) + 1:05d}-{slug(opts.encoder)}-{slug(opts.strategy)}"
-    run.mkdir()
-    return run
-
-
-def find_checkpoint(run_dir: Path, which: str) -> Path:
-    if which == "latest":
-        found = complete_checkpoints(run_dir)
-        if not found and (run_dir / FINAL).is_dir():
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint latest: {run_dir} is trained (final/ exists) and has no checkpoint left "
-                "to train further from (they are deleted once final/ is written unless kept). Use final/ as it "
-                "is, or train a longer run in a new --output_dir."
-            )
-        if not found:
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint latest: no checkpoint in {run_dir / 'checkpoints'}; drop the flag to "
-                "start fresh, or point --output_dir at the run you want to resume."
-            )
-        return found[-1]
-    path = Path(which)
-    if not path.is_dir() or checkpoint_step(path) is None:
-        raise FileNotFoundError(
-            f"Checkpoint {which!r} is not a checkpoint-<step> folder: pass 'latest' or a folder from "
-            f"{run_dir / 'checkpoints'}."
-        )
-    return path
-
-
-def planned_options(opts: TrainOptions, preset: Preset, world: int) -> dict:
-    """What options.json will record for this session, as far as it is known before anything loads: the
-    resolved options, the preset's own autoencoder as the VAE path, and the global batch."""
-    planned = asdict(opts)
-    if opts.vae_path is None and preset.autoencoder:  # what build_images will record
-        planned["vae_path"] = str(autoencoder_dir(preset.autoencoder, opts.autoencoder_dir))
-    global_batch = opts.train_batch_size * world * opts.gradient_accumulation_steps
-    return {**planned, "derived": {"global_batch_size": global_batch}}
-
-
-def check_reusable(run_dir: str | Path, opts: TrainOptions) -> None:
-    """Refuse to reuse a model trained earlier (a run's ``shared_train_dir``) for options it was not trained
-    with: sampling it would credit the wrong arm. Options that do not change the result may differ, and so
-    may the number of processes (a model trained on 8 GPUs is sampled anywhere)."""
-    run_dir = Path(run_dir)
-    opts = resolve_options(opts)
-    planned = planned_options(opts, get_preset(opts.preset), world=1)
-    trained = read_options(run_dir)  # unlike a resume, a longer max_train_steps is a different model here
-    refused = {
-        k: v
-        for k, v in changed_options(trained, planned).items()
-        if k not in RESULT_NEUTRAL and k != "global_batch_size"
-    }
-    if refused:
-        raise ValueError(
-            f"{run_dir} holds a model trained with other options than this run asks for (recorded in "
-            f"{run_dir / OPTIONS} -> asked now):\n{describe_differences(refused, trained)}\n"
-            "Point shared_train_dir at a model trained with these options, or leave it empty to train one."
-        )
-
-
-def check_run_folder(run_dir: Path, opts: TrainOptions, planned: dict) -> tuple[Path | None, list[dict]]:
-    """Whether this session may train in ``run_dir``; returns (checkpoint to resume, resumed_with_changes).
-
-    A fresh start never overwrites a trained run (final/) or a checkpointed one; a resume refuses options
-    that change the result (``result_changing_differences``) and records the ones that do not.
-    """
-    if not opts.resume_from_checkpoint:
-        saved = complete_checkpoints(run_dir)
-        if (run_dir / FINAL).is_dir() or saved:
-            what = "is trained (final/ exists)" if (run_dir / FINAL).is_dir() else f"has {saved[-1].name}"
-            raise FileExistsError(
-                f"{run_dir} {what}; training it again from step 0 would overwrite it and repeat its log. To "
-                "continue it, add --resume_from_checkpoint latest (with a larger --max_train_steps to train "
-                "further); to start over, pass a new --output_dir, or delete the folder yourself."
-            )
-        return None, []
-    ckpt = find_checkpoint(run_dir, opts.resume_from_checkpoint)
-    if not (run_dir / OPTIONS).is_file():
-        warnings.warn(f"{run_dir / OPTIONS} is missing: the resumed options cannot be checked.", stacklevel=2)
-        return ckpt, []
-    old = read_options(run_dir)
-    refused = result_changing_differences(old, planned)
-    if refused:
-        raise ValueError(
-            f"Cannot resume {run_dir} with options that change the result (recorded in {run_dir / OPTIONS} "
-            f"-> given now):\n{describe_differences(refused, old)}\nResume with the recorded values (drop these "
-            "flags or give the old ones), or train the new options as a new run: a new --output_dir, or delete "
-            f"{run_dir} yourself. Options that do not change the result (threads, logging, checkpointing, "
-            "locations, stop_after_steps) may differ."
-        )
-    history = list(old.get("resumed_with_changes", []))
-    changes = {k: list(v) for k, v in changed_options(old, planned).items() if k != "resume_from_checkpoint"}
-    if changes:
-        history.append({"step": checkpoint_step(ckpt), "changes": changes})
-    return ckpt, history
-
+from t2istudy.text.cache import pad_cat
+from t2istudy.text.upsample import RewrittenText
 
 # ---------------------------------------------------------------------------------------------
 # The model being trained
@@ -212,90 +98,6 @@ def diffusion_loss(
         clipped = snr.clamp(max=snr_gamma)
         per_sample = per_sample * (clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1))
     return per_sample.mean()
-
-
-def build_data(opts: TrainOptions, preset: Preset):
-    if opts.data == "shapes":
-        return shapes_pool(
-            opts.pool_size, opts.data_seed, preset.image_size, opts.max_objects, opts.colourless_captions
-        )
-    return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad)
-
-
-def data_id(opts: TrainOptions, dataset) -> str:
-    """What identifies the training images for the latent cache: the source, its size and its captions."""
-    if opts.data == "shapes":
-        source = f"shapes-n{opts.pool_size}-d{opts.data_seed}-o{opts.max_objects}-r{get_preset(opts.preset).image_size}"
-        source += (
-            f"-c{opts.colourless_captions:g}" if opts.colourless_captions else ""
-        )  # default: ids unchanged
-    else:
-        source = f"{slug(str(Path(opts.data).resolve()))[-48:]}-n{len(dataset)}"
-    return f"{source}-{caption_hash(dataset.captions)}"
-
-
-def build_images(opts: TrainOptions, preset: Preset, dataset, device, dtype, progress: bool):
-    """The image side: (dataset, vae, latent cache, vae path). Pixel presets: the dataset alone. VAE presets:
-    the frozen VAE (--vae_path, else the preset's own autoencoder, trained once per machine); with
-    --latents cache the dataset's images are replaced by their cached latent moments and no VAE is returned."""
-    if not preset.vae:
-        return dataset, None, None, opts.vae_path
-    vae_path = opts.vae_path
-    if vae_path is None and preset.autoencoder:
-        vae_path = str(get_or_train(preset.autoencoder, opts.autoencoder_dir, progress=progress))
-    vae = load_vae(vae_path).to(device, dtype)
-    if opts.latents != "cache":
-        return dataset, vae, None, vae_path
-    cache = LatentCache.get_or_build(
-        opts.latent_cache_dir,
-        vae,
-        dataset,
-        data_id(opts, dataset),
-        batch_size=opts.encode_batch_size,
-        progress=progress,
-    )
-    return LatentPairs(cache, dataset.captions), None, cache, vae_path
-
-
-def upsample_captions(
-    opts: TrainOptions, captions: list[str], accelerator: Accelerator, run_dir: Path
-) -> tuple[list[str], dict[str, str] | None]:
-    """The caption pool rewritten once by `--caption_upsampling` (main process first; the others read the
-    rewrite cache), and the original -> rewrite map; (captions, None) without upsampling.
-
-    The embedding cache is then built from the rewrites, so its key (the caption hash) differs from the
-    plain pool's; the rewrites and their template are kept in the run folder.
-    """
-    spec = parse_upsampling(opts.caption_upsampling, cache_path=str(Path(opts.cache_dir) / "upsample.sqlite"))
-    if spec is None:
-        return captions, None
-    unique = sorted(set(captions))
-    with accelerator.main_process_first():
-        record = upsample_records(unique, spec)
-    if accelerator.is_main_process:
-        write_upsampled(record, run_dir)
-    rewrites = {r["original"]: r["rewritten"] for r in record["prompts"]}
-    return [rewrites[c] for c in captions], rewrites
-
-
-def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator):
-    """The cache (built once, by the main process) or the frozen encoder, plus its input-scale statistic."""
-    if opts.text == "cache":
-        with accelerator.main_process_first():
-            text = EmbeddingCache.get_or_build(
-                opts.cache_dir,
-                opts.encoder,
-                opts.strategy,
-                captions,
-                max_length=opts.max_length,
-                batch_size=opts.encode_batch_size,
-                progress=opts.progress and accelerator.is_main_process,
-            )
-        return text.check(opts.encoder, opts.strategy), text.token_rms, str(text.path)
-    encoder = load_encoder(opts.encoder, device=accelerator.device, max_length=opts.max_length)
-    text = OnlineText(encoder, opts.strategy, opts.encode_batch_size)
-    probe = sorted(set(captions))[:512]  # the statistic the cache would compute, on a fixed subset
-    return text, token_rms(*text.embed(probe)).tolist(), None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from t2istudy.diffusion import train
+from t2istudy.diffusion import inputs
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.study import grid_checks, grids, run_folder
@@ -141,7 +141,7 @@ def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) ->
         opts.preset,
     )
     if data_key not in captions_of:
-        captions_of[data_key] = list(train.build_data(opts, get_preset(opts.preset)).captions)
+        captions_of[data_key] = list(inputs.build_data(opts, get_preset(opts.preset)).captions)
     strategy = str(parse_strategy(opts.strategy))
     want(
         opts.encoder,
@@ -257,8 +257,8 @@ def prepare_images(specs: list[grids.RunSpec], log=print, bad: dict[str, str] | 
                 raise failed[key]
             log(f"[prepare] {opts.preset}: autoencoder and latent cache ({opts.latents})")
             try:
-                data = train.build_data(opts, preset)
-                train.build_images(opts, preset, data, "cpu", torch.float32, progress=True)
+                data = inputs.build_data(opts, preset)
+                inputs.build_images(opts, preset, data, "cpu", torch.float32, progress=True)
             except Exception as err:
                 failed[key] = err
                 raise

@@ -1,0 +1,129 @@
+"""Whether this session may train in a run folder, with these options: the checks made before anything loads.
+
+A fresh start never overwrites a trained or checkpointed run; a resume refuses what would change the result and
+records what would not; a model trained earlier is reused only for the options it was trained with.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+from t2istudy.diffusion.autoencoder import autoencoder_dir
+from t2istudy.diffusion.model import Preset, get_preset
+from t2istudy.diffusion.options import TrainOptions, resolve_options
+from t2istudy.diffusion.train_folder import (
+    FINAL,
+    OPTIONS,
+    RESULT_NEUTRAL,
+    changed_options,
+    checkpoint_step,
+    complete_checkpoints,
+    describe_differences,
+    read_options,
+    result_changing_differences,
+)
+from t2istudy.text.cache import slug
+
+
+def new_run_dir(opts: TrainOptions) -> Path:
+    """EDM-style auto-numbered run folder: <runs_root>/<00000>-<encoder>-<strategy>."""
+    root = Path(opts.runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[:5]) for p in root.iterdir() if p.name[:5].isdigit()]
+    run = root / f"{max(numbers, default=-1) + 1:05d}-{slug(opts.encoder)}-{slug(opts.strategy)}"
+    run.mkdir()
+    return run
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path:
+    if which == "latest":
+        found = complete_checkpoints(run_dir)
+        if not found and (run_dir / FINAL).is_dir():
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: {run_dir} is trained (final/ exists) and has no checkpoint left "
+                "to train further from (they are deleted once final/ is written unless kept). Use final/ as it "
+                "is, or train a longer run in a new --output_dir."
+            )
+        if not found:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: no checkpoint in {run_dir / 'checkpoints'}; drop the flag to "
+                "start fresh, or point --output_dir at the run you want to resume."
+            )
+        return found[-1]
+    path = Path(which)
+    if not path.is_dir() or checkpoint_step(path) is None:
+        raise FileNotFoundError(
+            f"Checkpoint {which!r} is not a checkpoint-<step> folder: pass 'latest' or a folder from "
+            f"{run_dir / 'checkpoints'}."
+        )
+    return path
+
+
+def planned_options(opts: TrainOptions, preset: Preset, world: int) -> dict:
+    """What options.json will record for this session, as far as it is known before anything loads: the
+    resolved options, the preset's own autoencoder as the VAE path, and the global batch."""
+    planned = asdict(opts)
+    if opts.vae_path is None and preset.autoencoder:  # what build_images will record
+        planned["vae_path"] = str(autoencoder_dir(preset.autoencoder, opts.autoencoder_dir))
+    global_batch = opts.train_batch_size * world * opts.gradient_accumulation_steps
+    return {**planned, "derived": {"global_batch_size": global_batch}}
+
+
+def check_reusable(run_dir: str | Path, opts: TrainOptions) -> None:
+    """Refuse to reuse a model trained earlier (a run's ``shared_train_dir``) for options it was not trained
+    with: sampling it would credit the wrong arm. Options that do not change the result may differ, and so
+    may the number of processes (a model trained on 8 GPUs is sampled anywhere)."""
+    run_dir = Path(run_dir)
+    opts = resolve_options(opts)
+    planned = planned_options(opts, get_preset(opts.preset), world=1)
+    trained = read_options(run_dir)  # unlike a resume, a longer max_train_steps is a different model here
+    refused = {
+        k: v
+        for k, v in changed_options(trained, planned).items()
+        if k not in RESULT_NEUTRAL and k != "global_batch_size"
+    }
+    if refused:
+        raise ValueError(
+            f"{run_dir} holds a model trained with other options than this run asks for (recorded in "
+            f"{run_dir / OPTIONS} -> asked now):\n{describe_differences(refused, trained)}\n"
+            "Point shared_train_dir at a model trained with these options, or leave it empty to train one."
+        )
+
+
+def check_run_folder(run_dir: Path, opts: TrainOptions, planned: dict) -> tuple[Path | None, list[dict]]:
+    """Whether this session may train in ``run_dir``; returns (checkpoint to resume, resumed_with_changes).
+
+    A fresh start never overwrites a trained run (final/) or a checkpointed one; a resume refuses options
+    that change the result (``result_changing_differences``) and records the ones that do not.
+    """
+    if not opts.resume_from_checkpoint:
+        saved = complete_checkpoints(run_dir)
+        if (run_dir / FINAL).is_dir() or saved:
+            what = "is trained (final/ exists)" if (run_dir / FINAL).is_dir() else f"has {saved[-1].name}"
+            raise FileExistsError(
+                f"{run_dir} {what}; training it again from step 0 would overwrite it and repeat its log. To "
+                "continue it, add --resume_from_checkpoint latest (with a larger --max_train_steps to train "
+                "further); to start over, pass a new --output_dir, or delete the folder yourself."
+            )
+        return None, []
+    ckpt = find_checkpoint(run_dir, opts.resume_from_checkpoint)
+    if not (run_dir / OPTIONS).is_file():
+        warnings.warn(f"{run_dir / OPTIONS} is missing: the resumed options cannot be checked.", stacklevel=2)
+        return ckpt, []
+    old = read_options(run_dir)
+    refused = result_changing_differences(old, planned)
+    if refused:
+        raise ValueError(
+            f"Cannot resume {run_dir} with options that change the result (recorded in {run_dir / OPTIONS} "
+            f"-> given now):\n{describe_differences(refused, old)}\nResume with the recorded values (drop these "
+            "flags or give the old ones), or train the new options as a new run: a new --output_dir, or delete "
+            f"{run_dir} yourself. Options that do not change the result (threads, logging, checkpointing, "
+            "locations, stop_after_steps) may differ."
+        )
+    history = list(old.get("resumed_with_changes", []))
+    changes = {k: list(v) for k, v in changed_options(old, planned).items() if k != "resume_from_checkpoint"}
+    if changes:
+        history.append({"step": checkpoint_step(ckpt), "changes": changes})
+    return ckpt, history
