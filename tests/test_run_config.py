@@ -60,13 +60,13 @@ def test_train_options_come_from_the_config_in_one_place(tmp_path):
     problems = "\n".join(bad.option_problems())
     assert "did you mean 'pool_size'" in problems and "notebook parameter 'seed'" in problems
     assert "YAML reads 1e-3 as a string" in problems
-    with pytest.raises(ValueError, match="geneval_per_task=100000"):
-        RunConfig(geneval_per_task=100_000).check()
+    with pytest.raises(ValueError, match="geneval_per_task=-1: n_per_task=-1 must be >= 1"):
+        RunConfig(geneval_per_task=-1).check()
 
 
 def test_one_writer_puts_every_tier_under_tiers_and_one_reader_reads_it(tmp_path):
     held = pd.DataFrame(
-        {"id": ["1", "2"], "prompt": ["a", "b"], "skills": [("color",), ("count",)], "score": [1.0, 0.0]}
+        {"id": ["1", "2"], "prompt": ["a", "b"], "skills": [("attribute",), ("counting",)], "score": [1.0, 0.0]}
     )
     held_summary = TIERS["heldout"].summarize(held, n_boot=10)
     gen = pd.DataFrame(
@@ -82,7 +82,7 @@ def test_one_writer_puts_every_tier_under_tiers_and_one_reader_reads_it(tmp_path
         "basic",
         "advanced",
     ]  # as runs always listed them
-    assert pd.read_csv(tmp_path / "scores.csv")["skills"].tolist() == ["color", "count"]
+    assert pd.read_csv(tmp_path / "scores.csv")["skills"].tolist() == ["attribute", "counting"]
     assert "skills" not in pd.read_csv(tmp_path / "scores_geneval.csv").columns  # grouped by task
     metrics = run_folder.read_metrics(tmp_path)
     assert run_folder.tier_stats(metrics, "heldout")["overall"]["mean"] == 0.5
