@@ -125,8 +125,8 @@ def read_jsonl(path: str | Path, key: str | None = None) -> list[dict[str, Any]]
                 path,
                 f"line {number} is not valid JSON ({err}) and is not the last line, so not a torn write",
                 fix=(
-                    f"Move the log aside (mv {path} {path}.bad), or delete line {number}: the log only records "
-                    f"progress; the run's checkpoints and weights are kept and the next `grid run` resumes it."
+                    f"Move the log aside (mv {path} {path}.bad): the log only records progress; the run's "
+                    f"checkpoints and weights are kept and the next `grid run` resumes it."
                 ),
             ) from err
         records.append(record)
