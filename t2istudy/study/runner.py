@@ -284,7 +284,7 @@ def run_grid(
     holds executor parameters (timeout_min, gpus_per_node, cpus_per_task, mem_gb, slurm_partition...).
     Runs locked by a live process (RUNNING with a heartbeat) are skipped; ``rerun_running`` takes over
     those held on another host (a cluster job that died: its lock also goes stale by itself once its
-    heartbeat stops, `run_lock.STALE_SECONDS`). A run holding training state from other parameters than
+    heartbeat stops, `run_store.STALE_SECONDS`). A run holding training state from other parameters than
     the grid's now is refused (a failed result naming each difference). With ``prepare`` (local
     launcher) the runs' missing embedding caches are first built with one encoder pass per encoder
     (`t2istudy.study.prepare`); on a cluster, run `t2istudy grid prepare` as a job of its own first.
