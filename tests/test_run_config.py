@@ -66,7 +66,12 @@ def test_train_options_come_from_the_config_in_one_place(tmp_path):
 
 def test_one_writer_puts_every_tier_under_tiers_and_one_reader_reads_it(tmp_path):
     held = pd.DataFrame(
-        {"id": ["1", "2"], "prompt": ["a", "b"], "skills": [("attribute",), ("counting",)], "score": [1.0, 0.0]}
+        {
+            "id": ["1", "2"],
+            "prompt": ["a", "b"],
+            "skills": [("attribute",), ("counting",)],
+            "score": [1.0, 0.0],
+        }
     )
     held_summary = TIERS["heldout"].summarize(held, n_boot=10)
     gen = pd.DataFrame(
