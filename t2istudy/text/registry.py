@@ -105,6 +105,18 @@ def resolve_encoder(name_or_path: str | os.PathLike) -> ResolvedEncoder:
     )
 
 
+def local_weights(name_or_path: str | os.PathLike) -> Path | None:
+    """The folder or .gguf file of an encoder given by path (whose bytes can change under the same name),
+    or None for a registry name (its weights are a released package's or a Hub revision's)."""
+    name = str(name_or_path)
+    if name in BUILTINS or name in PAPER_ENCODERS:
+        return None
+    path = Path(name).expanduser()
+    if (path.is_file() and path.suffix == ".gguf") or (path.is_dir() and (path / "config.json").exists()):
+        return path
+    return None
+
+
 def converted_dir(resolved: ResolvedEncoder) -> Path:
     """Cached fp32 HF directory for a GGUF encoder, converting it once (atomically) if needed."""
     if resolved.name in BUILTINS:
