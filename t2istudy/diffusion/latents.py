@@ -58,7 +58,9 @@ class LatentCache:
             raise FileNotFoundError(f"{self.path} is not a complete latent cache entry (no meta.json).")
         meta = read_meta(meta_file)
         if meta is None:
-            raise ValueError(f"{meta_file} is torn: delete {self.path} and rerun; the cache is encoded again.")
+            raise ValueError(
+                f"{meta_file} is torn: delete {self.path} and rerun; the cache is encoded again."
+            )
         self.meta = meta
         self.moments = load_npy(  # a truncated file is caught before numpy's nameless mmap error
             self.path / "moments.npy",

@@ -119,7 +119,17 @@ def load_summaries(folder: str | os.PathLike, name: str = "probe_all.csv") -> pd
     return table
 
 
-SUMMARY_COLUMNS = ("encoder", "control", "representation", "skill", "n", "seeds", "accuracy", "ci_low", "ci_high")
+SUMMARY_COLUMNS = (
+    "encoder",
+    "control",
+    "representation",
+    "skill",
+    "n",
+    "seeds",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+)
 
 
 def read_summary(path: str | os.PathLike) -> pd.DataFrame:

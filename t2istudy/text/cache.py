@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from t2istudy.identity import content_digest, move_aside, moved_aside
 from t2istudy.staging import staging_folder
 from t2istudy.text import encoders
-from t2istudy.text.registry import local_weights
 from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.registry import local_weights
 from t2istudy.text.templates import get_template
 
 CACHE_VERSION = 1
