@@ -15,7 +15,7 @@ import scipy.stats
 import seaborn as sns
 
 from t2istudy.figure_files import write_png_pdf
-from t2istudy.probe.layerwise import from_stack
+from t2istudy.probe.features import from_stack
 from t2istudy.text.aggregation import parse_strategy, recipe_of
 
 # ----------------------------------------------------------------------------------------------------
