@@ -138,11 +138,11 @@ def check_run_folder(run_dir: Path, opts: TrainOptions, planned: dict) -> tuple[
             f"{run_dir} yourself. Options that do not change the result (threads, logging, checkpointing, "
             "locations, stop_after_steps) may differ."
         )
-    vae_path = planned.get("vae_path")
-    if opts.vae_path is None and (get_preset(opts.preset).autoencoder and Path(vae_path or "").is_dir()):
-        get_or_train(
-            get_preset(opts.preset).autoencoder, opts.autoencoder_dir, progress=False
-        )  # repairs a copy
+    # Inputs known before anything loads: the VAE folder (a damaged copy of a released autoencoder is
+    # replaced from the release first: the same bytes as before) and a local encoder's weights.
+    vae_path, autoencoder = planned.get("vae_path"), get_preset(opts.preset).autoencoder
+    if opts.vae_path is None and autoencoder and Path(vae_path or "").is_dir():
+        get_or_train(autoencoder, opts.autoencoder_dir, progress=False)
     check_inputs(run_dir, old, input_digests(opts.encoder, vae_path))
     history = list(old.get("resumed_with_changes", []))
     changes = {k: list(v) for k, v in changed_options(old, planned).items() if k != "resume_from_checkpoint"}
