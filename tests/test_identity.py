@@ -314,3 +314,27 @@ def test_a_latent_cache_entry_altered_after_it_was_written_is_encoded_again(tmp_
         again = LatentCache.get_or_build(tmp_path, vae, data, "pool4", progress=False)
     np.testing.assert_array_equal(np.array(again.moments), good)
     assert json.loads((again.path / "meta.json").read_text())["rows"] == 4
+
+
+def test_resume_after_a_local_encoder_folders_weights_changed_is_refused_naming_them(tmp_path):
+    """The embedding cache of each weight version was built (by a stand-in encoder named by the folder's
+    path); a run stopped after 3 steps, the folder's weights replaced: the resume is refused."""
+    from helpers import TINY_POOL
+
+    folder = tmp_path / "my-encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    captions = shapes_pool(TINY_POOL, 0, 16).captions
+    for weights in (b"new weights", b"old weights"):  # both entries exist; the old weights stay in place
+        (folder / "model.safetensors").write_bytes(weights)
+        EmbeddingCache.build(
+            FakeEncoder(name=str(folder)), "norm_mean", captions, tmp_path / "c", progress=False
+        )
+    options = dict(encoder=str(folder), max_train_steps=6)
+    run = train(tiny_train_options(tmp_path / "c", tmp_path / "run", stop_after_steps=3, **options))
+    assert set(read_options(run)["inputs"]) == {"encoder", "embedding_cache"}
+    (folder / "model.safetensors").write_bytes(b"new weights")
+    with pytest.raises(ValueError, match=rf"(?s)Cannot resume.*local encoder's weights \({folder}\)"):
+        train(
+            tiny_train_options(tmp_path / "c", tmp_path / "run", resume_from_checkpoint="latest", **options)
+        )
