@@ -92,8 +92,13 @@ def content_files(folder: str | Path) -> list[Path]:
         p
         for p in folder.rglob("*")
         if p.is_file()
-        and not any(part.startswith(".") or ".tmp" in part for part in p.relative_to(folder).parts)
+        and not any(_left_out(part) for part in p.relative_to(folder).parts)
     )
+
+
+def _left_out(name: str) -> bool:
+    """Hidden names and staging leftovers (``<name>.tmp-<host>-<pid>-<random>``, an old ``<name>.tmp``)."""
+    return name.startswith(".") or ".tmp-" in name or name.endswith(".tmp")
 
 
 def content_digest(path: str | Path, files: list[str] | None = None, *, remember: bool = True) -> str:
