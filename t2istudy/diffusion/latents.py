@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from t2istudy.identity import content_digest, move_aside
 from t2istudy.staging import staging_folder
-from t2istudy.text.cache import StaleEntry, load_npy, read_meta, verify_entry
+from t2istudy.text.cache_entries import StaleEntry, load_npy, read_meta, verify_entry
 
 LATENT_CACHE_VERSION = 1
 

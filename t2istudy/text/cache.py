@@ -25,7 +25,6 @@ import hashlib
 import json
 import re
 import shutil
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +37,7 @@ from t2istudy.identity import content_digest, move_aside, moved_aside
 from t2istudy.staging import staging_folder
 from t2istudy.text import encoders
 from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.cache_entries import StaleEntry, load_npy, read_meta, verify_entry
 from t2istudy.text.registry import local_weights
 from t2istudy.text.templates import get_template
 
@@ -80,39 +80,6 @@ DATA_FILES = ("captions.json", "features.npy", "mask.npy", "null_features.npy", 
 KEY_FIELDS = ("encoder", "strategy", "template_digest", "max_length", "caption_hash", "encoder_digest")
 
 
-class StaleEntry(ValueError):
-    """A cache entry whose files do not match its done-mark (meta.json): cut short or altered since."""
-
-
-def read_meta(meta_file: Path) -> dict | None:
-    """An entry's meta.json, or None with a warning naming the file when it is torn (a copy or write cut
-    short): that entry reads as missing, and every other entry stays usable."""
-    try:
-        meta = json.loads(meta_file.read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-        return meta
-    except (OSError, ValueError) as err:
-        warnings.warn(
-            f"{meta_file} is unreadable ({err}): that cache entry is ignored and built again if needed; "
-            f"delete {meta_file.parent} to reclaim its space.",
-            stacklevel=3,
-        )
-        return None
-
-
-def verify_entry(path: Path, meta: dict, files: tuple[str, ...], rows: int) -> None:
-    """Raise StaleEntry naming the entry when its files or row count differ from its done-mark's (entries
-    written before the done-mark carried them are not checked)."""
-    if "checksum" not in meta:
-        return
-    if rows != meta.get("rows"):
-        raise StaleEntry(f"{path} holds {rows} rows, its meta.json says {meta.get('rows')}")
-    found = content_digest(path, files=[f for f in files if (path / f).is_file()])
-    if found != meta["checksum"]:
-        raise StaleEntry(f"{path}: its files' checksum {found} differs from meta.json's {meta['checksum']}")
-
-
 def slug(text: str) -> str:
     """A file-system-safe form of an encoder or strategy name."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
@@ -125,33 +92,6 @@ def token_rms(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if x.numel() == 0:
         raise ValueError("Cannot compute the token RMS: no real tokens (all captions empty?).")
     return x.pow(2).mean(dim=(0, -1)).sqrt().float().reshape(-1)
-
-
-def load_npy(path: str | Path, *, mmap: bool, fix: str) -> np.ndarray:
-    """``np.load`` (memory-mapped or not) that names the file and ``fix`` when the file is cut short.
-
-    A truncated ``.npy`` (a copy or a build interrupted, a full disk) otherwise fails deep in numpy with
-    "mmap length is greater than file size", naming neither; the header says how many bytes to expect.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:  # a newer format: numpy checks it itself
-                shape, dtype = None, None
-            offset = f.tell()
-        if shape is not None:
-            expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            size = path.stat().st_size
-            if size < expected:
-                raise ValueError(f"truncated: {size} bytes, {expected} expected for {dtype} {tuple(shape)}")
-        return np.load(path, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path} is unreadable ({err}): {fix}") from err
 
 
 def _trim(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
