@@ -91,8 +91,7 @@ def content_files(folder: str | Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file()
-        and not any(_left_out(part) for part in p.relative_to(folder).parts)
+        if p.is_file() and not any(_left_out(part) for part in p.relative_to(folder).parts)
     )
 
 
