@@ -115,6 +115,9 @@ def retry_after(err: openai.APIStatusError) -> float | None:
         return None
 
 
+SQLITE_WAIT_S = 60.0  # how long a cache waits for another process's write lock before saying it is locked
+
+
 class SqliteCache:
     """One sqlite file holding one table (``schema`` creates it); subclasses add ``get`` and ``put``.
 
@@ -126,9 +129,19 @@ class SqliteCache:
     def __init__(self, path: str | Path, schema: str, what: str) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(path, check_same_thread=False)
+        try:  # another process writing the file holds its lock: wait for it (sqlite's busy timeout)
+            self.db = sqlite3.connect(path, check_same_thread=False, timeout=SQLITE_WAIT_S)
             self.db.execute(schema)
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err) or "busy" in str(err):  # a healthy file in use, never "corrupt"
+                raise RuntimeError(
+                    f"{what} cache {path} is locked by another process (still locked after "
+                    f"{SQLITE_WAIT_S:g} s): wait for that process to finish (another run or notebook using "
+                    "the same cache), or give this one its own cache path. The file is fine; keep it."
+                ) from err
+            raise ValueError(
+                f"{what} cache {path} is not a usable sqlite file ({err}); move it away."
+            ) from err
         except sqlite3.DatabaseError as err:
             raise ValueError(
                 f"{what} cache {path} is not a usable sqlite file ({err}); move it away."

@@ -242,3 +242,37 @@ def test_a_side_notebook_command_reruns_on_request_and_keeps_the_finished_run(tm
     kept = list((root / "upsampling").glob("default.previous-*"))
     assert len(kept) == 1 and run_store.run_state(kept[0]) == "done"
     assert run_store.run_state(root / "upsampling" / "default") == "done"
+
+
+# ---- issue 41: --dry-run resolves encoders and layer indices on this machine ----------------------------
+
+
+STUDY_PARAMS = 'encoder = ""\nstrategy = ""\nseed = 0\npreset = ""\nout_dir = ""'
+
+
+def study_grid(tmp_path: Path, encoders: list[str], strategies: list[str]) -> Path:
+    notebook = fake_notebook(tmp_path / "run.ipynb", STUDY_PARAMS)
+    grid = {
+        "name": "dry",
+        "notebook": str(notebook),
+        "params": {"preset": "cpu-tiny"},
+        "axes": {"encoder": encoders, "strategy": strategies, "seed": [0]},
+    }
+    (tmp_path / "g.yaml").write_text(json.dumps(grid))
+    return tmp_path / "g.yaml"
+
+
+def test_dry_run_names_an_unknown_encoder_and_a_layer_beyond_the_encoder(tmp_path, capsys):
+    runs = ["--runs-dir", str(tmp_path / "runs"), "--dry-run"]
+    good = study_grid(tmp_path, ["minilm-l6"], ["last", "layer:6", "layer:-7"])  # 7 hidden states
+    assert cli.main(["grid", "run", str(good), *runs]) == 0
+    capsys.readouterr()
+    bad = study_grid(tmp_path, ["minilm-l6", "no-such-encoder"], ["layer:99", "last"])
+    assert cli.main(["grid", "run", str(bad), *runs]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err
+    assert "run minilm-l6__layer-99__seed0 (encoder minilm-l6, strategy layer:99)" in err
+    assert "out of range for an encoder with 7 hidden states" in err
+    assert "run no-such-encoder__last__seed0" in err and "Unknown encoder 'no-such-encoder'" in err
+    assert "minilm-l6__last__seed0" not in err  # the good arm is not named
+    assert not (tmp_path / "runs").exists()

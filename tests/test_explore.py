@@ -258,7 +258,9 @@ def test_encoder_control_loads_another_encoder_and_reports_bad_ones():
     assert explorer.layer.max == 2 and cache.encoders["words"].calls == 1  # cached: no second call
     png = explorer.image.value
     explorer.encoder.value = "/no/such/model"
-    assert "Unknown encoder" in explorer.status.value and explorer.image.value == png
+    assert "Unknown encoder" in explorer.status.value and explorer.image.value == b""  # not the old figure
+    explorer.encoder.value = "words"
+    assert explorer.image.value == png
     explorer.encoder.value = "words"
     explorer.prompts.value = "   "
     assert "at least one prompt" in explorer.status.value

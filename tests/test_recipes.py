@@ -449,7 +449,7 @@ def test_probe_sweep_reads_each_template_from_its_own_encoder_pass(tiny, monkeyp
 def test_probe_sweep_interrupted_resumes_from_its_finished_groups_and_equals_one_pass(tiny, tmp_path):
     """A sweep killed in its second template group, rerun with the same arguments, reads the first group
     back (no second encoder pass for it) and ends with the table of an uninterrupted sweep. Other settings
-    compute afresh beside the stored group; a record without its table is named."""
+    compute afresh beside the stored group; a record without its table is named and computed again."""
     from t2istudy.probe.layerwise import ProbeOptions, sweep
 
     calls: list[str | None] = []
@@ -499,8 +499,11 @@ def test_probe_sweep_interrupted_resumes_from_its_finished_groups_and_equals_one
     assert calls == [None, "sana"] and len(list(store.glob("*.json"))) == 4
     for table in store.glob("tiny-0.5b__sana__*.csv"):
         table.unlink()
-    with pytest.raises(FileNotFoundError, match="delete .*json to compute the group again"):
-        run(resume_dir=store)
+    calls.clear()
+    with pytest.warns(UserWarning, match=r"its table .*tiny-0\.5b__sana__.*\.csv is missing"):
+        again = run(resume_dir=store)  # a done-mark without its table: the group is computed again
+    assert calls == ["sana"]
+    pd.testing.assert_frame_equal(again.table, whole.table)
 
 
 # ---- a template's shared prefix runs once ------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 import yaml
 from helpers import FakeEncoder
@@ -482,6 +483,35 @@ def test_read_only_runs_folder_all_done_exits_0_else_names_the_folder(tmp_path, 
     err = capsys.readouterr().err
     assert f"The runs folder {root / 'g'} is not writable" in err and "--runs-dir" in err
     assert "Traceback" not in err and not executions(counter)
+
+
+def test_a_run_folder_turning_read_only_mid_run_fails_that_run_in_one_line(
+    tmp_path, nb, read_only, monkeypatch
+):
+    """Issue 41: the folder of one run turns read-only while it runs: that run fails in one line naming the
+    folder (no FAILED can be written there), and the next run of the batch executes."""
+    counter = tmp_path / "count.txt"
+    grid = write_grid(tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {"seed": [0, 1]}})
+    root = tmp_path / "runs"
+    real = papermill.execute_notebook
+
+    def execute(notebook, output, *args, **kwargs):
+        out = Path(output).parent
+        if out.name == "seed0":  # the folder turns read-only while its notebook runs
+            read_only(out)
+            raise PermissionError(13, "Permission denied", str(output))
+        return real(notebook, output, *args, **kwargs)
+
+    monkeypatch.setattr(runner.papermill, "execute_notebook", execute)
+    lines: list[str] = []
+    results = runner.run_grid(grid, root, prepare=False, log=lines.append)
+    by_run = {r.run_id: r for r in results}
+    assert by_run["seed1"].state == "done" and executions(counter) == ["seed1"]  # the batch went on
+    failed = by_run["seed0"]
+    assert failed.state == "failed" and "\n" not in failed.error
+    assert f"the run folder {root.resolve() / 'g' / 'seed0'} could not be written" in failed.error
+    assert "Make it writable and run the grid again" in failed.error
+    assert any("FAILED seed0" in line for line in lines) and not any("Traceback" in line for line in lines)
 
 
 def test_concurrent_write_json_to_one_file_never_fails(tmp_path):

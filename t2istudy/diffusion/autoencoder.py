@@ -33,6 +33,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from t2istudy.diffusion.data import to_tensor
+from t2istudy.identity import content_digest, move_aside
 from t2istudy.staging import staging_folder
 from t2istudy.world.shapes import ShapesWorld
 
@@ -199,11 +200,16 @@ def get_or_train(
     use_released: bool = True,
 ) -> Path:
     """The trained autoencoder's folder under ``root``: copied from the package's release of this recipe
-    when one ships (``use_released=False`` retrains instead), else trained once on this machine."""
+    when one ships (``use_released=False`` retrains instead), else trained once on this machine.
+
+    A copy of a released recipe must have the release's bytes (``identity.content_digest``): a copy that is
+    cut short or altered is moved aside, with a warning naming it, and copied again."""
     path = autoencoder_dir(recipe, root)
-    if (path / "config.json").is_file():
-        return path
     released = released_dir(recipe) if use_released else None
+    if (path / "config.json").is_file():
+        if released is None or content_digest(path) == content_digest(released, remember=False):
+            return path
+        move_aside(path, f"this copy differs from the package's release {released} (cut short or altered)")
     if released is None:
         return train_autoencoder(recipe, path, num_threads=num_threads, progress=progress)
     tmp = staging_folder(path)

@@ -7,7 +7,9 @@ so a training step still draws a fresh latent sample from it, with the same gene
 operations as on-the-fly encoding: the two paths give the same latents (tested).
 
 Layout of one entry (`<root>/<vae key>-<data key>/`): ``moments.npy`` [N, 2C, h, w] float32 (the VAE's
-``quant_conv`` output, row i = dataset item i), ``meta.json`` (written last; its absence = incomplete).
+``quant_conv`` output, row i = dataset item i), ``meta.json`` (written last; its absence = incomplete; it
+holds the rows and checksum of moments.npy: an entry that no longer matches them, or whose meta.json is
+torn, is moved aside with a warning naming it and encoded again).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from t2istudy.identity import content_digest, move_aside
 from t2istudy.staging import staging_folder
-from t2istudy.text.cache import load_npy
+from t2istudy.text.cache_entries import StaleEntry, load_npy, read_meta, verify_entry
 
 LATENT_CACHE_VERSION = 1
 
@@ -53,7 +56,12 @@ class LatentCache:
         meta_file = self.path / "meta.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{self.path} is not a complete latent cache entry (no meta.json).")
-        self.meta = json.loads(meta_file.read_text())
+        meta = read_meta(meta_file)
+        if meta is None:
+            raise ValueError(
+                f"{meta_file} is torn: delete {self.path} and rerun; the cache is encoded again."
+            )
+        self.meta = meta
         self.moments = load_npy(  # a truncated file is caught before numpy's nameless mmap error
             self.path / "moments.npy",
             mmap=True,
@@ -63,6 +71,7 @@ class LatentCache:
             raise ValueError(
                 f"{self.path}: moments.npy has shape {self.moments.shape}, meta.json says {self.meta['shape']}."
             )
+        verify_entry(self.path, self.meta, ("moments.npy",), int(self.moments.shape[0]))
 
     def __len__(self) -> int:
         return self.moments.shape[0]
@@ -85,7 +94,10 @@ class LatentCache:
         """The entry for (this VAE, this dataset), encoding every item once if it is missing."""
         path = cls.entry_dir(root, vae_key(vae), data_id)
         if (path / "meta.json").is_file():
-            return cls(path)
+            try:
+                return cls(path)
+            except (StaleEntry, ValueError) as err:  # cut short, altered, torn: encode it again
+                move_aside(path, str(err))
         tmp = staging_folder(path)
         n = len(dataset)
         moments = None
@@ -108,6 +120,8 @@ class LatentCache:
             "data": data_id,
             "shape": list(shape),
             "scaling_factor": float(vae.config.scaling_factor),
+            "rows": n,
+            "checksum": content_digest(tmp, files=["moments.npy"]),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if (path / "meta.json").is_file():  # another process finished the same entry first

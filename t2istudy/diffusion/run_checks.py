@@ -2,15 +2,21 @@
 
 A fresh start never overwrites a trained or checkpointed run; a resume refuses what would change the result and
 records what would not; a model trained earlier is reused only for the options it was trained with.
+
+What changes the result is the options and the inputs' bytes: the VAE's weights, a local encoder's weights,
+the embedding and latent cache entries. options.json records the inputs' digests (``inputs``, by
+``t2istudy.identity``); a resume compares them twice: before anything loads (the VAE and encoder folders), and
+once the caches are open (their done-marks' checksums).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from t2istudy.diffusion.autoencoder import autoencoder_dir
+from t2istudy.diffusion.autoencoder import autoencoder_dir, get_or_train
 from t2istudy.diffusion.model import Preset, get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train_folder import (
@@ -24,7 +30,17 @@ from t2istudy.diffusion.train_folder import (
     read_options,
     result_changing_differences,
 )
+from t2istudy.identity import content_digest
 from t2istudy.text.cache import slug
+from t2istudy.text.registry import local_weights
+
+INPUTS = "inputs"  # options.json: digest of each input that decides the result
+INPUT_NAMES = {
+    "vae": "the VAE (autoencoder) weights",
+    "encoder": "the local encoder's weights",
+    "embedding_cache": "the embedding cache entry",
+    "latent_cache": "the latent cache entry",
+}
 
 
 def new_run_dir(opts: TrainOptions) -> Path:
@@ -122,8 +138,56 @@ def check_run_folder(run_dir: Path, opts: TrainOptions, planned: dict) -> tuple[
             f"{run_dir} yourself. Options that do not change the result (threads, logging, checkpointing, "
             "locations, stop_after_steps) may differ."
         )
+    # Inputs known before anything loads: the VAE folder (a damaged copy of a released autoencoder is
+    # replaced from the release first: the same bytes as before) and a local encoder's weights.
+    vae_path, autoencoder = planned.get("vae_path"), get_preset(opts.preset).autoencoder
+    if opts.vae_path is None and autoencoder and Path(vae_path or "").is_dir():
+        get_or_train(autoencoder, opts.autoencoder_dir, progress=False)
+    check_inputs(run_dir, old, input_digests(opts.encoder, vae_path))
     history = list(old.get("resumed_with_changes", []))
     changes = {k: list(v) for k, v in changed_options(old, planned).items() if k != "resume_from_checkpoint"}
     if changes:
         history.append({"step": checkpoint_step(ckpt), "changes": changes})
     return ckpt, history
+
+
+def input_digests(
+    encoder: str,
+    vae_path: str | None,
+    cache_path: str | None = None,
+    latent_cache_meta: dict | None = None,
+) -> dict[str, str]:
+    """The digest of each input of a run that is known (``INPUT_NAMES``): a VAE or encoder given as a local
+    folder (a Hub id has no bytes here), a cache entry's done-mark checksum."""
+    found = {}
+    if vae_path and Path(vae_path).is_dir():
+        found["vae"] = content_digest(vae_path)
+    weights = local_weights(encoder)
+    if weights is not None:
+        found["encoder"] = content_digest(weights)
+    if cache_path and (Path(cache_path) / "meta.json").is_file():
+        checksum = json.loads((Path(cache_path) / "meta.json").read_text()).get("checksum")
+        if checksum:
+            found["embedding_cache"] = checksum
+    if latent_cache_meta and latent_cache_meta.get("checksum"):
+        found["latent_cache"] = latent_cache_meta["checksum"]
+    return found
+
+
+def check_inputs(run_dir: Path, recorded: dict, now: dict[str, str]) -> None:
+    """Refuse to resume ``run_dir`` when an input recorded in its options.json has other bytes now, listing
+    every difference (an input not recorded, by a run of an earlier version, is not compared)."""
+    old = recorded.get(INPUTS) or {}
+    changed = {k: (old[k], v) for k, v in now.items() if k in old and old[k] != v}
+    if changed:
+        where = {"vae": recorded.get("vae_path"), "encoder": recorded.get("encoder")}
+        lines = "\n".join(
+            f"  {INPUT_NAMES[k]}" + (f" ({where[k]})" if where.get(k) else "") + f": digest {a} -> {b}"
+            for k, (a, b) in changed.items()
+        )
+        raise ValueError(
+            f"Cannot resume {run_dir}: inputs that decide the result have other bytes than when it was "
+            f"trained (recorded in {run_dir / OPTIONS} under '{INPUTS}' -> found now):\n{lines}\nPut the "
+            "original files back (a cache entry is rebuilt from its VAE or encoder), or train with the new "
+            f"inputs as a new run: a new --output_dir, or delete {run_dir} yourself."
+        )

@@ -53,7 +53,14 @@ from t2istudy.diffusion.model import (
     set_input_scale,
 )
 from t2istudy.diffusion.options import TrainOptions, option_help, resolve_options
-from t2istudy.diffusion.run_checks import check_run_folder, new_run_dir, planned_options
+from t2istudy.diffusion.run_checks import (
+    INPUTS,
+    check_inputs,
+    check_run_folder,
+    input_digests,
+    new_run_dir,
+    planned_options,
+)
 from t2istudy.diffusion.train_folder import (
     CHECKPOINTS,
     FINAL,
@@ -170,6 +177,10 @@ def train(opts: TrainOptions) -> Path:
             vae_dtype,
             opts.progress and accelerator.is_main_process,
         )
+    # The inputs' bytes: recorded, and on a resume compared with the record (now that the caches are open).
+    inputs = input_digests(opts.encoder, opts.vae_path, cache_path, latent_cache and latent_cache.meta)
+    if ckpt is not None and (run_dir / OPTIONS).is_file():
+        check_inputs(run_dir, json.loads((run_dir / OPTIONS).read_text()), inputs)
     probe_features, _ = text.embed(dataset.captions[:1])
     num_layers = probe_features.shape[2] if probe_features.dim() == 4 else None
     if (num_layers is not None) != (parse_strategy(opts.strategy).kind == "learned"):
@@ -240,7 +251,7 @@ def train(opts: TrainOptions) -> Path:
         if accelerator.is_main_process:
             trim_train_log(run_dir, start_step)
     if accelerator.is_main_process:
-        record = {**asdict(opts), "derived": derived}
+        record = {**asdict(opts), "derived": derived, INPUTS: inputs}
         if resumed_with_changes:  # which result-neutral options differed, at which resume
             record["resumed_with_changes"] = resumed_with_changes
         (run_dir / OPTIONS).write_text(json.dumps(record, indent=1))

@@ -48,7 +48,7 @@ RESULT_NEUTRAL = frozenset(
 # LR schedules that do not depend on max_train_steps: the first N steps of a longer run are the N-step run,
 # so a resume may extend it (the ladder climbs this way).
 CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
-RECORD_KEYS = ("derived", "resumed_with_changes")  # options.json entries that are not options
+RECORD_KEYS = ("derived", "resumed_with_changes", "inputs")  # options.json entries that are not options
 
 
 def changed_options(old: dict, new: dict) -> dict[str, tuple]:

@@ -14,39 +14,29 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from t2istudy.identity import content_digest, module_digest
 from t2istudy.staging import temporary_name
 
-# The modules whose code decides a group's numbers: an edit to any of them makes earlier groups stale.
-_CODE = (
-    "probe/layerwise.py",
-    "probe/targets.py",
-    "text/aggregation.py",
-    "text/encoders.py",
-    "text/templates.py",
-)
-_PACKAGE = Path(__file__).resolve().parents[1]
+# The probe's entry module: every module of the package it imports (found from the import graph by
+# `identity.module_closure`: the shapes world, the benchmark, the recipes, the encoders...) decides a group's
+# numbers, so an edit to any of them makes the earlier groups stale.
+PROBE_ENTRY = "t2istudy.probe.layerwise"
 
 
 def code_digest() -> str:
-    """Digest of the source files that compute a probe group's numbers, as they were when imported (the
-    code that runs, even if the files are edited while a long sweep is under way)."""
+    """Digest of the code that computes a probe group's numbers, as it was when imported (the code that
+    runs, even if the files are edited while a long sweep is under way)."""
     return _CODE_DIGEST
 
 
-def _digest_files() -> str:
-    h = hashlib.sha256()
-    for rel in _CODE:
-        h.update(rel.encode() + b"\0" + (_PACKAGE / rel).read_bytes())
-    return h.hexdigest()[:16]
-
-
-_CODE_DIGEST = _digest_files()
+_CODE_DIGEST = module_digest(PROBE_ENTRY)
 
 
 class GroupStore:
@@ -75,25 +65,55 @@ class GroupStore:
         return self.root / f"{stem}.csv", self.root / f"{stem}.json"
 
     def load(self, settings: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-        """The group's table and record (timings, num_states) when it finished before, else None."""
+        """The group's table and record (timings, num_states) when it finished before, else None.
+
+        The record (the done-mark) holds the table's row count and checksum: a table that is missing, cut
+        short or altered since does not match, and reads as not done, with a warning naming the file (the
+        group is computed again and overwrites it)."""
         table_path, record_path = self.paths(settings)
         if not record_path.exists():
             return None
+        try:
+            record = json.loads(record_path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            return _stale(f"its done-mark {record_path} is unreadable ({err})")
         if not table_path.exists():
-            raise FileNotFoundError(
-                f"{record_path} says this probe group finished, but its table {table_path} is missing; "
-                f"delete {record_path} to compute the group again."
+            return _stale(f"{record_path} says this group finished, but its table {table_path} is missing")
+        checksum = content_digest(table_path, remember=False)  # a table is small: read in full
+        if checksum != record.get("checksum"):
+            return _stale(
+                f"{table_path} does not match its done-mark (checksum {checksum}, recorded "
+                f"{record.get('checksum')}): cut short or altered since it was written"
             )
-        return pd.read_csv(table_path), json.loads(record_path.read_text())
+        table = pd.read_csv(table_path)
+        if len(table) != record.get("rows"):
+            return _stale(f"{table_path} has {len(table)} rows, its done-mark says {record.get('rows')}")
+        return table, record
 
     def save(self, settings: dict[str, Any], table: pd.DataFrame, record: dict[str, Any]) -> Path:
-        """Write the group's table, then its record (the 'done' mark); returns the record's path."""
+        """Write the group's table, then its record (the 'done' mark, with the table's row count and
+        checksum); returns the record's path."""
         self.root.mkdir(parents=True, exist_ok=True)
         table_path, record_path = self.paths(settings)
-        record = {**record, "settings": settings, "code": code_digest(), "written": time.ctime()}
         _write_then_rename(table_path, lambda tmp: table.to_csv(tmp, index=False))
+        record = {
+            **record,
+            "settings": settings,
+            "code": code_digest(),
+            "rows": len(table),
+            "checksum": content_digest(table_path, remember=False),
+            "written": time.ctime(),
+        }
         _write_then_rename(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1, default=str)))
         return record_path
+
+
+def _stale(why: str) -> None:
+    """A stored group that cannot be trusted reads as not done: say which file, and that it is recomputed."""
+    warnings.warn(f"Probe group store: {why}; computing the group again.", stacklevel=3)
+    return None
 
 
 def _write_then_rename(path: Path, write: Callable[[Path], object]) -> None:

@@ -15,7 +15,7 @@ import scipy.stats
 import seaborn as sns
 
 from t2istudy.figure_files import write_png_pdf
-from t2istudy.probe.layerwise import from_stack
+from t2istudy.probe.features import from_stack
 from t2istudy.text.aggregation import parse_strategy, recipe_of
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def load_summaries(folder: str | os.PathLike, name: str = "probe_all.csv") -> pd
     paths = sorted(Path(folder).rglob(name))
     if not paths:
         raise FileNotFoundError(f"No {name} under {folder}: run notebooks/probe.ipynb with out_dir={folder}.")
-    frames = [pd.read_csv(path).assign(source=str(path)) for path in paths]
+    frames = [read_summary(path).assign(source=str(path)) for path in paths]
     table = pd.concat(frames, ignore_index=True)
     key = ["encoder", "control", "representation", "skill"]
     dup = table[table.duplicated(key, keep=False)]
@@ -117,6 +117,43 @@ def load_summaries(folder: str | os.PathLike, name: str = "probe_all.csv") -> pd
             f"({sorted(set(dup[(dup[key] == first[key]).all(axis=1)].source))}): keep one sweep per encoder."
         )
     return table
+
+
+SUMMARY_COLUMNS = (
+    "encoder",
+    "control",
+    "representation",
+    "skill",
+    "n",
+    "seeds",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+)
+
+
+def read_summary(path: str | os.PathLike) -> pd.DataFrame:
+    """One ``probe_all.csv``, refused naming the file and its first bad line when it is cut short (a copy or
+    a write interrupted) or is not a probe summary: a torn row would otherwise fail later, naming nothing."""
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise ValueError(f"{path} is not a readable probe summary ({err}): {_SUMMARY_FIX}") from None
+    missing = [c for c in SUMMARY_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the probe summary columns {missing}: {_SUMMARY_FIX}")
+    numeric = table[list(SUMMARY_COLUMNS[4:])].apply(pd.to_numeric, errors="coerce")
+    bad = table[list(SUMMARY_COLUMNS[:4])].isna().any(axis=1) | numeric.isna().any(axis=1)
+    if bad.any():
+        line = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header
+        raise ValueError(f"{path}, line {line}: an incomplete row (the file is cut short?): {_SUMMARY_FIX}")
+    return table
+
+
+_SUMMARY_FIX = (
+    "restore it (git checkout -- <file>, if committed) or rerun the probe sweep that wrote it "
+    "(notebooks/probe.ipynb with the same out_dir)"
+)
 
 
 # ----------------------------------------------------------------------------------------------------

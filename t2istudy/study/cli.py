@@ -204,6 +204,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dry_run:
             grid = grids.load_grid(args.grid)
             runner.preflight(grid.runs(), grid.source)  # the same checks as a real run: typos fail here
+            runner.check_encoders(grid.runs(), grid.source)  # and the encoders and layers of this machine
             for spec in grid.runs():
                 state = run_state(grids.run_path(args.runs_dir, spec), metrics=True)
                 print(f"{state:11s} {spec.run_id}  {spec.params}")

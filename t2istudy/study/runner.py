@@ -12,6 +12,7 @@ is written here, last, after papermill has saved the executed notebook.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -42,6 +43,8 @@ from t2istudy.study.grids import (
 from t2istudy.study.prepare import prepare_grid, runs_awaiting_build
 from t2istudy.study.run_config import study_config
 from t2istudy.study.run_folder import check_schema, params_record, relative
+from t2istudy.text.aggregation import selected_states
+from t2istudy.text.registry import encoder_num_states
 
 CACHE_KEYS = ("encoder", "strategy")  # runs sharing these share an embedding cache entry
 
@@ -102,11 +105,29 @@ def execute_run(
         conflict = resume_conflict(spec, root)
         if conflict:
             return RunResult(spec.run_id, "failed", error=conflict, path=str(out))
-        result = _execute(spec, out, lock, threads, require_metrics)
+        try:
+            result = _execute(spec, out, lock, threads, require_metrics)
+        except OSError as err:  # the run folder became unwritable mid-run: this run fails, the batch goes on
+            return RunResult(spec.run_id, "failed", error=_unwritable(out, err), path=str(out))
         result.note = claimed.note
         return result
     finally:
-        lock.release()
+        with contextlib.suppress(OSError):  # unwritable: the lock is left to go stale (its pid ends)
+            lock.release()
+
+
+def _unwritable(out: Path, err: OSError) -> str:
+    """One line for a run whose folder could not be written (read-only, full, removed), naming what the
+    notebook failed on first when the folder was not the first thing to fail."""
+    first: BaseException = err
+    while first.__context__ is not None:
+        first = first.__context__
+    cause = "" if first is err else f"; the run had failed first with {_error_message(first)}"
+    return (
+        f"the run folder {out} could not be written ({err.strerror or err}: {err.filename or out}), so no "
+        f"FAILED marker is there{cause}. Make it writable and run the grid again (training resumes from its "
+        "last checkpoint)."
+    )
 
 
 def _execute(
@@ -222,6 +243,35 @@ def preflight(specs: list[RunSpec], where: str = "") -> None:
         except ValueError as err:
             raise ValueError(f"{where + ': ' if where else ''}run {spec.run_id}: {err}") from err
     check_train_options(specs, where or (specs[0].grid if specs else "grid"))
+
+
+def check_encoders(specs: list[RunSpec], where: str = "") -> None:
+    """``--dry-run``'s look at this machine: each study run's encoder resolves (a registry name with its
+    weights here, a local folder or .gguf file) and its strategy's layer indices exist in that encoder (its
+    hidden states, read from its config; no weights load). Every bad run is named, with its arm; a real run
+    does not ask (the weights may exist only on the compute nodes, and the run checks them itself)."""
+    states: dict[str, int | Exception] = {}
+    problems = []
+    for spec in specs:
+        config = study_config(spec)
+        if config is None:
+            continue
+        if config.encoder not in states:
+            try:
+                states[config.encoder] = encoder_num_states(config.encoder)
+            except (ValueError, OSError) as err:  # unknown name, missing weights, unreadable config
+                states[config.encoder] = err
+        found = states[config.encoder]
+        try:
+            if isinstance(found, Exception):
+                raise found
+            selected_states(config.strategy, found)
+        except (ValueError, OSError) as err:
+            problems.append(
+                f"run {spec.run_id} (encoder {config.encoder}, strategy {config.strategy}): {err}"
+            )
+    if problems:
+        raise ValueError(f"{where + ': ' if where else ''}" + "\n".join(problems))
 
 
 def plan(specs: list[RunSpec], root: str | Path = "runs") -> dict[str, list[RunSpec]]:

@@ -4,10 +4,15 @@ Small scale encodes every caption once per (encoder, strategy) so a training ste
 135M and a 0.5B encoder. Paper scale encodes on the fly. Both answer `embed(captions) -> (features, mask)`
 with the same numbers (float32, padding trimmed to the longest caption in the batch), which is tested.
 
-Layout of one cache entry (`<root>/<encoder>/<strategy>[-T<template digest>]-L<max_length>-<caption hash>/`):
+Layout of one cache entry
+(`<root>/<encoder>/<strategy>[-T<template digest>]-L<max_length>-<caption hash>[-W<weights digest>]/`):
     meta.json                 encoder, strategy (canonical, its template named in it), template_digest (of the
                               template's text, so editing a template never serves stale entries), max_length,
-                              caption hash, shape, dtype, max_abs, token_rms (the input-scale statistic)
+                              caption hash, encoder_digest (of a local folder's or GGUF file's bytes, so
+                              replaced weights never serve the old embeddings; None for registry names),
+                              shape, dtype, max_abs, token_rms (the input-scale statistic), and the done-mark's
+                              rows and checksum (of the files below): an entry that no longer matches them
+                              is moved aside and built again
     captions.json             the unique captions, sorted; row i of the arrays belongs to captions[i]
     features.npy              [N, T, D] (or [N, T, L, D] for `learned`), float16 where every |value| fits
     mask.npy                  [N, T] bool, True = real token
@@ -28,9 +33,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from t2istudy.identity import content_digest, move_aside, moved_aside
 from t2istudy.staging import staging_folder
 from t2istudy.text import encoders
 from t2istudy.text.aggregation import parse_strategy
+from t2istudy.text.cache_entries import StaleEntry, load_npy, read_meta, verify_entry
+from t2istudy.text.registry import local_weights
 from t2istudy.text.templates import get_template
 
 CACHE_VERSION = 1
@@ -60,6 +68,18 @@ def template_digest(strategy: str) -> str | None:
     return get_template(template).digest() if template else None
 
 
+def encoder_digest(encoder: str) -> str | None:
+    """Digest of the bytes of a local encoder (a folder or a .gguf file given by path; ``identity``), part of
+    the cache key: a folder whose weights were replaced gets new entries. None for a registry name, whose
+    weights are a released package's."""
+    path = local_weights(encoder)
+    return content_digest(path) if path is not None else None
+
+
+DATA_FILES = ("captions.json", "features.npy", "mask.npy", "null_features.npy", "null_mask.npy")
+KEY_FIELDS = ("encoder", "strategy", "template_digest", "max_length", "caption_hash", "encoder_digest")
+
+
 def slug(text: str) -> str:
     """A file-system-safe form of an encoder or strategy name."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
@@ -72,33 +92,6 @@ def token_rms(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if x.numel() == 0:
         raise ValueError("Cannot compute the token RMS: no real tokens (all captions empty?).")
     return x.pow(2).mean(dim=(0, -1)).sqrt().float().reshape(-1)
-
-
-def load_npy(path: str | Path, *, mmap: bool, fix: str) -> np.ndarray:
-    """``np.load`` (memory-mapped or not) that names the file and ``fix`` when the file is cut short.
-
-    A truncated ``.npy`` (a copy or a build interrupted, a full disk) otherwise fails deep in numpy with
-    "mmap length is greater than file size", naming neither; the header says how many bytes to expect.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:  # a newer format: numpy checks it itself
-                shape, dtype = None, None
-            offset = f.tell()
-        if shape is not None:
-            expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            size = path.stat().st_size
-            if size < expected:
-                raise ValueError(f"truncated: {size} bytes, {expected} expected for {dtype} {tuple(shape)}")
-        return np.load(path, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path} is unreadable ({err}): {fix}") from err
 
 
 def _trim(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +114,10 @@ class EmbeddingCache:
                 f"No embedding cache at {self.path} (meta.json missing): build it with "
                 "EmbeddingCache.build(...) or let training build it (it writes meta.json last)."
             )
-        self.meta = json.loads(meta_file.read_text())
+        meta = read_meta(meta_file)
+        if meta is None:
+            raise ValueError(f"{meta_file} is torn: delete {self.path} and rerun; the entry is built again.")
+        self.meta = meta
         if self.meta.get("version") != CACHE_VERSION:
             raise ValueError(
                 f"Cache {self.path} has version {self.meta.get('version')}, expected {CACHE_VERSION}: rebuild it."
@@ -136,6 +132,7 @@ class EmbeddingCache:
         self.null_features = torch.from_numpy(load_npy(self.path / "null_features.npy", mmap=False, fix=fix))
         self.null_mask = torch.from_numpy(load_npy(self.path / "null_mask.npy", mmap=False, fix=fix))
         self.row = {c: i for i, c in enumerate(self.captions)}
+        verify_entry(self.path, self.meta, DATA_FILES, int(self.features.shape[0]))
         if len(self.row) != self.features.shape[0]:
             raise ValueError(
                 f"Cache {self.path} is inconsistent ({len(self.row)} captions, {self.features.shape[0]} rows): rebuild it."
@@ -198,29 +195,39 @@ class EmbeddingCache:
     ) -> Path:
         digest = template_digest(strategy)
         tag = f"-T{digest}" if digest else ""
+        weights = encoder_digest(encoder)
         name = f"{slug(str(parse_strategy(strategy)))}{tag}-L{max_length}-{caption_hash(captions)}"
-        return Path(root) / slug(encoder) / name
+        return Path(root) / slug(encoder) / (name + (f"-W{weights}" if weights else ""))
 
     @classmethod
     def find(
         cls, root: str | Path, encoder: str, strategy: str, captions: list[str], max_length: int | None = None
     ):
-        """An existing complete entry for this key, or None."""
-        canonical = str(parse_strategy(strategy))
-        digest = caption_hash(captions)
+        """An existing complete entry for this key, or None. A torn meta.json costs only its own entry (a
+        warning names it); an entry whose files no longer match its done-mark is moved aside (None: the
+        caller builds it again)."""
+        want = {
+            "encoder": encoder,
+            "strategy": str(parse_strategy(strategy)),
+            "template_digest": template_digest(strategy),
+            "caption_hash": caption_hash(captions),
+            "encoder_digest": encoder_digest(encoder),
+        }
         folder = Path(root) / slug(encoder)
         for meta_file in sorted(folder.glob("*/meta.json")) if folder.is_dir() else []:
-            if ".tmp-" in meta_file.parent.name:  # a build in progress, not yet renamed into place
+            if ".tmp-" in meta_file.parent.name or moved_aside(meta_file.parent):  # a build, a discard
                 continue
-            meta = json.loads(meta_file.read_text())
+            meta = read_meta(meta_file)
             if (
-                meta.get("encoder") == encoder
-                and meta.get("strategy") == canonical
-                and meta.get("template_digest") == template_digest(canonical)
-                and meta.get("caption_hash") == digest
+                meta is not None
+                and all(meta.get(k) == v for k, v in want.items())
                 and (max_length is None or meta.get("max_length") == max_length)
             ):
-                return cls(meta_file.parent)
+                try:
+                    return cls(meta_file.parent)
+                except StaleEntry as err:
+                    move_aside(meta_file.parent, str(err))
+                    return None
         return None
 
     @classmethod
@@ -289,6 +296,7 @@ class EmbeddingCache:
             "template_digest": template_digest(strategy),
             "max_length": encoder.max_length,
             "caption_hash": caption_hash(unique),
+            "encoder_digest": encoder_digest(encoder.name),
             "num_captions": len(unique),
         }
 
@@ -455,12 +463,17 @@ class _EntryWriter:
             "max_abs": self.max_abs,
             "token_rms": rms,
             "null": null_kind,
+            "rows": len(captions),
+            "checksum": content_digest(tmp, files=list(DATA_FILES)),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         path = self.path
-        if (path / "meta.json").exists():  # another process finished the same entry first: keep theirs
-            shutil.rmtree(tmp)
-            return path
+        if (path / "meta.json").exists():
+            if same_entry(path, meta):  # another process finished the same entry first: keep theirs
+                shutil.rmtree(tmp)
+                return path
+            # another entry under this entry's name (moved or copied there): it would be served for this key
+            move_aside(path, "its meta.json names another entry than its folder does")
         shutil.rmtree(path, ignore_errors=True)  # an incomplete entry (no meta.json)
         try:
             tmp.rename(path)
@@ -469,6 +482,18 @@ class _EntryWriter:
                 raise
             shutil.rmtree(tmp)
         return path
+
+
+def same_entry(path: Path, meta: dict) -> bool:
+    """Whether the complete entry at ``path`` is the one ``meta`` describes (same key) and is intact."""
+    found = read_meta(path / "meta.json")
+    if found is None or any(found.get(k) != meta.get(k) for k in KEY_FIELDS):
+        return False
+    try:
+        EmbeddingCache(path)
+    except ValueError:  # cut short or altered (StaleEntry), or unreadable
+        return False
+    return True
 
 
 def null_embedding(encoder: Encoder, strategy: str, feature_shape) -> tuple[torch.Tensor, torch.Tensor, str]:

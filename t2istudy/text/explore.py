@@ -15,6 +15,7 @@ times it).
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import time
@@ -43,6 +44,7 @@ class PromptEncoding:
 
     hidden: torch.Tensor  # [L, T, D] float32
     tokens: list[str]
+    truncated: bool = False  # cut at the encoder's max_length: the view shows only its first tokens
 
 
 @dataclass
@@ -75,7 +77,10 @@ class EncodingCache:
             for i, prompt in enumerate(missing):
                 own = pooled.prompt == i
                 labels = [label for label, k in zip(pooled.labels, own.tolist(), strict=True) if k]
-                self.encodings[(name, prompt)] = PromptEncoding(pooled.hidden[:, own].clone(), labels)
+                cut = bool(states.n_truncated) and len(labels) >= getattr(
+                    encoder, "max_length", len(labels) + 1
+                )
+                self.encodings[(name, prompt)] = PromptEncoding(pooled.hidden[:, own].clone(), labels, cut)
         return [self.encodings[(name, p)] for p in prompts]
 
 
@@ -301,10 +306,12 @@ class LayerExplorer:
         scale: str = "log",
         layer: int = -1,
         top_k: int = 4,
+        max_length: int | None = None,
         cache: EncodingCache | None = None,
     ):
         Settings(encoder, tuple(prompts), norm, include_first, scale, layer, top_k).check()
-        self.cache = cache or EncodingCache()
+        # max_length: tokens kept per prompt (load_encoder's; default 128): a longer prompt is cut, and said so
+        self.cache = cache or EncodingCache(load=functools.partial(load_encoder, max_length=max_length))
         wide = widgets.Layout(width="460px")
         self.encoder = widgets.Combobox(
             value=str(encoder),
@@ -419,6 +426,8 @@ class LayerExplorer:
             self.image.value = figure_png(fig)
             self.table.value = channel_html(views["channels"], settings.layer)
         except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+            # the figure and table of the previous settings would read as this one's: cleared
+            self.image.value, self.table.value = b"", ""
             self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
             return
         self.last_redraw_s = time.perf_counter() - start
@@ -426,11 +435,24 @@ class LayerExplorer:
         self.status.value = (
             f"{len(settings.prompts)} prompt(s), {tokens} tokens, encoder calls so far: "
             f"{self.cache.encoder_calls}; redraw {self.last_redraw_s:.2f} s"
+        ) + self._truncation_note(settings)
+
+    def _truncation_note(self, settings: Settings) -> str:
+        """A warning line when a prompt was cut at the encoder's max_length (its tail is not shown)."""
+        cut = [p for p in settings.prompts if self.cache.encodings[(settings.encoder, p)].truncated]
+        if not cut:
+            return ""
+        limit = getattr(self.cache.encoder(settings.encoder), "max_length", "?")
+        return (
+            f"<br><span style='color:#b00'>{len(cut)} prompt(s) cut at max_length={limit} tokens: only their "
+            "first tokens are shown; pass explore(..., max_length=N) for more (up to the model's "
+            "position limit).</span>"
         )
 
 
 def explore(
     prompts: Sequence[str] = DEFAULT_PROMPTS, encoder: str = BUILTIN_ENCODERS[0], **options
 ) -> LayerExplorer:
-    """Build a ``LayerExplorer`` (display it as a cell's last expression)."""
+    """Build a ``LayerExplorer`` (display it as a cell's last expression); ``options`` are its keywords, e.g.
+    ``max_length=512`` to see prompts longer than the default 128 tokens whole."""
     return LayerExplorer(prompts, encoder, **options)

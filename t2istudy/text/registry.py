@@ -105,6 +105,39 @@ def resolve_encoder(name_or_path: str | os.PathLike) -> ResolvedEncoder:
     )
 
 
+def local_weights(name_or_path: str | os.PathLike) -> Path | None:
+    """The folder or .gguf file of an encoder given by path (whose bytes can change under the same name),
+    or None for a registry name (its weights are a released package's or a Hub revision's)."""
+    name = str(name_or_path)
+    if name in BUILTINS or name in PAPER_ENCODERS:
+        return None
+    path = Path(name).expanduser()
+    if (path.is_file() and path.suffix == ".gguf") or (path.is_dir() and (path / "config.json").exists()):
+        return path
+    return None
+
+
+def encoder_num_states(name_or_path: str | os.PathLike) -> int:
+    """Hidden states of an encoder (embedding + blocks, what ``layer:k`` indexes), read from its config
+    without loading weights: a grid's ``--dry-run`` checks layer indices with it."""
+    from transformers import AutoConfig
+
+    resolved = resolve_encoder(name_or_path)
+    location, gguf = resolved.location, {}
+    if resolved.gguf_file:
+        converted = cache_root() / "encoders" / resolved.name
+        if resolved.name in BUILTINS and (converted / "config.json").exists():
+            location = str(converted)
+        else:  # the GGUF header holds the config (no dequantizing)
+            gguf = {"gguf_file": resolved.gguf_file}
+    config = AutoConfig.from_pretrained(location, local_files_only=True, **gguf)
+    config = getattr(config, "text_config", None) or config  # CLIP: the text tower
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
+    if not layers:
+        raise ValueError(f"Encoder {resolved.name!r}: its config names no number of layers ({location}).")
+    return int(layers) + 1
+
+
 def converted_dir(resolved: ResolvedEncoder) -> Path:
     """Cached fp32 HF directory for a GGUF encoder, converting it once (atomically) if needed."""
     if resolved.name in BUILTINS:

@@ -23,6 +23,7 @@ instruction + user wording) is stored in each cache row and in :func:`upsample_r
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import threading
@@ -115,7 +116,10 @@ class UpsampleOptions:
 def parse_upsampling(spec: str | dict | UpsampleOptions | None, **defaults: Any) -> UpsampleOptions | None:
     """``None``/``""``/``"none"`` -> None; a dict, a JSON object, or ``"backend:model[:style]"`` -> options.
 
-    The string form is what ``--caption_upsampling`` takes, e.g. ``local:smollm2-135m:caption``.
+    The string form is what ``--caption_upsampling`` takes, e.g. ``local:smollm2-135m:caption``. The
+    ``local`` backend's model is a built-in name or a folder (no ':'), so a third part must be a style; an
+    ``openai`` model name may hold ':' (``llama3:8b``), so a last part is read as a style when it is one, and
+    refused when it is one misspelt (``descriptve``) rather than sent as part of the model's name.
     """
     if spec is None or isinstance(spec, UpsampleOptions):
         return spec
@@ -129,6 +133,13 @@ def parse_upsampling(spec: str | dict | UpsampleOptions | None, **defaults: Any)
             backend, _, rest = text.partition(":")
             model, _, style = rest.rpartition(":")
             if style not in STYLES:  # no style given: the whole rest is the model (it may contain ':')
+                close = difflib.get_close_matches(style.lower(), STYLES, n=1, cutoff=0.75)
+                if model and (backend == "local" or close):
+                    raise ValueError(
+                        f"Upsampling spec {spec!r}: unknown style {style!r}"
+                        + (f" (did you mean {close[0]!r}?)" if close else "")
+                        + f"; choose one of {', '.join(STYLES)}, as backend:model[:style]."
+                    )
                 model, style = rest, ""
             if not model:
                 raise ValueError(
