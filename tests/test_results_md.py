@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from t2istudy.study.results_check import (
+from t2istudy.reports.results_check import (
     CheckReport,
     ResultsCheckError,
     check_results,
