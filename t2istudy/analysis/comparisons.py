@@ -5,20 +5,22 @@ with the statistics of :mod:`t2istudy.analysis.stats`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from t2istudy.analysis.calls import adjust, declared, mark_exploratory
 from t2istudy.analysis.stats import (
     Options,
     arm_table,
     difference,
     paired_effect,
     paired_matrices,
+    pairs,
     point,
     split,
-    verdict,
 )
 from t2istudy.study import run_results
 from t2istudy.study.run_folder import read_json
@@ -26,12 +28,35 @@ from t2istudy.text.aggregation import recipe_of
 from t2istudy.text.recipes import named_recipe
 
 
+def tier_scores(
+    root: str | Path, grid: str, metric: str, budgets: Mapping[str, int | None] | None = None
+) -> dict[str, pd.DataFrame]:
+    """{tier: per-prompt scores} for every tier the grid's runs were judged on, runs beyond their seed
+    budget marked ``exploratory``: what a family spanning the tiers (the claims) is called over."""
+    out = {}
+    for tier in run_results.TIERS:
+        try:
+            scores = run_results.load_scores(root, grid, metric, tier)
+        except ValueError:  # no run of the grid has this tier (scored before it existed)
+            continue
+        if len(scores):
+            out[tier] = mark_exploratory(scores, budgets or {})
+    return out
+
+
 def upsampling_effect(
-    root: str | Path, grid: str, baseline_grid: str, metric: str = "score", opts: Options = Options()
+    root: str | Path,
+    grid: str,
+    baseline_grid: str,
+    metric: str = "score",
+    opts: Options = Options(),
+    budgets: Mapping[str, int | None] | None = None,
 ) -> pd.DataFrame:
     """Inference prompt upsampling's effect on both tiers: each arm of ``grid`` (runs sampled with
     ``prompt_upsampling``, reusing the models of ``baseline_grid``'s runs) against the same arm of
-    ``baseline_grid``, paired by seed and prompt (:func:`paired_effect`). Empty when ``grid`` has no runs."""
+    ``baseline_grid``, paired by seed and prompt (:func:`paired_effect`), on the seeds each grid declared
+    (``budgets``: ``calls.seed_budgets``), called as one family (``calls.FAMILIES["upsampling"]``). Empty
+    when ``grid`` has no runs."""
     # a run's noise rule is the same on every tier: one check before the tiers
     run_results.check_same_noise_rule(
         *(run_results.load_metrics(root, g, metric) for g in (grid, baseline_grid))
@@ -42,6 +67,7 @@ def upsampling_effect(
         if treated.empty:
             continue
         control = run_results.load_scores(root, baseline_grid, metric, tier)
+        treated, control = (mark_exploratory(t, budgets or {}) for t in (treated, control))
         for (enc, strategy, rewriter), arm in treated.groupby(
             ["encoder", "strategy", "prompt_upsampling"], sort=False
         ):
@@ -51,7 +77,7 @@ def upsampling_effect(
                 out.append(table.assign(tier=tier, encoder=enc, strategy=strategy, rewriter=rewriter))
     if not out:
         return pd.DataFrame()
-    table = pd.concat(out, ignore_index=True)
+    table = adjust(pd.concat(out, ignore_index=True), opts.min_seeds)
     first = ["tier", "encoder", "strategy", "rewriter"]
     return table[first + [c for c in table.columns if c not in first]]
 
@@ -70,10 +96,17 @@ def _protocols(root: str | Path, grid: str) -> dict[str, str]:
 
 
 def _recipe_runs(
-    root: str | Path, grid: str, baseline: str, baseline_grid: str | None, metric: str, tier: str
+    root: str | Path,
+    grid: str,
+    baseline: str,
+    baseline_grid: str | None,
+    metric: str,
+    tier: str,
+    budgets: Mapping[str, int | None],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Metrics and scores of ``grid``'s runs on ``tier``, strategies named by their recipe, plus the
-    ``baseline`` runs of ``baseline_grid`` for the (encoder, seed) pairs the grid has no baseline run of."""
+    ``baseline`` runs of ``baseline_grid`` for the (encoder, seed) pairs the grid has no baseline run of;
+    runs beyond their grid's seed budget marked ``exploratory``."""
     tables = []
     for source in [grid] + ([baseline_grid] if baseline_grid else []):
         metrics = run_results.load_metrics(root, source, metric, tier)
@@ -85,7 +118,7 @@ def _recipe_runs(
             metrics["strategy"].map(names),
             scores["strategy"].map(names),
         )
-        tables.append((source, metrics, scores))
+        tables.append((source, mark_exploratory(metrics, budgets), mark_exploratory(scores, budgets)))
     if not tables or tables[0][0] != grid:
         return pd.DataFrame(), pd.DataFrame()
     metrics, scores = tables[0][1], tables[0][2]
@@ -124,6 +157,7 @@ def recipe_comparison(
     metric: str = "score",
     opts: Options = Options(),
     baseline_grid: str | None = None,
+    budgets: Mapping[str, int | None] | None = None,
 ) -> pd.DataFrame:
     """Released recipes under one protocol (issue 18), on both tiers: per (tier, encoder, recipe) the
     overall score over seeds with its two-level CI, the conditioning projection's parameter count (concat
@@ -132,13 +166,15 @@ def recipe_comparison(
     A strategy is named by its recipe when its expansion is one (``norm_mean`` reads ``recipe:paper``).
     ``baseline_grid``: a grid whose ``baseline`` runs stand in for the grid's own where it has none, when
     every setting but encoder, strategy and seed is the same (small2's ``norm_mean`` runs are recipe:paper's);
-    ``grids`` says where each arm's runs come from. Rows best first within each tier and encoder; empty
-    when the grid has no complete runs."""
+    ``grids`` says where each arm's runs come from. ``budgets`` (``calls.seed_budgets``): seeds beyond a
+    grid's budget are left out (``n_exploratory`` counts them). Every difference is one call of a family
+    (``calls.FAMILIES["recipes"]``): ``p``, Holm's ``p_holm`` and the verdict called on it. Rows best
+    first within each tier and encoder; empty when the grid has no complete runs."""
     named = named_recipe(baseline)
     short = named.name if named else baseline  # column names: paper_same_seeds, diff_vs_paper
-    out = []
+    out, calls = [], []
     for tier in run_results.TIERS:
-        metrics, scores = _recipe_runs(root, grid, baseline, baseline_grid, metric, tier)
+        metrics, scores = _recipe_runs(root, grid, baseline, baseline_grid, metric, tier, budgets or {})
         if metrics.empty:
             continue
         overall = metrics[metrics["skill"] == "overall"]
@@ -150,7 +186,7 @@ def recipe_comparison(
         )
         sources = overall.groupby(["encoder", "strategy"])["grid"].agg(lambda g: "+".join(dict.fromkeys(g)))
         for enc in arms["encoder"].unique():
-            at_enc = scores[scores["encoder"] == enc]
+            at_enc = declared(scores)[declared(scores)["encoder"] == enc]
             base = at_enc[at_enc["strategy"] == baseline]
             for row in arms[arms["encoder"] == enc].itertuples():
                 is_base = row.strategy == baseline
@@ -159,6 +195,8 @@ def recipe_comparison(
                 if len(base) and not is_base:
                     paired_arm, paired_base = paired_matrices(arm, base, None)
                     stats = difference(paired_arm, paired_base, arm, None, opts)
+                    stats["pairs"] = pairs(arm, base, paired_arm.index)
+                    calls.append({**stats, "row": len(out)})
                     # the baseline on the seeds and prompts the difference pairs it on: with one recipe
                     # seed, paper's seed 0 alone, which can sit far from paper's mean over its seeds
                     same_seeds = point(split(paired_base, arm, None))
@@ -171,6 +209,7 @@ def recipe_comparison(
                         "recipe": name,
                         "system": recipe.system if recipe else "",
                         "n_seeds": int(row.n_seeds),
+                        "n_exploratory": int(row.n_exploratory),
                         "score": row.mean,
                         "ci_low": row.ci_low,
                         "ci_high": row.ci_high,
@@ -179,15 +218,19 @@ def recipe_comparison(
                         f"diff_vs_{short}": stats.get("diff", np.nan),
                         "diff_low": stats.get("ci_low", np.nan),
                         "diff_high": stats.get("ci_high", np.nan),
-                        "verdict": "baseline"
-                        if is_base
-                        else (verdict(stats, opts.min_seeds) if stats else "no baseline run"),
+                        "p": stats.get("p", np.nan),
+                        "p_holm": np.nan,
+                        "verdict": "baseline" if is_base else "no baseline run",
                         "grids": sources.get((enc, row.strategy), grid),
+                        "pairs": stats.get("pairs", ""),
                     }
                 )
     if not out:
         return pd.DataFrame()
     table = pd.DataFrame(out)
+    if calls:  # one family: every recipe's difference, every encoder and tier
+        called = adjust(pd.DataFrame(calls), opts.min_seeds).set_index("row")
+        table.loc[called.index, ["p_holm", "verdict"]] = called[["p_holm", "verdict"]]
     table["projection_params"] = table["projection_params"].astype("Int64")
     order = list(run_results.TIERS)
     return table.sort_values(

@@ -159,9 +159,18 @@ def claims_plot(
     if preliminary.any():
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(data["a"], data["b"], strict=True)], fontsize=8)
+    design = data["design"] if "design" in data.columns else pd.Series("declared", index=data.index)
+    labels = [
+        f"{a} - {b}" + ("" if d == "declared" else f" ({d}: all {int(n)} seeds)")
+        for a, b, d, n in zip(data["a"], data["b"], design, data["n_seeds"], strict=True)
+    ]
+    ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlabel(f"paired difference in {metric}, {tier} tier (95% CI over prompts and seeds)")
-    ax.set_title("The paper's claims at this scale (green: held, red: failed, grey: inconclusive)")
+    ax.set_title(
+        "The paper's claims at this scale (green: held, red: failed, grey: inconclusive or exploratory;\n"
+        "verdicts on Holm-adjusted p over the table's family, bars: raw 95% CI)",
+        fontsize=9,
+    )
     return fig, data
 
 

@@ -10,6 +10,10 @@ Two benchmark tiers (``run_results.TIERS``), each loaded with its ``tier`` colum
 overall is the mean over prompts, the GenEval-style tier's the mean of its six task means (GenEval's rule,
 so a task's weight does not depend on its prompt count); its CIs resample prompts within each task, and
 seeds. The tier's tasks stand where the held-out tier's skills do, so every function reads either tier.
+
+Every difference carries the bootstrap's p-value beside its CI, and tables with verdicts call them on
+Holm's correction over their family; runs beyond a grid's seed budget are exploratory
+(:mod:`t2istudy.analysis.calls`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from t2istudy.scoring.bootstrap import mean_of_group_means_ci_over_seeds_and_prompts
+from t2istudy.analysis.calls import DECLARED, EXPLORATORY, adjust, declared, has_exploratory, verdict
+from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
 from t2istudy.text.registry import encoder_facts
 from t2istudy.world.genai_bench import SKILL_GROUPS
 from t2istudy.world.shapes_geneval import TASKS
@@ -31,7 +36,10 @@ GROUPS = ("overall", "basic", "advanced")
 class Options:
     """Defaults of the analysis in one place."""
 
-    n_boot: int = 2000
+    n_boot: int = 2000  # resamples for an arm's CI
+    # resamples for a difference's CI and p-value: at p ~ 0.005 (a Holm threshold of 14 calls is
+    # 0.05 / 14 = 0.0036) one Monte-Carlo standard error is ~0.0007, so a verdict does not turn on the draw
+    n_boot_test: int = 20000
     seed: int = 0
     level: float = 0.95
     baseline_strategy: str = "last"  # the paper's baseline: last-layer embeddings
@@ -100,11 +108,17 @@ def point(groups: list[pd.DataFrame]) -> float:
     return float(np.mean([np.nanmean(g.to_numpy()) for g in groups]))
 
 
-def _mean_ci(groups: list[pd.DataFrame], opts: Options) -> tuple[float, float, float]:
-    """(mean, low, high) of the mean of the groups' means (see `split`), resampling seeds and prompts
-    within each group with the analysis' bootstrap settings; one group is the plain two-level bootstrap."""
+def _mean_test(groups: list[pd.DataFrame], opts: Options, n_boot: int) -> tuple[float, float, float, float]:
+    """(mean, low, high, p) of the mean of the groups' means (see `split`), resampling seeds and prompts
+    within each group with the analysis' bootstrap settings; one group is the plain two-level bootstrap.
+    p: the two-sided bootstrap p-value for "the mean is 0", from the same resamples as the CI."""
     arrays = [g.to_numpy() for g in groups]
-    return mean_of_group_means_ci_over_seeds_and_prompts(arrays, opts.n_boot, opts.seed, opts.level)
+    return mean_of_group_means_test_over_seeds_and_prompts(arrays, n_boot, opts.seed, opts.level)
+
+
+def _mean_ci(groups: list[pd.DataFrame], opts: Options) -> tuple[float, float, float]:
+    """(mean, low, high) of :func:`_mean_test` with the arms' resamples (``opts.n_boot``)."""
+    return _mean_test(groups, opts, opts.n_boot)[:3]
 
 
 def arm_difference(
@@ -124,37 +138,30 @@ def paired_matrices(a: pd.DataFrame, b: pd.DataFrame, skill: str | None) -> tupl
 
 
 def difference(ma: pd.DataFrame, mb: pd.DataFrame, a: pd.DataFrame, skill: str | None, opts: Options) -> dict:
-    """Mean and CI of ma - mb (paired matrices; ``a``'s scores tell the tier's overall rule)."""
+    """Mean, CI and p-value of ma - mb (paired matrices; ``a``'s scores tell the tier's overall rule)."""
     n = {"n_seeds": ma.shape[0], "n_prompts": ma.shape[1]}
     if ma.size == 0:
-        return {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, **n}
-    mean, low, high = _mean_ci(split(ma - mb, a, skill), opts)
-    return {"diff": mean, "ci_low": low, "ci_high": high, **n}
+        return {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, **n}
+    mean, low, high, p = _mean_test(split(ma - mb, a, skill), opts, opts.n_boot_test)
+    return {"diff": mean, "ci_low": low, "ci_high": high, "p": p, **n}
 
 
-def verdict(row: dict | pd.Series, min_seeds: int = 1) -> str:
-    """held (CI above 0), failed (CI below 0), inconclusive (CI covers 0), or missing runs.
-
-    With fewer than ``min_seeds`` paired seeds, every verdict reads "(preliminary: k seeds)": the CI then
-    resamples too few training runs to cover run-to-run variance (the protocol asks for 3), so a level
-    result is as unsettled as a signed one.
-    """
-    if pd.isna(row["diff"]):
-        return "not run"
-    if row["ci_low"] > 0:
-        result = "held"
-    elif row["ci_high"] < 0:
-        result = "failed"
-    else:
-        result = "inconclusive"
-    n = int(row.get("n_seeds", min_seeds))
-    return result if n >= min_seeds else f"{result} (preliminary: {n} seed{'s' if n != 1 else ''})"
+def pairs(a: pd.DataFrame, b: pd.DataFrame, seeds) -> str:
+    """The run ids a difference pairs, "run_a+run_b" per seed joined by ";" (for provenance marks)."""
+    ids_a = a.drop_duplicates("seed").set_index("seed")["run_id"] if "run_id" in a else pd.Series(dtype=str)
+    ids_b = b.drop_duplicates("seed").set_index("seed")["run_id"] if "run_id" in b else pd.Series(dtype=str)
+    return ";".join(f"{ids_a.get(s, '')}+{ids_b.get(s, '')}" for s in seeds)
 
 
 def arm_table(metrics: pd.DataFrame, scores: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
     """One row per (encoder, strategy, skill): mean over seeds, seed SD, two-level bootstrap CI (of the
-    task means' mean for the GenEval-style tier's overall, as its runs' metrics.json compute it)."""
+    task means' mean for the GenEval-style tier's overall, as its runs' metrics.json compute it), on the
+    seeds declared in advance; ``n_exploratory``: the arm's seeds beyond its budget, left out here."""
+    extra = metrics[metrics["exploratory"].astype(bool)] if has_exploratory(metrics) else metrics.iloc[:0]
+    metrics, scores = declared(metrics), declared(scores)
     table = arm_means(metrics)
+    beyond = extra.groupby(["encoder", "strategy"])["seed"].nunique()
+    table["n_exploratory"] = [int(beyond.get((r.encoder, r.strategy), 0)) for r in table.itertuples()]
     cis = []
     for row in table.itertuples():
         arm = scores[(scores["encoder"] == row.encoder) & (scores["strategy"] == row.strategy)]
@@ -179,7 +186,9 @@ def skills_of(scores: pd.DataFrame) -> list[str]:
 
 
 def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
-    """The paper's claims as paired differences (a - b) with CIs and a verdict per encoder."""
+    """The paper's claims as paired differences (a - b) with CIs, p-values and a raw verdict per encoder, on
+    the declared seeds (``design`` = declared); a call whose arms ran seeds beyond their budget is repeated
+    on every seed as an exploratory row. :func:`claims_family` calls them on Holm's correction."""
     decoders = info.loc[info["kind"] != "bidirectional", "encoder"].tolist()
     bidirectional = info.loc[info["kind"] == "bidirectional", "encoder"].tolist()
 
@@ -202,32 +211,50 @@ def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) 
                     opts.bidirectional_strategy,
                 )
             )
+    every = scores
+    scores = declared(scores)
     out = []
     for claim, enc_a, strat_a, enc_b, strat_b in rows:
-        stats = arm_difference(arm(enc_a, strat_a), arm(enc_b, strat_b), opts=opts)
-        out.append(
-            {
-                "claim": claim,
-                "a": f"{enc_a} {strat_a}",
-                "b": f"{enc_b} {strat_b}",
-                **stats,
-                "verdict": verdict(stats, opts.min_seeds),
-            }
-        )
+        designs = [(DECLARED, arm)]
+        if has_exploratory(every[every["encoder"].isin([enc_a, enc_b])]):
+            designs.append(
+                (EXPLORATORY, lambda e, s: every[(every["encoder"] == e) & (every["strategy"] == s)])
+            )
+        for design, pick in designs:
+            a, b = pick(enc_a, strat_a), pick(enc_b, strat_b)
+            ma, mb = paired_matrices(a, b, None)
+            stats = difference(ma, mb, a, None, opts)
+            row = {"claim": claim, "a": f"{enc_a} {strat_a}", "b": f"{enc_b} {strat_b}", "design": design}
+            row.update({**stats, "pairs": pairs(a, b, ma.index)})
+            if design == DECLARED or stats["n_seeds"] > out[-1]["n_seeds"]:  # only when it adds seeds
+                out.append({**row, "verdict": verdict({**row, "p_holm": np.nan}, opts.min_seeds)})
     return pd.DataFrame(out)
 
 
+def claims_family(
+    scores_by_tier: dict[str, pd.DataFrame], info: pd.DataFrame, opts: Options = Options()
+) -> pd.DataFrame:
+    """:func:`claims` on every tier given, as one family (``calls.FAMILIES["claims"]``): a ``tier`` column,
+    ``p_holm`` over every declared call of every tier, and the verdicts called on it."""
+    tables = [claims(scores, info, opts).assign(tier=tier) for tier, scores in scores_by_tier.items()]
+    table = pd.concat([t for t in tables if len(t)], ignore_index=True) if tables else pd.DataFrame()
+    return adjust(table, opts.min_seeds) if len(table) else table
+
+
 def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
-    """Claim 4, where the gains fall: per (LLM, skill) paired difference norm_mean - last."""
+    """Claim 4, where the gains fall: per (LLM, skill) paired difference norm_mean - last, on the declared
+    seeds, called on Holm's correction over the table (``calls.FAMILIES["skill_gains"]``)."""
+    scores = declared(scores)
     skills = skills_of(scores)
     out = []
     for enc in info.loc[info["kind"] != "bidirectional", "encoder"]:
         a = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.best_strategy)]
         b = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.baseline_strategy)]
         for skill in ["overall", *skills]:
-            stats = arm_difference(a, b, skill, opts)
-            out.append({"encoder": enc, "skill": skill, **stats, "verdict": verdict(stats, opts.min_seeds)})
-    return pd.DataFrame(out)
+            ma, mb = paired_matrices(a, b, skill)
+            stats = difference(ma, mb, a, skill, opts)
+            out.append({"encoder": enc, "skill": skill, **stats, "pairs": pairs(a, b, ma.index)})
+    return adjust(pd.DataFrame(out), opts.min_seeds) if out else pd.DataFrame()
 
 
 def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
@@ -241,7 +268,7 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
     """
     if "shuffled" not in scores.columns:
         return pd.DataFrame()
-    scores = scores.dropna(subset=["shuffled"])
+    scores = declared(scores).dropna(subset=["shuffled"])
     skills = skills_of(scores)
     out = []
     for (enc, strategy), arm in scores.groupby(["encoder", "strategy"], sort=False):
@@ -267,7 +294,9 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
 def paired_effect(treated: pd.DataFrame, control: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
     """treated - control, overall and per skill (task), on the seeds and prompts both have: for two ways
     of sampling the same trained models (prompts upsampled or as written), paired by seed and prompt, with
-    the claims' CI and verdict. ``treated`` / ``control``: one arm's per-prompt scores each."""
+    the claims' CI, p-value and raw verdict (``comparisons.upsampling_effect`` calls a family of them on
+    Holm's correction). ``treated`` / ``control``: one arm's per-prompt scores each, declared seeds used."""
+    treated, control = declared(treated), declared(control)
     out = []
     for skill in ["overall", *skills_of(treated)]:
         ma, mb = paired_matrices(treated, control, skill)
@@ -278,6 +307,7 @@ def paired_effect(treated: pd.DataFrame, control: pd.DataFrame, opts: Options = 
                 "treated": point(split(ma, treated, skill)) if ma.size else np.nan,
                 "control": point(split(mb, control, skill)) if mb.size else np.nan,
                 **stats,
+                "pairs": pairs(treated, control, ma.index),
                 "verdict": verdict(stats, opts.min_seeds),
             }
         )
