@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from t2istudy.analysis import calls, provenance, stats
+from t2istudy.figure_files import check_writable
 from t2istudy.scoring.bootstrap import (
     holm,
     mean_of_group_means_ci_over_seeds_and_prompts,
@@ -109,6 +110,24 @@ def test_provenance_marks_dirty_trees_and_different_commits():
         "unrecorded",
     ]
     assert "pairs" not in marked.columns
+    counts = provenance.summary(runs).iloc[0]
+    assert (counts["runs"], counts["trained_dirty"], counts["scored_dirty"], counts["trained_commits"]) == (
+        4,
+        1,
+        2,
+        2,
+    )
     assert provenance.caption(marked).startswith(
         " Provenance: 1 of 3 comparisons use runs trained or scored from a dirty tree, 1 pair runs"
     )
+
+
+def test_an_unwritable_output_folder_fails_before_the_analysis(tmp_path):
+    assert check_writable(tmp_path / "figures" / "geneval") == tmp_path / "figures" / "geneval"
+    assert list((tmp_path / "figures" / "geneval").iterdir()) == []  # the probe file is gone
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")  # (root may write to a read-only folder; nobody into a file)
+    with pytest.raises(
+        PermissionError, match=r"Cannot write to the output folder .*file/figures.*figures_dir="
+    ):
+        check_writable(blocker / "figures")

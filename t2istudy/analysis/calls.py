@@ -138,7 +138,9 @@ def adjust(table: pd.DataFrame, min_seeds: int = 1, alpha: float = ALPHA) -> pd.
     table["p_holm"] = np.nan
     table.loc[in_family, "p_holm"] = holm(table.loc[in_family, "p"].to_numpy())
     table["verdict"] = [verdict(row, min_seeds, alpha) for _, row in table.iterrows()]
-    return table
+    rest = [c for c in table.columns if c not in ("p_holm", "verdict")]
+    at = rest.index("p") + 1  # the raw CI and p, then the adjusted p and the verdict called on it
+    return table[rest[:at] + ["p_holm", "verdict"] + rest[at:]]
 
 
 def family_note(table: pd.DataFrame, family: str, alpha: float = ALPHA) -> str:

@@ -95,3 +95,24 @@ def caption(table: pd.DataFrame) -> str:
     parts += [f"{split} pair runs trained at different commits"]
     parts += [f"{unrecorded} predate provenance records"] if unrecorded else []
     return " Provenance: " + ", ".join(parts) + " (column provenance)."
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per grid of :func:`run_provenance`: how many runs, how many trained / scored from a dirty tree, and
+    at how many commits they were trained (RESULTS.md discloses these counts)."""
+    return (
+        runs.assign(
+            trained_dirty=runs["trained_dirty"].fillna(False).astype(bool),
+            scored_dirty=runs["scored_dirty"].fillna(False).astype(bool),
+            unrecorded=runs["trained_dirty"].isna(),
+        )
+        .groupby("grid", sort=False)
+        .agg(
+            runs=("run_id", "size"),
+            trained_dirty=("trained_dirty", "sum"),
+            scored_dirty=("scored_dirty", "sum"),
+            trained_commits=("trained_commit", "nunique"),
+            unrecorded=("unrecorded", "sum"),
+        )
+        .reset_index()
+    )
