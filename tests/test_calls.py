@@ -118,7 +118,7 @@ def test_provenance_marks_dirty_trees_and_different_commits():
         2,
     )
     assert provenance.caption(marked).startswith(
-        " Provenance: 1 of 3 comparisons use runs trained or scored from a dirty tree, 1 pair runs"
+        " Provenance: 1 of 3 comparisons use runs trained or scored from a dirty tree, 1 of 3 pair runs"
     )
 
 

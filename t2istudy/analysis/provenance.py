@@ -91,8 +91,9 @@ def caption(table: pd.DataFrame) -> str:
     unrecorded = int((marks == UNRECORDED).sum())
     if not (dirty or split or unrecorded):
         return " Provenance: every comparison's runs were trained and scored from clean trees at one commit."
-    parts = [f"{dirty} of {int(made.sum())} comparisons use runs trained or scored from a dirty tree"]
-    parts += [f"{split} pair runs trained at different commits"]
+    made = int(made.sum())
+    parts = [f"{dirty} of {made} comparisons use runs trained or scored from a dirty tree"]
+    parts += [f"{split} of {made} pair runs trained at different commits"]
     parts += [f"{unrecorded} predate provenance records"] if unrecorded else []
     return " Provenance: " + ", ".join(parts) + " (column provenance)."
 
