@@ -22,8 +22,8 @@ from t2istudy.analysis.stats import (
     point,
     split,
 )
+from t2istudy.run_store import read_json
 from t2istudy.study import run_results
-from t2istudy.study.run_folder import read_json
 from t2istudy.text.aggregation import recipe_of
 from t2istudy.text.recipes import named_recipe
 

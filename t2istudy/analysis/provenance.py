@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from t2istudy.run_store import read_json
 from t2istudy.study import run_results
-from t2istudy.study.run_folder import read_json
 
 CLEAN = "clean"
 UNRECORDED = "unrecorded"  # the runs predate provenance records
