@@ -27,8 +27,10 @@ DIRTY_ALLOWED = "--allow-dirty: run from a tree with uncommitted changes; its co
 FIELDS = ("git_commit", "git_dirty", "python", *PACKAGES, "device")
 
 
-def git_state(repo=REPO) -> tuple[str | None, bool | None]:
-    """(commit, dirty): HEAD and whether tracked files differ from it; (None, None) outside a checkout."""
+def git_state(repo=None) -> tuple[str | None, bool | None]:
+    """(commit, dirty): HEAD and whether tracked files differ from it; (None, None) outside a checkout.
+    ``repo``: the code's checkout (``REPO``) unless given."""
+    repo = repo or REPO
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"],
