@@ -23,7 +23,7 @@ from pathlib import Path
 
 import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 from t2istudy.diffusion.model import get_preset
-from t2istudy.study.ladder import (
+from t2istudy.reports.ladder import (
     climb,
     collect,
     object_breakdown,

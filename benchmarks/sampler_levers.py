@@ -33,7 +33,7 @@ import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.train_folder import read_options
 from t2istudy.figure_files import save_figure
-from t2istudy.study.ladder import register_saved
+from t2istudy.reports.ladder import register_saved
 from t2istudy.study.run import evaluate_tiers, tune_guidance
 
 SETTING = ["run", "sampler", "sample_steps", "guidance_scale", "guidance_rescale"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from t2istudy.study.targets import (
+from t2istudy.reports.targets import (
     failure_breakdown,
     failure_markdown,
     markdown_table,

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from t2istudy.analysis import stats, tables
 from t2istudy.scoring.bootstrap import mean_ci_over_seeds_and_prompts
-from t2istudy.study import analysis as F
 from t2istudy.study import run_results, runner
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs"
@@ -22,7 +22,12 @@ NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 def loaded():
     metrics = run_results.load_metrics(FIXTURE, "fixture")
     scores = run_results.load_scores(FIXTURE, "fixture")
-    return metrics, scores, F.encoder_info(metrics), F.arm_table(metrics, scores, F.Options(n_boot=300))
+    return (
+        metrics,
+        scores,
+        stats.encoder_info(metrics),
+        stats.arm_table(metrics, scores, stats.Options(n_boot=300)),
+    )
 
 
 def test_fixture_loads_with_known_counts(loaded):
@@ -43,52 +48,52 @@ def test_bootstrap_and_arm_difference_hand_values():
         {"seed": [0, 0, 1, 1], "id": ["p", "q"] * 2, "score": [1.0, 1.0, 1.0, 0.0], "skills": "x"}
     )
     b = a.assign(score=[0.0, 1.0, 0.0, 0.0])
-    diff = F.arm_difference(a, b)
+    diff = stats.arm_difference(a, b)
     assert diff["diff"] == pytest.approx(0.5) and (diff["n_seeds"], diff["n_prompts"]) == (2, 2)
     assert 0.0 <= diff["ci_low"] <= 0.5 <= diff["ci_high"] <= 1.0
-    assert F.verdict({"diff": 0.1, "ci_low": 0.01, "ci_high": 0.2}) == "held"
-    assert F.verdict({"diff": -0.1, "ci_low": -0.2, "ci_high": -0.01}) == "failed"
-    assert F.verdict({"diff": 0.1, "ci_low": -0.01, "ci_high": 0.2}) == "inconclusive"
-    assert F.verdict({"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan}) == "not run"
+    assert stats.verdict({"diff": 0.1, "ci_low": 0.01, "ci_high": 0.2}) == "held"
+    assert stats.verdict({"diff": -0.1, "ci_low": -0.2, "ci_high": -0.01}) == "failed"
+    assert stats.verdict({"diff": 0.1, "ci_low": -0.01, "ci_high": 0.2}) == "inconclusive"
+    assert stats.verdict({"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan}) == "not run"
     one_seed = {"diff": 0.1, "ci_low": 0.01, "ci_high": 0.2, "n_seeds": 1}
-    assert F.verdict(one_seed, min_seeds=3) == "held (preliminary: 1 seed)"
-    assert F.verdict({**one_seed, "n_seeds": 3}, min_seeds=3) == "held"
+    assert stats.verdict(one_seed, min_seeds=3) == "held (preliminary: 1 seed)"
+    assert stats.verdict({**one_seed, "n_seeds": 3}, min_seeds=3) == "held"
     level_two_seeds = {"diff": 0.1, "ci_low": -0.01, "ci_high": 0.2, "n_seeds": 2}
-    assert F.verdict(level_two_seeds, min_seeds=3) == "inconclusive (preliminary: 2 seeds)"
+    assert stats.verdict(level_two_seeds, min_seeds=3) == "inconclusive (preliminary: 2 seeds)"
 
 
 def test_tables_match_hand_computed_means(loaded):
     _, _, _, arms = loaded
-    t1 = F.table1(arms).set_index("encoder")
+    t1 = tables.table1(arms).set_index("encoder")
     # k = (8, 10) of 16 prompts -> 18/32; basic skills are the first 6 prompts -> all 1
     assert t1.loc["gemma3-270m", "overall"] == pytest.approx(0.562, abs=1e-3)
     assert t1.loc["gemma3-270m", "basic"] == 1.0 and t1.loc["smollm2-135m", "counting"] == 0.5
-    assert t1.loc["Mistral-7B", "source"] == F.PAPER and t1.loc["Mistral-7B", "overall"] == 0.675
+    assert t1.loc["Mistral-7B", "source"] == tables.PAPER and t1.loc["Mistral-7B", "overall"] == 0.675
     assert t1.loc["T5-XXL", "overall"] == 0.741 and "bge-Gemma2" not in t1.index  # no last-layer number
-    t2 = F.table2(arms).set_index("encoder")
+    t2 = tables.table2(arms).set_index("encoder")
     assert t2.loc["gemma3-270m", "norm_mean"].startswith("0.812 [")
     assert t2.loc["gemma3-270m", "layer:k"].endswith("(layer:9)") and t2.loc["minilm-l6", "layer:k"].endswith(
         "(layer:3)"
     )
-    assert t2.loc["bge-Gemma2", "norm_mean"] == "0.789" and t2.loc["bge-Gemma2", "source"] == F.PAPER
+    assert t2.loc["bge-Gemma2", "norm_mean"] == "0.789" and t2.loc["bge-Gemma2", "source"] == tables.PAPER
 
 
 def test_claims_verdicts(loaded):
     _, scores, info, _ = loaded
-    claims = F.claims(scores, info, F.Options(n_boot=500, min_seeds=2)).set_index(["a", "b"])
+    claims = stats.claims(scores, info, stats.Options(n_boot=500, min_seeds=2)).set_index(["a", "b"])
     held = claims.loc[("gemma3-270m norm_mean", "gemma3-270m last")]
     assert held["diff"] == pytest.approx(0.25) and held["verdict"] == "held"
     same = claims.loc[("smollm2-135m norm_mean", "smollm2-135m last")]
     assert (same["diff"], same["ci_low"], same["ci_high"], same["verdict"]) == (0.0, 0.0, 0.0, "inconclusive")
     assert claims.loc[("gemma3-270m norm_mean", "minilm-l6 last"), "diff"] == pytest.approx(0.8125 - 0.5)
     assert len(claims) == 2 + 3 + 2  # claim 1 per LLM, claim 2 per encoder, claim 3 per LLM x bidirectional
-    gains = F.skill_gains(scores, info, F.Options(n_boot=200)).set_index(["encoder", "skill"])
+    gains = stats.skill_gains(scores, info, stats.Options(n_boot=200)).set_index(["encoder", "skill"])
     assert gains.loc[("gemma3-270m", "differentiation"), "diff"] == 1.0  # prompts 9-10 flip in both seeds
     assert gains.loc[("gemma3-270m", "scene"), "n_prompts"] == 3  # one attribute prompt also tags scene
 
 
 def test_write_table_formats(tmp_path, loaded):
-    paths = F.write_table(F.table1(loaded[3]), tmp_path, "t1", "Table 1")
+    paths = tables.write_table(tables.table1(loaded[3]), tmp_path, "t1", "Table 1")
     assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
     assert "| Mistral-7B" in paths[1].read_text() and "nan" not in paths[1].read_text()
     gemma = next(line for line in paths[1].read_text().splitlines() if line.startswith("| gemma3-270m"))
@@ -102,10 +107,10 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "runs")
     figures_dir = tmp_path / "figures"
     common = {"runs_dir": str(tmp_path / "runs"), "grid": "fixture", "figures_dir": str(figures_dir)}
-    tables = runner.execute_notebook(
+    table_run = runner.execute_notebook(
         NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "runs" / "analysis" / "tables", common
     )
-    assert tables.state == "done", tables.error
+    assert table_run.state == "done", table_run.error
     figs = runner.execute_notebook(
         NOTEBOOKS / "analysis_figures.ipynb",
         tmp_path / "runs" / "analysis" / "figures",
@@ -166,19 +171,19 @@ def test_analysis_notebooks_execute_on_the_fixture(tmp_path):
 
 
 def test_prompt_following_is_the_score_above_the_shuffled_prompt_floor(tmp_path):
-    opts = F.Options(n_boot=200)
-    frac = F.prompt_following(run_results.load_scores(FIXTURE, "fixture", metric="fraction"), opts)
+    opts = stats.Options(n_boot=200)
+    frac = stats.prompt_following(run_results.load_scores(FIXTURE, "fixture", metric="fraction"), opts)
     row = frac.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "last", "overall")]
     # fraction = 0.5 + 0.5 x score, floor 0.5: above the floor = 0.5 x (8 + 10) / 32
     assert (row["score"], row["floor"], row["above_floor"]) == pytest.approx((0.78125, 0.5, 0.28125))
     assert row["ci_low"] <= row["above_floor"] <= row["ci_high"] and row["n_seeds"] == 2
-    verdicts = F.prompt_following(run_results.load_scores(FIXTURE, "fixture"), opts)  # score floor 0
+    verdicts = stats.prompt_following(run_results.load_scores(FIXTURE, "fixture"), opts)  # score floor 0
     assert (verdicts["score"] == verdicts["above_floor"]).all() and (verdicts["floor"] == 0).all()
     shutil.copytree(FIXTURE, tmp_path / "runs")
     one = tmp_path / "runs" / "fixture" / "gemma3-270m__last__seed0" / "scores.csv"
     pd.read_csv(one).drop(columns=["score_shuffled", "fraction_shuffled"]).to_csv(one, index=False)
     # one run scored without the control: its seed drops out of the table, the other seed remains
-    older = F.prompt_following(run_results.load_scores(tmp_path / "runs", "fixture"), opts)
+    older = stats.prompt_following(run_results.load_scores(tmp_path / "runs", "fixture"), opts)
     last = older.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "last", "overall")]
     assert last["n_seeds"] == 1 and last["score"] == pytest.approx(10 / 16)  # only seed 1 counts
     with pytest.raises(ValueError, match="grid rescore"):  # the secondary metric needs the control
@@ -235,7 +240,7 @@ def test_paired_effect_reads_only_the_seeds_and_prompts_both_sides_have():
 
     treated = scores({0: [1, 1, 1, 1], 1: [0, 0, 0, 0]})
     control = scores({0: [1, 1, 0, 0], 1: [1, 1, 0, 0], 2: [1, 1, 1, 1]})
-    table = F.paired_effect(treated, control, F.Options(n_boot=200)).set_index("skill")
+    table = stats.paired_effect(treated, control, stats.Options(n_boot=200)).set_index("skill")
     assert list(table.index) == ["overall", "counting", "color"]  # GenEval task names first
     assert table.loc["overall", ["treated", "control", "diff"]].tolist() == [0.5, 0.5, 0.0]
     assert table.loc["counting", "diff"] == -0.5 and table.loc["color", "diff"] == 0.5

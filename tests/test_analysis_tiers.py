@@ -22,11 +22,11 @@ import pytest
 from synthetic_runs import NOTEBOOKS, PASSED, write_runs
 
 from t2istudy import run_store
+from t2istudy.analysis import stats, tables
 from t2istudy.scoring.bootstrap import (
     mean_ci_over_seeds_and_prompts,
     mean_of_group_means_ci_over_seeds_and_prompts,
 )
-from t2istudy.study import analysis as F
 from t2istudy.study import pipeline, run_results, runner
 from t2istudy.world.shapes_geneval import TASKS
 
@@ -77,10 +77,10 @@ def test_geneval_overall_is_the_mean_of_task_means():
         }
     )
     zero = a.assign(score=0.0)
-    diff = F.arm_difference(a, zero, opts=F.Options(n_boot=200))
+    diff = stats.arm_difference(a, zero, opts=stats.Options(n_boot=200))
     assert (diff["diff"], diff["ci_low"], diff["ci_high"]) == pytest.approx((0.5, 0.5, 0.5))
-    assert F.arm_difference(a.drop(columns="tier"), zero, opts=F.Options(n_boot=200))["diff"] == 0.75
-    following = F.prompt_following(a, F.Options(n_boot=200)).set_index("skill")
+    assert stats.arm_difference(a.drop(columns="tier"), zero, opts=stats.Options(n_boot=200))["diff"] == 0.75
+    following = stats.prompt_following(a, stats.Options(n_boot=200)).set_index("skill")
     assert following.loc["overall", ["score", "floor", "above_floor"]].tolist() == pytest.approx(
         [0.5, 0, 0.5]
     )
@@ -99,30 +99,30 @@ def test_group_bootstrap_is_the_two_level_bootstrap_for_one_group():
 
 
 def test_tables_and_claims_on_the_geneval_tier(runs):
-    opts = F.Options(n_boot=200)
+    opts = stats.Options(n_boot=200)
     metrics = run_results.load_metrics(runs, "tiers", tier="geneval")
     scores = run_results.load_scores(runs, "tiers", tier="geneval")
-    info = F.encoder_info(metrics)
-    arms = F.arm_table(metrics, scores, opts)
+    info = stats.encoder_info(metrics)
+    arms = stats.arm_table(metrics, scores, opts)
     row = arms.set_index(["encoder", "strategy", "skill"]).loc[("gemma3-270m", "norm_mean", "overall")]
     assert row[["mean", "ci_low", "ci_high"]].tolist() == pytest.approx([0.5, 0.5, 0.5])
-    t1 = F.table1(arms, opts)
+    t1 = tables.table1(arms, opts)
     assert list(t1.columns[1:10]) == ["source", "n_seeds", "overall", *TASKS]  # GenEval's task order
-    assert F.table2(arms).set_index("encoder").loc["gemma3-270m", "norm_mean"] == "0.500 [0.500, 0.500]"
-    claims = F.claims(scores, info, opts).set_index(["a", "b"])
+    assert tables.table2(arms).set_index("encoder").loc["gemma3-270m", "norm_mean"] == "0.500 [0.500, 0.500]"
+    claims = stats.claims(scores, info, opts).set_index(["a", "b"])
     held = claims.loc[("gemma3-270m norm_mean", "gemma3-270m last")]
     assert held["diff"] == pytest.approx(1 / 3) and held["ci_low"] == pytest.approx(1 / 3)  # not 1/4
     assert held["verdict"] == "held (preliminary: 2 seeds)"
     assert claims.loc[("gemma3-270m norm_mean", "minilm-l6 last"), "diff"] == pytest.approx(1 / 3)
-    gains = F.skill_gains(scores, info, opts).set_index("skill")
+    gains = stats.skill_gains(scores, info, opts).set_index("skill")
     assert gains.loc["overall", "diff"] == pytest.approx(1 / 3) and gains.loc["counting", "diff"] == 1.0
     assert gains.index.tolist() == ["overall", *TASKS]
     held_out = run_results.load_scores(runs, "tiers")
-    assert F.claims(held_out, info, opts).set_index(["a", "b"]).loc[
+    assert stats.claims(held_out, info, opts).set_index(["a", "b"]).loc[
         ("gemma3-270m norm_mean", "gemma3-270m last"), "diff"
     ] == pytest.approx(0.5)  # held-out tier: (3 - 1) / 4 prompts, as before
     with pytest.raises(ValueError, match="mixes tiers"):
-        F.tier_of(pd.concat([scores, held_out]))
+        stats.tier_of(pd.concat([scores, held_out]))
 
 
 def test_runs_without_the_tier_are_named(tmp_path):
@@ -148,8 +148,8 @@ def test_runs_without_the_tier_are_named(tmp_path):
 
 def test_study_runs_the_geneval_analysis_only_for_grids_that_ask_for_it():
     quick = {s.name: s for s in pipeline.default_study(quick=True)}
-    tables, figures = quick["analysis-tables-geneval"], quick["analysis-figures-geneval"]
-    assert tables.params == {
+    table_step, figures = quick["analysis-tables-geneval"], quick["analysis-figures-geneval"]
+    assert table_step.params == {
         "grid": "quick",
         "figures_dir": "figures/quick",
         "metric": "score",
@@ -161,8 +161,8 @@ def test_study_runs_the_geneval_analysis_only_for_grids_that_ask_for_it():
     assert not [name for name in record if "geneval" in name]  # small.yaml's runs predate the tier
     full = {s.name: s for s in pipeline.default_study(quick=False)}  # small2.yaml asks for it
     assert full["analysis-tables-geneval"].params["figures_dir"] == "figures/small2"
-    assert F.tier_dir("figures", "heldout") == Path("figures")
-    assert F.tier_dir("figures", "geneval") == Path("figures/geneval")
+    assert tables.tier_dir("figures", "heldout") == Path("figures")
+    assert tables.tier_dir("figures", "geneval") == Path("figures/geneval")
 
 
 @pytest.mark.slow
@@ -182,9 +182,9 @@ def test_analysis_notebooks_execute_on_both_tiers(runs, tmp_path):
                     NOTEBOOKS / f"analysis_{name}.ipynb", out, {**common, **params, "tier": tier}
                 )
                 assert result.state == "done", (tier, name, result.error)
-    tables = ("table1_last_layer", "table2_strategies", "claims", "skill_gains", "prompt_following")
+    table_stems = ("table1_last_layer", "table2_strategies", "claims", "skill_gains", "prompt_following")
     figures = ("skill_bars", "scaling", "claims_forest")
-    expected = {f"{s}.{e}" for s in tables for e in ("csv", "md", "tex")}
+    expected = {f"{s}.{e}" for s in table_stems for e in ("csv", "md", "tex")}
     expected |= {f"{s}.{e}" for s in figures for e in ("png", "pdf", "csv")}
     heldout_only = {f"{s}.{e}" for s in ("layer_norms", "probe_vs_diffusion") for e in ("png", "pdf", "csv")}
     assert {p.name for p in figures_dir.iterdir()} == expected | heldout_only | {"geneval"}
@@ -229,7 +229,7 @@ def test_a_grid_sampled_under_two_noise_rules_is_refused_with_the_resample_comma
 def test_grids_compared_across_are_refused_under_two_noise_rules(tmp_path):
     """Each grid is one rule, but upsampled runs re-sampled per prompt against as-written runs still drawn
     under the shared rule are not paired by noise: the cross-grid comparison names both and the fix."""
-    from t2istudy.study.analysis import upsampling_effect
+    from t2istudy.analysis.comparisons import upsampling_effect
 
     per_prompt = {arm: {"sample_noise": "per_prompt"} for arm in PASSED}
     root = write_runs(tmp_path / "runs", "upsampled", extras=per_prompt)

@@ -94,7 +94,7 @@ def test_classify_refuses_scores_from_another_tier() -> None:
 
 
 def test_failure_plot_has_one_panel_per_task_and_bars_that_fill_it() -> None:
-    from t2istudy.study.analysis import failure_plot
+    from t2istudy.analysis.plots import failure_plot
 
     tier = make_geneval_tier(n_per_task=2)
     scores = tier[["id", "prompt", "task"]].assign(

@@ -215,7 +215,7 @@ def test_autoencoder_round_trip_is_read_right_by_the_judge():
 
 
 def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp_path, monkeypatch):
-    from t2istudy.study import ladder
+    from t2istudy.reports import ladder
     from t2istudy.study.tiers import make_tier
 
     calls = []
@@ -260,7 +260,7 @@ def test_a_ladders_lever_preset_is_registered_again_from_its_folder(tmp_path):
     import json
 
     from t2istudy.diffusion.model import PRESETS, get_preset
-    from t2istudy.study import ladder
+    from t2istudy.reports import ladder
 
     folder = tmp_path / "wide"
     folder.mkdir()
@@ -279,7 +279,7 @@ def test_a_ladders_lever_preset_is_registered_again_from_its_folder(tmp_path):
 def test_object_breakdown_counts_verdicts_and_empty_images_per_named_object(tmp_path):
     """Hand-made rung: 3 circle prompts (1 pass, 2 with nothing drawn), 1 square (pass), 2 colours
     prompts for a yellow circle (0 and 1): the breakdown and its Markdown cells are those counts."""
-    from t2istudy.study import ladder
+    from t2istudy.reports import ladder
 
     rung = tmp_path / "runs" / "lad" / "rung-04000"
     rung.mkdir(parents=True)
@@ -317,7 +317,7 @@ def test_object_breakdown_counts_verdicts_and_empty_images_per_named_object(tmp_
 def test_ladder_refuses_a_decaying_schedule_over_several_rungs_before_training(tmp_path, monkeypatch):
     """cpu-latent-v decays its rate (cosine) over max_train_steps: a second rung cannot resume the first,
     so the ladder says so before it spends the first rung's minutes; one rung, or a constant rate, is fine."""
-    from t2istudy.study import ladder
+    from t2istudy.reports import ladder
 
     monkeypatch.setattr(ladder, "train", lambda opts: pytest.fail("trained before refusing"))
     with pytest.raises(ValueError, match=r"rungs \[1000, 3000\] under lr_scheduler 'cosine'.*--rungs 3000"):

@@ -8,7 +8,7 @@ from importlib import metadata
 import pandas as pd
 
 from t2istudy import run_store
-from t2istudy.study import analysis as F
+from t2istudy.analysis import tables
 from t2istudy.study import run_results
 from t2istudy.study.grids import RunSpec
 from t2istudy.study.provenance import FIELDS, git_state, provenance
@@ -45,12 +45,14 @@ def test_the_runner_writes_it_to_params_json(tmp_path):
 def test_tables_note_runs_that_differ():
     same = {k: "x" for k in FIELDS}
     agree = pd.DataFrame([{"run_id": "a", **same}, {"run_id": "b", **same}])
-    assert F.provenance_note(agree) == ""
+    assert tables.provenance_note(agree) == ""
     differ = pd.DataFrame(
         [{"run_id": "a", **same}, {"run_id": "b", **same, "torch": "2.5.1", "git_dirty": True}]
     )
-    assert F.provenance_note(differ) == " Compared runs differ in: git_dirty (True, x); torch (2.5.1, x)."
+    assert (
+        tables.provenance_note(differ) == " Compared runs differ in: git_dirty (True, x); torch (2.5.1, x)."
+    )
     old = pd.DataFrame([{"run_id": "a", **same}, {"run_id": "b", **{k: None for k in FIELDS}}])
-    assert F.provenance_note(old) == " Compared runs differ in: 1 of 2 runs predate provenance records."
+    assert tables.provenance_note(old) == " Compared runs differ in: 1 of 2 runs predate provenance records."
     never = pd.DataFrame([{"run_id": "a", **{k: None for k in FIELDS}}])
-    assert F.provenance_note(never) == ""
+    assert tables.provenance_note(never) == ""

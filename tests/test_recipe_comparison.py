@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from synthetic_runs import NOTEBOOKS, write_runs
 
-from t2istudy.study import analysis as F
+from t2istudy.analysis import comparisons, plots, stats
 from t2istudy.study import runner
 
 PASSED = {
@@ -39,7 +39,7 @@ def runs(tmp_path_factory) -> Path:
 
 
 def test_recipe_comparison_values(runs):
-    table = F.recipe_comparison(runs, "recipes", opts=F.Options(n_boot=200))
+    table = comparisons.recipe_comparison(runs, "recipes", opts=stats.Options(n_boot=200))
     assert len(table) == 6 and list(dict.fromkeys(table["tier"])) == ["heldout", "geneval"]
     geneval = table[table["tier"] == "geneval"].set_index("recipe")
     assert list(geneval.index) == ["recipe:flux2", "recipe:paper", "recipe:lumina2"]  # best first
@@ -61,12 +61,12 @@ def test_recipe_comparison_values(runs):
     assert held["score"].tolist() == pytest.approx([0.75, 0.5, 0.25])
     assert held.loc["recipe:flux2", "diff_vs_paper"] == pytest.approx(0.25)
     assert pd.isna(held.loc["recipe:paper", "diff_vs_paper"])
-    assert F.recipe_comparison(runs, "no_such_grid").empty
+    assert comparisons.recipe_comparison(runs, "no_such_grid").empty
 
 
 def test_recipe_plot_has_a_panel_per_tier(runs):
-    table = F.recipe_comparison(runs, "recipes", opts=F.Options(n_boot=50))
-    fig, data = F.recipe_plot(table)
+    table = comparisons.recipe_comparison(runs, "recipes", opts=stats.Options(n_boot=50))
+    fig, data = plots.recipe_plot(table)
     assert len(fig.axes) == 2 and len(data) == 6
     ax = fig.axes[0]
     ticks = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True)}
@@ -125,20 +125,22 @@ def test_baseline_runs_come_from_another_grid_of_the_same_protocol(runs, tmp_pat
         ("gemma3-270m", "last"): ({}, 0),
     }
     write_runs(root, "small2", passed=paper_and_last, common=PROTOCOL)
-    opts = F.Options(n_boot=100)
-    assert F.recipe_comparison(root, "recipes", opts=opts)["verdict"].eq("no baseline run").all()
-    table = F.recipe_comparison(root, "recipes", opts=opts, baseline_grid="small2")
+    opts = stats.Options(n_boot=100)
+    assert comparisons.recipe_comparison(root, "recipes", opts=opts)["verdict"].eq("no baseline run").all()
+    table = comparisons.recipe_comparison(root, "recipes", opts=opts, baseline_grid="small2")
     geneval = table[table["tier"] == "geneval"].set_index("recipe")
     assert list(geneval.index) == ["recipe:flux2", "recipe:paper", "recipe:lumina2"]  # small2's last left out
     assert geneval.loc["recipe:paper", ["grids", "n_seeds"]].tolist() == ["small2", 2]
     assert geneval.loc["recipe:flux2", "diff_vs_paper"] == pytest.approx(1 / 6)
-    mine = F.recipe_comparison(runs, "recipes", opts=opts)  # the grid's own baseline runs: the same numbers
+    mine = comparisons.recipe_comparison(
+        runs, "recipes", opts=opts
+    )  # the grid's own baseline runs: the same numbers
     assert table.drop(columns=["grids", "projection_params"]).equals(
         mine.drop(columns=["grids", "projection_params"])
     )
     write_runs(root, "other", passed=paper_and_last, common={**PROTOCOL, "preset": "cpu-small"})
     with pytest.raises(ValueError, match="not the same protocol.*cpu-small"):
-        F.recipe_comparison(root, "recipes", opts=opts, baseline_grid="other")
+        comparisons.recipe_comparison(root, "recipes", opts=opts, baseline_grid="other")
 
 
 def test_the_baseline_is_also_shown_on_the_seeds_the_difference_pairs(tmp_path):
@@ -162,7 +164,7 @@ def test_the_baseline_is_also_shown_on_the_seeds_the_difference_pairs(tmp_path):
     shutil.rmtree(root / "recipes" / seed1)
     shutil.copytree(other / "recipes" / seed1, root / "recipes" / seed1)
     shutil.rmtree(root / "recipes" / "gemma3-270m__recipe-flux2__seed1")
-    table = F.recipe_comparison(root, "recipes", opts=F.Options(n_boot=50))
+    table = comparisons.recipe_comparison(root, "recipes", opts=stats.Options(n_boot=50))
     held = table[table["tier"] == "heldout"].set_index("recipe")
     assert held["score"].to_dict() == pytest.approx({"recipe:paper": 0.75, "recipe:flux2": 0.75})
     assert held.loc["recipe:flux2", ["paper_same_seeds", "diff_vs_paper"]].tolist() == pytest.approx(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from t2istudy.study.results_check import (
+from t2istudy.reports.results_check import (
     CheckReport,
     ResultsCheckError,
     check_results,
@@ -119,6 +119,22 @@ def test_a_number_quoted_below_its_columns_precision_is_caught() -> None:
     remark = "-0.014 [-0.038, +0.010] inconclusive (preliminary: 1 seed)"
     assert compare_cell(remark, [-0.0141, -0.038, 0.0104, 1.0], column_decimals=3) == ([], 4)
     assert rewrite_cell("0 [0, 0]", ["0.1314", "0.11", "0.152"], column_decimals=3) == "0.131 [0.110, 0.152]"
+
+
+def test_a_low_precision_cell_fails_the_check_naming_the_cell(tmp_path: Path) -> None:
+    # "0 [0, 0]" rounds right for any value under 0.5: in a three-decimal column it must fail, by name
+    report = check_edited(tmp_path, ARM_ROW, ARM_ROW.replace("0.066 [0.051, 0.081]", "0 [0, 0]"))
+    cells = {(m.table.split("(")[-1], m.row, m.column, m.quoted, m.problem) for m in report.mismatches}
+    assert cells == {
+        (
+            "Claims on `cpu-small`)",
+            "Gemma-3 last",
+            "above the floor [95% CI]",
+            "0",
+            "quoted at 0 decimals where its column uses 3",
+        )
+    }
+    assert len(report.mismatches) == 3  # the mean and both bounds
 
 
 def test_write_fills_a_placeholder_row_at_its_columns_precision(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from t2istudy.study.targets import markdown_table, plot_targets, shared_suffix, target_table
+from t2istudy.reports.targets import markdown_table, plot_targets, shared_suffix, target_table
 
 
 def results_rows(run: str, rule: str, tier: str, group: str, means: list[float]) -> list[dict]:
@@ -53,7 +53,7 @@ def test_target_not_met_and_missing_run_named():
 
 def test_failure_breakdown_pools_draws_by_hand(tmp_path):
     """Two draws of two single-object prompts: pass, empty, too many, pass -> shares 0.5 / 0.25 / 0.25."""
-    from t2istudy.study.targets import failure_breakdown, failure_markdown
+    from t2istudy.reports.targets import failure_breakdown, failure_markdown
     from t2istudy.world.shapes_geneval import make_geneval_tier
 
     tier = make_geneval_tier(50, 0)

@@ -12,6 +12,12 @@
 - :func:`mean_of_group_means_ci_over_seeds_and_prompts`: the mean of several groups' means, each group a
   [seed x prompt] matrix over the same seeds (GenEval's overall of an arm, or of two arms' difference).
   Resamples seeds once for all groups and prompts within each group.
+  :func:`mean_of_group_means_test_over_seeds_and_prompts` adds the two-sided p-value for "no difference"
+  from the same resamples (the claims' test, adjusted for their family by :func:`holm`).
+
+p-values here are percentile-bootstrap p-values: twice the smaller share of resampled means on either side
+of 0, at most 1 (:func:`two_sided_p`). With B resamples the smallest nonzero value is 2 / B; 0 means no
+resample crossed 0 (p < 1 / B). :func:`holm` adjusts a family of them (Holm 1979, step-down).
 
 Every variant draws from the generator it is given (or seeds one), so a summary is reproducible.
 """
@@ -40,6 +46,27 @@ def mean_ci_over_prompts(
     return float(low), float(high)
 
 
+def two_sided_p(resampled: np.ndarray) -> float:
+    """Two-sided percentile-bootstrap p-value for "the mean is 0": twice the smaller share of resampled
+    means at or below / at or above 0, at most 1 (all resamples at exactly 0 give 1)."""
+    return float(min(1.0, 2 * min((resampled <= 0).mean(), (resampled >= 0).mean())))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values of one family of calls, in the order given: the i-th smallest of
+    m p-values is multiplied by (m - i + 1), then made non-decreasing along that order and capped at 1. A
+    call is significant at level alpha when its adjusted p-value is below alpha (family-wise error rate
+    <= alpha for any dependence between the calls). NaNs (calls not made) stay NaN and do not count in m."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    made = np.flatnonzero(~np.isnan(p))
+    order = made[np.argsort(p[made], kind="stable")]
+    m = len(order)
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted
+
+
 def paired_ci_over_prompts(
     differences: np.ndarray, rng: np.random.Generator, n_boot: int = 1000, level: float = 0.95
 ) -> tuple[float, float, float]:
@@ -50,8 +77,7 @@ def paired_ci_over_prompts(
     means = _resampled_means(np.asarray(differences, dtype=float), rng, n_boot)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
-    p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
-    return float(low), float(high), float(p)
+    return float(low), float(high), two_sided_p(means)
 
 
 def mean_of_group_means_ci(
@@ -81,14 +107,11 @@ def mean_ci_over_seeds_and_prompts(
     return float(np.nanmean(matrix)), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
-def mean_of_group_means_ci_over_seeds_and_prompts(
-    matrices: list[np.ndarray], n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
-    """(mean, low, high) of the mean of per-group means, each group a [seed x prompt] matrix whose rows are
-    the same seeds. A resample draws the seeds once for every group (seed s of each group is the same
-    training run) and prompts within each group, so every group keeps its weight of 1 / len(matrices)
-    however many prompts it has. With one group it is :func:`mean_ci_over_seeds_and_prompts`, draw for draw.
-    """
+def _group_means_over_seeds_and_prompts(
+    matrices: list[np.ndarray], n_boot: int, seed: int, chunk: int = 1000
+) -> np.ndarray:
+    """``n_boot`` resampled means of per-group means (see below). The draws are made up front, the gather in
+    chunks of ``chunk`` resamples so that memory stays ~chunk x seeds x prompts whatever ``n_boot`` is."""
     rng = np.random.default_rng(seed)
     s = matrices[0].shape[0]
     if any(m.shape[0] != s for m in matrices):
@@ -97,7 +120,31 @@ def mean_of_group_means_ci_over_seeds_and_prompts(
     stats = np.zeros(n_boot)
     for matrix in matrices:
         cols = rng.integers(0, matrix.shape[1], size=(n_boot, 1, matrix.shape[1]))
-        stats += np.nanmean(matrix[rows, cols], axis=(1, 2)) / len(matrices)
+        for start in range(0, n_boot, chunk):
+            part = slice(start, start + chunk)
+            stats[part] += np.nanmean(matrix[rows[part], cols[part]], axis=(1, 2)) / len(matrices)
+    return stats
+
+
+def mean_of_group_means_test_over_seeds_and_prompts(
+    matrices: list[np.ndarray], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float, float]:
+    """(mean, low, high, p) of the mean of per-group means, each group a [seed x prompt] matrix whose rows are
+    the same seeds: the CI of :func:`mean_of_group_means_ci_over_seeds_and_prompts` and, from the same
+    resamples, the two-sided p-value for "the mean is 0" (:func:`two_sided_p`). A resample draws the seeds
+    once for every group (seed s of each group is the same training run) and prompts within each group, so
+    every group keeps its weight of 1 / len(matrices) however many prompts it has. With one group it is
+    :func:`mean_ci_over_seeds_and_prompts`, draw for draw.
+    """
+    stats = _group_means_over_seeds_and_prompts(matrices, n_boot, seed)
     alpha = (1 - level) / 2
     mean = float(np.mean([np.nanmean(m) for m in matrices]))
-    return mean, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+    low, high = float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+    return mean, low, high, two_sided_p(stats)
+
+
+def mean_of_group_means_ci_over_seeds_and_prompts(
+    matrices: list[np.ndarray], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, low, high): :func:`mean_of_group_means_test_over_seeds_and_prompts` without the p-value."""
+    return mean_of_group_means_test_over_seeds_and_prompts(matrices, n_boot, seed, level)[:3]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from t2istudy.run_store import run_state
-from t2istudy.study import grids, run_results
+from t2istudy.study import grids, provenance, run_results
 from t2istudy.study.grids import DEFAULT_GRID
 from t2istudy.study.paths import repo_file
 
@@ -104,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gprep.add_argument("--only", nargs="*", default=None, help="run ids to prepare for (default: all)")
     gprep.add_argument("--dry-run", action="store_true", help="list what would be built, build nothing")
+    for p in (grun, gsam):
+        p.add_argument(
+            "--allow-dirty",
+            action="store_true",
+            help="run a committed grid from a tree with uncommitted changes (development only; each run's "
+            "record marks it)",
+        )
     for p in (grun, gstat, gres, gsam, gprep):
         p.add_argument("grid", help="grid file (YAML/JSON), e.g. grids/quick.yaml")
         p.add_argument("--runs-dir", default="runs")
@@ -182,6 +190,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def refuse_dirty(grid_file: str, allow_dirty: bool) -> None:
+    """Stop a committed grid from running from a dirty tree, unless ``--allow-dirty``: then say so loudly
+    and have every process the grid starts record it (``provenance.ALLOW_DIRTY``)."""
+    refusal = provenance.dirty_refusal(grid_file)
+    if refusal is None:
+        return
+    if not allow_dirty:
+        raise ValueError(refusal)
+    os.environ[provenance.ALLOW_DIRTY] = "1"
+    print(
+        f"WARNING --allow-dirty: {refusal.split(': its runs')[0]}; every run records dirty_allowed.",
+        file=sys.stderr,
+    )
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "study":
         study = command("pipeline")
@@ -198,6 +221,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             **launcher_options(args),
         )
         return 0 if ok else 1
+    if getattr(args, "grid_command", "") in ("run", "resample") and not getattr(args, "dry_run", False):
+        refuse_dirty(args.grid, args.allow_dirty)
     if args.command in ("notebook", *NOTEBOOK_COMMANDS) or getattr(args, "grid_command", "") == "run":
         runner = command("runner")
     if args.command == "grid" and args.grid_command == "run":

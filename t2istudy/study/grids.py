@@ -24,7 +24,17 @@ import yaml
 
 SCHEMA_VERSION = 1
 DEFAULT_GRID = "small2"  # the study's grid, on cpu-latent-v, the preset whose models draw (issue 17)
-GRID_KEYS = ("name", "notebook", "description", "schema_version", "params", "axes", "exclude", "include")
+GRID_KEYS = (
+    "name",
+    "notebook",
+    "description",
+    "schema_version",
+    "params",
+    "axes",
+    "exclude",
+    "include",
+    "seed_budget",
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class Grid:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
+    seed_budget: int | None = None  # seeds per arm declared in advance; the analysis marks more exploratory
     source: str = field(default="", compare=False)  # the grid file it was read from, for error messages
 
     def runs(self) -> list[RunSpec]:
@@ -105,10 +116,31 @@ def load_grid(path: str | Path) -> Grid:
         exclude=list(raw.get("exclude") or []),
         include=list(raw.get("include") or []),
         description=str(raw.get("description") or ""),
+        seed_budget=_seed_budget(raw, path),
         source=str(path),
     )
     check_parameters(grid.notebook, _all_keys(grid), where=str(path))
     return grid
+
+
+def _seed_budget(raw: dict, path: Path) -> int | None:
+    """The grid's ``seed_budget``: a positive whole number of seeds per arm, or None when not declared."""
+    budget = raw.get("seed_budget")
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(
+            f"{path}: seed_budget must be a positive whole number of seeds per arm (e.g. seed_budget: 3), "
+            f"got {budget!r}."
+        )
+    return budget
+
+
+def seed_budget(path: str | Path) -> int | None:
+    """The seeds per arm a grid file declares in advance (``seed_budget``), read without checking the
+    notebook: the analysis marks an arm's seeds beyond it exploratory. None when the file declares none."""
+    raw = _read_yaml(Path(path))
+    return _seed_budget(raw, Path(path)) if isinstance(raw, dict) else None
 
 
 def _read_yaml(path: Path) -> Any:

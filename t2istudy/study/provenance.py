@@ -2,7 +2,14 @@
 
 Recorded in every run's params.json (`provenance`), so that rerunning the study later can tell whether
 a different number comes from different code or a different environment; the analysis tables say when
-the runs they compare differ in any of these (:func:`t2istudy.study.analysis.provenance_note`).
+the runs they compare differ in any of these (:func:`t2istudy.analysis.tables.provenance_note`,
+:mod:`t2istudy.analysis.provenance`).
+
+A committed grid runs from a clean tree: `grid run` and `grid resample` refuse a tree with uncommitted
+changes (:func:`dirty_refusal`), because a run would then record code that no commit holds. ``--allow-dirty``
+overrides that for development; the command line passes it to every process the grid starts through the
+environment (``ALLOW_DIRTY``, so that cluster jobs see it too), and each such run's record carries
+``dirty_allowed`` beside ``git_dirty``.
 """
 
 from __future__ import annotations
@@ -15,11 +22,15 @@ from importlib import metadata
 from t2istudy.study.paths import REPO
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "papermill")
+ALLOW_DIRTY = "T2ISTUDY_ALLOW_DIRTY"  # set by `grid run` / `grid resample --allow-dirty`
+DIRTY_ALLOWED = "--allow-dirty: run from a tree with uncommitted changes; its code is in no commit"
 FIELDS = ("git_commit", "git_dirty", "python", *PACKAGES, "device")
 
 
-def git_state(repo=REPO) -> tuple[str | None, bool | None]:
-    """(commit, dirty): HEAD and whether tracked files differ from it; (None, None) outside a checkout."""
+def git_state(repo=None) -> tuple[str | None, bool | None]:
+    """(commit, dirty): HEAD and whether tracked files differ from it; (None, None) outside a checkout.
+    ``repo``: the code's checkout (``REPO``) unless given."""
+    repo = repo or REPO
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"],
@@ -40,6 +51,43 @@ def git_state(repo=REPO) -> tuple[str | None, bool | None]:
     return commit, bool(status.strip())
 
 
+def changed_files(repo=None) -> list[str]:
+    """Tracked files that differ from HEAD (``git status --porcelain``), as git names them."""
+    status = subprocess.run(
+        ["git", "-C", str(repo or REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return [line[3:] for line in status.splitlines() if line.strip()]
+
+
+def dirty_refusal(grid_file, repo=None) -> str | None:
+    """Why a grid may not run here: its file is committed and the code's tree has uncommitted changes, so
+    its runs would record code that no commit holds. None when it may (a clean tree, a grid file git does
+    not track, or no checkout at all)."""
+    repo = repo or REPO
+    _, dirty = git_state(repo)
+    if not dirty:
+        return None
+    grid_file = os.path.abspath(grid_file)
+    tracked = subprocess.run(
+        ["git", "-C", os.path.dirname(grid_file), "ls-files", "--error-unmatch", os.path.basename(grid_file)],
+        capture_output=True,
+        timeout=60,
+    )
+    if tracked.returncode != 0:
+        return None
+    changed = changed_files(repo)
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    return (
+        f"{repo} has uncommitted changes ({shown}) and {os.path.basename(grid_file)} is a committed grid: its "
+        "runs would record code that no commit holds. Commit or stash the changes, or run the grid from a clean "
+        "worktree of a committed revision (docs/study.md: `git worktree add ../t2istudy-run HEAD`); "
+        "--allow-dirty runs it anyway for development, and marks every run's record (dirty_allowed)."
+    )
+
+
 def package_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -57,11 +105,14 @@ def device() -> str:
 
 
 def provenance() -> dict[str, str | bool | None]:
-    """Every field of FIELDS for this process: git commit and dirty flag, versions, device."""
+    """Every field of FIELDS for this process: git commit and dirty flag, versions, device; and, for a run
+    from a dirty tree under ``--allow-dirty``, ``dirty_allowed`` saying so."""
     commit, dirty = git_state()
+    allowed = {"dirty_allowed": DIRTY_ALLOWED} if dirty and os.environ.get(ALLOW_DIRTY) else {}
     return {
         "git_commit": commit,
         "git_dirty": dirty,
+        **allowed,
         "python": platform.python_version(),
         **{name: package_version(name) for name in PACKAGES},
         "device": device(),

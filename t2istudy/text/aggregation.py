@@ -59,7 +59,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from t2istudy.text.recipes import RECIPES
+from t2istudy.text.recipes import PREFIX, RECIPES, named_recipe
 from t2istudy.text.templates import TEMPLATES
 
 KINDS = ("last", "layer", "mean", "norm_mean", "concat", "learned")
@@ -158,13 +158,8 @@ def parse_strategy(name: str | Strategy) -> Strategy:
     if not isinstance(name, str):
         raise ValueError(f"Strategy must be a string such as 'norm_mean', got {type(name).__name__}. {_HELP}")
     text = name.strip().replace(" ", "")
-    if text.startswith("recipe:"):
-        recipe = RECIPES.get(text[len("recipe:") :])
-        if recipe is None:
-            raise ValueError(
-                f"Unknown recipe {text!r}. Known recipes: {', '.join('recipe:' + r for r in RECIPES)}; "
-                "or spell the strategy out, e.g. 'concat[none,layers=1/4;1/2;3/4]'."
-            )
+    recipe = named_recipe(text)
+    if recipe is not None:
         return parse_strategy(recipe.strategy)
     match = _PATTERN.match(text)
     if match is None:
@@ -444,5 +439,5 @@ def recipe_of(strategy) -> str | None:
     canonical = str(parse_strategy(strategy))
     for recipe in RECIPES.values():
         if str(parse_strategy(recipe.strategy)) == canonical:
-            return f"recipe:{recipe.name}"
+            return f"{PREFIX}{recipe.name}"
     return None

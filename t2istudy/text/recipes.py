@@ -46,3 +46,20 @@ RECIPES: dict[str, Recipe] = {
         Recipe("bria-fibo", "concat[none,layers=-2;-1]", "Bria FIBO", "SmolLM3-3B 36"),
     ]
 }
+
+PREFIX = "recipe:"  # a strategy naming a recipe: recipe:<name>
+
+
+def named_recipe(strategy: str) -> Recipe | None:
+    """The recipe a ``recipe:<name>`` strategy names (spaces ignored); None for any other strategy. An
+    unknown name is an error that lists the known ones."""
+    text = str(strategy).strip().replace(" ", "")
+    if not text.startswith(PREFIX):
+        return None
+    recipe = RECIPES.get(text[len(PREFIX) :])
+    if recipe is None:
+        raise ValueError(
+            f"Unknown recipe {text!r}. Known recipes: {', '.join(PREFIX + r for r in RECIPES)}; "
+            "or spell the strategy out, e.g. 'concat[none,layers=1/4;1/2;3/4]'."
+        )
+    return recipe

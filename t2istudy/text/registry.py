@@ -46,6 +46,17 @@ _ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "U
 _CLIP_TYPES = {"clip", "clip_text_model"}
 
 
+def encoder_facts(name: str) -> tuple[float, str]:
+    """(parameters, kind) of a registry encoder, known without loading it: a built-in's public count and
+    kind, a paper encoder's kind (its count unrecorded: NaN); (NaN, "decoder") for anything else, which a
+    run records itself (`encoder_params`, `encoder_kind`)."""
+    if name in BUILTINS:
+        return BUILTINS[name].params, BUILTINS[name].kind
+    if name in PAPER_ENCODERS:
+        return float("nan"), PAPER_ENCODERS[name].kind
+    return float("nan"), "decoder"
+
+
 def list_encoders() -> list[str]:
     """Built-in names (offline, shipped as PyPI packages) followed by the paper registry names."""
     return [*BUILTIN_ENCODERS, *PAPER_ENCODERS]

@@ -27,7 +27,7 @@ it that names where its numbers come from:
 - ``text:`` columns that are prose, not checked (``header; header``).
 
 Every column of a sourced table must be a key, a checked column or text. Run it as
-``python -m t2istudy.study.results_check`` (exit status 1 on any mismatch); tests/test_results_md.py
+``python -m t2istudy.reports.results_check`` (exit status 1 on any mismatch); tests/test_results_md.py
 runs it in the test suite. ``--write`` first rewrites every checked cell that disagrees from its CSV
 (numbers at the quoted precision, or the column's where that is more; a verdict cell rebuilt as numbers then
 verdict, bold if held or failed), so that landing runs update the tables without hand edits, and a new

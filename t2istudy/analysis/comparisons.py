@@ -1,0 +1,240 @@
+"""Comparisons across grids under one protocol: released recipes against ``recipe:paper`` (issue 18), and
+inference prompt upsampling against the same models' prompts as written; both paired by seed and prompt
+with the statistics of :mod:`t2istudy.analysis.stats`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from t2istudy.analysis.calls import adjust, declared, mark_exploratory
+from t2istudy.analysis.stats import (
+    Options,
+    arm_table,
+    difference,
+    paired_effect,
+    paired_matrices,
+    pairs,
+    point,
+    split,
+)
+from t2istudy.run_store import read_json
+from t2istudy.study import run_results
+from t2istudy.text.aggregation import recipe_of
+from t2istudy.text.recipes import named_recipe
+
+
+def tier_scores(
+    root: str | Path, grid: str, metric: str, budgets: Mapping[str, int | None] | None = None
+) -> dict[str, pd.DataFrame]:
+    """{tier: per-prompt scores} for every tier the grid's runs were judged on, runs beyond their seed
+    budget marked ``exploratory``: what a family spanning the tiers (the claims) is called over."""
+    out = {}
+    for tier in run_results.TIERS:
+        try:
+            scores = run_results.load_scores(root, grid, metric, tier)
+        except ValueError:  # no run of the grid has this tier (scored before it existed)
+            continue
+        if len(scores):
+            out[tier] = mark_exploratory(scores, budgets or {})
+    return out
+
+
+def upsampling_effect(
+    root: str | Path,
+    grid: str,
+    baseline_grid: str,
+    metric: str = "score",
+    opts: Options = Options(),
+    budgets: Mapping[str, int | None] | None = None,
+) -> pd.DataFrame:
+    """Inference prompt upsampling's effect on both tiers: each arm of ``grid`` (runs sampled with
+    ``prompt_upsampling``, reusing the models of ``baseline_grid``'s runs) against the same arm of
+    ``baseline_grid``, paired by seed and prompt (:func:`paired_effect`), on the seeds each grid declared
+    (``budgets``: ``calls.seed_budgets``), called as one family (``calls.FAMILIES["upsampling"]``). Empty
+    when ``grid`` has no runs."""
+    # a run's noise rule is the same on every tier: one check before the tiers
+    run_results.check_same_noise_rule(
+        *(run_results.load_metrics(root, g, metric) for g in (grid, baseline_grid))
+    )
+    out = []
+    for tier in run_results.TIERS:
+        treated = run_results.load_scores(root, grid, metric, tier)
+        if treated.empty:
+            continue
+        control = run_results.load_scores(root, baseline_grid, metric, tier)
+        treated, control = (mark_exploratory(t, budgets or {}) for t in (treated, control))
+        for (enc, strategy, rewriter), arm in treated.groupby(
+            ["encoder", "strategy", "prompt_upsampling"], sort=False
+        ):
+            base = control[(control["encoder"] == enc) & (control["strategy"] == strategy)]
+            table = paired_effect(arm, base, opts) if len(base) else pd.DataFrame()
+            if len(table):
+                out.append(table.assign(tier=tier, encoder=enc, strategy=strategy, rewriter=rewriter))
+    if not out:
+        return pd.DataFrame()
+    table = adjust(pd.concat(out, ignore_index=True), opts.min_seeds)
+    first = ["tier", "encoder", "strategy", "rewriter"]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+SWEPT = ("encoder", "strategy", "seed")  # what may differ between runs compared under one protocol
+
+
+def _protocols(root: str | Path, grid: str) -> dict[str, str]:
+    """{run_id: its settings other than encoder, strategy and seed} for a grid's complete runs."""
+    out = {}
+    for run in run_results.find_runs(root, grid):
+        record = read_json(run / "params.json")
+        rest = {k: v for k, v in record.get("params", {}).items() if k not in SWEPT}
+        out[record["run_id"]] = json.dumps(rest, sort_keys=True)
+    return out
+
+
+def _recipe_runs(
+    root: str | Path,
+    grid: str,
+    baseline: str,
+    baseline_grid: str | None,
+    metric: str,
+    tier: str,
+    budgets: Mapping[str, int | None],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics and scores of ``grid``'s runs on ``tier``, strategies named by their recipe, plus the
+    ``baseline`` runs of ``baseline_grid`` for the (encoder, seed) pairs the grid has no baseline run of;
+    runs beyond their grid's seed budget marked ``exploratory``."""
+    tables = []
+    for source in [grid] + ([baseline_grid] if baseline_grid else []):
+        metrics = run_results.load_metrics(root, source, metric, tier)
+        if metrics.empty:
+            continue
+        scores = run_results.load_scores(root, source, metric, tier)
+        names = {s: recipe_of(s) or s for s in scores["strategy"].unique()}
+        metrics["strategy"], scores["strategy"] = (
+            metrics["strategy"].map(names),
+            scores["strategy"].map(names),
+        )
+        tables.append((source, mark_exploratory(metrics, budgets), mark_exploratory(scores, budgets)))
+    if not tables or tables[0][0] != grid:
+        return pd.DataFrame(), pd.DataFrame()
+    metrics, scores = tables[0][1], tables[0][2]
+    run_results.check_same_noise_rule(*(t[1] for t in tables))
+    if len(tables) == 2:
+        pair = ["encoder", "seed"]
+        own = pd.MultiIndex.from_frame(metrics.loc[metrics["strategy"] == baseline, pair])
+        extra_m, extra_s = tables[1][1], tables[1][2]
+        extra_m = extra_m[
+            (extra_m["strategy"] == baseline)
+            & extra_m["encoder"].isin(metrics["encoder"])
+            & ~pd.MultiIndex.from_frame(extra_m[pair]).isin(own)
+        ]
+        if len(extra_m):
+            mine, theirs = set(_protocols(root, grid).values()), _protocols(root, baseline_grid)
+            theirs = {theirs[r] for r in extra_m["run_id"].unique()}
+            if theirs != mine or len(mine) != 1:
+                settings = [json.loads(v) for v in sorted(mine | theirs)]
+                keys = sorted({k for d in settings for k in d})
+                values = {k: sorted({json.dumps(d.get(k)) for d in settings}) for k in keys}
+                differ = ", ".join(f"{k} ({', '.join(v)})" for k, v in values.items() if len(v) > 1)
+                raise ValueError(
+                    f"The {baseline} runs of {baseline_grid!r} are not the same protocol as {grid!r}'s runs: "
+                    f"they differ in {differ}. Run {baseline} in {grid!r} itself, or pass baseline_grid=None."
+                )
+            ids = set(extra_m["run_id"])
+            metrics = pd.concat([metrics, extra_m], ignore_index=True)
+            scores = pd.concat([scores, extra_s[extra_s["run_id"].isin(ids)]], ignore_index=True)
+    return metrics, scores
+
+
+def recipe_comparison(
+    root: str | Path,
+    grid: str = "recipes",
+    baseline: str = "recipe:paper",
+    metric: str = "score",
+    opts: Options = Options(),
+    baseline_grid: str | None = None,
+    budgets: Mapping[str, int | None] | None = None,
+) -> pd.DataFrame:
+    """Released recipes under one protocol (issue 18), on both tiers: per (tier, encoder, recipe) the
+    overall score over seeds with its two-level CI, the conditioning projection's parameter count (concat
+    recipes widen it) and the paired difference to ``baseline`` on the same encoder, with its verdict and
+    the baseline's own score on the seeds and prompts the difference pairs (``<baseline>_same_seeds``).
+    A strategy is named by its recipe when its expansion is one (``norm_mean`` reads ``recipe:paper``).
+    ``baseline_grid``: a grid whose ``baseline`` runs stand in for the grid's own where it has none, when
+    every setting but encoder, strategy and seed is the same (small2's ``norm_mean`` runs are recipe:paper's);
+    ``grids`` says where each arm's runs come from. ``budgets`` (``calls.seed_budgets``): seeds beyond a
+    grid's budget are left out (``n_exploratory`` counts them). Every difference is one call of a family
+    (``calls.FAMILIES["recipes"]``): ``p``, Holm's ``p_holm`` and the verdict called on it. Rows best
+    first within each tier and encoder; empty when the grid has no complete runs."""
+    named = named_recipe(baseline)
+    short = named.name if named else baseline  # column names: paper_same_seeds, diff_vs_paper
+    out, calls = [], []
+    for tier in run_results.TIERS:
+        metrics, scores = _recipe_runs(root, grid, baseline, baseline_grid, metric, tier, budgets or {})
+        if metrics.empty:
+            continue
+        overall = metrics[metrics["skill"] == "overall"]
+        arms = arm_table(overall, scores, opts)
+        width = (
+            overall.groupby(["encoder", "strategy"])["conditioner_parameters"].first()
+            if "conditioner_parameters" in overall
+            else pd.Series(dtype=float)
+        )
+        sources = overall.groupby(["encoder", "strategy"])["grid"].agg(lambda g: "+".join(dict.fromkeys(g)))
+        for enc in arms["encoder"].unique():
+            at_enc = declared(scores)[declared(scores)["encoder"] == enc]
+            base = at_enc[at_enc["strategy"] == baseline]
+            for row in arms[arms["encoder"] == enc].itertuples():
+                is_base = row.strategy == baseline
+                arm = at_enc[at_enc["strategy"] == row.strategy]
+                stats, same_seeds = {}, np.nan
+                if len(base) and not is_base:
+                    paired_arm, paired_base = paired_matrices(arm, base, None)
+                    stats = difference(paired_arm, paired_base, arm, None, opts)
+                    stats["pairs"] = pairs(arm, base, paired_arm.index)
+                    calls.append({**stats, "row": len(out)})
+                    # the baseline on the seeds and prompts the difference pairs it on: with one recipe
+                    # seed, paper's seed 0 alone, which can sit far from paper's mean over its seeds
+                    same_seeds = point(split(paired_base, arm, None))
+                name = str(row.strategy)
+                recipe = named_recipe(name)
+                out.append(
+                    {
+                        "tier": tier,
+                        "encoder": enc,
+                        "recipe": name,
+                        "system": recipe.system if recipe else "",
+                        "n_seeds": int(row.n_seeds),
+                        "n_exploratory": int(row.n_exploratory),
+                        "score": row.mean,
+                        "ci_low": row.ci_low,
+                        "ci_high": row.ci_high,
+                        "projection_params": width.get((enc, row.strategy), np.nan),
+                        f"{short}_same_seeds": same_seeds,
+                        f"diff_vs_{short}": stats.get("diff", np.nan),
+                        "diff_low": stats.get("ci_low", np.nan),
+                        "diff_high": stats.get("ci_high", np.nan),
+                        "p": stats.get("p", np.nan),
+                        "p_holm": np.nan,
+                        "verdict": "baseline" if is_base else "no baseline run",
+                        "grids": sources.get((enc, row.strategy), grid),
+                        "pairs": stats.get("pairs", ""),
+                    }
+                )
+    if not out:
+        return pd.DataFrame()
+    table = pd.DataFrame(out)
+    if calls:  # one family: every recipe's difference, every encoder and tier
+        called = adjust(pd.DataFrame(calls), opts.min_seeds).set_index("row")
+        table.loc[called.index, ["p_holm", "verdict"]] = called[["p_holm", "verdict"]]
+    table["projection_params"] = table["projection_params"].astype("Int64")
+    order = list(run_results.TIERS)
+    return table.sort_values(
+        ["tier", "encoder", "score"],
+        key=lambda c: c.map(order.index) if c.name == "tier" else c,
+        ascending=[True, True, False],
+    ).reset_index(drop=True)
