@@ -4,6 +4,7 @@ precision online encoding survives the attention sink, and the dataset index is 
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from helpers import build_tiny_cache, tiny_train_options
@@ -195,3 +196,64 @@ def test_text_dtype_is_an_online_option():
         resolve_options(TrainOptions(preset="cpu-tiny", text_dtype="bf16"))
     with pytest.raises(ValueError, match="--text_dtype 'fp8' is not valid"):
         TrainOptions(text_dtype="fp8")
+
+
+# ---- the dataset index: built once beside the data, memory-mapped ------------------------------------------------
+
+
+def _shard(path, pairs):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(path, "w") as tar:
+        for key, color in pairs:
+            buf = io.BytesIO()
+            Image.new("RGB", (12, 10), color).save(buf, format="PNG")
+            for name, data in ((f"{key}.png", buf.getvalue()), (f"{key}.txt", f"a {color} square".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_dataset_index_is_built_once_beside_the_data_and_memory_mapped(tmp_path, monkeypatch):
+    import pickle
+
+    from PIL import Image
+
+    from t2istudy.diffusion import data_index
+    from t2istudy.diffusion.data import FolderPairs
+
+    _shard(tmp_path / "a.tar", [("k1", "red"), ("k2", "blue")])
+    _shard(tmp_path / "b.tar", [("k3", "green")])
+    first = FolderPairs(tmp_path, resolution=8)
+    assert (tmp_path / ".t2istudy-index" / "index.json").is_file()
+    assert isinstance(first.index.members, np.memmap) and isinstance(first.captions.data, np.memmap)
+    assert list(first.captions) == ["a red square", "a blue square", "a green square"]
+    # Every later process and resume reads the index: nothing is listed and no image is opened.
+    monkeypatch.setattr(data_index, "build_index", lambda *a, **k: pytest.fail("listed the data again"))
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("opened an image at start-up"))
+    again = FolderPairs(tmp_path, resolution=8)
+    assert (
+        len(again) == 3 and again.captions[2] == "a green square" and again.captions[-1] == "a green square"
+    )
+    monkeypatch.undo()
+    image, caption = pickle.loads(pickle.dumps(again))[1]  # a worker process reopens the maps
+    assert caption == "a blue square" and torch.allclose(image[:, 4, 4], torch.tensor([-1.0, -1.0, 1.0]))
+    _shard(tmp_path / "b.tar", [("k3", "green"), ("k4", "white")])  # a changed shard: listed again
+    assert FolderPairs(tmp_path, resolution=8).captions[-1] == "a white square"
+
+
+def test_per_image_checks_are_optional(tmp_path):
+    from t2istudy.diffusion.data import FolderPairs
+
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "bad.txt").write_text("a broken square")
+    (tmp_path / "ok.png").write_bytes((tmp_path / "bad.png").read_bytes())
+    fast = FolderPairs(tmp_path, resolution=8, verify_images=False)  # ok.png has no caption: still skipped
+    assert len(fast) == 1 and fast.index.meta["verified"] is False
+    with pytest.raises(ValueError, match=r"Cannot read image .*bad\.png.*delete .*\.t2istudy-index"):
+        fast[0]
+    with pytest.raises(ValueError, match="No usable"):  # checks asked for: listed again, the image skipped
+        FolderPairs(tmp_path, resolution=8)

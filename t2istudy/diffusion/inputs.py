@@ -101,5 +101,7 @@ def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator
         opts.encoder, device=accelerator.device, max_length=opts.max_length, dtype=opts.text_dtype
     )
     text = OnlineText(encoder, opts.strategy, opts.encode_batch_size)
-    probe = sorted(set(captions))[:512]  # the statistic the cache would compute, on a fixed subset
+    # the statistic the cache would compute, on a fixed subset (of the first 65,536: a paper-scale caption
+    # column is memory-mapped, and a set of all 46M captions would be built in every process)
+    probe = sorted(set(captions[:65_536]))[:512]
     return text, token_rms(*text.embed(probe)).tolist(), None
