@@ -257,3 +257,16 @@ def test_per_image_checks_are_optional(tmp_path):
         fast[0]
     with pytest.raises(ValueError, match="No usable"):  # checks asked for: listed again, the image skipped
         FolderPairs(tmp_path, resolution=8)
+
+
+def test_fp16_gemma_stays_finite_and_close_to_float32():
+    """A real attention sink (gemma3-270m): unguarded float16 gave NaN on every token (a residual sum inside
+    a block overflowed and a norm turned it into NaN); guarded, the features match float32's direction."""
+    from t2istudy.text.encoders import load_encoder
+
+    prompts = ["a red circle left of a blue square", "two green triangles", "no star"]
+    ref, mask = load_encoder("gemma3-270m").encode_aggregated(prompts, "norm_mean")
+    with pytest.warns(UserWarning, match="clamped"):
+        half, _ = load_encoder("gemma3-270m", dtype="fp16").encode_aggregated(prompts, "norm_mean")
+    assert torch.isfinite(half).all()
+    assert torch.nn.functional.cosine_similarity(half[mask], ref[mask], dim=-1).min() > 0.999

@@ -10,10 +10,12 @@ Facts handled here on purpose (measured on the built-ins, see docs/encoders.md):
   the streaming path reproduces this by reading the final norm's output instead of the last block's.
 - Gemma scales its embedding output by sqrt(width): state 0 is that scaled embedding.
 - The first token is an attention sink with norms up to ~1e5: it overflows float16 (max 65504) and dominates
-  a plain ``mean``; ``stats`` can exclude it. Loaded in float16, an encoder clamps every block's output to
-  +-(65504 - 1000), as transformers' T5 does, so the sink's inf never turns into NaN in the next layer (whose
-  RMSNorm upcasts to float32) and spreads to every token through attention; the clamped values are counted
-  and reported. bfloat16 has float32's range and needs no clamp (``dtype="bf16"`` for online encoding).
+  a plain ``mean``; ``stats`` can exclude it. Loaded in float16, an encoder clamps to +-(65504 - 1000), as
+  transformers' T5 does, the output of every linear layer and every block and, in place, the input of every
+  norm (a residual sum inside a block overflows where no module's output is seen), so the sink's inf never
+  turns into NaN in a norm and spreads to every token through attention; the clamped values are counted
+  and reported. bfloat16 has float32's range and needs no clamp
+  (``dtype="bf16"`` for online encoding).
 - Right padding, so real tokens of a causal model never see padding; positions past a batch's
   longest prompt are zero, padding positions inside it hold what the model computed there.
 - A prompt template's prefix is the same for every prompt, and a causal model's states of a prefix do not
@@ -221,18 +223,28 @@ class FrozenEncoder:
         # False runs every prompt whole, e.g. to measure the saving (benchmarks/prefix_cache.py).
         self.prefix_cache = kind != "bidirectional"
         self.clamped = torch.zeros((), dtype=torch.long)  # values the fp16 guard clamped (last call)
-        if self.dtype == torch.float16:
+        if self.dtype == torch.float16:  # see the module docstring: where float16 overflows, and the guard
             embed, blocks, _ = _hook_points(self.model)
-            for module in (embed, *blocks):  # before any later hook, so every reader sees clamped states
-                module.register_forward_hook(self._clamp_overflow)
+            inside = [m for block in blocks for m in block.modules()]
+            for module in (embed, *(m for m in inside if isinstance(m, torch.nn.Linear)), *blocks):
+                module.register_forward_hook(self._clamp_overflow)  # first hooks: readers see clamped states
+            for module in (m for m in self.model.modules() if "norm" in type(m).__name__.lower()):
+                module.register_forward_pre_hook(self._clamp_inputs)
 
     def _clamp_overflow(self, _module, _inputs, output) -> None:
-        """The fp16 overflow guard: clamp a block's output in place to +-FP16_CLAMP, counting what it cut
+        """The fp16 overflow guard: clamp a module's output in place to +-FP16_CLAMP, counting what it cut
         (kept on the device: no host sync per layer)."""
         hidden = output[0] if isinstance(output, tuple) else output
-        over = (hidden.abs() > FP16_CLAMP).sum()
-        self.clamped = self.clamped.to(over.device) + over
-        hidden.clamp_(-FP16_CLAMP, FP16_CLAMP)
+        if torch.is_tensor(hidden) and hidden.is_floating_point():
+            over = (hidden.abs() > FP16_CLAMP).sum()
+            self.clamped = self.clamped.to(over.device) + over
+            hidden.clamp_(-FP16_CLAMP, FP16_CLAMP)
+
+    def _clamp_inputs(self, module, inputs) -> None:
+        """The guard before a norm: a residual sum inside a block (no module's output) overflowed to inf, which
+        the norm would turn into NaN; clamped in place, so the residual stream itself stays finite."""
+        for x in inputs:
+            self._clamp_overflow(module, (), x)
 
     def __repr__(self) -> str:
         return (
