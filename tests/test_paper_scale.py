@@ -10,6 +10,7 @@ import torch
 from helpers import build_tiny_cache, tiny_train_options
 
 from t2istudy.diffusion import sample as sample_module
+from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.train import latent_generators, train
 
 NULL = (torch.zeros(1, 1, 4), torch.zeros(1, 1, dtype=torch.bool))
@@ -270,3 +271,22 @@ def test_fp16_gemma_stays_finite_and_close_to_float32():
         half, _ = load_encoder("gemma3-270m", dtype="fp16").encode_aggregated(prompts, "norm_mean")
     assert torch.isfinite(half).all()
     assert torch.nn.functional.cosine_similarity(half[mask], ref[mask], dim=-1).min() > 0.999
+
+
+# ---- docs and errors name modules that exist -------------------------------------------------------------------
+
+
+def test_docs_and_the_preset_error_name_modules_that_exist():
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    named = {
+        path
+        for doc in [*(repo / "docs").glob("*.md"), repo / "README.md"]
+        for path in re.findall(r"t2istudy/[\w/]+\.py", doc.read_text())
+    }
+    assert named and sorted(p for p in named if not (repo / p).is_file()) == []
+    with pytest.raises(ValueError) as err:
+        get_preset("sd3")
+    assert re.findall(r"t2istudy/[\w/]+\.py", str(err.value)) == ["t2istudy/diffusion/model.py"]
