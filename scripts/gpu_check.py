@@ -32,11 +32,9 @@ from vqa_server import FakeVQAServer  # noqa: E402
 
 from t2istudy.diffusion.data import shapes_pool  # noqa: E402
 from t2istudy.diffusion.model import get_preset  # noqa: E402
-from t2istudy.diffusion.options import TrainOptions  # noqa: E402
 from t2istudy.diffusion.train_folder import read_options, read_train_log  # noqa: E402
-from t2istudy.study import launch  # noqa: E402
-from t2istudy.study.run_evaluation import evaluate_run  # noqa: E402
-from t2istudy.study.run_folder import read_json, write_results  # noqa: E402
+from t2istudy.study import launch, run  # noqa: E402
+from t2istudy.study.run_config import RunConfig  # noqa: E402
 from t2istudy.text.cache import EmbeddingCache  # noqa: E402
 from t2istudy.world.genai_bench import load_genai_bench  # noqa: E402
 
@@ -82,19 +80,25 @@ def main() -> None:
     # Inputs: a VAE of the preset's shape, the text cache of the training pool and of the 527 prompts.
     random_vae(work / "vae", preset)
     pool = 64
-    opts = TrainOptions(
-        encoder="fake-8", strategy="norm_mean", preset=preset, pool_size=pool, cache_dir=str(work / "cache"),
-        vae_path=str(work / "vae"), output_dir=str(work / "run" / "train"), max_train_steps=args.steps,
-        train_batch_size=args.batch, checkpointing_steps=args.steps, logging_steps=1, lr_warmup_steps=0,
-        report_to="none", progress=False, latents="online",
+    out = work / "run"
+    config = RunConfig(
+        encoder="fake-8", strategy="norm_mean", preset=preset, max_train_steps=args.steps,
+        train_options={
+            "pool_size": pool, "cache_dir": str(work / "cache"), "vae_path": str(work / "vae"),
+            "train_batch_size": args.batch, "checkpointing_steps": args.steps, "logging_steps": 1,
+            "lr_warmup_steps": 0, "latents": "online",
+        },
+        benchmark="genai-bench", scorer="vqascore", sample_steps=args.sample_steps or (2 if args.cpu else None),
+        vqa_cache_path=str(work / "vqascore.sqlite"),
     )  # fmt: skip
+    opts = config.to_train_options(config.train_dir(out))
     bench = load_genai_bench()
     encoder = FakeEncoder()
     EmbeddingCache.build(encoder, "norm_mean", shapes_pool(pool, 0, get_preset(preset).image_size).captions, work / "cache", progress=False)  # fmt: skip
     EmbeddingCache.build(encoder, "norm_mean", bench["prompt"].tolist(), work / "cache", progress=False)
     timings["inputs_s"] = time.perf_counter() - t
 
-    # Train: the launcher's command (one process per GPU; gloo on the CPU).
+    # Train: the launcher's command (one process per GPU; gloo on the CPU), as each SLURM job runs it.
     gpus = max(torch.cuda.device_count(), 1) if not args.cpu else 1
     cmd = launch.accelerate_command(launch.train_flags(opts), launch.Resources(gpus=gpus))
     t = time.perf_counter()
@@ -103,21 +107,19 @@ def main() -> None:
     if done.returncode != 0:
         raise SystemExit(f"training failed:\n{done.stderr[-4000:]}")
     log = read_train_log(opts.output_dir)
+    processes = read_options(opts.output_dir)["derived"]["num_processes"]
 
-    # Sample on the training device and score with VQAScore against the fake server.
+    # The run finds the model trained, samples on the training device and scores against the fake server.
     with FakeVQAServer() as server:
-        os.environ.update(OPENAI_BASE_URL=server.url, OPENAI_API_KEY="sk-gpu-check")
-        os.chdir(work)  # VQAScore's answer cache: cache/vqascore.sqlite under the work folder
-        steps = args.sample_steps or (2 if args.cpu else None)
+        config.vqa_base_url = server.url
+        os.environ["OPENAI_API_KEY"] = "sk-gpu-check"
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        ev = evaluate_run(
-            opts.output_dir, work / "run", benchmark="genai-bench", scorer="vqascore", sample_steps=steps
-        )
+        record = run.run(config, out)
         timings["sample_and_score_s"] = time.perf_counter() - t
-    write_results(work / "run", ev.table, ev.summary, {"sample_seconds": ev.sample_seconds})
-    metrics = read_json(work / "run" / "metrics.json")
+    metrics = record.metrics
+    usage = metrics["vqascore"]["genai-bench"]["usage"]
     record = {
         "device": torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
@@ -131,16 +133,18 @@ def main() -> None:
         "train_command": cmd,
         "first_loss": log[0]["loss"],
         "last_loss": log[-1]["loss"],
-        "num_processes": read_options(opts.output_dir)["derived"]["num_processes"],
-        "prompts": ev.n_prompts,
-        "sample_steps": steps or get_preset(preset).sample_steps,
-        "sample_and_score_s": round(ev.sample_seconds, 1),  # evaluate_run times both together
-        "vqascore_wall_s": round(ev.table.attrs["usage"]["wall_s"], 1),
+        "num_processes": processes,
+        "prompts": metrics["n_prompts"],
+        "sample_steps": config.sample_steps or get_preset(preset).sample_steps,
+        "sample_device": metrics["sample_device"],
+        "sample_and_score_s": metrics["sample_seconds"],  # the run times both together
+        "vqascore_wall_s": round(usage["wall_s"], 1),
         "peak_sampling_gib": (
             round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
         ),
-        "overall": metrics["overall"]["mean"],
-        "usage": ev.table.attrs.get("usage"),
+        "overall": metrics["tiers"]["genai-bench"]["overall"]["mean"],
+        "usage": usage,
+        "skills_note": metrics.get("skills_note"),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "load_average": os.getloadavg(),
     }

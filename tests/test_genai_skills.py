@@ -77,3 +77,52 @@ def test_the_527_prompt_release_scores_overall_only_and_says_so(tmp_path):
     assert list(result.summary.index) == ["overall"] and "overall only" in result.metrics()["skills_note"]
     with pytest.raises(FileNotFoundError, match="skills file not found"):
         load_genai_bench(tmp_path / "bare", tmp_path / "missing.json")
+
+
+def test_a_run_config_reaches_the_prompt_files_the_scorer_and_the_sampling_device(tmp_path, monkeypatch):
+    """RunConfig's genai-bench settings from the grid to metrics.json: the run's prompt and skills files,
+    VQAScore's model, base URL and cache, per-skill summaries, usage and cost; sampling on sample_device."""
+    from t2istudy.diffusion import sample
+    from t2istudy.run_store import METRICS, read_json
+    from t2istudy.study import run, run_folder
+    from t2istudy.study.run_config import RunConfig
+
+    folder = _bench(tmp_path / "bench")
+    calls = []
+    monkeypatch.setattr(
+        sample,
+        "sample_run",
+        lambda train_dir, prompts, **kw: calls.append(kw) or [np.zeros((16, 16, 3), np.uint8)] * len(prompts),
+    )
+    with FakeVQAServer() as server:
+        config = RunConfig.from_params(
+            {"benchmark": "genai-bench", "scorer": "vqascore", "sample_device": "cuda:1",
+             "prompt_file": str(folder / "genai_image.json"), "skills_file": str(folder / "tags.json"),
+             "vqa_model": "gpt-4o-mini", "vqa_base_url": server.url, "vqa_cache_path": str(tmp_path / "v.sqlite")}
+        )  # fmt: skip
+        results = run.evaluate(config, tmp_path / "train", tmp_path / "out")
+    assert calls[0]["device"] == "cuda:1"
+    run_folder.write_record(tmp_path / "out", results, run.scoring_record(config, results))
+    metrics = read_json(tmp_path / "out" / METRICS)
+    groups = metrics["tiers"]["genai-bench"]["groups"]
+    assert {"attribute", "counting", "negation", "scene", "basic", "advanced"} <= set(groups)
+    vqa = metrics["vqascore"]["genai-bench"]
+    assert (vqa["model"], vqa["base_url"], vqa["cache_path"]) == (
+        "gpt-4o-mini",
+        server.url,
+        str(tmp_path / "v.sqlite"),
+    )
+    assert vqa["skills_file"] == str(folder / "tags.json") and vqa["usage"]["answered"] == 3
+    assert vqa["est_cost_usd"] > 0 and "skills_note" not in metrics
+    shipped = run.scoring_record(RunConfig(), {"genai-bench": (load_genai_bench_table(), None)})
+    assert "overall only" in shipped["skills_note"]["genai-bench"]
+
+
+def load_genai_bench_table():
+    """A scored table of the shipped prompts as evaluate_tier leaves it: the prompt file's note carried over."""
+    from t2istudy.world.genai_bench import load_genai_bench as load
+
+    bench = load()
+    table = bench[["id", "prompt"]].copy()
+    table.attrs["skills_note"] = bench.attrs["skills_note"]
+    return table

@@ -130,3 +130,71 @@ def test_launched_training_phase_on_two_gloo_processes_equals_one_process(tmp_pa
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
     a, b = final_weights(one), final_weights(two.output_dir)
     assert all(torch.allclose(a[k], b[k], atol=5e-5) for k in a)
+
+
+# ---- grid run --launcher slurm -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "name: g\nnotebook: notebooks/run.ipynb\nparams:\n  preset: sd2-256\n  train_options: {vae_path: /m/vae}\n"
+        "axes:\n  encoder: [gemma3-270m]\n  strategy: [norm_mean, last]\n"
+    )
+    return path
+
+
+def test_grid_dry_run_with_slurm_prints_the_plan(grid_file, tmp_path, capsys):
+    from t2istudy.study import cli
+
+    argv = ["grid", "run", str(grid_file), "--runs-dir", str(tmp_path / "runs"), "--launcher", "slurm"]
+    assert cli.main([*argv, "--gpus", "8", "--nodes", "2", "--partition", "a100", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "'nodes': 2, 'tasks_per_node': 1, 'gpus_per_node': 8" in out and "'slurm_partition': 'a100'" in out
+    assert "2 SLURM job(s), one per run, each 2 node(s) x 8 GPU(s) = 16 training processes" in out
+    assert out.count("--num_processes 16 --num_machines 2 --multi_gpu") == 2 and "--strategy last" in out
+
+
+def test_grid_run_with_slurm_and_no_sbatch_is_one_line_with_the_fix(grid_file, tmp_path, capsys, monkeypatch):
+    from t2istudy.study import cli
+
+    monkeypatch.setattr(launch.shutil, "which", lambda tool: None)
+    argv = ["grid", "run", str(grid_file), "--runs-dir", str(tmp_path / "runs"), "--launcher", "slurm"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --launcher slurm needs sbatch and srun on PATH") and "\n" not in err
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_slurm_jobs_run_the_launcher_job_with_the_executor_parameters(grid_file, tmp_path, monkeypatch):
+    """What run_grid hands submitit: the launcher's job function (training under accelerate, then the
+    notebook) and one task per node with all its GPUs."""
+    from t2istudy.study import cli, runner
+
+    seen = {}
+
+    class Executor:
+        def __init__(self, folder, cluster):
+            seen["cluster"] = cluster
+
+        def update_parameters(self, **kw):
+            seen["parameters"] = kw
+
+        def map_array(self, fn, specs, *rest):
+            seen["fn"], seen["specs"] = fn, specs
+            done = [runner.RunResult(s.run_id, "done") for s in specs]
+            return [
+                type("Job", (), {"job_id": i, "result": lambda self, r=r: r})() for i, r in enumerate(done)
+            ]
+
+    monkeypatch.setattr(runner.submitit, "AutoExecutor", Executor)
+    args = cli.build_parser().parse_args(
+        ["grid", "run", str(grid_file), "--launcher", "slurm", "--gpus", "4"]
+    )
+    options = cli.launcher_options(args)
+    results = runner.run_grid(grid_file, tmp_path / "runs", prepare=False, log=lambda m: None, **options)
+    assert [r.state for r in results] == ["done", "done"]
+    assert seen["parameters"]["gpus_per_node"] == 4 and seen["parameters"]["tasks_per_node"] == 1
+    assert seen["fn"].func is launch.run_job and seen["fn"].keywords["resources"].processes == 4
+    assert len(seen["specs"]) == 2

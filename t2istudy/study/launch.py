@@ -14,6 +14,7 @@ parameters are tested on a machine without SLURM.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -30,6 +31,7 @@ from submitit.slurm.slurm import SlurmJobEnvironment
 from t2istudy.diffusion import train_folder
 from t2istudy.diffusion.options import TrainOptions
 from t2istudy.study.grids import RunSpec, run_path
+from t2istudy.study.run_config import RunConfig
 from t2istudy.study.runner import RunResult, execute_run
 
 MAIN_PORT = 29500  # accelerate's default rendezvous port on the main node
@@ -81,27 +83,10 @@ def executor_parameters(resources: Resources) -> dict[str, Any]:
     return params
 
 
-def train_dir(spec: RunSpec, root: str | Path) -> Path:
-    """Where the run notebook trains: ``shared_train_dir`` when the grid sets one, else ``<run>/train``."""
-    shared = spec.params.get("shared_train_dir") or ""
-    return Path(shared) if shared else run_path(root, spec).resolve() / "train"
-
-
 def train_options(spec: RunSpec, root: str | Path) -> TrainOptions:
-    """The TrainOptions the run notebook (notebooks/run.ipynb) would train with, from the run's parameters."""
-    p = spec.params
-    return TrainOptions(
-        encoder=p.get("encoder", "gemma3-270m"),
-        strategy=p.get("strategy", "norm_mean"),
-        preset=p.get("preset", "cpu-small"),
-        seed=p.get("seed", 0),
-        max_train_steps=p.get("max_train_steps"),
-        input_scale=p.get("input_scale", "rms"),
-        output_dir=str(train_dir(spec, root)),
-        report_to="none",
-        progress=False,
-        **(p.get("train_options") or {}),
-    )
+    """The TrainOptions the run trains with (`RunConfig.to_train_options`, into its train folder)."""
+    config = RunConfig.from_params(spec.params, known_only=True)
+    return config.to_train_options(config.train_dir(run_path(root, spec).resolve()))
 
 
 def train_flags(opts: TrainOptions) -> list[str]:
@@ -253,3 +238,9 @@ def run_job(
     if rank != 0:
         return RunResult(spec.run_id, "skipped", error=f"node {rank}: trained; node 0 samples", path=str(out))
     return execute_run(spec, root, expect=expect, force=force)
+
+
+def job_function(resources: Resources):
+    """`run_job` with these resources, as `runner.run_grid(job=...)` submits it (picklable: a partial of a
+    module-level function)."""
+    return functools.partial(run_job, resources=resources)
