@@ -77,7 +77,7 @@ def load_genai_bench(path: str | Path | None = None, skills_file: str | Path | N
         table["skills"] = _read_skills(skills_file, len(table))
         table.attrs["skills_file"] = str(skills_file)
     else:
-        table.attrs["skills_note"] = OVERALL_ONLY.format(source=image_file)
+        table.attrs["skills_note"] = OVERALL_ONLY.format(source=f"{image_file.parent.name}/{image_file.name}")
     table.attrs["prompt_file"] = str(image_file)
     return table
 
