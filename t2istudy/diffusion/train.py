@@ -170,9 +170,8 @@ def train(opts: TrainOptions) -> Path:
     global_batch = per_device * world * opts.gradient_accumulation_steps
 
     # Data and text: the training pairs, and the cache or the frozen encoder with its input scale.
-    with (
-        accelerator.main_process_first()
-    ):  # folder data: the main process builds the index, the others read it
+    # Folder data: the main process builds the dataset index beside the data, the others then read it.
+    with accelerator.main_process_first():
         dataset = build_data(opts, preset)
     captions, rewrites = upsample_captions(opts, dataset.captions, accelerator, run_dir)
     text, rms, cache_path = build_text(opts, captions, accelerator)
