@@ -198,12 +198,17 @@ def test_launcher_flags_map_to_submitit_parameters():
             "90",
         ]
     )
-    assert cli.launcher_options(args) == {
+    options = cli.launcher_options(args)
+    job = options.pop("job")  # the launcher's job: training under accelerate on the job's GPUs first
+    assert job.keywords["resources"].processes == 2
+    assert options == {
         "workers": 1,
         "launcher": "slurm",
         "cluster": None,
         "slurm": {
             "timeout_min": 90,
+            "nodes": 1,
+            "tasks_per_node": 1,
             "gpus_per_node": 2,
             "cpus_per_task": 8,
             "mem_gb": 64,

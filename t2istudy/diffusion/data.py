@@ -2,7 +2,8 @@
 
 Two sources, one interface (`captions` list + `__getitem__ -> (image [3,H,W] in [-1, 1], caption)`):
 - small scale: a fixed pool of shapes-world scenes (`shapes_pool`), so every caption can be cached;
-- paper scale: an image-text dataset on disk (`FolderPairs`), in either documented format:
+- paper scale: an image-text dataset on disk (`FolderPairs`, read through an index built once beside the
+  data, `t2istudy.diffusion.data_index`), in either documented format:
     folder:  <root>/**/<key>.{jpg,jpeg,png,webp} with <key>.txt beside it (one caption, UTF-8)
     shards:  <root>/*.tar (webdataset style) holding <key>.jpg|png|webp and <key>.txt members
   An unreadable image or a missing/empty caption is skipped and counted (`on_bad="skip"`) or stops
@@ -16,7 +17,6 @@ the same global batch that 1 process would see.
 from __future__ import annotations
 
 import io
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +26,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from t2istudy.diffusion.data_index import DatasetIndex
 from t2istudy.world.shapes import MAX_OBJECTS, ShapesWorld
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -85,7 +84,9 @@ def shapes_pool(
 
 
 class FolderPairs(Dataset):
-    """Image-text pairs on disk (folder of files or webdataset-style .tar shards), loaded lazily."""
+    """Image-text pairs on disk (folder of files or webdataset-style .tar shards), read lazily through the
+    index built once beside the data (`t2istudy.diffusion.data_index`): memory-mapped, shared by every
+    process and every resume. ``verify_images`` opens every image once, when the index is built."""
 
     def __init__(self, root: str | Path, resolution: int, on_bad: str = "skip", verify_images: bool = True):
         if on_bad not in ("skip", "stop"):
@@ -96,86 +97,42 @@ class FolderPairs(Dataset):
                 f"Dataset folder {self.root} does not exist: pass --data <folder> holding images + captions."
             )
         self.resolution = resolution
-        self.on_bad = on_bad
-        self.skipped: Counter[str] = Counter()
-        self.items: list[tuple[str, str]] = []  # (tar path or "", image path or member name)
-        self.captions: list[str] = []
-        shards = sorted(self.root.glob("*.tar"))
-        self._tars: dict[str, tarfile.TarFile] = {}
-        if shards:
-            for shard in shards:
-                self._index_shard(shard, verify_images)
-        else:
-            self._index_folder(verify_images)
-        if not self.items:
+        self.index = DatasetIndex.open_or_build(self.root, on_bad=on_bad, verify_images=verify_images)
+        self.captions = self.index.captions
+        self.skipped: Counter[str] = Counter(self.index.skipped)
+        self._files: dict[Path, io.BufferedReader] = {}
+        if not len(self.index):
             raise ValueError(
                 f"No usable (image, caption) pairs under {self.root} (skipped: {dict(self.skipped)}); expected "
-                "<key>.jpg|png|webp with <key>.txt beside it, or webdataset .tar shards of the same."
+                "<key>.jpg|png|webp with <key>.txt beside it, or webdataset .tar shards of the same. After fixing "
+                f"the data, delete {self.index.folder} so that it is listed again."
             )
 
-    def _bad(self, reason: str, where: str) -> None:
-        if self.on_bad == "stop":
-            raise ValueError(
-                f"{where}: {reason}. Fix or remove it, or pass --on_bad skip to skip such pairs."
-            )
-        self.skipped[reason] += 1
-
-    def _add(self, caption: str | None, source: str, name: str, read, verify: bool) -> None:
-        where = f"{source}:{name}" if source else name
-        if caption is None or not caption.strip():
-            return self._bad("missing or empty caption", where)
-        if verify:
-            try:
-                with Image.open(read()) as im:
-                    im.verify()
-            except Exception:  # PIL raises many types for broken files
-                return self._bad("unreadable image", where)
-        self.items.append((source, name))
-        self.captions.append(caption.strip())
-
-    def _index_folder(self, verify: bool) -> None:
-        for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
-            txt = path.with_suffix(".txt")
-            caption = txt.read_text(encoding="utf-8") if txt.is_file() else None
-            self._add(caption, "", str(path), lambda p=path: p, verify)
-
-    def _index_shard(self, shard: Path, verify: bool) -> None:
-        tar = self._tar(str(shard))
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-        for member in tar.getmembers():
-            folder, _, base = member.name.rpartition("/")
-            if member.isfile() and "." in base:  # webdataset: key = path up to the first dot of the file name
-                stem, ext = base.split(".", 1)
-                groups.setdefault(f"{folder}/{stem}", {})["." + ext.lower()] = member
-        for parts in groups.values():
-            image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
-            if image is None:
-                continue
-            caption = tar.extractfile(parts[".txt"]).read().decode("utf-8") if ".txt" in parts else None
-            self._add(
-                caption, str(shard), image.name, lambda m=image: io.BytesIO(tar.extractfile(m).read()), verify
-            )
-
-    def _tar(self, shard: str) -> tarfile.TarFile:
-        if shard not in self._tars:  # one handle per worker process (the dict is copied into workers empty)
-            self._tars[shard] = tarfile.open(shard)
-        return self._tars[shard]
+    def _read(self, where) -> io.BytesIO | Path:
+        if isinstance(where, Path):
+            return where
+        shard, offset, size = where
+        if shard not in self._files:  # one handle per worker process (the dict is copied into workers empty)
+            self._files[shard] = open(shard, "rb")  # noqa: SIM115 - kept open for the dataset's lifetime
+        handle = self._files[shard]
+        handle.seek(offset)
+        return io.BytesIO(handle.read(size))
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tars": {}}
+        return {**self.__dict__, "_files": {}}
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        source, name = self.items[i]
+        where = self.index.locate(i)
         try:
-            raw = io.BytesIO(self._tar(source).extractfile(name).read()) if source else name
-            with Image.open(raw) as im:
+            with Image.open(self._read(where)) as im:
                 image = fit_image(im, self.resolution)
         except Exception as err:
+            name = where if isinstance(where, Path) else f"{where[0]} (bytes {where[1]}+{where[2]})"
             raise ValueError(
-                f"Cannot read image {source + ':' if source else ''}{name}: {err}. Remove the pair."
+                f"Cannot read image {name}: {err}. Remove the pair and delete {self.index.folder}."
             ) from err
         return to_tensor(image), self.captions[i]
 

@@ -12,6 +12,7 @@ from t2istudy.diffusion.data import FolderPairs, shapes_pool
 from t2istudy.diffusion.latents import LatentCache, LatentPairs
 from t2istudy.diffusion.model import Preset, get_preset, load_vae
 from t2istudy.diffusion.options import TrainOptions
+from t2istudy.diffusion.run_checks import check_vae_fits
 from t2istudy.text.cache import EmbeddingCache, OnlineText, caption_hash, slug, token_rms
 from t2istudy.text.encoders import load_encoder
 from t2istudy.text.upsample import parse_upsampling, upsample_records, write_upsampled
@@ -46,6 +47,7 @@ def build_images(opts: TrainOptions, preset: Preset, dataset, device, dtype, pro
     vae_path = opts.vae_path
     if vae_path is None and preset.autoencoder:
         vae_path = str(get_or_train(preset.autoencoder, opts.autoencoder_dir, progress=progress))
+    check_vae_fits(preset, vae_path)  # before the VAE loads and any image is encoded
     vae = load_vae(vae_path).to(device, dtype)
     if opts.latents != "cache":
         return dataset, vae, None, vae_path
@@ -95,7 +97,11 @@ def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator
                 progress=opts.progress and accelerator.is_main_process,
             )
         return text.check(opts.encoder, opts.strategy), text.token_rms, str(text.path)
-    encoder = load_encoder(opts.encoder, device=accelerator.device, max_length=opts.max_length)
+    encoder = load_encoder(
+        opts.encoder, device=accelerator.device, max_length=opts.max_length, dtype=opts.text_dtype
+    )
     text = OnlineText(encoder, opts.strategy, opts.encode_batch_size)
-    probe = sorted(set(captions))[:512]  # the statistic the cache would compute, on a fixed subset
+    # the statistic the cache would compute, on a fixed subset (of the first 65,536: a paper-scale caption
+    # column is memory-mapped, and a set of all 46M captions would be built in every process)
+    probe = sorted(set(captions[:65_536]))[:512]
     return text, token_rms(*text.embed(probe)).tolist(), None

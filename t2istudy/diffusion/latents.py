@@ -42,9 +42,10 @@ def vae_key(vae) -> str:
 
 
 def sample_latents(
-    moments: torch.Tensor, generator: torch.Generator | None, scaling_factor: float
+    moments: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None, scaling_factor: float
 ) -> torch.Tensor:
-    """One latent draw from moments [B, 2C, h, w], scaled for the U-Net (what train.py does on the fly)."""
+    """One latent draw from moments [B, 2C, h, w], scaled for the U-Net (what train.py does on the fly); a list
+    of generators draws row i from generator i."""
     return DiagonalGaussianDistribution(moments).sample(generator=generator) * scaling_factor
 
 

@@ -257,7 +257,7 @@ def get_preset(name: str | Preset) -> Preset:
         return name
     if name not in PRESETS:
         raise ValueError(
-            f"Unknown preset {name!r}: choose one of {sorted(PRESETS)} (defined in t2istudy/model.py)."
+            f"Unknown preset {name!r}: choose one of {sorted(PRESETS)} (defined in t2istudy/diffusion/model.py, PRESETS)."
         )
     return PRESETS[name]
 

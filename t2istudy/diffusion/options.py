@@ -51,6 +51,9 @@ class TrainOptions:
     data_seed: int = 0  # seed of the training data (the shapes pool)
     on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
     text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
+    text_dtype: str = (
+        "fp32"  # online: the encoder's dtype, fp32 | bf16 | fp16 (fp16 clamps the attention sink)
+    )
     caption_upsampling: str | None = None  # rewrite the caption pool once: "local:smollm2-135m:caption"
     cache_dir: str = "cache/embeddings"  # where caption embeddings are cached, per encoder and strategy
     encode_batch_size: int = 64  # captions per encoder pass when the cache is built
@@ -129,6 +132,7 @@ def option_help() -> dict[str, str]:
 CHOICES = {
     "input_scale": ("rms", "none"),
     "text": ("cache", "online"),
+    "text_dtype": ("fp32", "bf16", "fp16"),
     "on_bad": ("skip", "stop"),
     "prediction_type": ("epsilon", "v_prediction"),
     "mixed_precision": ("no", "fp16", "bf16"),
@@ -229,6 +233,11 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
         raise ValueError(
             f"--latents cache needs a preset with a VAE; {preset.name} trains on pixels. Drop the flag or pick "
             "cpu-latent / sd2-256."
+        )
+    if values["text_dtype"] != "fp32" and values["text"] != "online":
+        raise ValueError(
+            f"--text_dtype {values['text_dtype']} sets the encoder's dtype for --text online; the embedding cache "
+            "is encoded once in float32. Add --text online, or drop --text_dtype."
         )
     spec = parse_upsampling(values["caption_upsampling"])  # validates; "none" -> None
     values["caption_upsampling"] = values["caption_upsampling"] if spec is not None else None

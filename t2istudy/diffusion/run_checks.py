@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from t2istudy.diffusion.autoencoder import autoencoder_dir, get_or_train
-from t2istudy.diffusion.model import Preset, get_preset
+from t2istudy.diffusion.model import Preset, get_preset, load_vae_config
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train_folder import (
     FINAL,
@@ -190,4 +190,25 @@ def check_inputs(run_dir: Path, recorded: dict, now: dict[str, str]) -> None:
             f"trained (recorded in {run_dir / OPTIONS} under '{INPUTS}' -> found now):\n{lines}\nPut the "
             "original files back (a cache entry is rebuilt from its VAE or encoder), or train with the new "
             f"inputs as a new run: a new --output_dir, or delete {run_dir} yourself."
+        )
+
+
+def check_vae_fits(preset: Preset, vae_path: str | Path) -> None:
+    """Refuse a VAE whose latents do not fit the preset's U-Net, from its config.json alone: before the VAE
+    loads and before any image is encoded (a mismatch otherwise surfaced as a raw tensor-size error at the
+    first step, after the whole latent cache was built). AutoencoderKL halves the size once per level but
+    the last, so its latents are image_size / 2**(levels - 1) wide with `latent_channels` channels."""
+    config_file = Path(vae_path) / "config.json"
+    if not config_file.is_file():
+        return  # load_vae names the missing folder with its fix
+    config = load_vae_config(vae_path)
+    factor = 2 ** (len(config.get("block_out_channels", [0])) - 1)
+    got = (int(config.get("latent_channels", 4)), preset.image_size // factor)
+    want = (preset.latent_channels, preset.latent_size)
+    if got != want or preset.image_size % factor:
+        raise ValueError(
+            f"The VAE in {vae_path} turns {preset.image_size}x{preset.image_size} images into {got[1]}x{got[1]}x"
+            f"{got[0]} latents (downscaling {factor}x), but preset {preset.name} trains on {want[1]}x{want[1]}x"
+            f"{want[0]} latents: pass a --vae_path whose latents are {want[1]}x{want[1]}x{want[0]} at "
+            f"{preset.image_size} px (downscaling {preset.image_size // want[1]}x), or a preset made for this VAE."
         )

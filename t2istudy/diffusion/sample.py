@@ -14,6 +14,7 @@ deterministic after that.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,13 @@ from t2istudy.text.upsample import parse_upsampling, upsample_records, write_ups
 
 SAMPLERS = ("ddim", "dpm++")
 NOISE_RULES = ("per_prompt", "shared")
+# mixed_precision as training names it -> the autocast dtype sampling runs the U-Net and the VAE in
+PRECISIONS = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_device() -> torch.device:
+    """Where sampling runs when no device is given: where training runs (the first GPU when there is one)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def noise_seed(seed: int, prompt: str, rule: str = "per_prompt") -> int:
@@ -81,7 +89,8 @@ def sample(
     batch_size: int = 32,
     vae=None,
     out_dir: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    precision: str | None = None,
     progress: bool = False,
 ) -> list[np.ndarray]:
     """One uint8 [H, W, 3] image per (prompt, seed), prompt-major (image i*len(seeds)+j = prompts[i], seeds[j]).
@@ -93,8 +102,16 @@ def sample(
     `noise` ("per_prompt" | "shared", default the preset's) picks the starting noise (`noise_seed`);
     `noise_keys` are the texts it is keyed by (default `prompts`; a rewritten prompt keeps its original's).
     Writes `<out_dir>/<prompt index>-s<seed>.png` and `grid.png` (rows = prompts) when out_dir is given.
+    `device` (default: the GPU when there is one, as training) holds the U-Net, the VAE and every tensor of
+    the loop; `precision` ("no" | "fp16" | "bf16", the run's mixed_precision) autocasts the U-Net and runs
+    the VAE in that dtype, as training did. The starting noise is drawn on the CPU either way, so an image
+    does not depend on the device it was sampled on beyond float rounding.
     """
     preset = get_preset(preset)
+    device = torch.device(device) if device is not None else default_device()
+    if precision not in (None, *PRECISIONS):
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)} (or None = no).")
+    half = PRECISIONS.get(precision or "no")
     steps = steps or preset.sample_steps
     scale = preset.guidance_scale if guidance_scale is None else guidance_scale
     rescale = preset.guidance_rescale if guidance_rescale is None else guidance_rescale
@@ -109,6 +126,13 @@ def sample(
     if preset.vae and vae is None:
         raise ValueError(f"Preset {preset.name} samples latents: pass vae=model.load_vae(<local folder>).")
     model = model.to(device).eval()
+    autocast = (  # cuda and cpu autocast; other devices (meta in the tests) run the weights' dtype
+        torch.autocast(device.type, dtype=half)
+        if half is not None and torch.amp.is_autocast_available(device.type)
+        else contextlib.nullcontext()
+    )
+    if vae is not None:  # the VAE decodes where the latents are, in the dtype training encoded with
+        vae = vae.to(device, half or torch.float32)
     jobs = [(i, p, s) for i, p in enumerate(prompts) for s in seeds]
     shape = (preset.latent_channels, preset.latent_size, preset.latent_size)
     images: list[np.ndarray] = []
@@ -136,7 +160,8 @@ def sample(
         x = x * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-            pred = model(inp, t.expand(inp.shape[0]).to(device), feats, mask)
+            with autocast:
+                pred = model(inp, t.expand(inp.shape[0]).to(device), feats, mask).float()
             if guided:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + scale * (cond - uncond)
@@ -144,7 +169,7 @@ def sample(
                     pred = rescale_noise_cfg(pred, cond, guidance_rescale=rescale)
             x = scheduler.step(pred, t, x).prev_sample
         if vae is not None:
-            x = vae.decode(x / vae.config.scaling_factor).sample
+            x = vae.decode((x / vae.config.scaling_factor).to(vae.dtype)).sample
         images.extend(to_uint8(x))
     if out_dir is not None:
         write_images(images, jobs, len(seeds), Path(out_dir))
@@ -181,6 +206,7 @@ def sample_run(
     "backend:model[:style]", see `t2istudy.text.upsample`) rewrites the prompts before they are embedded;
     images stay in the order of `prompts` (score them against the original prompts' specs), and the
     rewrites with their template go to `<out_dir>/upsampled_prompts.json` when `out_dir` is given.
+    Sampling runs on ``device`` (default: the GPU when there is one) in the run's mixed precision.
     """
     model, opts, null = load_denoiser(run_dir, weights)
     embedded = list(prompts)
@@ -203,6 +229,7 @@ def sample_run(
     vae = None
     if get_preset(opts.preset).vae:
         vae = load_vae(vae_path or opts.vae_path)
+    kwargs.setdefault("precision", opts.mixed_precision)  # sample as the run trained: bf16 for sd2-256
     return sample(
         model,
         embedded,

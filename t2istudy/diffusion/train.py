@@ -92,6 +92,16 @@ def step_randomness(
     return noise, t, drop
 
 
+def latent_generators(seed: int, step: int, positions: range) -> list[torch.Generator]:
+    """One CPU generator per image of a micro-batch, seeded by (seed, step, its place in the global batch): the
+    VAE's latent draw of an image is then the same whether 1 or N processes hold it (diffusers' randn_tensor
+    draws row i from generator i on the CPU and moves it to the VAE's device)."""
+    return [
+        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 2, p]).generate_state(1)[0]))
+        for p in positions
+    ]
+
+
 def diffusion_loss(
     pred, x0, noise, t, scheduler, prediction_type: str, snr_gamma: float | None
 ) -> torch.Tensor:
@@ -160,7 +170,9 @@ def train(opts: TrainOptions) -> Path:
     global_batch = per_device * world * opts.gradient_accumulation_steps
 
     # Data and text: the training pairs, and the cache or the frozen encoder with its input scale.
-    dataset = build_data(opts, preset)
+    # Folder data: the main process builds the dataset index beside the data, the others then read it.
+    with accelerator.main_process_first():
+        dataset = build_data(opts, preset)
     captions, rewrites = upsample_captions(opts, dataset.captions, accelerator, run_dir)
     text, rms, cache_path = build_text(opts, captions, accelerator)
     if rewrites is not None:  # the loader yields original captions; embed their rewrites
@@ -302,8 +314,8 @@ def train(opts: TrainOptions) -> Path:
             # Latents: pixels as they are (pixel presets), or the frozen VAE's latents, encoded now or read
             # from the latent cache (cpu-latent, sd2-256 with --latents cache).
             x0 = images.to(accelerator.device)
-            if preset.vae:  # one latent draw per image and step, from the same generator either way
-                g = torch.Generator(accelerator.device).manual_seed(opts.seed * 1_000_003 + step * 97 + lo)
+            if preset.vae:  # one latent draw per image and step, from the same generators either way
+                g = latent_generators(opts.seed, step, range(lo, lo + len(x0)))
                 if latent_cache is not None:  # images are the cached moments
                     x0 = sample_latents(x0, g, derived["vae_scaling_factor"])
                 else:

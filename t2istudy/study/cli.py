@@ -1,7 +1,7 @@
 """The ``t2istudy`` command: the study, grids of notebook runs, and single notebooks.
 
 t2istudy study [--quick | --grid small]       the default study end to end (resumable: rerun to continue)
-t2istudy grid run grids/small.yaml [--workers 2 | --launcher slurm --partition gpu --gpus 1]
+t2istudy grid run grids/small.yaml [--workers 2 | --launcher slurm --partition gpu --gpus 8 --nodes 2 [--dry-run]]
 t2istudy grid status grids/small.yaml         done / failed / pending runs with their overall score
 t2istudy grid prepare grids/small.yaml        fill the runs' embedding caches, one encoder pass per encoder
 t2istudy notebook notebooks/run.ipynb runs/manual/r1 -p encoder=gemma3-270m -p seed=1
@@ -36,6 +36,7 @@ HEAVY = {  # the modules behind the commands that load torch, diffusers, papermi
     "prepare": "t2istudy.study.prepare",
     "rescore": "t2istudy.study.rescore",
     "run": "t2istudy.study.run",
+    "launch": "t2istudy.study.launch",
 }
 
 
@@ -154,27 +155,38 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--partition", default=None)
     parser.add_argument("--timeout-min", type=int, default=240, help="time limit per job (slurm)")
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs per job (slurm)")
+    parser.add_argument(
+        "--gpus", type=int, default=1, help="GPUs per node (slurm): training runs one process per GPU"
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="nodes per job (slurm): training spans gpus x nodes processes"
+    )
     parser.add_argument("--cpus", type=int, default=8, help="CPUs per job (slurm)")
     parser.add_argument("--mem-gb", type=int, default=64, help="memory per job (slurm)")
 
 
 def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
-    """run_grid keyword arguments from the launcher flags."""
-    slurm = {
-        "timeout_min": args.timeout_min,
-        "gpus_per_node": args.gpus,
-        "cpus_per_task": args.cpus,
-        "mem_gb": args.mem_gb,
-    }
-    if args.partition:
-        slurm["slurm_partition"] = args.partition
-    return {
-        "workers": args.workers,
-        "launcher": args.launcher,
-        "cluster": args.cluster,
-        "slurm": slurm if args.launcher == "slurm" else None,
-    }
+    """run_grid keyword arguments from the launcher flags. SLURM: one job per run that trains under
+    ``accelerate launch`` on every GPU of its nodes, then samples and scores (`t2istudy.study.launch`)."""
+    options = {"workers": args.workers, "launcher": args.launcher, "cluster": args.cluster, "slurm": None}
+    if args.launcher == "slurm":
+        launch = command("launch")
+        resources = slurm_resources(args)
+        options["slurm"] = launch.executor_parameters(resources)
+        options["job"] = launch.job_function(resources)
+    return options
+
+
+def slurm_resources(args: argparse.Namespace):
+    """The launcher flags as `launch.Resources` (what each job asks SLURM for)."""
+    return command("launch").Resources(
+        gpus=args.gpus,
+        nodes=args.nodes,
+        cpus=args.cpus,
+        mem_gb=args.mem_gb,
+        timeout_min=args.timeout_min,
+        partition=args.partition,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,10 +242,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             grid = grids.load_grid(args.grid)
             runner.preflight(grid.runs(), grid.source)  # the same checks as a real run: typos fail here
             runner.check_encoders(grid.runs(), grid.source)  # and the encoders and layers of this machine
+            todo = []
             for spec in grid.runs():
                 state = run_state(grids.run_path(args.runs_dir, spec), metrics=True)
                 print(f"{state:11s} {spec.run_id}  {spec.params}")
+                todo += [spec] if state != "done" else []
+            if args.launcher == "slurm":  # the plan: jobs, resources, the commands each job runs
+                launch, resources = command("launch"), slurm_resources(args)
+                print(f"\nsubmitit parameters: {launch.executor_parameters(resources)}")
+                print(launch.format_plan(launch.plan_jobs(todo, args.runs_dir, resources)))
             return 0
+        if args.launcher == "slurm":
+            command("launch").check_slurm_tools(args.cluster)  # one sentence with the fix, not a traceback
         results = runner.run_grid(
             args.grid,
             args.runs_dir,

@@ -35,7 +35,10 @@ from t2istudy.study.tiers import Tier, get_tier, make_tier, make_validation_spli
 
 TierResult = tuple[pd.DataFrame, pd.DataFrame]  # (per-prompt scores, the tier's summary)
 # metrics.json keys that an evaluation writes; everything else (training time, sizes, ...) is the training's
-EVALUATION_KEYS = ("schema_version", "overall", "basic", "advanced", "skills", "tiers", "sample_seconds")
+EVALUATION_KEYS = (
+    *("schema_version", "overall", "basic", "advanced", "skills", "tiers", "sample_seconds"),
+    *("sample_device", "vqascore", "skills_note"),
+)
 
 
 @dataclass
@@ -92,9 +95,32 @@ def run(config: RunConfig, out_dir: str | Path) -> RunRecord:
             "sample_noise": preset.sample_noise,  # per_prompt: each prompt its own starting noise
             "n_prompts": len(results[first.name][0]),
             "train_summary": summary_train,
+            "sample_device": str(sample.default_device())
+            if not config.sample_device
+            else config.sample_device,
+            **scoring_record(config, results),
         },
     )
     return RunRecord(results, run_folder.read_metrics(out), out / "samples" / first.samples / "grid.png")
+
+
+def scoring_record(config: RunConfig, results: dict[str, TierResult]) -> dict[str, Any]:
+    """What metrics.json keeps of the scoring besides the scores: per tier scored by VQAScore its settings,
+    usage and estimated cost (``vqascore``), and why a GenAI-Bench tier is overall only (``skills_note``)."""
+    record: dict[str, Any] = {}
+    for name, (table, _) in results.items():
+        if "usage" in table.attrs:
+            usage = dict(table.attrs["usage"])
+            settings = {**config.scorer_options("vqascore"), "prompt_file": table.attrs.get("prompt_file")}
+            settings["skills_file"] = table.attrs.get("skills_file")
+            record.setdefault("vqascore", {})[name] = {
+                **settings,
+                "usage": usage,
+                "est_cost_usd": usage.get("est_cost_usd"),
+            }
+        if table.attrs.get("skills_note"):
+            record.setdefault("skills_note", {})[name] = table.attrs["skills_note"]
+    return record
 
 
 def evaluate(config: RunConfig, train_dir: str | Path, out: str | Path) -> dict[str, TierResult]:
@@ -106,6 +132,7 @@ def evaluate(config: RunConfig, train_dir: str | Path, out: str | Path) -> dict[
             train_dir,
             config.tier_prompts(tier),
             scorer=config.scorer,
+            scorer_options=config.scorer_options(tier.scorer or config.scorer),
             samples_dir=Path(out) / "samples" / tier.samples,
             sample_seed=config.sample_seed,
             **config.sampling(),
@@ -120,16 +147,21 @@ def evaluate_tier(
     prompts: pd.DataFrame,
     *,
     scorer: str = "judge",
+    scorer_options: dict[str, Any] | None = None,
     samples_dir: str | Path | None = None,
     sample_seed: int = 0,
     **sample_options,
 ) -> TierResult:
     """(per-prompt table, summary) of one tier: sample ``prompts`` from ``train_dir``'s final weights (into
-    ``samples_dir`` when given) and score them; ``sample_options`` pass to `sample.sample_run`."""
+    ``samples_dir`` when given) and score them (``scorer_options`` to `get_scorer`: VQAScore's model, base URL,
+    cache); ``sample_options`` pass to `sample.sample_run`. A paid scorer's usage is in ``table.attrs``."""
     images = sample.sample_run(
         train_dir, prompts["prompt"].tolist(), seeds=[sample_seed], out_dir=samples_dir, **sample_options
     )
-    table = get_scorer(tier.scorer or scorer).score(images, prompts)
+    table = get_scorer(tier.scorer or scorer, **(scorer_options or {})).score(images, prompts)
+    table.attrs.update(
+        {k: v for k, v in prompts.attrs.items() if k in ("prompt_file", "skills_file", "skills_note")}
+    )
     return table, tier.summarize(table)
 
 

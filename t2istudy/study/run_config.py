@@ -32,6 +32,7 @@ from t2istudy.study.grids import RunSpec, notebook_parameters
 from t2istudy.study.tiers import BENCHMARKS, TIERS, Tier
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.upsample import parse_upsampling
+from t2istudy.world.genai_bench import load_genai_bench
 
 SET_BY_RUN = ("output_dir", "report_to", "progress")  # TrainOptions fields `to_train_options()` sets itself
 
@@ -59,6 +60,16 @@ class RunConfig:
     prompt_upsampling: str | dict | None = None  # None, or "backend:model[:style]" (docs/upsampling.md)
     keep_checkpoints: bool = False  # False: delete training checkpoints once final weights exist
     shared_train_dir: str = ""  # empty: train into <out_dir>/train; a folder: train there once, reuse it
+    sample_device: str = ""  # empty: where training ran (the GPU when there is one); "cpu", "cuda:1", ...
+    prompt_file: str = (
+        ""  # genai-bench: its genai_image.json or folder (empty: the 527 shipped, overall only)
+    )
+    skills_file: str = ""  # genai-bench: genai_skills.json (empty: the one beside the prompt file, if any)
+    vqa_model: str = "gpt-4o"  # VQAScore's vision model
+    vqa_base_url: str = ""  # an OpenAI-compatible server (empty: $OPENAI_BASE_URL or api.openai.com)
+    vqa_cache_path: str = (
+        "cache/vqascore.sqlite"  # VQAScore's answer cache (a rerun pays only for new images)
+    )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], *, known_only: bool = False) -> RunConfig:
@@ -112,8 +123,21 @@ class RunConfig:
         return None if tier.size is None else int(getattr(self, tier.size) or 0)
 
     def tier_prompts(self, tier: Tier) -> pd.DataFrame:
-        """The tier's prompts for this run: the one place a tier's prompt source is called."""
+        """The tier's prompts for this run: the one place a tier's prompt source is called (GenAI-Bench's from
+        the run's prompt and skills files)."""
+        if tier.name == "genai-bench":
+            return _genai_prompts(self.prompt_file or None, self.skills_file or None).copy()
         return _prompts(tier.name, self.tier_size(tier), int(self.benchmark_seed)).copy()
+
+    def scorer_options(self, scorer: str) -> dict[str, Any]:
+        """`get_scorer` options of this run for ``scorer``: VQAScore's model, base URL and answer cache."""
+        if scorer != "vqascore":
+            return {}
+        return {
+            "model": self.vqa_model,
+            "base_url": self.vqa_base_url or None,
+            "cache_path": self.vqa_cache_path,
+        }
 
     def sampling(self) -> dict[str, Any]:
         """`sample.sample_run` keyword arguments shared by every tier."""
@@ -122,6 +146,7 @@ class RunConfig:
             "steps": self.sample_steps,
             "guidance_scale": self.guidance_scale,
             "prompt_upsampling": self.prompt_upsampling,
+            "device": self.sample_device or None,
         }
 
     def check(self) -> None:
@@ -181,6 +206,11 @@ def study_config(spec: RunSpec) -> RunConfig | None:
 def _prompts(tier: str, size: int | None, seed: int) -> pd.DataFrame:
     """Built once per process: prepare and the checks ask for the same tiers for every run of a grid."""
     return TIERS[tier].make_prompts(size, seed)
+
+
+@functools.cache
+def _genai_prompts(prompt_file: str | None, skills_file: str | None) -> pd.DataFrame:
+    return load_genai_bench(prompt_file, skills_file)
 
 
 def _type_problem(value: Any, hint: Any) -> str | None:

@@ -19,6 +19,7 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,9 +325,13 @@ def run_grid(
     only: list[str] | None = None,
     rerun_running: bool = False,
     prepare: bool = True,
+    job: Callable[..., RunResult] | None = None,
     log=print,
 ) -> list[RunResult]:
     """Execute every run of a grid that is not complete; returns one result per run (skipped included).
+
+    ``job``: what each SLURM job runs, ``job(spec, root, expect, force)`` (default: the run's notebook in one
+    process; `t2istudy.study.launch.job_function` trains under accelerate on every GPU first).
 
     ``launcher="local"`` runs ``workers`` notebooks at a time on this machine (each worker gets
     cpu_count // workers threads). ``launcher="slurm"`` submits one submitit job per run; ``cluster``
@@ -388,7 +393,7 @@ def run_grid(
             results += _run_local(wave, root, workers, log, start, expect, rerun_running)
         else:
             results += _run_submitit(
-                wave, root, grid_dir, cluster or "slurm", slurm or {}, log, start, expect, rerun_running
+                wave, root, grid_dir, cluster or "slurm", slurm or {}, log, start, expect, rerun_running, job
             )
     failed = [r for r in results if r.state == "failed"]
     log(
@@ -476,23 +481,32 @@ def _run_local(
 
 
 def _run_submitit(
-    todo, root, grid_dir: Path, cluster: str, options: dict, log, start: float, expect: dict, force: bool
+    todo,
+    root,
+    grid_dir: Path,
+    cluster: str,
+    options: dict,
+    log,
+    start: float,
+    expect: dict,
+    force: bool,
+    job: Callable[..., RunResult] | None = None,
 ) -> list[RunResult]:
     executor = submitit.AutoExecutor(folder=grid_dir / ".submitit" / "%j", cluster=cluster)
     executor.update_parameters(name=f"t2istudy-{grid_dir.name}", **options)
     root = str(Path(root).resolve())
     n = len(todo)
     jobs = executor.map_array(
-        _execute_planned, todo, [root] * n, [expect.get(s.run_id) for s in todo], [force] * n
+        job or _execute_planned, todo, [root] * n, [expect.get(s.run_id) for s in todo], [force] * n
     )
     log(
         f"submitted {len(jobs)} {cluster} jobs: {', '.join(str(j.job_id) for j in jobs[:5])}"
         + (" ..." if len(jobs) > 5 else "")
     )
     results = []
-    for i, (job, spec) in enumerate(zip(jobs, todo, strict=True), 1):
+    for i, (submitted, spec) in enumerate(zip(jobs, todo, strict=True), 1):
         try:
-            results.append(job.result())
+            results.append(submitted.result())
         except Exception as err:  # noqa: BLE001 - the job died (time limit, node failure): record it
             results.append(RunResult(spec.run_id, "failed", error=_error_message(err)))
         _report(log, i, len(todo), results[-1], start)

@@ -9,8 +9,13 @@ Facts handled here on purpose (measured on the built-ins, see docs/encoders.md):
 - ``hidden[-1]`` of decoder LLMs already has the final norm applied (transformers' convention);
   the streaming path reproduces this by reading the final norm's output instead of the last block's.
 - Gemma scales its embedding output by sqrt(width): state 0 is that scaled embedding.
-- The first token is an attention sink with norms up to ~1e5: it overflows float16 (checked, with a
-  warning) and dominates a plain ``mean``; ``stats`` can exclude it.
+- The first token is an attention sink with norms up to ~1e5: it overflows float16 (max 65504) and dominates
+  a plain ``mean``; ``stats`` can exclude it. Loaded in float16, an encoder clamps to +-(65504 - 1000), as
+  transformers' T5 does, the output of every linear layer and every block and, in place, the input of every
+  norm (a residual sum inside a block overflows where no module's output is seen), so the sink's inf never
+  turns into NaN in a norm and spreads to every token through attention; the clamped values are counted
+  and reported. bfloat16 has float32's range and needs no clamp
+  (``dtype="bf16"`` for online encoding).
 - Right padding, so real tokens of a causal model never see padding; positions past a batch's
   longest prompt are zero, padding positions inside it hold what the model computed there.
 - A prompt template's prefix is the same for every prompt, and a causal model's states of a prefix do not
@@ -44,6 +49,9 @@ from t2istudy.text.registry import (  # re-exported: the registry's names are pa
 )
 from t2istudy.text.templates import WrappedTokens, get_template, wrap_and_tokenize
 
+# The dtypes an encoder may run in (the --text_dtype flag); half precision halves memory and time on a GPU.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FP16_CLAMP = torch.finfo(torch.float16).max - 1000  # transformers' T5 guard against fp16 overflow
 DEFAULT_MAX_LENGTH = 128  # tokens; the paper's prompts (GenAI-Bench) fit, longer ones are truncated
 # A shared template prefix shorter than this is run with every prompt: caching a few tokens saves about what
 # copying the cache costs (benchmarks/prefix_cache.py: chat's 3-9 tokens break even, 48-169 tokens gain 2-5x).
@@ -101,19 +109,21 @@ def _model_class(config, kind: str):
 def load_encoder(
     name_or_path: str | os.PathLike,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     max_length: int | None = None,
     random_init: bool = False,
 ) -> FrozenEncoder:
     """Load a frozen encoder (eval mode, no gradients) by registry name, HF directory or GGUF file.
 
+    ``dtype``: a torch dtype or "fp32" | "bf16" | "fp16" (float16 gets the overflow guard, see the module).
     ``max_length`` defaults to ``min(DEFAULT_MAX_LENGTH, the model's position limit)``;
     ``random_init`` keeps the architecture and tokenizer but draws fresh weights (seed 0), a
     baseline for "how much does pretraining matter".
     """
     from transformers import AutoConfig, AutoTokenizer
 
+    dtype = parse_dtype(dtype)
     resolved = resolve_encoder(name_or_path)
     location = str(converted_dir(resolved)) if resolved.gguf_file else resolved.location
     local = {"local_files_only": True}
@@ -134,6 +144,15 @@ def load_encoder(
     return FrozenEncoder(
         model, tokenizer, name=resolved.name, kind=kind, max_length=max_length, device=device
     )
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype from itself or its short name (fp32, bf16, fp16)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown encoder dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
 
 
 def _kind_of(config) -> str:
@@ -203,6 +222,29 @@ class FrozenEncoder:
         # Run a template's shared prefix once and continue from its cache (decoders only; see SharedPrefix).
         # False runs every prompt whole, e.g. to measure the saving (benchmarks/prefix_cache.py).
         self.prefix_cache = kind != "bidirectional"
+        self.clamped = torch.zeros((), dtype=torch.long)  # values the fp16 guard clamped (last call)
+        if self.dtype == torch.float16:  # see the module docstring: where float16 overflows, and the guard
+            embed, blocks, _ = _hook_points(self.model)
+            inside = [m for block in blocks for m in block.modules()]
+            for module in (embed, *(m for m in inside if isinstance(m, torch.nn.Linear)), *blocks):
+                module.register_forward_hook(self._clamp_overflow)  # first hooks: readers see clamped states
+            for module in (m for m in self.model.modules() if "norm" in type(m).__name__.lower()):
+                module.register_forward_pre_hook(self._clamp_inputs)
+
+    def _clamp_overflow(self, _module, _inputs, output) -> None:
+        """The fp16 overflow guard: clamp a module's output in place to +-FP16_CLAMP, counting what it cut
+        (kept on the device: no host sync per layer)."""
+        hidden = output[0] if isinstance(output, tuple) else output
+        if torch.is_tensor(hidden) and hidden.is_floating_point():
+            over = (hidden.abs() > FP16_CLAMP).sum()
+            self.clamped = self.clamped.to(over.device) + over
+            hidden.clamp_(-FP16_CLAMP, FP16_CLAMP)
+
+    def _clamp_inputs(self, module, inputs) -> None:
+        """The guard before a norm: a residual sum inside a block (no module's output) overflowed to inf, which
+        the norm would turn into NaN; clamped in place, so the residual stream itself stays finite."""
+        for x in inputs:
+            self._clamp_overflow(module, (), x)
 
     def __repr__(self) -> str:
         return (
@@ -439,6 +481,15 @@ class FrozenEncoder:
 
     def _check_finite(self, x: torch.Tensor) -> None:
         """Half precision overflows on the attention-sink token (norms up to ~1e5): say so, keep results."""
+        clamped = int(self.clamped)
+        if clamped:
+            warnings.warn(
+                f"{self.name} in float16: {clamped} activations beyond the float16 range (the first-token "
+                f"attention sink) were clamped to +-{FP16_CLAMP:.0f}, so the features stay finite but that "
+                "token's states are cut. Use dtype='bf16' (float32's range) where the GPU supports it.",
+                stacklevel=4,
+            )
+            self.clamped = torch.zeros((), dtype=torch.long)
         if self.dtype in (torch.float16, torch.bfloat16):
             bad = int((~torch.isfinite(x)).sum())
             big = float(x.abs().max()) if bad == 0 else float("inf")
@@ -512,6 +563,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "BUILTIN_ENCODERS",
+    "DTYPES",
     "PAPER_ENCODERS",
     "FrozenEncoder",
     "LayerStates",
@@ -520,5 +572,6 @@ __all__ = [
     "converted_dir",
     "list_encoders",
     "load_encoder",
+    "parse_dtype",
     "resolve_encoder",
 ]

@@ -24,11 +24,20 @@ def shipped_path() -> Path:
     return Path(str(resources.files("t2istudy") / "data" / "genai-bench-527"))
 
 
-def load_genai_bench(path: str | Path | None = None) -> pd.DataFrame:
+OVERALL_ONLY = (
+    "{source} has no skill tags (no genai_skills.json beside it): overall only. Per-skill scores need the "
+    "official 1,600 prompts and their genai_skills.json (Hugging Face dataset BaiqiL/GenAI-Bench-1600, "
+    "docs/scoring.md)."
+)
+
+
+def load_genai_bench(path: str | Path | None = None, skills_file: str | Path | None = None) -> pd.DataFrame:
     """Read a GenAI-Bench folder (or its ``genai_image.json``) into a table.
 
     Columns: ``id`` (str), ``index`` (int, the file's 0-based order used by ``genai_skills.json``),
     ``prompt`` (str), ``skills`` (tuple of skill tags; empty when no skills file is present).
+    ``skills_file`` (default: ``genai_skills.json`` beside the prompt file) tags the prompts; without one the
+    table says so in ``table.attrs["skills_note"]`` (see `skills_note`): its summary is overall only.
     """
     path = Path(path) if path is not None else shipped_path()
     image_file = path / "genai_image.json" if path.is_dir() else path
@@ -58,10 +67,24 @@ def load_genai_bench(path: str | Path | None = None) -> pd.DataFrame:
             {"id": str(entry.get("id", key)), "index": index, "prompt": entry["prompt"], "skills": ()}
         )
     table = pd.DataFrame(rows)
-    skills_file = image_file.with_name("genai_skills.json")
+    if skills_file is not None and not Path(skills_file).is_file():
+        raise FileNotFoundError(
+            f"GenAI-Bench skills file not found: {skills_file}. Pass the genai_skills.json of the official "
+            "1,600-prompt release (BaiqiL/GenAI-Bench-1600), or leave it empty for overall scores only."
+        )
+    skills_file = Path(skills_file) if skills_file is not None else image_file.with_name("genai_skills.json")
     if skills_file.exists():
         table["skills"] = _read_skills(skills_file, len(table))
+        table.attrs["skills_file"] = str(skills_file)
+    else:
+        table.attrs["skills_note"] = OVERALL_ONLY.format(source=f"{image_file.parent.name}/{image_file.name}")
+    table.attrs["prompt_file"] = str(image_file)
     return table
+
+
+def skills_note(table: pd.DataFrame) -> str | None:
+    """Why a GenAI-Bench table scores overall only (None when its prompts carry skill tags)."""
+    return table.attrs.get("skills_note")
 
 
 def _read_skills(skills_file: Path, n_prompts: int) -> list[tuple[str, ...]]:
