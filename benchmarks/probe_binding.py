@@ -6,6 +6,7 @@ cache/probe_binding/<label>.csv (with <label>.timing.csv), and an arm found ther
 of recomputed (delete the file to recompute). ``t2istudy.probe.binding`` says what is probed and why.
 
     .venv/bin/python benchmarks/probe_binding.py                       # gemma3-270m, smollm2-135m
+    .venv/bin/python benchmarks/probe_binding.py --scale rms           # as the projection receives it
     .venv/bin/python benchmarks/probe_binding.py --plot-only
 """
 
@@ -82,6 +83,12 @@ def main() -> None:
     ap.add_argument("--n_position", type=int, default=800)
     ap.add_argument("--out", type=Path, default=Path("figures/probe_binding"))
     ap.add_argument("--work", type=Path, default=Path("cache/probe_binding"))
+    ap.add_argument(
+        "--scale",
+        choices=binding.SCALES,
+        default="layernorm",
+        help="per-token LayerNorm (as the layer-wise probe) or the study's one dataset-wide 1/RMS factor",
+    )
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -93,17 +100,18 @@ def main() -> None:
         opts = ProbeOptions(steps=args.steps)
         seeds = [int(s) for s in args.seeds.split(",")]
         for name in args.encoders:
-            path = args.work / f"{name}.csv"
+            label = name + ("" if args.scale == "layernorm" else f"[{args.scale}]")
+            path = args.work / f"{label}.csv"
             if path.is_file():
                 continue
             table, timing = binding.run_encoder(
-                load_encoder(name), data, args.representations, seeds=seeds, options=opts
+                load_encoder(name), data, args.representations, seeds=seeds, options=opts, scale=args.scale
             )
             row = pd.DataFrame([dataclasses.asdict(timing) | {"seeds": len(seeds), "steps": args.steps}])
-            row.to_csv(args.work / f"{name}.timing.csv", index=False)
+            row.to_csv(args.work / f"{label}.timing.csv", index=False)
             table.to_csv(path, index=False)
             print(
-                f"{name}: encode {timing.encode_s:.0f} s, probe {timing.probe_s:.0f} s, "
+                f"{label}: encode {timing.encode_s:.0f} s, probe {timing.probe_s:.0f} s, "
                 f"load {timing.load_1min:.1f}",
                 flush=True,
             )

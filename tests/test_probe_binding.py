@@ -120,3 +120,19 @@ def test_summary_counts_one_row_per_asked_object(data):
     assert counts[("mean", "position")] == 2 * test_position
     assert ("token", "position") not in counts
     assert np.isin(table.order.unique(), ["first", "second", "all"]).all()
+
+
+def test_rms_scale_is_one_dataset_wide_factor_and_layernorm_is_per_token(data):
+    states, _ = synthetic_encoder(True)
+    prompts = list(data.prompt[:50])
+    hidden, mask = states(prompts)
+    ln, m = binding.featurize(states, prompts, ["last"], chunk=16)
+    rms, _ = binding.featurize(states, prompts, ["last"], chunk=16, scale="rms")
+    real = rms["last"].float()[m]
+    assert real.pow(2).mean().item() == pytest.approx(1.0, rel=1e-3)
+    raw = hidden[-1][: m.shape[0], : m.shape[1]][m]
+    ratio = real / raw  # one factor for every token and channel
+    assert ratio.std().item() < 1e-2 * ratio.mean().item()
+    assert ln["last"].float()[m].mean(-1).abs().max().item() < 1e-2
+    with pytest.raises(ValueError, match="Unknown scale"):
+        binding.featurize(states, prompts, ["last"], scale="none")

@@ -174,12 +174,26 @@ def noun_positions(prompts: Sequence[str], first: Sequence[str], second: Sequenc
     return out
 
 
+SCALES = ("layernorm", "rms")
+
+
 def featurize(
-    states: States, prompts: Sequence[str], representations: Sequence[str], chunk: int = 128
+    states: States,
+    prompts: Sequence[str],
+    representations: Sequence[str],
+    chunk: int = 128,
+    scale: str = "layernorm",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Every representation of every prompt, LayerNorm'd per token with padding zeroed (float16
-    [N, T, D]), and the mask [N, T]. ``mid`` is the middle hidden state (``layer:<num_states // 2>``)."""
+    """Every representation of every prompt with padding zeroed (float16 [N, T, D]), and the mask [N, T].
+
+    ``scale="layernorm"``: each token LayerNorm'd (no affine), as the layer-wise probe does; ``"rms"``: one
+    factor per representation bringing the RMS over every real token to 1, as the study's conditioner
+    does (``input_scale="rms"``), i.e. what its projection receives. ``mid`` is the middle hidden state
+    (``layer:<num_states // 2>``)."""
+    if scale not in SCALES:
+        raise ValueError(f"Unknown scale {scale!r}; use one of {', '.join(SCALES)}.")
     parts: dict[str, list[torch.Tensor]] = {r: [] for r in representations}
+    squares = dict.fromkeys(representations, 0.0)
     masks = []
     for start in range(0, len(prompts), chunk):
         hidden, mask = states(list(prompts[start : start + chunk]))
@@ -188,10 +202,19 @@ def featurize(
         for rep in representations:
             name = f"layer:{hidden.shape[0] // 2}" if rep == "mid" else rep
             x = aggregate(hidden, mask, name)
-            parts[rep].append((F.layer_norm(x, x.shape[-1:]) * mask[..., None]).half())
+            if scale == "layernorm":
+                x = F.layer_norm(x, x.shape[-1:])
+            x = x * mask[..., None]
+            squares[rep] += float(x.double().pow(2).sum())
+            parts[rep].append(x if scale == "rms" else x.half())  # raw states can exceed float16
     width = max(m.shape[1] for m in masks)
     mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks])
-    feats = {r: torch.cat([F.pad(p, (0, 0, 0, width - p.shape[1])) for p in ps]) for r, ps in parts.items()}
+    feats = {}
+    for rep, ps in parts.items():
+        x = torch.cat([F.pad(p, (0, 0, 0, width - p.shape[1])) for p in ps])
+        if scale == "rms":
+            x = (x / math.sqrt(squares[rep] / (int(mask.sum()) * x.shape[-1]))).half()
+        feats[rep] = x
     return feats, mask
 
 
@@ -440,17 +463,19 @@ def run_encoder(
     *,
     seeds: Sequence[int] = (0, 1, 2),
     options: ProbeOptions | None = None,
+    scale: str = "layernorm",
 ) -> tuple[pd.DataFrame, EncoderTiming]:
     """Encode ``data``'s prompts with a ``FrozenEncoder`` and probe them; the per-item table and timing.
-    The noun positions come from the same tokenizer with offsets (special tokens included, as encoded)."""
-    label = encoder.name
+    The noun positions come from the same tokenizer with offsets (special tokens included, as encoded).
+    A ``scale`` other than the layer-wise probe's per-token LayerNorm labels the encoder ``name[scale]``."""
+    label = encoder.name + ("" if scale == "layernorm" else f"[{scale}]")
     t0 = time.perf_counter()
 
     def states(batch: list[str]):
         s = encoder.encode(batch)
         return s.hidden, s.mask
 
-    feats, mask = featurize(states, list(data.prompt), representations)
+    feats, mask = featurize(states, list(data.prompt), representations, scale=scale)
     offsets = hf_offsets(encoder.tokenizer)
     nouns = noun_positions(list(data.prompt), list(data["first"]), list(data["second"]), offsets)
     t1 = time.perf_counter()
