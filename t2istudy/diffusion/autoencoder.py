@@ -15,6 +15,10 @@ The package ships the ``shapes-f2c4`` autoencoder that its recipe trained (``t2i
 2.5 MB; ~16 min on one core), as SD2 ships its VAE: a fresh machine copies it instead of training, and
 every machine's study then shares the same frozen weights. The release's folder name is the recipe's
 hash, so a changed recipe never picks up a stale release; it is trained instead.
+
+``shapes-f2c4r`` is the same autoencoder trained on varied renders (``varied_render``: jittered colours,
+other object sizes, hard to soft edges), for scenes another renderer drew; the study's protocol
+(``cpu-latent-v``) keeps ``shapes-f2c4``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from t2istudy.diffusion.data import to_tensor
 from t2istudy.identity import content_digest, move_aside
 from t2istudy.staging import staging_folder
-from t2istudy.world.shapes import ShapesWorld
+from t2istudy.world.shapes import BACKGROUNDS, PALETTE, Scene, ShapesWorld, render
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,24 @@ class AutoencoderRecipe:
         return f"{self.name}-{hashlib.sha1(blob).hexdigest()[:10]}"
 
 
+@dataclass(frozen=True)
+class RobustAutoencoderRecipe(AutoencoderRecipe):
+    """A recipe whose training scenes vary as another renderer's would (``varied_render``): colours off the
+    palette, other object sizes, hard or soft edges from other resampling filters. The study's renderer
+    draws exact palette colours with box-filtered edges; a decoder trained only on those misreads scenes
+    drawn otherwise (shapes-f2c4: blue for green on black backgrounds). A subclass, so the recipes
+    before it keep their fields, their hashes and their releases."""
+
+    varied_share: float = 0.75  # share of each batch drawn by varied_render (the rest: shapes.render)
+    colour_jitter: int = 24  # levels per channel, either way, for every colour (background included)
+    size_scale: tuple[float, float] = (0.8, 1.0)  # each object's side times a factor drawn from this range
+
+
 RECIPES: dict[str, AutoencoderRecipe] = {
     # 32x32x3 pixels -> 16x16x4 latents (3x fewer numbers); what the cpu-latent preset trains on.
     "shapes-f2c4": AutoencoderRecipe(name="shapes-f2c4"),
+    # shapes-f2c4 trained on varied renders (issue 36): what a new preset may use; cpu-latent-v keeps f2c4.
+    "shapes-f2c4r": RobustAutoencoderRecipe(name="shapes-f2c4r", steps=2000),
     # Tests and smoke runs: a few steps, judged only for plumbing.
     "shapes-tiny": AutoencoderRecipe(
         name="shapes-tiny", block_out_channels=(8, 16), norm_num_groups=4, steps=20, batch_size=16
@@ -101,10 +121,59 @@ def build_autoencoder(recipe: AutoencoderRecipe) -> AutoencoderKL:
     )
 
 
+_FILTERS = (  # how a supersampled canvas is brought down: soft (box) to sharp with ringing (Lanczos)
+    Image.Resampling.BOX,
+    Image.Resampling.BILINEAR,
+    Image.Resampling.HAMMING,
+    Image.Resampling.BICUBIC,
+    Image.Resampling.LANCZOS,
+)
+
+
+def varied_render(scene: Scene, rng: np.random.Generator, recipe: RobustAutoencoderRecipe) -> np.ndarray:
+    """``scene`` as uint8 [S, S, 3] the way another renderer might draw it: every colour jittered, each
+    object's side scaled, drawn on a 1x to 8x canvas (1x: aliased edges) and brought down by a random
+    filter. Positions, shapes and colour names stay those of the scene, so its caption stays true."""
+    factor = int(rng.choice([1, 2, 4, 8]))
+    side = recipe.image_size * factor
+    low, high = recipe.size_scale
+
+    def jitter(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+        shift = rng.integers(-recipe.colour_jitter, recipe.colour_jitter + 1, size=3)
+        return tuple(int(v) for v in np.clip(np.asarray(rgb) + shift, 0, 255))
+
+    image = Image.new("RGB", (side, side), jitter(BACKGROUNDS[scene.background]))
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        half = obj.size * float(rng.uniform(low, high)) * side
+        x, y = obj.x * side, obj.y * side
+        box = (x - half, y - half, x + half - 1, y + half - 1)
+        fill = jitter(PALETTE[obj.color])
+        if obj.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif obj.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(x, y - half), (x + half, y + half), (x - half, y + half)], fill=fill)
+    if factor == 1:
+        return np.asarray(image, dtype=np.uint8)
+    size = (recipe.image_size, recipe.image_size)
+    return np.asarray(image.resize(size, _FILTERS[int(rng.integers(len(_FILTERS)))]), dtype=np.uint8)
+
+
 def scene_batch(recipe: AutoencoderRecipe, step: int) -> torch.Tensor:
-    """The fresh training images of one step, [B, 3, H, W] in [-1, 1], a pure function of (seed, step)."""
+    """The fresh training images of one step, [B, 3, H, W] in [-1, 1], a pure function of (seed, step).
+    A ``RobustAutoencoderRecipe`` draws its ``varied_share`` of them with ``varied_render``."""
     rng = np.random.default_rng([recipe.seed, step, 7])
-    images, _, _ = ShapesWorld(seed=recipe.seed).batch(recipe.batch_size, rng, recipe.image_size)
+    if not isinstance(recipe, RobustAutoencoderRecipe):
+        images, _, _ = ShapesWorld(seed=recipe.seed).batch(recipe.batch_size, rng, recipe.image_size)
+        return torch.stack([to_tensor(im) for im in images])
+    world = ShapesWorld(seed=recipe.seed)
+    images = []
+    for _ in range(recipe.batch_size):
+        scene = world.sample_scene(rng)
+        varied = rng.random() < recipe.varied_share
+        images.append(varied_render(scene, rng, recipe) if varied else render(scene, recipe.image_size))
     return torch.stack([to_tensor(im) for im in images])
 
 
