@@ -1,5 +1,7 @@
 """Presets, the SD2 parameter count (meta device, no weights), and the text conditioner's arithmetic."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -36,6 +38,44 @@ def test_small_presets_sizes():
     assert get_preset("cpu-small").guidance_scale == 3.0 and get_preset("sd2-256").guidance_scale == 7.0
 
 
+CAPACITY_LEVERS = {  # name -> (the one U-Net change to cpu-latent-v, backbone parameters)
+    "cpu-latent-v-xattn128": ({"cross_attention_dim": 128}, 1_833_028),
+    "cpu-latent-v-heads4": ({"attention_head_dim": 4}, 1_763_396),
+    "cpu-latent-v-attn16x2": ({"transformer_layers_per_block": (2, 1, 1)}, 1_832_612),
+    "cpu-latent-v-attn2": ({"transformer_layers_per_block": 2}, 2_413_668),
+    "cpu-latent-v-wide16": ({"block_out_channels": (64, 64, 64)}, 2_417_156),
+}
+
+
+def test_capacity_levers_change_one_unet_knob_of_cpu_latent_v():
+    base = get_preset("cpu-latent-v")
+    for name, (change, params) in CAPACITY_LEVERS.items():
+        preset = get_preset(name)
+        assert replace(preset, name=base.name, unet=base.unet) == base, name  # all else is cpu-latent-v's
+        assert {k: v for k, v in preset.unet.items() if base.unet.get(k) != v} == change, name
+        with torch.device("meta"):
+            assert count_parameters(build_unet(preset)) == params, name
+    with torch.device("meta"):
+        unet = build_unet(base)
+        deep16 = build_unet("cpu-latent-v-attn16x2")
+        heads4 = build_unet("cpu-latent-v-heads4")
+    assert (
+        unet.mid_block.attentions[0].transformer_blocks[0].attn2 is not None
+    )  # the base's mid block reads text
+    assert unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.heads == 2
+    assert heads4.down_blocks[0].attentions[0].transformer_blocks[0].attn2.heads == 4
+    # 2 transformer layers at 16x16 (first down block, last up block), 1 at 8x8, 4x4 and in the mid block
+    layers = [len(b.attentions[0].transformer_blocks) for b in (*deep16.down_blocks, *deep16.up_blocks)]
+    assert layers == [2, 1, 1, 1, 1, 2]
+    assert len(deep16.mid_block.attentions[0].transformer_blocks) == 1
+
+
+def test_unknown_backbone_is_a_clear_error():
+    bad = replace(get_preset("cpu-tiny"), name="bad", backbone="mamba")
+    with pytest.raises(ValueError, match="backbone 'mamba'.*fix the preset"):
+        build_unet(bad)
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="Unknown preset 'sd3'.*cpu-small"):
         get_preset("sd3")
@@ -46,14 +86,19 @@ def test_unknown_preset_names_the_choices():
         "cpu-latent-v",
         "cpu-tiny",
         "cpu-tiny-latent",
+        "cpu-latent-v-xattn128",
+        "cpu-latent-v-heads4",
+        "cpu-latent-v-attn16x2",
+        "cpu-latent-v-attn2",
+        "cpu-latent-v-wide16",
+        "cpu-latent-v-dit",
+        "cpu-tiny-dit",
     }
 
 
 def test_every_preset_train_default_reaches_the_resolved_options():
     """A preset's train_defaults only take effect on fields whose TrainOptions default is None: a fixed
     default once silently kept cpu-latent-v's cosine schedule at constant_with_warmup."""
-    from dataclasses import replace
-
     from t2istudy.diffusion.options import PRESET_SETTABLE, TrainOptions, resolve_options
 
     for preset in PRESETS.values():

@@ -9,17 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 from torch import nn
 
-from t2istudy.diffusion.model import TextConditioner
+from t2istudy.diffusion.model import TextConditioner, load_backbone
 from t2istudy.diffusion.options import TrainOptions, load_options
 from t2istudy.diffusion.train_folder import FINAL
 
 
 class Denoiser(nn.Module):
-    """U-Net + text conditioner as one module, so DDP, EMA and checkpoints treat them together."""
+    """Backbone (U-Net or DiT) + text conditioner as one module, so DDP, EMA and checkpoints treat them
+    together."""
 
     def __init__(self, unet: nn.Module, conditioner: TextConditioner):
         super().__init__()
@@ -30,7 +30,8 @@ class Denoiser(nn.Module):
         self, noisy: torch.Tensor, t: torch.Tensor, features: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         context, mask = self.conditioner(features, mask)
-        return self.unet(noisy, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
+        # timestep by name: the U-Net takes it second, the PixArt transformer third
+        return self.unet(noisy, timestep=t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
 
 
 def final_weights(run_dir: str | Path, weights: str = "final") -> dict[str, torch.Tensor]:
@@ -63,7 +64,7 @@ def load_denoiser(run_dir: str | Path, weights: str = "final") -> tuple[Denoiser
     opts, derived = load_options(run_dir)
     folder = _weights_folder(run_dir, weights)
 
-    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"))
+    unet = load_backbone(folder / "unet")
     conditioner = TextConditioner(
         derived["text_width"], unet.config.cross_attention_dim, derived["num_layers"]
     )

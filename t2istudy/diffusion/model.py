@@ -1,8 +1,10 @@
-"""U-Net presets and the text side shared by every encoder.
+"""Denoiser presets and the text side shared by every encoder.
 
 The study is only fair if everything except the text encoder is held fixed, so the model is a named
 preset (one place for every size knob) plus a `TextConditioner` that is the same for every encoder:
 optional learned layer weights -> a fixed input scale -> one trainable Linear to cross_attention_dim.
+The denoiser is diffusers' SD2-style U-Net; `Preset.backbone` selects a DiT-style transformer instead
+(diffusers' PixArt transformer), measured as an alternative (issue 36).
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, ModelMixin, PixArtTransformer2DModel, UNet2DConditionModel
 from torch import nn
+
+# Preset.backbone -> the diffusers class built from Preset.unet. Both take (sample, timestep=,
+# encoder_hidden_states=, encoder_attention_mask=) and save with save_pretrained, so training, sampling and
+# checkpoints treat them alike. "pixart": a DiT with adaLN-single timestep modulation and cross-attention to
+# the text in every block (diffusers' DiTTransformer2DModel has no cross-attention).
+BACKBONES: dict[str, type[ModelMixin]] = {"unet": UNet2DConditionModel, "pixart": PixArtTransformer2DModel}
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,8 @@ class Preset:
     image_size: int  # pixels of the training images
     latent_channels: int  # 3 = pixel space, 4 = SD latents behind a VAE
     latent_size: int  # spatial size the U-Net sees
-    unet: dict  # kwargs for UNet2DConditionModel (sample_size/in/out channels filled in by build_unet)
+    unet: dict  # kwargs for the backbone's class (sample_size/in/out channels filled in by build_unet)
+    backbone: str = "unet"  # a key of BACKBONES: "unet" (the study's) or "pixart" (the DiT alternative)
     vae: bool = False  # True: images go through an AutoencoderKL loaded from a local path
     autoencoder: str | None = None  # the t2istudy.autoencoder recipe trained once per machine when no
     # --vae_path is given (small latent presets); None: a VAE path is required (sd2-256)
@@ -253,12 +262,30 @@ def get_preset(name: str | Preset) -> Preset:
     return PRESETS[name]
 
 
-def build_unet(preset: str | Preset) -> UNet2DConditionModel:
-    """A freshly initialised U-Net; wrap in `torch.device('meta')` to count parameters without memory."""
+def build_unet(preset: str | Preset) -> ModelMixin:
+    """A freshly initialised denoiser backbone (the U-Net, or the preset's other backbone); wrap in
+    `torch.device('meta')` to count parameters without memory."""
     p = get_preset(preset)
-    return UNet2DConditionModel(
+    if p.backbone not in BACKBONES:
+        raise ValueError(
+            f"Preset {p.name} names backbone {p.backbone!r}, which is not one of {sorted(BACKBONES)}: "
+            "fix the preset's backbone field."
+        )
+    return BACKBONES[p.backbone](
         sample_size=p.latent_size, in_channels=p.latent_channels, out_channels=p.latent_channels, **p.unet
     )
+
+
+def load_backbone(folder: str | Path) -> ModelMixin:
+    """A saved backbone (save_pretrained folder) as the class its config.json names."""
+    name = json.loads((Path(folder) / "config.json").read_text()).get("_class_name")
+    classes = {cls.__name__: cls for cls in BACKBONES.values()}
+    if name not in classes:
+        raise ValueError(
+            f"{folder} holds a {name!r}, which is not a denoiser this project builds ({sorted(classes)}): "
+            "point at a run trained by t2istudy.train."
+        )
+    return classes[name].from_pretrained(str(folder))
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -344,3 +371,61 @@ def set_input_scale(conditioner: TextConditioner, scale: float | list[float]) ->
 def replace_preset(preset: Preset, **changes) -> Preset:
     """A preset with some fields changed (e.g. a different U-Net width for an ablation)."""
     return dataclasses.replace(preset, **changes)
+
+
+# Issue 36's conditioning-capacity levers: cpu-latent-v with one U-Net change each (same autoencoder,
+# objective, schedule and training defaults), so a binding score that moves is the change's. cpu-latent-v
+# already has cross-attention at every level (16, 8, 4, down and up) and in the mid block (diffusers' default
+# UNetMidBlock2DCrossAttn); its text-to-image attention is 32 wide at 16x16, where the objects are placed
+# (2x2 latent cells each), and 64 wide below. Parameters are the backbone's (tests/test_model.py counts them).
+def _capacity_lever(name: str, unet: dict) -> Preset:
+    base = PRESETS["cpu-latent-v"]
+    return replace_preset(base, name=name, unet={**base.unet, **unet})
+
+
+_CAPACITY_LEVERS = [
+    # Text context 128 wide instead of 64 (the conditioner projects to it; keys and values read it): more room
+    # for which colour goes with which word. 1,833,028 parameters.
+    _capacity_lever("cpu-latent-v-xattn128", {"cross_attention_dim": 128}),
+    # 4 attention heads instead of 2 at every level (widths 8/16/16): two objects' words can be attended by
+    # different heads at once. 1,763,396 parameters (heads split the same width).
+    _capacity_lever("cpu-latent-v-heads4", {"attention_head_dim": 4}),
+    # 2 transformer layers (self-attention, cross-attention, feed-forward) per attention at 16x16, 1 below:
+    # a second look at the text where layout is drawn. 1,832,612 parameters.
+    _capacity_lever("cpu-latent-v-attn16x2", {"transformer_layers_per_block": (2, 1, 1)}),
+    # 2 transformer layers at every level and in the mid block. 2,413,668 parameters.
+    _capacity_lever("cpu-latent-v-attn2", {"transformer_layers_per_block": 2}),
+    # 64 channels at 16x16 instead of 32: text-to-image attention 64 wide there (its width is the level's
+    # channels), at twice the step's FLOPs (convolutions at 16x16 cost 4x). 2,417,156 parameters.
+    _capacity_lever("cpu-latent-v-wide16", {"block_out_channels": (64, 64, 64)}),
+]
+PRESETS.update({p.name: p for p in _CAPACITY_LEVERS})
+
+# The transformer alternative (issue 36): a DiT on cpu-latent-v's latents, objective and training defaults.
+# Patch 2 turns the 16x16x4 latents into 64 tokens of width 128 (4 heads of 32); each of 6 blocks has
+# self-attention, cross-attention to the text and a feed-forward, with the timestep through adaLN-single.
+# 1,740,432 parameters and 17.8 GFLOP per batch-32 training step, against the U-Net's 1,763,396 and 19.1:
+# the same size, with its FLOPs in [batch x 64, 128] matmuls instead of 32-64-channel convolutions.
+_DIT = {
+    "num_layers": 6,
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "cross_attention_dim": 128,  # the text context as wide as the tokens, as PixArt's
+    "patch_size": 2,
+}
+PRESETS["cpu-latent-v-dit"] = replace_preset(
+    PRESETS["cpu-latent-v"], name="cpu-latent-v-dit", backbone="pixart", unet=_DIT
+)
+# Tests and smoke runs of the DiT path: cpu-tiny's pixels, 2 blocks of width 16.
+PRESETS["cpu-tiny-dit"] = replace_preset(
+    PRESETS["cpu-tiny"],
+    name="cpu-tiny-dit",
+    backbone="pixart",
+    unet={
+        **_DIT,
+        "num_layers": 2,
+        "num_attention_heads": 2,
+        "attention_head_dim": 8,
+        "cross_attention_dim": 16,
+    },
+)
