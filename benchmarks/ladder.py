@@ -31,7 +31,7 @@ from t2istudy.study.ladder import (
     register_lever,
     write_object_breakdown,
 )
-from t2istudy.study.tiers import tune_guidance
+from t2istudy.study.run import tune_guidance
 
 
 def main() -> None:

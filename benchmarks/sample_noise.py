@@ -28,8 +28,8 @@ import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 from t2istudy.diffusion.sample import NOISE_RULES
 from t2istudy.figure_files import save_figure
 from t2istudy.study.ladder import register_saved
+from t2istudy.study.run import evaluate_tiers
 from t2istudy.study.targets import shared_suffix, short_label
-from t2istudy.study.tiers import evaluate_tiers
 
 KEY = ["run", "rule", "sample_seed", "tier"]
 

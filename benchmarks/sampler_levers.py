@@ -2,7 +2,7 @@
 sec. 3.4), chosen on the validation split, then judged on both tiers (figures/sampler_levers.{csv,md,png}).
 
 Choosing never looks at a benchmark tier: every setting is judged on 200 validation captions of fresh
-training-world scenes (`tiers.tune_guidance`; --validation_colourless p words that share of them without
+training-world scenes (`run.tune_guidance`; --validation_colourless p words that share of them without
 colours, as GenEval's colourless tasks are worded), and only the settings named by --evaluate are sampled
 on the tiers. Tier draws are the per-prompt draws of benchmarks/sample_noise.py, so a setting's means
 compare draw for draw with that file's rows for the same run (the preset's own setting).
@@ -34,7 +34,7 @@ from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.train_folder import read_options
 from t2istudy.figure_files import save_figure
 from t2istudy.study.ladder import register_saved
-from t2istudy.study.tiers import evaluate_tiers, tune_guidance
+from t2istudy.study.run import evaluate_tiers, tune_guidance
 
 SETTING = ["run", "sampler", "sample_steps", "guidance_scale", "guidance_rescale"]
 KEYS = {"sampler": "sampler", "steps": "sample_steps", "cfg": "guidance_scale", "rescale": "guidance_rescale"}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from t2istudy import run_store
 from t2istudy.scoring.summaries import summarize, summarize_geneval
 from t2istudy.study import run_folder
 from t2istudy.study.grids import SCHEMA_VERSION, make_run_id
@@ -73,12 +74,13 @@ def write_runs(
             out = root / grid / run_id
             record = {"schema_version": SCHEMA_VERSION, "grid": grid, "run_id": run_id, "params": params}
             out.mkdir(parents=True)
-            run_folder.write_json(out / "params.json", {**record, "notebook": "notebooks/run.ipynb"})
+            run_store.write_json(out / "params.json", {**record, "notebook": "notebooks/run.ipynb"})
             held = _heldout_table(k)
             extra = (extras or {}).get((encoder, strategy), {})
-            run_folder.write_results(out, held, summarize(held, n_boot=50), {"train_seconds": 1.0, **extra})
+            results = {"heldout": (held, summarize(held, n_boot=50))}
             if geneval:
                 table = _geneval_table(tasks)
-                run_folder.write_tier_results(out, "geneval", table, summarize_geneval(table, n_boot=50))
-            run_folder.write_json(out / "DONE", {"finished": "2026-01-01T00:00:00+00:00", "seconds": 1.0})
+                results["geneval"] = (table, summarize_geneval(table, n_boot=50))
+            run_folder.write_record(out, results, {"train_seconds": 1.0, **extra})
+            run_store.write_json(out / "DONE", {"finished": "2026-01-01T00:00:00+00:00", "seconds": 1.0})
     return root

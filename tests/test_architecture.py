@@ -42,3 +42,38 @@ def test_a_forbidden_import_breaks_the_layers_contract(tmp_path):
     assert result.returncode != 0, result.stdout
     assert "Layers: study > probe > diffusion | scoring > text > world > helpers BROKEN" in result.stdout
     assert "t2istudy.world.shapes -> t2istudy.study.paths" in result.stdout
+
+
+def test_every_module_the_architecture_doc_names_exists():
+    """docs/architecture.md names modules as `t2istudy.a.b[.attr]`, `a.b` (a subpackage and its module) and
+    `a/b.py`; each must be a file of the package (an attribute: defined in its module), so the doc cannot
+    keep naming a module that was split, moved or deleted."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    package = REPO / "t2istudy"
+    missing = []
+    for match in sorted(set(re.findall(r"\bt2istudy(?:\.\w+)+", text))):
+        parts = match.split(".")[1:]
+        for cut in range(len(parts), 0, -1):
+            base = package.joinpath(*parts[:cut])
+            if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+                break
+        else:
+            cut = 0
+        rest = parts[cut:]
+        source = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+        defined = cut and (
+            not rest
+            or (
+                len(rest) == 1
+                and re.search(rf"^(def|class) {rest[0]}\b|^{rest[0]}\b", source.read_text(), re.M)
+            )
+        )
+        if not defined:
+            missing.append(match)
+    layers = "world|text|diffusion|scoring|probe|study"
+    for layer, module in sorted(set(re.findall(rf"\b({layers})[./](\w+)(?:\.py)?\b", text))):
+        if not (package / layer / f"{module}.py").is_file():
+            missing.append(f"{layer}.{module}")
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"

@@ -10,7 +10,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from t2istudy.study import cli, grids, paths, run_folder, run_results
+from t2istudy import run_store
+from t2istudy.study import cli, grids, paths, run_results
 from t2istudy.study import pipeline as study
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs"
@@ -153,7 +154,7 @@ def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
         body
         + (
             "import pandas as pd\nrows = pd.DataFrame({'skill': ['overall'], 'n': [1], 'mean': [x], 'ci_low': [x], 'ci_high': [x]})\n"
-            "run_folder.write_results(out_dir, pd.DataFrame({'id': ['1'], 'score': [x]}), rows)"
+            "run_folder.write_record(out_dir, {'heldout': (pd.DataFrame({'id': ['1'], 'score': [x]}), rows)})"
         ),
     )
     side_nb = fake_notebook(tmp_path / "side.ipynb", 'n = 1\nout_dir = ""', body)
@@ -172,7 +173,7 @@ def test_study_runs_steps_isolates_failures_and_resumes(tmp_path, monkeypatch):
     assert study.run_study(quick=True, runs_dir=root, log=lines.append) is False
     assert any("missing: FAILED" in line and "does not exist" in line for line in lines)
     assert lines[-1].startswith("== study --quick finished in") and "1 step(s) failed" in lines[-1]
-    assert run_folder.run_state(root / "side" / "quick") == "done"
+    assert run_store.run_state(root / "side" / "quick") == "done"
     first = counter.read_text().splitlines()
     assert len(first) == 4  # 2 grid runs + side + analysis
     lines.clear()
@@ -239,5 +240,5 @@ def test_a_side_notebook_command_reruns_on_request_and_keeps_the_finished_run(tm
     assert "already complete: --rerun runs it again" in capsys.readouterr().out
     assert cli.main(["upsampling", "--runs-dir", str(root), "--rerun"]) == 0
     kept = list((root / "upsampling").glob("default.previous-*"))
-    assert len(kept) == 1 and run_folder.run_state(kept[0]) == "done"
-    assert run_folder.run_state(root / "upsampling" / "default") == "done"
+    assert len(kept) == 1 and run_store.run_state(kept[0]) == "done"
+    assert run_store.run_state(root / "upsampling" / "default") == "done"

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from helpers import FakeEncoder
 
+from t2istudy import run_store
 from t2istudy.diffusion.data import shapes_pool
-from t2istudy.study import grids, prepare, run_folder, runner
+from t2istudy.study import grids, prepare, runner
 from t2istudy.text.cache import EmbeddingCache
 from t2istudy.world.shapes_benchmark import make_benchmark
 from t2istudy.world.shapes_geneval import make_geneval_tier
@@ -47,7 +48,7 @@ def test_one_pass_per_encoder_and_caption_set(tmp_path, monkeypatch):
     requests = prepare.prepare_grid(grid, tmp_path / "runs", log=lambda *_: None)
 
     # 2 encoders x (training captions, both tiers' prompts), each wanting the 3 strategies (seeds share entries)
-    kinds = ("training captions", "benchmark prompts", "GenEval-style prompts")
+    kinds = ("training captions", "heldout prompts", "geneval prompts")
     assert sorted((r.encoder, r.what) for r in requests) == sorted(
         (e, w) for e in ("fake-a", "fake-b") for w in kinds
     )
@@ -57,8 +58,8 @@ def test_one_pass_per_encoder_and_caption_set(tmp_path, monkeypatch):
     tier = make_geneval_tier(1, seed=0)["prompt"].tolist()
     expected = {
         "training captions": train_captions,
-        "benchmark prompts": prompts,
-        "GenEval-style prompts": tier,
+        "heldout prompts": prompts,
+        "geneval prompts": tier,
     }
     for r in requests:
         assert set(r.captions) == set(expected[r.what])
@@ -86,7 +87,7 @@ def test_dry_run_builds_nothing_and_done_runs_are_left_out(tmp_path):
         if spec.params["encoder"] == "fake-b":
             out = grids.run_path(tmp_path / "runs", spec)
             out.mkdir(parents=True)
-            run_folder.write_json(
+            run_store.write_json(
                 out / "params.json", {"schema_version": grids.SCHEMA_VERSION, "params": spec.params}
             )
             (out / "DONE").write_text("")
@@ -233,8 +234,8 @@ def test_upsampled_runs_get_their_rewrites_once_and_the_rewrites_embedding_entri
     assert made == ["load", *distinct]  # 4 runs, 2 tiers: each distinct prompt rewritten once
     rewritten = {r.what: r.captions for r in requests if r.what.endswith("rewritten")}
     assert rewritten == {
-        "benchmark prompts, rewritten": [f"a picture of {p}" for p in prompts],
-        "GenEval-style prompts, rewritten": [f"a picture of {p}" for p in tier],
+        "heldout prompts, rewritten": [f"a picture of {p}" for p in prompts],
+        "geneval prompts, rewritten": [f"a picture of {p}" for p in tier],
     }
     for captions in rewritten.values():  # the entries sample_run will look up
         for strategy in ("last", "mean"):

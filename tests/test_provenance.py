@@ -7,11 +7,12 @@ from importlib import metadata
 
 import pandas as pd
 
+from t2istudy import run_store
 from t2istudy.study import analysis as F
-from t2istudy.study import run_folder, run_results
+from t2istudy.study import run_results
 from t2istudy.study.grids import RunSpec
 from t2istudy.study.provenance import FIELDS, git_state, provenance
-from t2istudy.study.runner import _params_record
+from t2istudy.study.run_folder import params_record
 
 
 def test_provenance_has_every_field_with_real_values():
@@ -29,14 +30,12 @@ def test_outside_a_checkout_the_commit_is_unknown(tmp_path):
     assert git_state(tmp_path) == (None, None)
 
 
-def test_runner_and_interactive_runs_write_it_to_params_json(tmp_path, monkeypatch):
-    spec = RunSpec(grid="g", run_id="r", notebook=str(tmp_path / "nb.ipynb"), params={"seed": 0})
-    assert set(_params_record(spec)["provenance"]) == set(FIELDS)
-    monkeypatch.delenv(run_folder.RUNNER_ENV, raising=False)
+def test_the_runner_writes_it_to_params_json(tmp_path):
+    spec = RunSpec(grid="manual", run_id="r1", notebook=str(tmp_path / "nb.ipynb"), params={"seed": 0})
     out = tmp_path / "runs" / "manual" / "r1"
     out.mkdir(parents=True)
-    (out / "metrics.json").write_text("{}")
-    run_folder.finish_run(out)
+    run_store.write_json(out / "params.json", params_record(spec))  # as the runner does before the run
+    run_store.write_json(out / "DONE", {"finished": run_store.now()})  # and after it
     recorded = json.loads((out / "params.json").read_text())["provenance"]
     assert set(recorded) == set(FIELDS) and recorded["git_commit"] is not None
     table = run_results.load_provenance(tmp_path / "runs", "manual")

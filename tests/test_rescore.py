@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from t2istudy import run_store
 from t2istudy.scoring.scorers import get_scorer
 from t2istudy.scoring.summaries import summarize
 from t2istudy.study import grids, run_folder
@@ -30,7 +31,7 @@ def finished_run(root: Path) -> tuple[Path, list[Path], pd.DataFrame]:
         files[-1].parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(files[-1])
     params = {"n_per_skill": 2, "benchmark_seed": 3, "sample_seed": 1}
-    run_folder.write_json(
+    run_store.write_json(
         out / "params.json",
         {
             "schema_version": grids.SCHEMA_VERSION,
@@ -41,8 +42,8 @@ def finished_run(root: Path) -> tuple[Path, list[Path], pd.DataFrame]:
         },
     )
     table = get_scorer("judge", shuffled_control=False).score(files, bench)
-    run_folder.write_results(out, table, summarize(table))
-    run_folder.write_json(out / "DONE", {"finished": "now"})
+    run_folder.write_record(out, {"heldout": (table, summarize(table))})
+    run_store.write_json(out / "DONE", {"finished": "now"})
     return out, files, bench
 
 

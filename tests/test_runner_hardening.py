@@ -18,8 +18,9 @@ import pytest
 import yaml
 from helpers import FakeEncoder
 
+from t2istudy import run_store
 from t2istudy.diffusion.data import shapes_pool
-from t2istudy.study import cli, grids, prepare, run_folder, run_lock, run_results, runner
+from t2istudy.study import cli, grids, prepare, run_results, runner
 from t2istudy.text.cache import EmbeddingCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ SOURCE = """
 import json, time
 from pathlib import Path
 import pandas as pd
+from t2istudy import run_store
 from t2istudy.study import run_folder
 out = Path(out_dir)
 train = out / "train"
@@ -38,7 +40,7 @@ train = out / "train"
 with open(counter, "a") as f:
     f.write(out.name + "\\n")
 log = train / "train_log.jsonl"
-last = max([r["step"] for r in run_folder.read_jsonl(log)], default=0)
+last = max([r["step"] for r in run_store.read_jsonl(log)], default=0)
 for step in range(last + 1, last + 1 + steps):
     with open(log, "a") as f:
         f.write(json.dumps({"step": step, "loss": 0.1}) + "\\n")
@@ -47,7 +49,7 @@ if fail_flag and Path(fail_flag).exists():
     raise ValueError("deliberate failure")
 scores = pd.DataFrame({"id": ["1"], "prompt": ["a"], "skills": [("color",)], "score": [x]})
 summary = pd.DataFrame({"skill": ["overall"], "n": [1], "mean": [x], "ci_low": [x], "ci_high": [x]})
-run_folder.write_results(out, scores, summary)
+run_folder.write_record(out, {"heldout": (scores, summary)})
 """
 PARAMS = (
     'out_dir = ""\nx = 0.5\ncounter = "count.txt"\nsteps = 3\npause = 0.0\nfail_flag = ""\n'
@@ -114,8 +116,8 @@ def test_two_grid_run_processes_execute_every_run_exactly_once(tmp_path, nb):
     for seed in (0, 1, 2):
         out = root / "g" / f"seed{seed}"
         assert (out / "DONE").exists() and not (out / "FAILED").exists()
-        assert not (out / run_lock.LOCK).exists()
-        steps = [r["step"] for r in run_folder.read_jsonl(out / "train" / "train_log.jsonl")]
+        assert not (out / run_store.LOCK).exists()
+        steps = [r["step"] for r in run_store.read_jsonl(out / "train" / "train_log.jsonl")]
         assert steps == sorted(set(steps)) == [1, 2, 3]  # strictly increasing: one writer
     status = run_results.grid_status(grid, root)
     assert status["state"].tolist() == ["done"] * 3
@@ -124,41 +126,41 @@ def test_two_grid_run_processes_execute_every_run_exactly_once(tmp_path, nb):
 def test_lock_is_exclusive_and_a_stale_one_is_taken_over(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    first = run_lock.claim(out)
+    first = run_store.claim(out)
     assert first.lock is not None and first.lock.held()
-    second = run_lock.claim(out)
+    second = run_store.claim(out)
     assert second.lock is None and second.holder.pid == os.getpid()  # a live holder keeps the run
-    assert run_folder.run_state(out) == "running"
+    assert run_store.run_state(out) == "running"
     first.lock.release()
-    assert not (out / run_lock.LOCK).exists()
+    assert not (out / run_store.LOCK).exists()
 
     # A process killed on this host: its pid is gone, the lock is stale and taken over.
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     info = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then", "token": "old"}
-    (out / run_lock.LOCK).write_text(json.dumps(info))
-    assert run_folder.run_state(out) == "interrupted"
-    taken = run_lock.claim(out)
+    (out / run_store.LOCK).write_text(json.dumps(info))
+    assert run_store.run_state(out) == "interrupted"
+    taken = run_store.claim(out)
     assert taken.lock is not None and "stale lock" in taken.note and "not running" in taken.note
     taken.lock.release()
 
     # Another host: alive while it beats; stale once its heartbeat is older than STALE_SECONDS.
     other = {"pid": 1, "host": "node-17", "started": "then", "token": "job"}
-    (out / run_lock.LOCK).write_text(json.dumps(other))
-    assert run_lock.claim(out).lock is None and run_folder.run_state(out) == "running"
-    old = time.time() - run_lock.STALE_SECONDS - 60
-    os.utime(out / run_lock.LOCK, (old, old))
-    assert run_folder.run_state(out) == "interrupted"
-    taken = run_lock.claim(out)
+    (out / run_store.LOCK).write_text(json.dumps(other))
+    assert run_store.claim(out).lock is None and run_store.run_state(out) == "running"
+    old = time.time() - run_store.STALE_SECONDS - 60
+    os.utime(out / run_store.LOCK, (old, old))
+    assert run_store.run_state(out) == "interrupted"
+    taken = run_store.claim(out)
     assert taken.lock is not None and "no heartbeat" in taken.note
     taken.lock.release()
 
     # --rerun-running takes over another host's fresh lock, never a live pid on this host.
-    (out / run_lock.LOCK).write_text(json.dumps(other))
-    forced = run_lock.claim(out, force=True)
+    (out / run_store.LOCK).write_text(json.dumps(other))
+    forced = run_store.claim(out, force=True)
     assert forced.lock is not None
-    assert run_lock.claim(out, force=True).lock is None  # this process holds it now, and is alive
+    assert run_store.claim(out, force=True).lock is None  # this process holds it now, and is alive
     forced.lock.release()
 
 
@@ -171,7 +173,7 @@ def test_run_is_rechecked_under_the_lock_right_before_it_executes(tmp_path, nb):
     root = tmp_path / "runs"
     out = grids.run_path(root, spec)
     out.mkdir(parents=True)
-    held = run_lock.claim(out)  # another runner claimed it after this one planned
+    held = run_store.claim(out)  # another runner claimed it after this one planned
     result = runner.execute_run(spec, root)
     assert (
         result.state == "skipped"
@@ -183,27 +185,21 @@ def test_run_is_rechecked_under_the_lock_right_before_it_executes(tmp_path, nb):
     (out / "FAILED").write_text(json.dumps({"error": "boom"}))
     result = runner.execute_run(spec, root, expect={})
     assert result.state == "skipped" and "failed meanwhile in another runner" in result.error
-    assert not executions(counter) and not (out / run_lock.LOCK).exists()
+    assert not executions(counter) and not (out / run_store.LOCK).exists()
 
 
-def test_done_beside_failed_is_never_done_and_is_run_again(tmp_path, nb, monkeypatch):
+def test_done_beside_failed_is_never_done_and_is_run_again(tmp_path, nb):
     counter = tmp_path / "count.txt"
     grid = write_grid(tmp_path, nb, {"params": {"counter": str(counter)}, "axes": {"seed": [0]}})
     root = tmp_path / "runs"
     out = fake_done(root / "g" / "seed0", {"counter": str(counter), "seed": 0})
     (out / "FAILED").write_text(json.dumps({"error": "boom", "seconds": 1.0}))
-    assert run_folder.run_state(out) == "corrupt"
+    assert run_store.run_state(out) == "corrupt"
     row = run_results.grid_status(grid, root).iloc[0]
     assert row["state"] == "corrupt" and "DONE and FAILED" in row["error"]
     (result,) = runner.run_grid(grid, root, **QUIET)
     assert result.state == "done" and executions(counter) == ["seed0"]
     assert (out / "DONE").exists() and not (out / "FAILED").exists()
-    # A run finished by hand after a failure does not keep both markers either.
-    monkeypatch.delenv(run_folder.RUNNER_ENV, raising=False)
-    (out / "DONE").unlink()
-    (out / "FAILED").write_text("{}")
-    run_folder.finish_run(out)
-    assert run_folder.run_state(out) == "done" and not (out / "FAILED").exists()
 
 
 def test_grid_record_names_the_notebook_as_params_json_does(tmp_path, nb, monkeypatch):
@@ -281,14 +277,14 @@ def test_changed_parameters_without_training_state_start_afresh(tmp_path, nb):
 
 def test_read_jsonl_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path):
     log = tmp_path / "train_log.jsonl"
-    assert run_folder.read_jsonl(log) == []
+    assert run_store.read_jsonl(log) == []
     log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
     with pytest.warns(UserWarning, match=r"train_log.jsonl: dropped its torn last line 3"):
-        assert [r["step"] for r in run_folder.read_jsonl(log)] == [1, 2]
+        assert [r["step"] for r in run_store.read_jsonl(log)] == [1, 2]
     log.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
-    with pytest.raises(run_folder.CorruptFile, match=r"train_log.jsonl line 2 is not valid JSON") as err:
-        run_folder.read_jsonl(log)
-    assert "checkpoints and weights are kept" in str(err.value) and "delete" not in str(err.value)
+    with pytest.raises(run_store.CorruptFile, match=r"train_log.jsonl line 2 is not valid JSON") as err:
+        run_store.read_jsonl(log)
+    assert "checkpoints and weights are kept" in str(err.value) and f"mv {log} {log}.bad" in str(err.value)
 
 
 def test_status_shows_each_damaged_run_with_a_fix_and_analysis_warns(tmp_path, nb, capsys):
@@ -498,7 +494,7 @@ def test_concurrent_write_json_to_one_file_never_fails(tmp_path):
     def writer(k: int) -> None:
         try:
             for i in range(200):
-                run_folder.write_json(target, {"writer": k, "i": i})
+                run_store.write_json(target, {"writer": k, "i": i})
         except OSError as err:  # the old fixed "grid.json.tmp" raised FileNotFoundError here
             errors.append(err)
 

@@ -16,7 +16,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from t2istudy.study import grids, paths, run_folder, run_lock, run_results, runner
+from t2istudy import run_store
+from t2istudy.study import grids, paths, run_folder, run_results, runner
 
 FAKE_SOURCE = """
 import json, time
@@ -35,8 +36,7 @@ scores = pd.DataFrame({"id": ["1", "2"], "prompt": ["a", "b"], "skills": [("colo
                        "score": [x, 1.0 - x]})
 summary = pd.DataFrame({"skill": ["color", "count", "overall"], "n": [1, 1, 2],
                         "mean": [x, 1.0 - x, 0.5], "ci_low": [x, 1 - x, 0.0], "ci_high": [x, 1 - x, 1.0]})
-run_folder.write_results(out, scores, summary, {"train_seconds": 1.5})
-run_folder.finish_run(out)
+run_folder.write_record(out, {"heldout": (scores, summary)}, {"train_seconds": 1.5})
 """
 
 
@@ -167,8 +167,8 @@ def test_failure_isolation_skip_if_complete_and_status(tmp_path, nb):
     assert params["schema_version"] == grids.SCHEMA_VERSION
     assert params["params"] == {"counter": str(counter), "x": 0.75, "fail": False}
     metrics = json.loads((done / "metrics.json").read_text())
-    assert metrics["overall"] == {"n": 2, "mean": 0.5, "ci_low": 0.0, "ci_high": 1.0}
-    assert metrics["skills"]["color"]["mean"] == 0.75 and metrics["train_seconds"] == 1.5
+    assert metrics["tiers"]["heldout"]["overall"] == {"n": 2, "mean": 0.5, "ci_low": 0.0, "ci_high": 1.0}
+    assert metrics["tiers"]["heldout"]["groups"]["color"]["mean"] == 0.75 and metrics["train_seconds"] == 1.5
     assert pd.read_csv(done / "scores.csv")["skills"].tolist() == ["color", "count"]
     assert sorted(executions(counter)) == sorted(results)
 
@@ -232,12 +232,12 @@ def test_resume_after_kill_loses_no_finished_run(tmp_path, nb):
         while executions(counter) != ["seed2", "seed0", "seed1"] and time.time() < deadline:
             time.sleep(0.5)
         assert executions(counter) == ["seed2", "seed0", "seed1"]  # seed1 is now blocked on `hold`
-        assert run_folder.run_state(root / "g" / "seed1") == "running"
+        assert run_store.run_state(root / "g" / "seed1") == "running"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert run_folder.run_state(root / "g" / "seed0") == "done"
-    assert run_folder.run_state(root / "g" / "seed1") == "interrupted"
+    assert run_store.run_state(root / "g" / "seed0") == "done"
+    assert run_store.run_state(root / "g" / "seed1") == "interrupted"
     (hold / "seed1").rmdir()
     states = {r.run_id: r.state for r in runner.run_grid(grid, root, log=lambda *_: None)}
     assert states == {"seed0": "skipped", "seed2": "skipped", "seed1": "done"}
@@ -268,24 +268,23 @@ def test_parallel_workers_and_submitit_local_executor(tmp_path, nb):
     assert sorted(executions(counter)) == ["seed0", "seed0", "seed1", "seed1"]
 
 
-def test_finish_run_marks_interactive_runs_done(tmp_path, monkeypatch):
-    monkeypatch.delenv(run_folder.RUNNER_ENV, raising=False)
+def test_a_run_written_by_hand_is_read_but_not_complete_until_marked(tmp_path):
+    """`run()` writes the record, never DONE: a folder written outside the runner is readable but stays
+    'interrupted' (not counted) until DONE is written, the runner's last act."""
     out = tmp_path / "runs" / "manual" / "r1"
-    with pytest.raises(FileNotFoundError, match="metrics.json is missing"):
-        run_folder.finish_run(out)
     scores = pd.DataFrame({"id": ["1"], "prompt": ["a"], "skills": [("color", "count")], "score": [1.0]})
     summary = pd.DataFrame(
         {"n": [1, 1], "mean": [1.0, 1.0], "ci_low": [1.0, 1.0], "ci_high": [1.0, 1.0]},
         index=["color", "overall"],
     )
-    run_folder.write_results(out, scores, summary)
-    run_folder.finish_run(out)
-    assert run_folder.run_state(out) == "done"
+    run_folder.write_record(out, {"heldout": (scores, summary)})
+    run_store.write_json(
+        out / "params.json", {"schema_version": grids.SCHEMA_VERSION, "grid": "manual", "run_id": "r1"}
+    )
+    assert run_store.run_state(out) == "interrupted"
+    run_store.write_json(out / "DONE", {"finished": run_store.now()})
+    assert run_store.run_state(out) == "done"
     assert run_results.load_scores(tmp_path / "runs")["skills"].tolist() == ["color|count"]
-    monkeypatch.setenv(run_folder.RUNNER_ENV, "1")
-    (out / "DONE").unlink()
-    run_folder.finish_run(out)
-    assert run_folder.run_state(out) == "interrupted"  # under the runner, DONE is the runner's job
 
 
 def test_fake_notebook_source_compiles():
@@ -383,7 +382,7 @@ def test_run_notebook_end_to_end_on_a_tiny_model(tmp_path):
     results = runner.run_grid(grid, tmp_path / "runs", log=lambda *_: None)
     assert [r.state for r in results] == ["done", "done"], [r.error for r in results]
     first, second = (json.loads((Path(r.path) / "metrics.json").read_text()) for r in results)
-    assert first["overall"]["n"] == 8 and first["n_prompts"] == 8  # 1 prompt per covered skill
+    assert first["tiers"]["heldout"]["overall"]["n"] == 8 and first["n_prompts"] == 8  # 1 per covered skill
     assert (first["guidance_scale"], second["guidance_scale"]) == (2.0, 3.0)
     assert first["max_train_steps"] == 4 and first["input_scale_value"] == second["input_scale_value"]
     assert (first["trained_here"], second["trained_here"]) == (True, False)  # the second reused the model
@@ -408,7 +407,7 @@ def test_run_marked_running_on_another_host_is_skipped_unless_asked(tmp_path, nb
     out.mkdir(parents=True)
     (out / "params.json").write_text(json.dumps({"schema_version": grids.SCHEMA_VERSION, "params": {}}))
     (out / "RUNNING").write_text(json.dumps({"pid": 1, "host": "node-17", "started": "2026-11-26T00:00:00"}))
-    assert run_folder.run_state(out) == "running"
+    assert run_store.run_state(out) == "running"
     status = run_results.grid_status(grid, tmp_path / "runs").set_index("run_id")
     assert status.loc["seed0", "progress"] is None  # no training folder yet
     train = out / "train"
@@ -435,7 +434,8 @@ def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_r
     """A finished run recorded as sampled under "shared" noise (as runs before the rule were) is sampled and
     scored again under its preset's "per_prompt" rule: same trained weights, training time kept, the old
     results kept under previous/shared/; a second pass does nothing; a run without weights is refused."""
-    from t2istudy.study.run_evaluation import resample_grid, resample_run
+    from t2istudy.study import run
+    from t2istudy.study.run import resample_grid, resample_run
 
     notebook = Path(__file__).parent.parent / "notebooks" / "run.ipynb"
     params = {
@@ -457,13 +457,12 @@ def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_r
     assert metrics["sample_noise"] == "per_prompt"  # cpu-tiny's rule, recorded by the notebook
     old = {k: v for k, v in metrics.items() if k != "sample_noise"}  # as a run from before the rule
     (out / "metrics.json").write_text(json.dumps(old))
-    from t2istudy.study import run_evaluation
 
     def killed(*args, **kwargs):
-        raise RuntimeError("killed while writing the GenEval-style tier")
+        raise RuntimeError("killed while writing the record")
 
     with monkeypatch.context() as patch:  # a kill between the files: not marked done, originals kept
-        patch.setattr(run_evaluation, "write_tier_results", killed)
+        patch.setattr(run.run_folder, "write_record", killed)
         with pytest.raises(RuntimeError, match="killed"):
             resample_run(out)
     assert json.loads((out / "metrics.json").read_text())["sample_noise"] == "shared"
@@ -471,11 +470,12 @@ def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_r
     new = json.loads((out / "metrics.json").read_text())
     assert new["sample_noise"] == "per_prompt" and new["resampled"]["from"] == "shared"
     assert new["train_seconds"] == old["train_seconds"] and new["trained_here"] is True
-    assert new["overall"]["n"] == old["overall"]["n"] and "geneval" in new["tiers"]
+    assert new["tiers"]["heldout"]["overall"]["n"] == old["tiers"]["heldout"]["overall"]["n"]
+    assert "geneval" in new["tiers"]
     assert json.loads((out / "previous" / "shared" / "metrics.json").read_text()) == old
     assert (out / "previous" / "shared" / "scores_geneval.csv").is_file() and (out / "DONE").is_file()
     assert resample_run(out) == "sampled under 'per_prompt' already"
-    held = run_lock.claim(out)  # a runner or another re-sampler holds the run: left alone
+    held = run_store.claim(out)  # a runner or another re-sampler holds the run: left alone
     with pytest.raises(ValueError, match="is held by pid .*not re-sampled here"):
         resample_run(out)
     held.lock.release()

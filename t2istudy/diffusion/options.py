@@ -6,9 +6,14 @@ notebook can name and resolve options without importing the training loop (accel
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import inspect
+import io
 import numbers
+import textwrap
+import tokenize
 import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,44 +35,45 @@ class TrainOptions:
     a grid's dry run and the command line refuse a bad value at once, naming the flag.
     """
 
-    # what is compared
-    encoder: str = "gemma3-270m"
-    strategy: str = "norm_mean"
-    preset: str = "cpu-small"
+    # == what is compared ==
+    encoder: str = "gemma3-270m"  # a built-in name (t2istudy.text.encoders), a local HF folder or a .gguf
+    strategy: str = "norm_mean"  # how the encoder's layers become tokens (t2istudy.text.aggregation grammar)
+    preset: str = "cpu-small"  # model size, resolution and training defaults (t2istudy.diffusion.model)
     input_scale: str = "rms"  # rms: one dataset-wide factor bringing token RMS to 1 | none
     max_length: int | None = None  # encoder token limit (None: the encoder's default)
-    # data and text
+    # == data and text ==
     data: str = "shapes"  # "shapes" (the procedural world) or a folder of images + captions / .tar shards
     pool_size: int = 8192  # shapes: scenes in the fixed training pool (every caption gets cached)
     max_objects: int | None = None  # shapes: cap objects per scene (None: the world's maximum)
     # shapes: share of captions naming the shapes without their colours ("a circle and a square"), the
     # wording of GenEval's colourless tasks, which no default caption uses (0: the default pool, unchanged)
     colourless_captions: float = 0.0
-    data_seed: int = 0
+    data_seed: int = 0  # seed of the training data (the shapes pool)
     on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
     text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
     caption_upsampling: str | None = None  # rewrite the caption pool once: "local:smollm2-135m:caption"
-    cache_dir: str = "cache/embeddings"
-    encode_batch_size: int = 64
-    vae_path: str | None = None  # local diffusers AutoencoderKL folder (sd2-256); None: the preset's own
+    cache_dir: str = "cache/embeddings"  # where caption embeddings are cached, per encoder and strategy
+    encode_batch_size: int = 64  # captions per encoder pass when the cache is built
+    # local diffusers AutoencoderKL folder (sd2-256); None: the preset's own
     # autoencoder, trained once per machine (cpu-latent; t2istudy.diffusion.autoencoder)
+    vae_path: str | None = None
     latents: str | None = None  # VAE presets: online (encode every step) | cache (encode the pool once, mmap)
-    latent_cache_dir: str = "cache/latents"
+    latent_cache_dir: str = "cache/latents"  # where --latents cache keeps the encoded pool
     autoencoder_dir: str = "cache/autoencoders"  # where a preset's own autoencoder is trained once
-    dataloader_num_workers: int = 0
-    # optimisation
+    dataloader_num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    # == optimisation ==
     train_batch_size: int | None = None  # per process
-    gradient_accumulation_steps: int = 1
-    max_train_steps: int | None = None
-    learning_rate: float | None = None
+    gradient_accumulation_steps: int = 1  # batches per optimizer step
+    max_train_steps: int | None = None  # optimizer steps (None: the preset's)
+    learning_rate: float | None = None  # peak learning rate (None: the preset's)
     lr_scheduler: str | None = (
         None  # any diffusers get_scheduler name (None: the preset's, else constant_with_warmup)
     )
-    lr_warmup_steps: int | None = None
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
+    lr_warmup_steps: int | None = None  # linear warm-up steps (None: the preset's)
+    adam_beta1: float = 0.9  # AdamW first-moment decay
+    adam_beta2: float = 0.999  # AdamW second-moment decay
+    adam_weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    adam_epsilon: float = 1e-8  # AdamW denominator epsilon
     max_grad_norm: float = 1.0  # <= 0 disables clipping
     # shared: one learning rate for every parameter | width: the projection's is scaled by one encoder state's
     # width over the projection's input width (muP's input-layer rule; 1 for a single-state arm, so the same
@@ -76,24 +82,52 @@ class TrainOptions:
     prediction_type: str | None = None  # epsilon | v_prediction
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None or 0 disables
     caption_dropout: float = 0.1  # fraction of captions replaced by the empty prompt (for CFG)
-    use_ema: bool | None = None
+    use_ema: bool | None = None  # keep an exponential moving average of the weights (None: the preset's)
     ema_decay: float = 0.9999  # upper bound; EMA warm-up (power 2/3) makes early decay smaller
     mixed_precision: str | None = None  # no | fp16 | bf16
-    seed: int = 0
-    # run directory, checkpoints, logging
-    output_dir: str | None = None
-    runs_root: str = "runs/train"
-    checkpointing_steps: int | None = None
+    seed: int = 0  # training seed: initialisation, batches, noise, caption dropout
+    # == run directory, checkpoints, logging ==
+    output_dir: str | None = None  # the run folder (None: a new folder under --runs_root)
+    runs_root: str = "runs/train"  # where a run without --output_dir gets its folder
+    checkpointing_steps: int | None = None  # save a resumable checkpoint every N steps (None: the preset's)
     checkpoints_total_limit: int | None = 2  # None or 0 keeps every checkpoint
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     stop_after_steps: int | None = None  # save a checkpoint and stop at this step (as if killed)
-    logging_steps: int = 10
+    logging_steps: int = 10  # one train_log.jsonl line every N steps
     report_to: str = "tensorboard"  # tensorboard | none
     num_threads: int | None = None  # torch CPU threads per process
-    progress: bool = True
+    progress: bool = True  # show progress bars
 
     def __post_init__(self) -> None:
         check_options(self)
+
+
+@functools.cache
+def option_help() -> dict[str, str]:
+    """Each option's comment in TrainOptions' source, its ``--help`` text: the comment on the field's line(s),
+    else the comment lines right above it (a ``# == section ==`` heading belongs to no field). Read once,
+    from the source, so that the comment a reader sees beside the default is the help a user sees."""
+    source = textwrap.dedent(inspect.getsource(TrainOptions))
+    lines = source.splitlines()
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
+    found = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        text = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        own = bool(text)
+        n = node.lineno - 1
+        while (
+            not own
+            and n in comments
+            and lines[n - 1].lstrip().startswith("#")
+            and not comments[n].startswith("==")
+        ):
+            text.insert(0, comments[n])
+            n -= 1
+        found[node.target.id] = " ".join(text)
+    return found
 
 
 CHOICES = {

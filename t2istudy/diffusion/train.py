@@ -52,7 +52,7 @@ from t2istudy.diffusion.model import (
     load_vae_config,
     set_input_scale,
 )
-from t2istudy.diffusion.options import TrainOptions, projection_lr_factor, resolve_options
+from t2istudy.diffusion.options import TrainOptions, option_help, projection_lr_factor, resolve_options
 from t2istudy.diffusion.run_checks import check_run_folder, new_run_dir, planned_options
 from t2istudy.diffusion.train_folder import (
     CHECKPOINTS,
@@ -454,18 +454,23 @@ def _parse_bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per TrainOptions field, same name, same default."""
+    """One flag per TrainOptions field, same name, same default, its comment as its help."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="t2istudy train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     hints = typing.get_type_hints(TrainOptions)
+    helps = {name: text.replace("%", "%%") for name, text in option_help().items()}  # argparse formats help
     for f in dataclasses.fields(TrainOptions):
         base = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
         kind = base[0]
         if kind is bool:
-            parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, default=f.default)
+            parser.add_argument(
+                f"--{f.name}", type=_parse_bool, nargs="?", const=True, default=f.default, help=helps[f.name]
+            )
         else:
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default)
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=helps[f.name])
     return parser
 
 

@@ -1,15 +1,7 @@
-"""The layout of a training run folder, in one place and without torch.
+"""A training run folder (its layout is `t2istudy.run_store`'s): what is in it and how far it got, without torch.
 
 `t2istudy.diffusion.train` writes the folder; `grid status` (`t2istudy.study.run_results`, which stays free of
-torch so that listing a grid takes a second) reads how far a killed run got. Both go through these names, so the writer
-and the reader cannot drift apart:
-
-    options.json                     every option, resolved, plus `derived`
-    train_log.jsonl                  one JSON line per logging step: step, loss, lr, ...
-    checkpoints/checkpoint-<step>/   a complete save; checkpoint-<step>.tmp-<host>-<pid>-<random>/ is one
-                                     being written (or cut short)
-    final/                           the trained weights; final/summary.json is written last
-
+torch so that listing a grid takes a second) reads how far a killed run got. Both go through these functions.
 It also holds what a resume may change (`result_changing_differences`): the grid layer asks the same question
 before it resumes a run.
 """
@@ -17,19 +9,19 @@ before it resumes a run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import warnings
 from pathlib import Path
 
-from t2istudy.staging import temporary_name
-
-OPTIONS = "options.json"
-TRAIN_LOG = "train_log.jsonl"
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
-SUMMARY = "summary.json"  # in final/: steps, wall time, last loss
-
+from t2istudy.run_store import (
+    CHECKPOINTS,
+    FINAL,
+    OPTIONS,
+    SUMMARY,
+    TRAIN_LOG,
+    read_json,
+    read_jsonl,
+    write_text,
+)
 
 # Options that do not change the trained weights: how fast, where, how often to log or save, when to stop.
 # Every other option changes the result, so a resume that changes one is refused (a new option is
@@ -133,54 +125,23 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def read_train_log(run_dir: str | Path) -> list[dict]:
-    """Every logged step of a run (`train_log.jsonl`), oldest first; [] before the first log.
-
-    A torn last line (the machine lost power in mid-write) is dropped with a warning naming the file: the
-    steps before it stand. A bad line anywhere else is damage, not a torn write, and raises naming the file
-    and the line.
-    """
-    log = Path(run_dir) / TRAIN_LOG
-    if not log.is_file():
-        return []
-    lines = [(n, line) for n, line in enumerate(log.read_text(errors="replace").splitlines(), 1)]
-    lines = [(n, line) for n, line in lines if line.strip(" \t\x00")]  # power loss can leave NUL bytes
-    records = []
-    for k, (n, line) in enumerate(lines):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("not a JSON object with an integer 'step'")
-        except ValueError as err:
-            if k == len(lines) - 1:
-                warnings.warn(
-                    f"{log}: dropped its torn last line {n} ({line[:40]!r}...), a write cut short (power "
-                    "loss or a kill); the steps logged before it are kept.",
-                    stacklevel=2,
-                )
-                break
-            raise ValueError(
-                f"{log}, line {n}: {err}. A damaged line in the middle of the log is not a torn write: delete "
-                f"line {n} (the log only records losses; the training state is in the checkpoints)."
-            ) from None
-        records.append(record)
-    return records
+    """Every logged step of a run (`train_log.jsonl`), oldest first; [] before the first log. A torn last
+    line is dropped with a warning, a damaged one raises naming the line (`run_store.read_jsonl`)."""
+    return read_jsonl(Path(run_dir) / TRAIN_LOG, key="step")
 
 
 def trim_train_log(run_dir: str | Path, step: int) -> None:
     """Keep the log lines up to ``step`` (a resume from checkpoint-<step> logs the later steps again), and
     drop a torn last line, so the log stays strictly increasing. Rewritten through a rename."""
     log = Path(run_dir) / TRAIN_LOG
-    if not log.is_file():
-        return
-    kept = [r for r in read_train_log(run_dir) if r["step"] <= step]
-    tmp = log.with_name(temporary_name(log.name))
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, log)
+    if log.is_file():
+        kept = [r for r in read_train_log(run_dir) if r["step"] <= step]
+        write_text(log, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_options(run_dir: str | Path) -> dict:
     """The run's options.json: every option, resolved, plus ``derived`` (input scale, token RMS, sizes)."""
-    return json.loads((Path(run_dir) / OPTIONS).read_text())
+    return read_json(Path(run_dir) / OPTIONS)
 
 
 def is_trained(run_dir: str | Path) -> bool:
@@ -190,7 +151,7 @@ def is_trained(run_dir: str | Path) -> bool:
 
 def read_final_summary(run_dir: str | Path) -> dict:
     """final/summary.json of a finished run: steps, wall seconds of the last session, last logged loss."""
-    return json.loads((Path(run_dir) / FINAL / SUMMARY).read_text())
+    return read_json(Path(run_dir) / FINAL / SUMMARY)
 
 
 def delete_checkpoints(run_dir: str | Path) -> None:
@@ -206,8 +167,8 @@ def is_training_folder(folder: str | Path) -> bool:
 def training_progress(run_dir: str | Path) -> str:
     """'step 650/800, last checkpoint-600': where an unfinished run stands and what a resume starts from."""
     run_dir = Path(run_dir)
-    logged = read_train_log(run_dir)
-    step = logged[-1]["step"] if logged else 0
+    logged = read_jsonl(run_dir / TRAIN_LOG)
+    step = logged[-1].get("step", 0) if logged else 0
     options = run_dir / OPTIONS
     total = read_options(run_dir).get("max_train_steps") if options.is_file() else None
     text = f"step {step}/{total}" if total else f"step {step}"

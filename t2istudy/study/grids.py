@@ -23,6 +23,7 @@ import papermill
 import yaml
 
 SCHEMA_VERSION = 1
+DEFAULT_GRID = "small2"  # the study's grid, on cpu-latent-v, the preset whose models draw (issue 17)
 GRID_KEYS = ("name", "notebook", "description", "schema_version", "params", "axes", "exclude", "include")
 
 

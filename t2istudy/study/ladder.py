@@ -26,7 +26,7 @@ from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train import train
 from t2istudy.diffusion.train_folder import CONSTANT_SCHEDULES, complete_checkpoints
 from t2istudy.figure_files import save_figure
-from t2istudy.study.tiers import evaluate_tiers
+from t2istudy.study.run import evaluate_tiers
 from t2istudy.world.shapes import PALETTE, SHAPES
 
 CLOCK = "train_clock.json"  # {steps: [cumulative training seconds, load]}, written before each rung is judged

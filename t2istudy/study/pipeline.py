@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from t2istudy.study import grids, runner
+from t2istudy.study.grids import DEFAULT_GRID
 from t2istudy.study.paths import repo_file
 
 
@@ -48,7 +49,6 @@ class Step:
         return f"{self.notebook} -> {Path(runs_dir) / self.out} {params}"
 
 
-DEFAULT_GRID = "small2"  # the study on cpu-latent-v, the preset whose models draw (issue 17)
 RECORD_GRIDS = ("small",)  # superseded studies whose tables and figures stay at the top of figures/
 
 

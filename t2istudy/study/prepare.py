@@ -6,15 +6,14 @@ LLM over the training captions (Gemma-3-270M: ~13 min each on 2 CPU cores; at pa
 whole dataset per strategy). `t2istudy grid prepare` runs each encoder once and fills every missing entry
 from the same forward pass; the runs then find their entries and never load the encoder for training.
 
-It reads runs through the run notebook's parameters (encoder, strategy, preset, train_options, benchmark,
-n_per_skill, geneval_per_task, benchmark_seed, prompt_upsampling); runs of a notebook that does not declare
-encoder and strategy are left alone. A run that samples with prompt upsampling embeds the rewrites: prepare
+It reads runs through their `RunConfig` (the run's own training options and tiers); runs of a notebook that
+does not declare encoder and strategy are left alone. A run that samples with prompt upsampling embeds the rewrites: prepare
 writes them first (one rewriter load for all runs), then their embedding entries.
 """
 
 from __future__ import annotations
 
-import ast
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +24,15 @@ import torch
 from t2istudy.diffusion import inputs
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
-from t2istudy.study import grid_checks, grids, run_folder
+from t2istudy.run_store import run_state
+from t2istudy.study import grid_checks, grids
+from t2istudy.study.run_config import RunConfig, study_config
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import EmbeddingCache, caption_hash
 from t2istudy.text.upsample import Upsampler, parse_upsampling
-from t2istudy.world.shapes_benchmark import make_benchmark
-from t2istudy.world.shapes_geneval import make_geneval_tier
 
-PROMPT_BATCH = 64  # sample.sample_run encodes benchmark prompts with get_or_build's default batch size
+# sample.sample_run embeds a tier's prompts with get_or_build's default batch size (chunk padding must match)
+PROMPT_BATCH = inspect.signature(EmbeddingCache.get_or_build).parameters["batch_size"].default
 
 
 @dataclass
@@ -56,27 +56,9 @@ class CacheRequest:
         ]
 
 
-def run_values(spec: grids.RunSpec) -> dict[str, Any] | None:
-    """The run's parameters (notebook defaults overridden by the grid), or None for another notebook."""
-    declared = grids.notebook_parameters(spec.notebook)
-    if not {"encoder", "strategy"} <= declared.keys():
-        return None
-    values = {name: ast.literal_eval(p["default"]) for name, p in declared.items() if name != "out_dir"}
-    return {**values, **spec.params}
-
-
-def run_options(values: dict[str, Any]) -> TrainOptions:
-    """The resolved training options a run with these notebook parameters will train with."""
-    return resolve_options(
-        TrainOptions(
-            encoder=values["encoder"],
-            strategy=values["strategy"],
-            preset=values.get("preset", "cpu-small"),
-            seed=values.get("seed", 0),
-            **{k: values[k] for k in ("max_train_steps", "input_scale") if k in values},
-            **(values.get("train_options") or {}),
-        )
-    )
+def run_options(config: RunConfig) -> TrainOptions:
+    """The resolved training options the run will train with."""
+    return resolve_options(config.to_train_options())
 
 
 class PrepareError(ValueError):
@@ -126,10 +108,10 @@ def cache_requests(specs: list[grids.RunSpec], bad: dict[str, str] | None = None
 
 def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) -> None:
     """Ask ``want`` for every cache entry one run will look up."""
-    values = run_values(spec)
-    if values is None:
+    config = study_config(spec)
+    if config is None:
         return
-    opts = run_options(values)
+    opts = run_options(config)
     if opts.text != "cache":
         return
     data_key = (
@@ -153,8 +135,8 @@ def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) ->
         strategy,
         spec.run_id,
     )
-    upsampling = parse_upsampling(values.get("prompt_upsampling"))
-    for what, prompts in benchmark_prompts(values, prompts_of):
+    upsampling = parse_upsampling(config.prompt_upsampling)
+    for what, prompts in benchmark_prompts(config, prompts_of):
         if upsampling is not None:  # the run embeds the rewrites; known only once they are cached
             # one cache lookup per (rewriter, tier), shared by the runs; the tier is named by its prompts' hash
             key = ("rewritten", json.dumps(upsampling.describe(), sort_keys=True), caption_hash(prompts))
@@ -169,26 +151,15 @@ def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) ->
         )
 
 
-def benchmark_prompts(values: dict[str, Any], prompts_of: dict | None = None) -> list[tuple[str, list[str]]]:
-    """(what, prompts) for each benchmark tier a run samples: the held-out tier, then the GenEval-style one.
-    GenAI-Bench prompts are encoded at sampling time and are not listed. ``prompts_of`` memoizes tiers."""
-    if values.get("benchmark") != "shapes":
-        return []
+def benchmark_prompts(config: RunConfig, prompts_of: dict | None = None) -> list[tuple[str, list[str]]]:
+    """(what, prompts) for each benchmark tier the run samples, in its order. ``prompts_of`` memoizes them."""
     prompts_of = {} if prompts_of is None else prompts_of
-    seed = int(values["benchmark_seed"])
-    tiers = [("benchmark prompts", "heldout", int(values["n_per_skill"]))]
-    if int(values.get("geneval_per_task") or 0) > 0:
-        tiers.append(("GenEval-style prompts", "geneval", int(values["geneval_per_task"])))
     out = []
-    for what, tier, n in tiers:
-        if (tier, n, seed) not in prompts_of:
-            bench = (
-                make_benchmark(n_per_skill=n, seed=seed)
-                if tier == "heldout"
-                else make_geneval_tier(n, seed=seed)
-            )
-            prompts_of[tier, n, seed] = bench["prompt"].tolist()
-        out.append((what, prompts_of[tier, n, seed]))
+    for tier in config.tiers():
+        key = (tier.name, config.tier_size(tier), config.benchmark_seed)
+        if key not in prompts_of:
+            prompts_of[key] = config.tier_prompts(tier)["prompt"].tolist()
+        out.append((f"{tier.name} prompts", prompts_of[key]))
     return out
 
 
@@ -201,13 +172,13 @@ def prepare_rewrites(specs: list[grids.RunSpec], log=print, bad: dict[str, str] 
     prompts_of: dict = {}
     for spec in specs:
         try:
-            values = run_values(spec)
-            upsampling = parse_upsampling((values or {}).get("prompt_upsampling"))
+            config = study_config(spec)
+            upsampling = parse_upsampling(config.prompt_upsampling if config else None)
             if upsampling is None:
                 continue
             key = json.dumps(upsampling.describe(), sort_keys=True)
             entry = wanted.setdefault(key, (upsampling, [], []))
-            entry[1].extend(p for _, prompts in benchmark_prompts(values, prompts_of) for p in prompts)
+            entry[1].extend(p for _, prompts in benchmark_prompts(config, prompts_of) for p in prompts)
             entry[2].append(spec.run_id)
         except Exception as err:  # noqa: BLE001 - one bad run must not cost the others their rewrites
             _record(bad, spec.run_id, err)
@@ -236,10 +207,10 @@ def prepare_images(specs: list[grids.RunSpec], log=print, bad: dict[str, str] | 
     failed: dict[tuple, Exception] = {}  # one failure per image side, recorded for every run needing it
     for spec in specs:
         try:
-            values = run_values(spec)
-            if values is None:
+            config = study_config(spec)
+            if config is None:
                 continue
-            opts = run_options(values)
+            opts = run_options(config)
             preset = get_preset(opts.preset)
             key = (
                 opts.preset,
@@ -294,11 +265,10 @@ def prepare_grid(
     if not isinstance(grid, grids.Grid):
         grid = grids.load_grid(grid)
     specs = grids.select_runs(grids.expand_grid(grid), only)
-    specs = [s for s in specs if run_folder.run_state(grids.run_path(root, s)) != "done"]
+    specs = [s for s in specs if run_state(grids.run_path(root, s)) != "done"]
     bad: dict[str, str] = {}
-    declared = grids.notebook_parameters(grid.notebook)
     for spec in specs:  # the same check as `grid run`'s preflight: a typo is named with its fix
-        problems = grid_checks.train_options_problems(spec, declared)
+        problems = grid_checks.option_problems(spec)
         if problems:
             bad[spec.run_id] = "; ".join(problems)
     specs = [s for s in specs if s.run_id not in bad]

@@ -9,31 +9,19 @@ run's scores are left as they are and the error says so.
 
 from __future__ import annotations
 
-import ast
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from t2istudy.run_store import PARAMS, read_json, write_text
 from t2istudy.scoring.scorers import JudgeScorer
-from t2istudy.staging import temporary_name
-from t2istudy.study.grids import notebook_parameters
-from t2istudy.study.run_folder import read_json
+from t2istudy.study.run_config import RunConfig
 from t2istudy.study.run_results import find_runs
-from t2istudy.world.shapes_benchmark import make_benchmark
+from t2istudy.study.tiers import TIERS
 
 CONTROL_COLUMNS = ("score_shuffled", "fraction_shuffled")
-
-
-def run_parameters(run_dir: Path) -> dict[str, Any]:
-    """The parameters a run executed with: its notebook's defaults, overridden by params.json."""
-    record = read_json(run_dir / "params.json")
-    declared = notebook_parameters(record["notebook"])
-    values = {name: ast.literal_eval(p["default"]) for name, p in declared.items() if name != "out_dir"}
-    return {**values, **record.get("params", {})}
 
 
 def add_shuffled_control(run_dir: str | Path, force: bool = False) -> str:
@@ -43,11 +31,11 @@ def add_shuffled_control(run_dir: str | Path, force: bool = False) -> str:
     stored = pd.read_csv(scores_path, dtype={"id": str})
     if set(CONTROL_COLUMNS) <= set(stored.columns) and not force:
         return "has the control already"
-    params = run_parameters(run_dir)
-    if params.get("benchmark") != "shapes" or params.get("scorer") != "judge":
-        return f"skipped: the control needs the shapes benchmark and the judge, not {params.get('scorer')}"
-    bench = make_benchmark(n_per_skill=int(params["n_per_skill"]), seed=int(params["benchmark_seed"]))
-    files = [run_dir / "samples" / f"{i:04d}-s{params['sample_seed']}.png" for i in range(len(bench))]
+    config = RunConfig.from_params(read_json(run_dir / PARAMS).get("params", {}), known_only=True)
+    if config.benchmark != "shapes" or config.scorer != "judge":
+        return f"skipped: the control needs the shapes benchmark and the judge, not {config.scorer}"
+    bench = config.tier_prompts(TIERS["heldout"])
+    files = [run_dir / "samples" / f"{i:04d}-s{config.sample_seed}.png" for i in range(len(bench))]
     missing = [f for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(
@@ -66,9 +54,7 @@ def add_shuffled_control(run_dir: str | Path, force: bool = False) -> str:
             )
     for column in CONTROL_COLUMNS:
         stored[column] = fresh[column].to_numpy()
-    tmp = scores_path.with_name(temporary_name(scores_path.name))
-    stored.to_csv(tmp, index=False)
-    os.replace(tmp, scores_path)
+    write_text(scores_path, stored.to_csv(index=False))
     means = stored[["fraction", "fraction_shuffled"]].mean()
     return f"added: fraction {means['fraction']:.3f}, shuffled {means['fraction_shuffled']:.3f}"
 

@@ -1,130 +1,41 @@
-"""One run's folder: what is in it, the markers that say how far it got, and writing its results.
+"""A study run's record in its folder (`t2istudy.run_store` owns the layout, the markers and the lock).
 
-A run is one execution of a parameterized notebook, e.g. one (encoder, strategy, seed). It lives in
-
-    runs/<grid>/<run-id>/
-        params.json     schema_version, grid, run_id, notebook, the notebook parameters, and provenance
-                        (git commit and dirty flag, python/torch/diffusers/... versions, device)
-        notebook.ipynb  the executed notebook (kept, error highlighted, when a cell fails)
-        metrics.json    overall and per-skill scores with bootstrap CIs (written by the notebook)
-        scores.csv      one row per benchmark prompt (written by the notebook; needed for paired CIs)
-        logs/ samples/  heavy or noisy, git-ignored
-        RUNNING         the lock of the process executing the run: pid, host, heartbeat (`run_lock`)
-        .gitignore      "*" while it runs: a commit made meanwhile cannot pick up a half-written run
-        FAILED          the error, when the notebook failed (the next batch retries the run)
-        DONE            written last: a run is complete only when DONE exists (and, for a grid's
-                        runs, a readable metrics.json; DONE beside FAILED is never complete)
-
-Why a directory per run and a marker written last: a batch can be killed at any moment (a laptop
-lid, a SLURM time limit) and started again; finished runs are never executed twice or lost, and a
-half-written run is simply executed again.
+One writer (:func:`write_record`) puts every benchmark tier under ``metrics["tiers"][name]`` as
+``{"overall": stats, "groups": {group: stats}}`` beside the tier's per-prompt ``scores_file``; one reader
+(:func:`read_metrics`, :func:`tier_stats`) reads it back. Runs written before every tier lived there (the
+held-out tier at metrics.json's top level, the GenEval-style tier's groups under ``tasks``) are read through
+the same reader, unchanged on disk. Torch-free: `grid status` and the analysis read through it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
-from datetime import datetime, timezone
+import socket
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from t2istudy.staging import temporary_name
-from t2istudy.study.grids import SCHEMA_VERSION
+from t2istudy.run_store import METRICS, PARAMS, CorruptFile, now, read_json, write_json
+from t2istudy.study.grids import SCHEMA_VERSION, RunSpec
 from t2istudy.study.provenance import provenance
-from t2istudy.study.run_lock import read_holder
+from t2istudy.study.tiers import get_tier
 
-MARKERS = ("DONE", "FAILED", "RUNNING")
-RUNNER_ENV = "T2ISTUDY_RUNNER"  # set while the runner executes a notebook: the runner writes DONE itself
-
-
-class CorruptFile(ValueError):
-    """A run file that cannot be read (a write cut short, an edit): names the file and a fix that keeps
-    the run's weights. A ValueError, so that the command line prints it without a traceback."""
-
-    def __init__(self, path: Path, reason: str, fix: str = ""):
-        self.path, self.reason = Path(path), reason
-        fix = fix or (
-            f"Move it aside (mv {path} {path}.bad) and run the grid again: the run is executed again and "
-            f"keeps its trained weights."
-        )
-        super().__init__(f"{path} {reason}. {fix}")
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CorruptFile(path, f"is not valid JSON ({err})") from err
-    except UnicodeDecodeError as err:
-        raise CorruptFile(path, f"is not text ({err})") from err
-    if not isinstance(data, dict):
-        raise CorruptFile(path, f"holds a {type(data).__name__}, not a JSON object")
-    return data
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """A JSON-lines log (``train_log.jsonl``), tolerant of the one tear a kill can cause.
-
-    A process killed while appending leaves a torn last line: it is dropped with a warning naming the
-    file (the run resumes from its checkpoint and logs that step again). A bad line before the last one
-    is not a tear but a damaged file: :class:`CorruptFile` naming the file and the line. [] when absent.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError(f"a {type(record).__name__}, not a JSON object")
-        except ValueError as err:
-            if number == len(lines):
-                warnings.warn(
-                    f"{path}: dropped its torn last line {number} ({line[:60]!r}): a write cut short by a kill",
-                    stacklevel=2,
-                )
-                break
-            raise CorruptFile(
-                path,
-                f"line {number} is not valid JSON ({err}) and is not the last line, so not a torn write",
-                fix=(
-                    f"Move the log aside (mv {path} {path}.bad): the run's checkpoints and weights are kept "
-                    f"and the next `grid run` resumes it (its log restarts from the checkpoint)."
-                ),
-            ) from err
-        records.append(record)
-    return records
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically (temp file + rename) so that a kill never leaves half a JSON file. The temp name is
-    unique to its writer: two processes writing the same file (two `grid run`s writing grid.json) must not
-    rename each other's temp file away."""
-    tmp = path.with_name(temporary_name(path.name))
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+__all__ = [
+    "CorruptFile",
+    "check_schema",
+    "params_record",
+    "read_json",
+    "read_metrics",
+    "tier_stats",
+    "write_record",
+]
+STATS = ("mean", "ci_low", "ci_high")
 
 
 def check_schema(run_dir: Path) -> None:
     """A run written by another schema version cannot be mixed with new ones: say so and how to fix it."""
-    params = run_dir / "params.json"
+    params = Path(run_dir) / PARAMS
     if not params.exists():
         return
     version = read_json(params).get("schema_version")
@@ -135,135 +46,91 @@ def check_schema(run_dir: Path) -> None:
         )
 
 
-def run_state(run_dir: Path, *, metrics: bool = False) -> str:
-    """done | failed | running | interrupted | pending | corrupt (see :func:`run_problem`).
-
-    ``metrics``: the run must also have a readable metrics.json to be done (a grid's runs: the runner
-    requires it), so that a run whose metrics were lost is executed again instead of counted.
-    """
-    if run_problem(run_dir, metrics=metrics):
-        return "corrupt"
-    if (run_dir / "DONE").exists():
-        return "done"
-    if (run_dir / "FAILED").exists():
-        return "failed"
-    holder = read_holder(run_dir)
-    if holder is not None:
-        return "interrupted" if holder.stale_reason() else "running"
-    return "interrupted" if (run_dir / "params.json").exists() else "pending"
+def params_record(spec: RunSpec) -> dict[str, Any]:
+    """params.json of a run the runner starts: the grid's parameters (not the defaults) and provenance."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "grid": spec.grid,
+        "run_id": spec.run_id,
+        "notebook": relative(spec.notebook),
+        "params": spec.params,
+        "started": now(),
+        "host": socket.gethostname(),
+        "provenance": provenance(),
+    }
 
 
-def run_problem(run_dir: Path, *, metrics: bool = False) -> str | None:
-    """Why a run that looks finished cannot count as done; None when nothing is wrong.
-
-    DONE beside FAILED (two processes finished one run, or a run finished by hand after a failure), and,
-    with ``metrics``, DONE with metrics.json missing or unreadable. `grid run` executes such a run again:
-    the run notebook reuses its trained weights (train/final) and only samples and scores again.
-    """
-    if not (run_dir / "DONE").exists():
-        return None
-    rerun = (
-        f"Run `t2istudy grid run <grid file> --only {run_dir.name}`: it is executed again and reuses its "
-        f"trained weights (only sampling and scoring run again)."
-    )
-    if (run_dir / "FAILED").exists():
-        return f"corrupt: DONE and FAILED are both in {run_dir}, so it is not known which is true. {rerun}"
-    if metrics:
-        path = run_dir / "metrics.json"
-        if not path.is_file():
-            return f"incomplete: {path} is missing although DONE exists. {rerun}"
-        try:
-            read_json(path)
-        except CorruptFile as err:
-            return f"corrupt: {path} {err.reason}. {rerun}"
-    return None
+def relative(path: str) -> str:
+    """``path`` relative to the working directory (the repository root under the CLI): no machine's path."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
 
 
-def now() -> str:
-    """The time for markers and records: UTC, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_results(
+def write_record(
     out_dir: str | Path,
-    scores: pd.DataFrame,
-    summary: pd.DataFrame,
+    results: dict[str, tuple[pd.DataFrame, pd.DataFrame]],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Called by the run notebook: per-prompt ``scores.csv`` and ``metrics.json`` (overall + per skill).
+    """metrics.json and every tier's per-prompt scores; ``results``: tier -> (per-prompt table, summary).
 
-    ``summary`` is ``scoring.summarize(scores)``: rows (skills, basic, advanced, overall) with columns
-    n, mean, ci_low, ci_high. ``extra`` (training time, input scale, encoder size, ...) is stored as-is.
+    The summary is the tier's own (`Tier.summarize`): rows of groups and ``overall`` with columns n, mean,
+    ci_low, ci_high. ``extra`` (training time, input scale, sizes, ...) is stored as it is.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = scores.copy()
-    for col in table.columns:
-        if table[col].map(lambda v: isinstance(v, (tuple, list))).any():
-            table[col] = table[col].map(
+    tiers = {}
+    for name, (scores, summary) in results.items():
+        tier = get_tier(name)
+        _scores_table(scores, tier.group_column).to_csv(out_dir / tier.scores_file, index=False)
+        rows = summary.set_index("skill") if "skill" in summary.columns else summary
+        stats = {
+            str(group): {"n": int(row["n"]), **{k: float(row[k]) for k in STATS}}
+            for group, row in rows.iterrows()
+        }
+        if "overall" not in stats:
+            raise ValueError(
+                f"The {name} summary has no 'overall' row: pass the tier's own summary (Tier.summarize)."
+            )
+        overall = stats.pop("overall")
+        aggregates = sorted(stats, key=lambda g: g not in ("basic", "advanced"))  # as runs always listed them
+        tiers[name] = {"overall": overall, "groups": {g: stats[g] for g in aggregates}}
+    write_json(out_dir / METRICS, {"schema_version": SCHEMA_VERSION, "tiers": tiers, **(extra or {})})
+    return out_dir / METRICS
+
+
+def _scores_table(scores: pd.DataFrame, group_column: str) -> pd.DataFrame:
+    """The per-prompt table as CSV holds it: skill tags joined by '|', the prompt's spec and scene left out,
+    and the skill tags too where the tier groups by another column (the GenEval-style tier's task)."""
+    drop = {"spec", "scene"} | ({"skills"} if group_column != "skills" else set())
+    table = scores.drop(columns=[c for c in scores.columns if c in drop])
+    for column in table.columns:
+        if table[column].map(lambda v: isinstance(v, (tuple, list))).any():
+            table[column] = table[column].map(
                 lambda v: "|".join(map(str, v)) if isinstance(v, (tuple, list)) else v
             )
-    keep = [c for c in table.columns if not table[c].map(lambda v: isinstance(v, (dict, set))).any()]
-    table[keep].to_csv(out_dir / "scores.csv", index=False)
-    rows = summary.set_index("skill") if "skill" in summary.columns else summary
-    stats = {
-        str(name): {"n": int(row["n"]), **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}}
-        for name, row in rows.iterrows()
+    return table[[c for c in table.columns if not table[c].map(lambda v: isinstance(v, (dict, set))).any()]]
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """metrics.json with ``tiers`` holding every tier as :func:`write_record` writes it, whatever layout the
+    run was written in (older runs: the held-out tier at the top level, the GenEval-style groups as tasks)."""
+    metrics = read_json(Path(run_dir) / METRICS)
+    tiers = {
+        name: entry if "groups" in entry else {"overall": entry["overall"], "groups": entry.get("tasks", {})}
+        for name, entry in metrics.get("tiers", {}).items()
     }
-    if "overall" not in stats:
-        raise ValueError("summary has no 'overall' row: pass scoring.summarize(scores) as the summary.")
-    groups = {k: stats.pop(k) for k in ("overall", "basic", "advanced") if k in stats}
-    metrics = {"schema_version": SCHEMA_VERSION, **groups, "skills": stats, **(extra or {})}
-    write_json(out_dir / "metrics.json", metrics)
-    return out_dir / "metrics.json"
+    if "overall" in metrics and "heldout" not in tiers:  # written before the held-out tier lived in tiers
+        groups = {k: metrics[k] for k in ("basic", "advanced") if k in metrics}
+        tiers = {
+            "heldout": {"overall": metrics["overall"], "groups": {**groups, **metrics.get("skills", {})}},
+            **tiers,
+        }
+    return {**metrics, "tiers": tiers}
 
 
-def finish_run(out_dir: str | Path) -> None:
-    """Last cell of a run notebook: mark the run complete when executed by hand (JupyterLab).
-
-    Under the runner this does nothing: the runner writes DONE itself after papermill has saved the
-    executed notebook, so that DONE is really the last thing written.
-    """
-    out_dir = Path(out_dir)
-    if os.environ.get(RUNNER_ENV):
-        return
-    if not (out_dir / "metrics.json").exists():
-        raise FileNotFoundError(f"{out_dir}/metrics.json is missing: run the scoring cells before finishing.")
-    params = out_dir / "params.json"
-    if not params.exists():
-        write_json(
-            params,
-            {
-                "schema_version": SCHEMA_VERSION,
-                "grid": out_dir.parent.name,
-                "run_id": out_dir.name,
-                "notebook": "interactive",
-                "params": {},
-                "started": now(),
-                "provenance": provenance(),
-            },
-        )
-    (out_dir / "FAILED").unlink(missing_ok=True)  # a run is never left both DONE and FAILED
-    write_json(out_dir / "DONE", {"finished": now(), "by": "notebook"})
-
-
-def write_tier_results(out_dir: str | Path, tier: str, scores: pd.DataFrame, summary: pd.DataFrame) -> Path:
-    """A second benchmark tier of the same run (the GenEval-style tier beside the held-out one):
-    ``scores_<tier>.csv`` and ``metrics.json["tiers"][tier]`` = overall + one entry per task. Call it after
-    :func:`write_results`, which writes metrics.json afresh."""
-    out_dir = Path(out_dir)
-    metrics_file = out_dir / "metrics.json"
-    if not metrics_file.is_file():
-        raise FileNotFoundError(
-            f"{metrics_file} is missing: call write_results first, then write_tier_results."
-        )
-    table = scores.drop(columns=[c for c in ("skills", "spec", "scene") if c in scores.columns])
-    table.to_csv(out_dir / f"scores_{tier}.csv", index=False)
-    stats = {
-        str(name): {"n": int(row["n"]), **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}}
-        for name, row in summary.iterrows()
-    }
-    metrics = json.loads(metrics_file.read_text())
-    metrics.setdefault("tiers", {})[tier] = {"overall": stats.pop("overall"), "tasks": stats}
-    write_json(metrics_file, metrics)
-    return metrics_file
+def tier_stats(metrics: dict[str, Any], tier: str) -> dict[str, dict[str, Any]]:
+    """{"overall": stats, group: stats, ...} of one tier of :func:`read_metrics`' result; {} without it."""
+    entry = metrics["tiers"].get(tier)
+    return {"overall": entry["overall"], **entry["groups"]} if entry else {}

@@ -12,17 +12,12 @@ from typing import Any
 import pandas as pd
 
 from t2istudy.diffusion import train_folder
-from t2istudy.scoring.summaries import summarize, summarize_geneval
+from t2istudy.run_store import DONE, PARAMS, CorruptFile, read_json, run_problem, run_state
+from t2istudy.run_store import METRICS as METRICS_FILE
 from t2istudy.study.grids import Grid, expand_grid, load_grid, run_path
 from t2istudy.study.provenance import FIELDS
-from t2istudy.study.run_folder import (
-    CorruptFile,
-    check_schema,
-    read_json,
-    read_jsonl,
-    run_problem,
-    run_state,
-)
+from t2istudy.study.run_folder import check_schema, read_metrics, tier_stats
+from t2istudy.study.tiers import SHAPES_TIERS, get_tier
 
 
 def grid_status(grid: Grid | str | Path, root: str | Path = "runs") -> pd.DataFrame:
@@ -89,30 +84,14 @@ def _corrupt(out: Path, err: CorruptFile) -> str:
 def training_progress(out: Path) -> str | None:
     """'step 650/800, last checkpoint-600' for an unfinished training run; None when none has started.
 
-    Looks in the run directory and its subfolders (``<run>/train`` for the study notebook) for the folder
-    that ``t2istudy.diffusion.train`` writes, so that ``grid status`` shows what a killed or failed run has kept:
-    the next ``grid run`` resumes it from that checkpoint. Reads the training log with the tolerant reader
-    (`run_folder.read_jsonl`: a torn last line is dropped with a warning; a damaged one raises CorruptFile).
+    Looks in the run directory and its subfolders (``<run>/train`` for the study run) for the folder that
+    ``t2istudy.diffusion.train`` writes, so that ``grid status`` shows what a killed or failed run has kept:
+    the next ``grid run`` resumes it from that checkpoint (a torn last log line is dropped with a warning).
     """
     for folder in (out, *sorted(p for p in out.glob("*") if p.is_dir())):
         if train_folder.is_training_folder(folder):
-            return _training_progress(folder)
+            return train_folder.training_progress(folder)
     return None
-
-
-def _training_progress(folder: Path) -> str:
-    """`train_folder.training_progress`, reading its files without failing on a torn log line."""
-    logged = read_jsonl(folder / train_folder.TRAIN_LOG)
-    step = logged[-1].get("step", 0) if logged else 0
-    options = folder / train_folder.OPTIONS
-    total = read_json(options).get("max_train_steps") if options.is_file() else None
-    text = f"step {step}/{total}" if total else f"step {step}"
-    if (folder / train_folder.FINAL).is_dir():
-        return text + ", trained (sampling and scoring next)"
-    saved = train_folder.complete_checkpoints(folder)
-    return text + (
-        f", last checkpoint-{train_folder.checkpoint_step(saved[-1])}" if saved else ", no checkpoint yet"
-    )
 
 
 def _status_row(out: Path, run_id: str) -> dict[str, Any]:
@@ -127,12 +106,12 @@ def _status_row(out: Path, run_id: str) -> dict[str, Any]:
         if caught:
             row["error"] = "; ".join(str(w.message) for w in caught)
     if state == "done":
-        metrics = read_json(out / "metrics.json")
-        overall = metrics.get("overall", {})
+        metrics = read_metrics(out)
+        overall = next(iter(metrics["tiers"].values()), {}).get("overall", {})  # the run's first tier
         row.update(overall=overall.get("mean"), ci_low=overall.get("ci_low"), ci_high=overall.get("ci_high"))
-        row["geneval"] = metrics.get("tiers", {}).get("geneval", {}).get("overall", {}).get("mean")
+        row["geneval"] = tier_stats(metrics, "geneval").get("overall", {}).get("mean")
         row["sample_noise"] = metrics.get("sample_noise", "shared")  # runs from before the rule: shared
-        row["seconds"] = read_json(out / "DONE").get("seconds")
+        row["seconds"] = read_json(out / DONE).get("seconds")
     elif state == "failed":
         info = read_json(out / "FAILED")
         error = info.get("error", "")[:200]
@@ -155,7 +134,7 @@ def find_runs(root: str | Path, grid: str | None = None, done_only: bool = True)
             continue
         if not done_only:
             found.append(d)
-        elif (d / "DONE").exists():
+        elif (d / DONE).exists():
             problem = run_problem(d, metrics=_expects_metrics(d))
             if problem:  # not silently dropped: the analysis says which run is missing and why
                 warnings.warn(f"skipping run {d}: {problem}", stacklevel=2)
@@ -169,7 +148,7 @@ def _expects_metrics(run_dir: Path) -> bool:
     if (run_dir.parent / "grid.json").is_file():
         return True
     try:
-        return read_json(run_dir / "DONE").get("metrics") is True
+        return read_json(run_dir / DONE).get("metrics") is True
     except CorruptFile:
         return True
 
@@ -180,12 +159,7 @@ METRICS = {
     "above_floor": "fraction minus the shuffled-prompt floor: the partial credit earned by following this "
     "prompt rather than by chance (judge only; secondary)",
 }
-TIERS = {
-    "heldout": "held-out compositions (GenAI-Bench's skills; overall = mean over prompts)",
-    "geneval": "GenEval-style tier (six tasks; overall = mean of the six task means)",
-}
-# The file of per-prompt scores of each tier; every other tier keeps its scores in scores_<tier>.csv.
-SCORES_FILE = {"heldout": "scores.csv", "geneval": "scores_geneval.csv"}
+TIERS = {name: get_tier(name).description for name in SHAPES_TIERS}  # the tiers the analysis compares
 
 
 def load_metrics(
@@ -203,7 +177,7 @@ def load_metrics(
     rows = []
     for out in tier_runs(root, grid, tier):
         try:
-            record, metrics = read_json(out / "params.json"), read_json(out / "metrics.json")
+            record, metrics = read_json(out / PARAMS), read_metrics(out)
         except CorruptFile as err:
             warnings.warn(f"skipping run {out}: {err}", stacklevel=2)
             continue
@@ -259,19 +233,14 @@ def check_same_noise_rule(*tables: pd.DataFrame) -> None:
 
 
 def _run_stats(out: Path, metrics: dict[str, Any], metric: str, tier: str) -> dict[str, dict[str, Any]]:
-    """{skill or group: {n, mean, ci_low, ci_high}} of one run on one tier: metrics.json's own numbers for
-    the verdict, recomputed from the per-prompt scores for the other metrics (by the tier's summary rule)."""
-    if metric == "score" and tier == "heldout":
-        stats = {k: metrics[k] for k in ("overall", "basic", "advanced") if k in metrics}
-        return {**stats, **metrics.get("skills", {})}
+    """{group or "overall": {n, mean, ci_low, ci_high}} of one run on one tier: metrics.json's own numbers
+    for the verdict, recomputed from the per-prompt scores for the other metrics (by the tier's own rule)."""
     if metric == "score":
-        entry = metrics["tiers"][tier]
-        return {"overall": entry["overall"], **entry.get("tasks", {})}
+        return tier_stats(metrics, tier)
     table = _read_scores(out, metric, tier)
-    if tier == "geneval":
-        return summarize_geneval(table, column=metric).to_dict(orient="index")
-    table["skills"] = [tuple(str(t).split("|")) for t in table["skills"]]  # as scores.csv joins them
-    return summarize(table, column=metric).to_dict(orient="index")
+    if get_tier(tier).group_column == "skills":
+        table["skills"] = [tuple(str(t).split("|")) for t in table["skills"]]  # as scores.csv joins them
+    return get_tier(tier).summarize(table, column=metric).to_dict(orient="index")
 
 
 def _check_metric(metric: str) -> None:
@@ -280,14 +249,11 @@ def _check_metric(metric: str) -> None:
 
 
 def _has_tier(out: Path, tier: str) -> bool:
-    """Whether a scored run has this tier: its per-prompt file and (beyond the held-out tier, whose
-    numbers are metrics.json's top level) its entry in metrics.json["tiers"]."""
-    if not (out / SCORES_FILE[tier]).exists():
+    """Whether a scored run has this tier: its per-prompt file and its entry in metrics.json's tiers."""
+    if not (out / get_tier(tier).scores_file).exists():
         return False
-    if tier == "heldout":
-        return True
     try:
-        return tier in read_json(out / "metrics.json").get("tiers", {})
+        return tier in read_metrics(out)["tiers"]
     except CorruptFile:  # left out and named with the rest; `grid status` gives its fix
         return False
 
@@ -297,9 +263,8 @@ def tier_runs(root: str | Path, grid: str | None = None, tier: str = "heldout") 
     ``tier``. Why loud: a tier's numbers over a silently smaller set of runs would compare unlike arms.
     Runs lacking it are named in a warning and left out; when every run lacks it, the error says so
     and how to add it."""
-    if tier not in TIERS:
-        raise ValueError(f"Unknown tier {tier!r}; use one of {sorted(TIERS)}.")
-    scored = [out for out in find_runs(root, grid) if (out / "metrics.json").exists()]
+    get_tier(tier)  # an unknown one is refused, naming the tiers
+    scored = [out for out in find_runs(root, grid) if (out / METRICS_FILE).exists()]
     have = [out for out in scored if _has_tier(out, tier)]
     lacking = [out for out in scored if out not in have]
     if not lacking:
@@ -323,7 +288,7 @@ def _fix(tier: str) -> str:
     if tier == "heldout":
         return "their scores.csv is missing (written with metrics.json by the run notebook): rerun them."
     return (
-        f"they were scored before the {tier} tier existed (no {SCORES_FILE[tier]} / "
+        f"they were scored before the {tier} tier existed (no {get_tier(tier).scores_file} / "
         f'metrics.json["tiers"]["{tier}"]). Sample and judge it by rerunning them with geneval_per_task > 0 '
         f"(the run notebook's default; `t2istudy grid rescore` adds only the shuffled-prompt control, not "
         f"a tier whose images were never drawn), or analyse tier='heldout'."
@@ -331,12 +296,13 @@ def _fix(tier: str) -> str:
 
 
 def _read_scores(out: Path, metric: str, tier: str = "heldout") -> pd.DataFrame:
-    """One run's per-prompt scores on a tier; the GenEval-style tier's ``task`` becomes its ``skills``
-    (one tag per prompt), the column the analysis groups by, so every analysis function reads either tier."""
-    path = out / SCORES_FILE[tier]
+    """One run's per-prompt scores on a tier; a tier grouped by another column (the GenEval-style tier's
+    ``task``) has it copied into ``skills``, the column the analysis groups by, so every analysis function
+    reads every tier."""
+    path = out / get_tier(tier).scores_file
     table = pd.read_csv(path, dtype={"id": str})
-    if tier == "geneval":
-        table["skills"] = table["task"]
+    if get_tier(tier).group_column != "skills":
+        table["skills"] = table[get_tier(tier).group_column]
     if metric == "above_floor":
         if "fraction_shuffled" not in table.columns:
             raise ValueError(
@@ -365,7 +331,7 @@ def load_scores(
     _check_metric(metric)
     frames = []
     for out in tier_runs(root, grid, tier):
-        record = read_json(out / "params.json")
+        record = read_json(out / PARAMS)
         try:
             table = _read_scores(out, metric, tier)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -398,7 +364,7 @@ def load_provenance(root: str | Path, grid: str | None = None) -> pd.DataFrame:
     predates provenance records)."""
     rows = []
     for out in find_runs(root, grid):
-        record = read_json(out / "params.json")
+        record = read_json(out / PARAMS)
         recorded = record.get("provenance") or {}
         rows.append({"run_id": record["run_id"], **{k: recorded.get(k) for k in FIELDS}})
     return pd.DataFrame(rows, columns=["run_id", *FIELDS])

@@ -2,16 +2,16 @@
 
 A batch can be killed at any moment and started again: finished runs are skipped, a half-written run is
 executed again, and runs sharing an embedding-cache entry never build it twice at once (`cache_waves`).
-Before the first kernel starts, the grid's missing cache entries are built (`prepare.prepare_grid`) and
-strategy and preset strings and the training options are checked with their one parser (`preflight`).
-Two runners (or SLURM jobs) on one grid never execute the same run: each claims a run's lock right
-before executing it (`run_lock`) and skips a run another live process holds.
+Before the first kernel starts, every run's `RunConfig` is checked (`preflight`: strategy, preset, tier
+sizes, training options, each with its one parser) and the grid's missing cache entries are built
+(`prepare.prepare_grid`). Two runners (or SLURM jobs) on one grid never execute the same run: each claims a
+run's lock right before executing it (`run_store.claim`) and skips a run another live process holds. DONE
+is written here, last, after papermill has saved the executed notebook.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import functools
 import multiprocessing
 import os
 import socket
@@ -25,8 +25,8 @@ from typing import Any
 import papermill
 import submitit
 
-from t2istudy.diffusion.model import get_preset
-from t2istudy.study import run_lock
+from t2istudy import run_store
+from t2istudy.run_store import markers, now, read_json, run_state, write_json
 from t2istudy.study.grid_checks import check_train_options, param_differences, resume_conflict
 from t2istudy.study.grids import (
     SCHEMA_VERSION,
@@ -40,18 +40,8 @@ from t2istudy.study.grids import (
     select_runs,
 )
 from t2istudy.study.prepare import prepare_grid, runs_awaiting_build
-from t2istudy.study.provenance import provenance
-from t2istudy.study.run_folder import (
-    RUNNER_ENV,
-    check_schema,
-    now,
-    read_json,
-    run_state,
-    write_json,
-)
-from t2istudy.text.aggregation import parse_strategy
-from t2istudy.text.upsample import parse_upsampling
-from t2istudy.world.shapes_geneval import make_geneval_tier
+from t2istudy.study.run_config import study_config
+from t2istudy.study.run_folder import check_schema, params_record, relative
 
 CACHE_KEYS = ("encoder", "strategy")  # runs sharing these share an embedding cache entry
 
@@ -64,21 +54,6 @@ class RunResult:
     error: str = ""
     path: str = ""
     note: str = ""  # e.g. a stale lock taken over
-
-
-MARKERS = ("DONE", "FAILED")
-
-
-def markers(out: Path) -> dict[str, int]:
-    """The run's end markers and their mtimes: what a runner saw when it planned, compared again right
-    before it executes, so that a run another runner finished (or failed) meanwhile is not run twice."""
-    found = {}
-    for name in MARKERS:
-        try:
-            found[name] = (out / name).stat().st_mtime_ns
-        except FileNotFoundError:
-            pass
-    return found
 
 
 def execute_run(
@@ -105,7 +80,7 @@ def execute_run(
     if run_state(out, metrics=require_metrics) == "done":
         return RunResult(spec.run_id, "skipped", path=str(out))
     out.mkdir(parents=True, exist_ok=True)
-    claimed = run_lock.claim(out, force=force)
+    claimed = run_store.claim(out, force=force)
     if claimed.lock is None:
         holder = claimed.holder.describe() if claimed.holder else "another process"
         return RunResult(
@@ -135,7 +110,7 @@ def execute_run(
 
 
 def _execute(
-    spec: RunSpec, out: Path, lock: run_lock.RunLock, threads: int | None, require_metrics: bool
+    spec: RunSpec, out: Path, lock: run_store.RunLock, threads: int | None, require_metrics: bool
 ) -> RunResult:
     """The claimed run's execution; the end marker is written only while this process holds the lock."""
     (out / "logs").mkdir(exist_ok=True)
@@ -143,9 +118,8 @@ def _execute(
         (out / name).unlink(missing_ok=True)
     if (out / "notebook.ipynb").exists():  # keep the previous failed attempt for reading
         os.replace(out / "notebook.ipynb", out / "notebook.previous.ipynb")
-    write_json(out / "params.json", _params_record(spec))
+    write_json(out / run_store.PARAMS, params_record(spec))
     (out / ".gitignore").write_text("# in progress: git ignores this run until it has finished\n*\n")
-    os.environ[RUNNER_ENV] = "1"
     os.environ.setdefault("TQDM_DISABLE", "1")  # bars would only clutter the executed notebook and logs
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -227,27 +201,6 @@ def _declares_out_dir(notebook: str | Path) -> bool:
     return "out_dir" in notebook_parameters(notebook)
 
 
-def _params_record(spec: RunSpec) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "grid": spec.grid,
-        "run_id": spec.run_id,
-        "notebook": _relative(spec.notebook),
-        "params": spec.params,
-        "started": now(),
-        "host": socket.gethostname(),
-        "provenance": provenance(),
-    }
-
-
-def _relative(path: str) -> str:
-    """``path`` relative to the working directory (the repository root under the CLI)."""
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive (Windows)
-        return path
-
-
 def _error_message(err: Exception) -> str:
     ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
     if ename:
@@ -255,34 +208,19 @@ def _error_message(err: Exception) -> str:
     return f"{type(err).__name__}: {err}".strip()
 
 
-@functools.cache
-def check_geneval_size(n: int | None) -> None:
-    """A GenEval-style tier larger than its distinct prompts would fail only after training; fail now."""
-    if n:
-        try:
-            make_geneval_tier(int(n))
-        except ValueError as err:
-            raise ValueError(f"geneval_per_task={n}: {err}") from err
-
-
 def preflight(specs: list[RunSpec], where: str = "") -> None:
-    """Validate strategy and preset strings with their one parser, and each run's training options as
-    the run would build them (`grid_checks`), before any run starts, so that a typo fails in a second,
-    not after a kernel start per run (encoders are checked by the run itself: their weights may exist
-    only on the compute nodes). ``where``: the grid file, named in the error."""
-    checks = {
-        "strategy": parse_strategy,
-        "preset": get_preset,
-        "prompt_upsampling": parse_upsampling,
-        "geneval_per_task": check_geneval_size,
-    }
+    """Check every study run's `RunConfig` (strategy and preset with their one parser, tier sizes, upsampling,
+    training options) before any run starts, so that a typo fails in a second, not after a kernel start per
+    run (encoders are checked by the run itself: their weights may exist only on the compute nodes).
+    ``where``: the grid file, named in the error. Checks a grid must pass before it runs belong here."""
     for spec in specs:
-        for key, check in checks.items():
-            if key in spec.params:
-                try:
-                    check(spec.params[key])
-                except ValueError as err:
-                    raise ValueError(f"{where + ': ' if where else ''}run {spec.run_id}: {err}") from err
+        config = study_config(spec)
+        if config is None:
+            continue
+        try:
+            config.check()
+        except ValueError as err:
+            raise ValueError(f"{where + ': ' if where else ''}run {spec.run_id}: {err}") from err
     check_train_options(specs, where or (specs[0].grid if specs else "grid"))
 
 
@@ -295,7 +233,7 @@ def plan(specs: list[RunSpec], root: str | Path = "runs") -> dict[str, list[RunS
         check_schema(out)
         state = run_state(out, metrics=True)
         if state == "done":
-            recorded = read_json(out / "params.json").get("params", {})
+            recorded = read_json(out / run_store.PARAMS).get("params", {})
             differences = param_differences(recorded, spec.params)
             if differences:
                 diff = sorted({line.partition(":")[0].partition(".")[0] for line in differences})
@@ -346,7 +284,7 @@ def run_grid(
     holds executor parameters (timeout_min, gpus_per_node, cpus_per_task, mem_gb, slurm_partition...).
     Runs locked by a live process (RUNNING with a heartbeat) are skipped; ``rerun_running`` takes over
     those held on another host (a cluster job that died: its lock also goes stale by itself once its
-    heartbeat stops, `run_lock.STALE_SECONDS`). A run holding training state from other parameters than
+    heartbeat stops, `run_store.STALE_SECONDS`). A run holding training state from other parameters than
     the grid's now is refused (a failed result naming each difference). With ``prepare`` (local
     launcher) the runs' missing embedding caches are first built with one encoder pass per encoder
     (`t2istudy.study.prepare`); on a cluster, run `t2istudy grid prepare` as a job of its own first.
@@ -379,7 +317,7 @@ def run_grid(
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
     check_writable(grid_dir, len(todo))
     grid_record = {k: v for k, v in grid.__dict__.items() if k != "source"}
-    grid_record["notebook"] = _relative(grid.notebook)  # as params.json has it: no machine's path
+    grid_record["notebook"] = relative(grid.notebook)  # as params.json has it: no machine's path
     write_json(grid_dir / "grid.json", {"schema_version": SCHEMA_VERSION, **grid_record})
     expect = {s.run_id: markers(run_path(root, s).resolve()) for s in todo}
     start = time.perf_counter()

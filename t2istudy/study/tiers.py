@@ -1,72 +1,98 @@
-"""The shapes benchmark's two tiers, sampled and judged for one trained model.
+"""The benchmark tiers as data: each says how it makes its prompts, how it summarizes, how it labels groups.
 
-Why: a run is read on both tiers. The GenEval-style tier (seen compositions, GenEval's six tasks) says
-whether the model draws what it was taught; the held-out tier (compositions no caption contains) tests
-compositional generalization. Both are all-or-nothing per prompt; the summaries differ as their sources
-do (GenEval: overall = mean of six task means; GenAI-Bench: per skill, basic, advanced, overall).
+Why: a run is read on every tier by one loop (`t2istudy.study.run.evaluate`), written by one writer
+(`run_folder.write_record`: ``metrics["tiers"][name]`` and its ``scores_file``) and read back by one reader
+(`run_folder.tier_stats`). The shapes benchmark has two tiers: the GenEval-style tier (seen compositions,
+GenEval's six tasks) says whether the model draws what it was taught; the held-out tier (compositions no
+caption contains) tests compositional generalization. GenAI-Bench is a tier of its own (VQAScore). A new
+tier is one `Tier` in `TIERS` and its benchmark's entry in `BENCHMARKS`. Torch-free: the reader uses it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from t2istudy.diffusion import sample
-from t2istudy.scoring.scorers import get_scorer
 from t2istudy.scoring.summaries import summarize, summarize_geneval
+from t2istudy.world.genai_bench import load_genai_bench
 from t2istudy.world.shapes import PALETTE, ShapesWorld
 from t2istudy.world.shapes_benchmark import make_benchmark
 from t2istudy.world.shapes_geneval import make_geneval_tier
 
-TIERS = ("geneval", "heldout")
+
+@dataclass(frozen=True)
+class Tier:
+    """One benchmark tier of a run."""
+
+    name: str
+    description: str  # for tables and errors: what it tests and how its overall is made
+    make_prompts: Callable[[int | None, int], pd.DataFrame]  # (size, benchmark seed) -> id, prompt, spec...
+    summarize: Callable[..., pd.DataFrame]  # (per-prompt table, column=) -> rows: groups and overall
+    group_label: str  # what its groups are called ("skill", "task")
+    group_column: str  # the per-prompt column naming each prompt's groups ("skills": tags joined by |)
+    scores_file: str  # its per-prompt scores in the run folder
+    size: str | None  # the RunConfig field with its prompts per group; None: the whole set
+    samples: str  # its images under <run>/samples/ ("": the folder itself)
+    scorer: str | None = None  # None: the run's scorer
+
+
+TIERS = {
+    "heldout": Tier(
+        "heldout",
+        "held-out compositions (GenAI-Bench's skills; overall = mean over prompts)",
+        lambda n, seed: make_benchmark(n_per_skill=n, seed=seed),
+        summarize,
+        "skill",
+        "skills",
+        "scores.csv",
+        "n_per_skill",
+        "",
+    ),
+    "geneval": Tier(
+        "geneval",
+        "GenEval-style tier (six tasks; overall = mean of the six task means)",
+        lambda n, seed: make_geneval_tier(n_per_task=n, seed=seed),
+        summarize_geneval,
+        "task",
+        "task",
+        "scores_geneval.csv",
+        "geneval_per_task",
+        "geneval",
+        scorer="judge",
+    ),
+    "genai-bench": Tier(
+        "genai-bench",
+        "GenAI-Bench prompts scored by VQAScore (per skill, basic, advanced; overall = mean over prompts)",
+        lambda n, seed: load_genai_bench(),
+        summarize,
+        "skill",
+        "skills",
+        "scores.csv",
+        None,
+        "",
+    ),
+}
+BENCHMARKS = {"shapes": ("heldout", "geneval"), "genai-bench": ("genai-bench",)}  # benchmark -> its tiers
+SHAPES_TIERS = BENCHMARKS["shapes"]  # the tiers the study's analysis compares, in its order
+
+
+def get_tier(name: str) -> Tier:
+    if name not in TIERS:
+        raise ValueError(f"Unknown tier {name!r}: choose one of {', '.join(TIERS)}.")
+    return TIERS[name]
 
 
 def make_tier(tier: str, n: int, seed: int = 0) -> pd.DataFrame:
     """``n`` prompts per task (geneval) or per skill (heldout)."""
-    if tier == "geneval":
-        return make_geneval_tier(n_per_task=n, seed=seed)
-    if tier == "heldout":
-        return make_benchmark(n_per_skill=n, seed=seed)
-    raise ValueError(f"Unknown tier {tier!r}: choose one of {', '.join(TIERS)}.")
+    return get_tier(tier).make_prompts(n, seed)
 
 
 def summarize_tier(tier: str, table: pd.DataFrame, column: str = "score") -> pd.DataFrame:
-    if tier == "geneval":
-        return summarize_geneval(table, column=column)
-    return summarize(table, column=column)
-
-
-def evaluate_tiers(
-    train_dir: str | Path,
-    sizes: dict[str, int],
-    *,
-    out_dir: str | Path | None = None,
-    sample_seed: int = 0,
-    benchmark_seed: int = 0,
-    **sample_options,
-) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """{tier: (per-prompt judge table, summary)} for a finished training run.
-
-    ``sizes`` maps each tier to its prompts per task / skill, e.g. ``{"geneval": 50, "heldout": 125}``.
-    Samples go to ``<out_dir>/samples/<tier>/`` when ``out_dir`` is given; ``sample_options`` pass to
-    :func:`t2istudy.sample.sample_run` (guidance_scale, sampler, steps, ...).
-    """
-    results = {}
-    for tier, n in sizes.items():
-        bench = make_tier(tier, n, benchmark_seed)
-        images = sample.sample_run(
-            train_dir,
-            bench["prompt"].tolist(),
-            seeds=[sample_seed],
-            out_dir=None if out_dir is None else Path(out_dir) / "samples" / tier,
-            **sample_options,
-        )
-        table = get_scorer("judge").score(images, bench)
-        results[tier] = (table, summarize_tier(tier, table))
-    return results
+    return get_tier(tier).summarize(table, column=column)
 
 
 def make_validation_split(n: int = 200, seed: int = 10_000, p_colourless: float = 0.0) -> pd.DataFrame:
@@ -97,28 +123,6 @@ def make_validation_split(n: int = 200, seed: int = 10_000, p_colourless: float 
                 "skills": ("attribute",),
                 "spec": {"constraints": cons},
                 "scene": scene,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def tune_guidance(
-    train_dir: str | Path, scales: list[float], n: int = 200, p_colourless: float = 0.0, **sample_options
-) -> pd.DataFrame:
-    """The validation verdict at each guidance scale (rows: scale, mean, n); pick the best, then fix it."""
-    bench = make_validation_split(n, p_colourless=p_colourless)
-    rows = []
-    for scale in scales:
-        images = sample.sample_run(
-            train_dir, bench["prompt"].tolist(), guidance_scale=scale, **sample_options
-        )
-        table = get_scorer("judge", shuffled_control=False).score(images, bench)
-        rows.append(
-            {
-                "guidance_scale": scale,
-                "verdict": float(table["score"].mean()),
-                "fraction": float(table["fraction"].mean()),
-                "n": len(table),
             }
         )
     return pd.DataFrame(rows)
