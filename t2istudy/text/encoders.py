@@ -106,6 +106,25 @@ def _model_class(config, kind: str):
     return transformers.AutoModel
 
 
+def _encoder_config(name_or_path: str | os.PathLike):
+    """``(resolved, location of the HF weights, config)`` (a CLIP model's text config), weights not loaded."""
+    from transformers import AutoConfig
+
+    resolved = resolve_encoder(name_or_path)
+    location = str(converted_dir(resolved)) if resolved.gguf_file else resolved.location
+    config = AutoConfig.from_pretrained(location, local_files_only=True)
+    if config.model_type in _CLIP_TYPES and hasattr(config, "text_config"):
+        config = config.text_config
+    return resolved, location, config
+
+
+def encoder_width(name_or_path: str | os.PathLike) -> int:
+    """The width of one hidden state, from the encoder's config alone: the reference width of the
+    projection's width rule (``diffusion.options.projection_lr_factor``)."""
+    config = _encoder_config(name_or_path)[2]
+    return int(getattr(config, "hidden_size", None) or config.d_model)
+
+
 def load_encoder(
     name_or_path: str | os.PathLike,
     *,
@@ -121,15 +140,11 @@ def load_encoder(
     ``random_init`` keeps the architecture and tokenizer but draws fresh weights (seed 0), a
     baseline for "how much does pretraining matter".
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     dtype = parse_dtype(dtype)
-    resolved = resolve_encoder(name_or_path)
-    location = str(converted_dir(resolved)) if resolved.gguf_file else resolved.location
+    resolved, location, config = _encoder_config(name_or_path)
     local = {"local_files_only": True}
-    config = AutoConfig.from_pretrained(location, **local)
-    if config.model_type in _CLIP_TYPES and hasattr(config, "text_config"):
-        config = config.text_config
     kind = resolved.kind or _kind_of(config)
     cls = _model_class(config, kind)
     if random_init:
@@ -570,6 +585,7 @@ __all__ = [
     "PaperEncoder",
     "ResolvedEncoder",
     "converted_dir",
+    "encoder_width",
     "list_encoders",
     "load_encoder",
     "parse_dtype",

