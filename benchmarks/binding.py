@@ -150,8 +150,11 @@ def resample(arm: Arm, seed: int, steps: int, name: str, options: dict, args) ->
         return json.loads(cached.read_text())
     if not (folder / "ladder.csv").is_file():
         raise FileNotFoundError(f"{folder} holds no trained run: run the arm first (drop --sampling).")
-    register_saved(folder)
     base = pd.read_csv(folder / "ladder.csv").iloc[-1].to_dict()
+    if not options:  # the preset's own sampling: the run's judged rung already is that setting
+        scores = pd.read_csv(folder / f"rung-{steps:05d}" / "scores_geneval.csv")
+        return {**base, **partial_credit(scores), "sample_options": "{}"}
+    register_saved(folder)
     t0 = time.time()
     out = folder / f"sampling-{name}"
     results = evaluate_tiers(folder / "train", {"geneval": args.per_task}, out_dir=out, **options)
