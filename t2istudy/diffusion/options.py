@@ -51,7 +51,9 @@ class TrainOptions:
     # shapes, binding levers (issue 36): every caption names each object with its colour (no skill wordings;
     # the same scenes), and exactly this share of two-object scenes in the pool (None: the world's own draw)
     named_captions: bool | None = None  # every caption names each object with its colour (None: off)
-    two_object_share: float | None = None  # exact share of two-object scenes in the pool (None: the world's own)
+    two_object_share: float | None = (
+        None  # exact share of two-object scenes in the pool (None: the world's own)
+    )
     data_seed: int = 0  # seed of the training data (the shapes pool)
     on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
     text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
