@@ -44,7 +44,7 @@ from t2istudy.diffusion.inputs import build_data, build_images, build_text
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.figure_files import save_figure
-from t2istudy.study.ladder import climb, register_lever, register_saved
+from t2istudy.reports.ladder import climb, register_lever, register_saved
 from t2istudy.study.run import evaluate_tiers
 from t2istudy.world.shapes_geneval import EXTRA_TASKS
 
