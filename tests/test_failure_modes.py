@@ -104,5 +104,5 @@ def test_failure_plot_has_one_panel_per_task_and_bars_that_fill_it() -> None:
     axes = [ax for ax in fig.axes if ax.get_title(loc="left")]
     assert [ax.get_title(loc="left") for ax in axes] == list(make_geneval_tier(1)["task"])
     widths = [sum(patch.get_width() for patch in ax.patches) for ax in axes]
-    assert widths == pytest.approx([1.0] * 6)  # each arm's segments add up to all of its images
+    assert widths == pytest.approx([1.0] * len(axes))  # each arm's segments add up to all of its images
     assert set(data["arm"]) == {"e s"}

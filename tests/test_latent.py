@@ -34,7 +34,7 @@ from t2istudy.scoring.summaries import summarize_geneval
 from t2istudy.text.cache import EmbeddingCache
 from t2istudy.world.shapes import render, scene_satisfies
 from t2istudy.world.shapes_benchmark import hard_negative, make_benchmark
-from t2istudy.world.shapes_geneval import TASKS, make_geneval_tier
+from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS, make_geneval_tier
 
 POOL = 32
 
@@ -44,7 +44,7 @@ POOL = 32
 
 def test_geneval_tier_truth_passes_and_a_hard_negative_of_each_task_fails():
     tier = make_geneval_tier(n_per_task=20, seed=0)
-    assert tier.groupby("task").size().to_dict() == dict.fromkeys(TASKS, 20)
+    assert tier.groupby("task").size().to_dict() == dict.fromkeys((*TASKS, *EXTRA_TASKS), 20)
     assert tier["prompt"].is_unique and all(p.split()[0] in ("a", "an") for p in tier["prompt"])
     rng = np.random.default_rng(0)
     for row in tier.itertuples():

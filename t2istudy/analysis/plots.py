@@ -13,7 +13,7 @@ from t2istudy.analysis.tables import OURS
 from t2istudy.scoring.failure_modes import FAILURES
 from t2istudy.study import run_results
 from t2istudy.text.plots_layers import plot_layer_norms
-from t2istudy.world.shapes_geneval import TASKS
+from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS
 
 
 def skill_bars(metrics: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
@@ -50,7 +50,7 @@ def failure_plot(shares: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     bar per arm, pooled over seeds. The ``pass`` segment is the task's verdict; the rest says which lever
     the failures call for (nothing drawn, the wrong number of objects, the wrong shapes, colour leakage)."""
     data = shares.assign(arm=shares["encoder"] + " " + shares["strategy"])
-    tasks = [task for task in TASKS if task in set(data["task"])]
+    tasks = [task for task in (*TASKS, *EXTRA_TASKS) if task in set(data["task"])]
     fig, axes = plt.subplots(
         len(tasks), 1, figsize=(9, 1.2 + max(1.0, 0.32 * data["arm"].nunique()) * len(tasks)), sharex=True
     )

@@ -76,9 +76,20 @@ def shapes_pool(
     resolution: int,
     max_objects: int | None = None,
     colourless_captions: float = 0.0,
+    *,
+    named_captions: bool = False,
+    two_object_share: float | None = None,
 ) -> ArrayPairs:
-    """A fixed pool of shapes-world training scenes (never a held-out composition)."""
-    world = ShapesWorld(seed=seed, max_objects=max_objects or MAX_OBJECTS, p_colourless=colourless_captions)
+    """A fixed pool of shapes-world training scenes (never a held-out composition). The binding levers
+    (issue 36): ``named_captions`` (every caption names each object with its colour, same scenes) and
+    ``two_object_share`` (exactly that share of two-object scenes); see `ShapesWorld`."""
+    world = ShapesWorld(
+        seed=seed,
+        max_objects=max_objects or MAX_OBJECTS,
+        p_colourless=colourless_captions,
+        named_captions=named_captions,
+        two_object_share=two_object_share,
+    )
     images, captions, _ = world.batch(pool_size, np.random.default_rng(seed), resolution)
     return ArrayPairs(np.asarray(images, dtype=np.uint8), list(captions))
 

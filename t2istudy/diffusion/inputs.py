@@ -21,7 +21,13 @@ from t2istudy.text.upsample import parse_upsampling, upsample_records, write_ups
 def build_data(opts: TrainOptions, preset: Preset):
     if opts.data == "shapes":
         return shapes_pool(
-            opts.pool_size, opts.data_seed, preset.image_size, opts.max_objects, opts.colourless_captions
+            opts.pool_size,
+            opts.data_seed,
+            preset.image_size,
+            opts.max_objects,
+            opts.colourless_captions,
+            named_captions=bool(opts.named_captions),
+            two_object_share=opts.two_object_share,
         )
     return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad)
 
@@ -33,6 +39,8 @@ def data_id(opts: TrainOptions, dataset) -> str:
         source += (
             f"-c{opts.colourless_captions:g}" if opts.colourless_captions else ""
         )  # default: ids unchanged
+        source += "-named" if opts.named_captions else ""
+        source += f"-two{opts.two_object_share:g}" if opts.two_object_share is not None else ""
     else:
         source = f"{slug(str(Path(opts.data).resolve()))[-48:]}-n{len(dataset)}"
     return f"{source}-{caption_hash(dataset.captions)}"

@@ -48,6 +48,12 @@ class TrainOptions:
     # shapes: share of captions naming the shapes without their colours ("a circle and a square"), the
     # wording of GenEval's colourless tasks, which no default caption uses (0: the default pool, unchanged)
     colourless_captions: float = 0.0
+    # shapes, binding levers (issue 36): every caption names each object with its colour (no skill wordings;
+    # the same scenes), and exactly this share of two-object scenes in the pool (None: the world's own draw)
+    named_captions: bool | None = None  # every caption names each object with its colour (None: off)
+    two_object_share: float | None = (
+        None  # exact share of two-object scenes in the pool (None: the world's own)
+    )
     data_seed: int = 0  # seed of the training data (the shapes pool)
     on_bad: str = "skip"  # folder data: skip unreadable images / missing captions (counted) or stop
     text: str = "cache"  # cache: encode every caption once to disk | online: encode in the loop
@@ -82,8 +88,14 @@ class TrainOptions:
     # width over the projection's input width (muP's input-layer rule; 1 for a single-state arm, so the same
     # run bit for bit; a concatenation of k states learns at lr/k)
     projection_lr: str = "shared"
-    prediction_type: str | None = None  # epsilon | v_prediction
+    prediction_type: str | None = (
+        None  # epsilon | v_prediction | flow (flow matching, diffusion/objectives.py)
+    )
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None or 0 disables
+    # training noise levels: uniform (today's) | logit_normal: sigmoid(logit_mean + logit_std * z) (SD3)
+    timestep_sampling: str | None = None  # uniform | logit_normal (None: uniform)
+    logit_mean: float = 0.0  # logit-normal location; > 0 leans toward high noise, where the layout is decided
+    logit_std: float = 1.0  # logit-normal scale
     caption_dropout: float = 0.1  # fraction of captions replaced by the empty prompt (for CFG)
     use_ema: bool | None = None  # keep an exponential moving average of the weights (None: the preset's)
     ema_decay: float = 0.9999  # upper bound; EMA warm-up (power 2/3) makes early decay smaller
@@ -139,7 +151,8 @@ CHOICES = {
     "text": ("cache", "online"),
     "text_dtype": ("fp32", "bf16", "fp16"),
     "on_bad": ("skip", "stop"),
-    "prediction_type": ("epsilon", "v_prediction"),
+    "prediction_type": ("epsilon", "v_prediction", "flow"),
+    "timestep_sampling": ("uniform", "logit_normal"),
     "mixed_precision": ("no", "fp16", "bf16"),
     "report_to": ("tensorboard", "none"),
     "latents": ("online", "cache"),
@@ -151,6 +164,7 @@ RANGES = {
     "pool_size": (lambda v: v >= 1, ">= 1"),
     "max_objects": (lambda v: v >= 1, ">= 1"),
     "colourless_captions": (lambda v: 0.0 <= v <= 1.0, "0 .. 1"),
+    "two_object_share": (lambda v: 0.0 <= v <= 1.0, "0 .. 1"),
     "data_seed": (lambda v: 0 <= v < 2**32, "0 .. 2**32 - 1"),
     "encode_batch_size": (lambda v: v >= 1, ">= 1"),
     "dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
@@ -166,6 +180,8 @@ RANGES = {
     "max_grad_norm": (lambda v: -float("inf") < v < float("inf"), "a finite number (<= 0 disables clipping)"),
     "snr_gamma": (lambda v: 0 <= v < float("inf"), ">= 0 (0 or unset disables Min-SNR weighting)"),
     "caption_dropout": (lambda v: 0 <= v < 1, "[0, 1)"),
+    "logit_mean": (lambda v: -float("inf") < v < float("inf"), "a finite number"),
+    "logit_std": (lambda v: 0 < v < float("inf"), "> 0"),
     "ema_decay": (lambda v: 0 <= v < 1, "[0, 1)"),
     "seed": (lambda v: 0 <= v < 2**32, "0 .. 2**32 - 1"),
     "checkpointing_steps": (lambda v: v >= 1, ">= 1"),
@@ -208,6 +224,8 @@ def _field_types() -> dict[str, list[type]]:
 
 FALLBACKS = {
     "use_ema": False,
+    "named_captions": False,
+    "timestep_sampling": "uniform",
     "mixed_precision": "no",
     "checkpointing_steps": 500,
     "latents": "online",
@@ -233,6 +251,11 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
         if values.get(key) is None:
             values[key] = value
     values["prediction_type"] = values["prediction_type"] or preset.prediction_type
+    if values["prediction_type"] == "flow" and values["snr_gamma"]:
+        raise ValueError(
+            f"Min-SNR weighting (snr_gamma={values['snr_gamma']}, preset {preset.name}) is defined here for the "
+            "DDPM objectives, not flow matching: pass --snr_gamma 0 with --prediction_type flow."
+        )
     values["strategy"] = str(parse_strategy(values["strategy"]))
     if values["latents"] == "cache" and not preset.vae:
         raise ValueError(

@@ -27,6 +27,7 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
+from t2istudy.diffusion import objectives
 from t2istudy.diffusion.checkpoint import load_denoiser
 from t2istudy.diffusion.data import to_uint8
 from t2istudy.diffusion.model import Preset, get_preset, load_vae
@@ -56,7 +57,15 @@ def noise_seed(seed: int, prompt: str, rule: str = "per_prompt") -> int:
 
 
 def make_sampler(name: str, preset: Preset, prediction_type: str):
-    """A sampling scheduler sharing the training betas (built from the preset's DDPM config)."""
+    """A sampling scheduler sharing the training betas (built from the preset's DDPM config). A flow-matching
+    model (prediction_type "flow") is sampled by diffusers' flow Euler scheduler under "ddim", the same
+    first-order deterministic step of the probability-flow ODE; it has no DPM-Solver++ here."""
+    if prediction_type == objectives.FLOW:
+        if name != "ddim":
+            raise ValueError(
+                f"A flow-matching model samples with the flow Euler scheduler, not {name!r}: pass sampler='ddim'."
+            )
+        return objectives.flow_scheduler(preset)
     config = preset.noise_scheduler(prediction_type).config
     clip = preset.clip_sample
     if name == "ddim":
@@ -84,6 +93,7 @@ def sample(
     steps: int | None = None,
     guidance_scale: float | None = None,
     guidance_rescale: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     noise: str | None = None,
     noise_keys: Sequence[str] | None = None,
     batch_size: int = 32,
@@ -99,6 +109,9 @@ def sample(
     `EmbeddingCache` or `OnlineText`); `null` the empty-prompt embedding the model was trained with.
     `guidance_rescale` (default the preset's, 0 = plain CFG) mixes in the guided prediction rescaled to the
     conditional one's std (diffusers' ``rescale_noise_cfg``, Lin et al. 2024 sec. 3.4).
+    `guidance_interval` (lo, hi) guides only the steps whose noise level, as EDM's sigma
+    (`objectives.edm_sigma`), lies in (lo, hi], and takes the conditional prediction alone elsewhere
+    (Kynkaanniemi et al. 2024); None guides every step.
     `noise` ("per_prompt" | "shared", default the preset's) picks the starting noise (`noise_seed`);
     `noise_keys` are the texts it is keyed by (default `prompts`; a rewritten prompt keeps its original's).
     Writes `<out_dir>/<prompt index>-s<seed>.png` and `grid.png` (rows = prompts) when out_dir is given.
@@ -157,12 +170,17 @@ def sample(
         feats, mask, x = feats.to(device), mask.to(device), x.to(device)
         scheduler = make_sampler(sampler, preset, prediction_type)
         scheduler.set_timesteps(steps)
-        x = x * scheduler.init_noise_sigma
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # the flow scheduler starts at unit noise
         for t in scheduler.timesteps:
-            inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            guide = guided and _in_interval(guidance_interval, objectives.edm_sigma(scheduler, t))
+            inp = torch.cat([x, x]) if guide else x
+            if hasattr(scheduler, "scale_model_input"):
+                inp = scheduler.scale_model_input(inp, t)
+            # an unguided step of a guided batch: the conditional half of its features alone
+            f, m = (feats[n:], mask[n:]) if guided and not guide else (feats, mask)
             with autocast:
-                pred = model(inp, t.expand(inp.shape[0]).to(device), feats, mask).float()
-            if guided:
+                pred = model(inp, t.expand(inp.shape[0]).to(device), f, m).float()
+            if guide:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + scale * (cond - uncond)
                 if rescale:
@@ -174,6 +192,16 @@ def sample(
     if out_dir is not None:
         write_images(images, jobs, len(seeds), Path(out_dir))
     return images
+
+
+def _in_interval(interval: tuple[float, float] | None, sigma: float) -> bool:
+    """Whether a step at noise level ``sigma`` is guided: every step without an interval, else lo < sigma <= hi."""
+    if interval is None:
+        return True
+    lo, hi = interval
+    if not lo < hi:
+        raise ValueError(f"guidance_interval {interval} needs lo < hi (EDM sigmas), e.g. (0.28, 5.42).")
+    return lo < sigma <= hi
 
 
 def write_images(

@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from t2istudy.diffusion import objectives
 from t2istudy.diffusion.checkpoint import Denoiser
 from t2istudy.diffusion.data import StepBatchSampler
 from t2istudy.diffusion.inputs import build_data, build_images, build_text, upsample_captions
@@ -83,11 +84,21 @@ from t2istudy.text.upsample import RewrittenText
 
 
 def step_randomness(
-    seed: int, step: int, global_batch: int, shape: tuple[int, ...], num_timesteps: int, p_drop: float
+    seed: int,
+    step: int,
+    global_batch: int,
+    shape: tuple[int, ...],
+    num_timesteps: int,
+    p_drop: float,
+    draw_timesteps=None,
 ):
-    """Noise, timesteps and caption-dropout draws for the whole global batch of one step."""
+    """Noise, timesteps and caption-dropout draws for the whole global batch of one step
+    (``draw_timesteps(generator, n)``: another timestep draw, `objectives.timestep_drawer`)."""
     g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 1]).generate_state(1)[0]))
-    t = torch.randint(0, num_timesteps, (global_batch,), generator=g)
+    if draw_timesteps is None:
+        t = torch.randint(0, num_timesteps, (global_batch,), generator=g)
+    else:
+        t = draw_timesteps(g, global_batch)
     noise = torch.randn((global_batch, *shape), generator=g)
     drop = torch.rand(global_batch, generator=g) < p_drop
     return noise, t, drop
@@ -106,8 +117,12 @@ def latent_generators(seed: int, step: int, positions: range) -> list[torch.Gene
 def diffusion_loss(
     pred, x0, noise, t, scheduler, prediction_type: str, snr_gamma: float | None
 ) -> torch.Tensor:
-    """MSE to the epsilon / v target, optionally Min-SNR-gamma weighted per sample (Hang et al. 2023)."""
-    target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    """MSE to the epsilon / v / flow target, optionally Min-SNR-gamma weighted per sample (Hang et al. 2023;
+    DDPM objectives only, `resolve_options` refuses it with flow)."""
+    if prediction_type == objectives.FLOW:
+        target = objectives.flow_target(x0, noise)
+    else:
+        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
         dim=tuple(range(1, pred.dim()))
     )
@@ -208,7 +223,14 @@ def train(opts: TrainOptions) -> Path:
     conditioner = TextConditioner(probe_features.shape[-1], preset.cross_attention_dim, num_layers)
     set_input_scale(conditioner, scale)
     model = Denoiser(unet, conditioner)
-    scheduler = preset.noise_scheduler(opts.prediction_type)
+    scheduler = objectives.training_scheduler(preset, opts.prediction_type)
+    draw_timesteps = objectives.timestep_drawer(
+        opts.prediction_type,
+        opts.timestep_sampling,
+        opts.logit_mean,
+        opts.logit_std,
+        scheduler.config.num_train_timesteps,
+    )
     ema = EMAModel(model.parameters(), decay=opts.ema_decay, use_ema_warmup=True) if opts.use_ema else None
 
     in_width = int(probe_features.shape[-1])
@@ -307,6 +329,7 @@ def train(opts: TrainOptions) -> Path:
                 shape,
                 scheduler.config.num_train_timesteps,
                 opts.caption_dropout,
+                draw_timesteps,
             )
         lo = (micro * world + rank) * per_device
         part = slice(lo, lo + per_device)
@@ -336,7 +359,7 @@ def train(opts: TrainOptions) -> Path:
                 ]
                 features, mask = pad_cat(kept)
             # Loss: epsilon or v target, optionally Min-SNR weighted; a non-finite loss stops the run.
-            noisy = scheduler.add_noise(x0, noise, t)
+            noisy = objectives.add_noise(scheduler, x0, noise, t, opts.prediction_type)
             pred = model(noisy, t, features.to(accelerator.device), mask.to(accelerator.device))
             loss = diffusion_loss(pred, x0, noise, t, scheduler, opts.prediction_type, opts.snr_gamma)
             all_losses = accelerator.gather(loss.detach().float().reshape(1))

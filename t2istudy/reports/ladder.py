@@ -29,7 +29,9 @@ from t2istudy.figure_files import save_figure
 from t2istudy.study.run import evaluate_tiers
 from t2istudy.world.shapes import PALETTE, SHAPES
 
-CLOCK = "train_clock.json"  # {steps: [cumulative training seconds, load]}, written before each rung is judged
+# {steps: [cumulative training seconds, load, cumulative training CPU seconds]}, written before each rung is
+# judged; the CPU seconds (this process's, all threads) say what a rung costs when other work shares the cores
+CLOCK = "train_clock.json"
 COLUMNS = (
     "preset",
     "encoder",
@@ -40,6 +42,7 @@ COLUMNS = (
     "threads",
     "machine_minutes",
     "load_average",
+    "train_cpu_seconds",
     "guidance_scale",
     "sample_noise",
     "sample_seconds",
@@ -122,7 +125,7 @@ def climb(
         )
         if complete_checkpoints(train_dir):
             opts.resume_from_checkpoint = "latest"
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         train(opts)
         if (
             str(steps) not in clock
@@ -130,9 +133,10 @@ def climb(
             clock[str(steps)] = [
                 time.time() - t0 + max((c[0] for c in clock.values()), default=0.0),
                 os.getloadavg()[0],
+                time.process_time() - cpu0 + max((c[2] for c in clock.values() if len(c) > 2), default=0.0),
             ]
             (out / CLOCK).write_text(json.dumps(clock, indent=1))
-        seconds, load = clock[str(steps)]
+        seconds, load, *cpu = clock[str(steps)]  # clocks written before the CPU column have none
         t0 = time.time()
         rung = out / f"rung-{steps:05d}"
         rung.mkdir(parents=True, exist_ok=True)
@@ -147,6 +151,7 @@ def climb(
             "threads": threads,
             "machine_minutes": round(seconds * threads / 60, 2),
             "load_average": round(load, 2),
+            "train_cpu_seconds": round(cpu[0], 1) if cpu else None,
             "guidance_scale": guidance_scale,
             "sample_noise": get_preset(preset).sample_noise,
             "sample_seconds": round(time.time() - t0, 1),

@@ -27,7 +27,7 @@ from collections import Counter
 
 import pandas as pd
 
-from t2istudy.world.shapes_geneval import TASKS, make_geneval_tier
+from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS, make_geneval_tier
 
 FAILURES: tuple[str, ...] = (
     "pass",
@@ -150,7 +150,7 @@ def failure_shares(classified: pd.DataFrame, by: tuple[str, ...] = ("encoder", "
     )
     table = counts.reindex(full, fill_value=0).reset_index()
     table["share"] = table["images"] / table.groupby(groups)["images"].transform("sum")
-    order = {task: i for i, task in enumerate(TASKS)}
+    order = {task: i for i, task in enumerate((*TASKS, *EXTRA_TASKS))}
     table["_task"] = table["task"].map(order)
     table["_failure"] = table["failure"].map({f: i for i, f in enumerate(FAILURES)})
     return (

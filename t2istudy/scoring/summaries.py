@@ -12,7 +12,7 @@ import pandas as pd
 
 from t2istudy.scoring.bootstrap import mean_ci_over_prompts, mean_of_group_means_ci, paired_ci_over_prompts
 from t2istudy.world.genai_bench import group_masks
-from t2istudy.world.shapes_geneval import TASKS
+from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS
 
 
 def summarize(
@@ -40,7 +40,8 @@ def summarize_geneval(
     table: pd.DataFrame, n_boot: int = 1000, seed: int = 0, column: str = "score", level: float = 0.95
 ) -> pd.DataFrame:
     """GenEval's summary of the GenEval-style tier: one row per task, and ``overall`` = the mean of the
-    six task means (not of prompts), with bootstrap CIs resampling prompts within each task."""
+    six task means (not of prompts), with bootstrap CIs resampling prompts within each task. The extra
+    tasks (``EXTRA_TASKS``) get rows after ``overall`` when present and stay out of it."""
     if "task" not in table.columns or column not in table.columns:
         raise ValueError(f"A GenEval-style table needs 'task' and {column!r} columns (make_geneval_tier).")
     rng = np.random.default_rng(seed)
@@ -54,7 +55,12 @@ def summarize_geneval(
         rows[task] = {"n": len(values), "mean": float(values.mean()), "ci_low": lo, "ci_high": hi}
     lo, hi = mean_of_group_means_ci(groups, rng, n_boot, level)
     mean = float(np.mean([r["mean"] for r in rows.values()]))
-    rows["overall"] = {"n": len(table), "mean": mean, "ci_low": lo, "ci_high": hi}
+    rows["overall"] = {"n": int(table["task"].isin(TASKS).sum()), "mean": mean, "ci_low": lo, "ci_high": hi}
+    for task in EXTRA_TASKS:  # reported beside GenEval's six, never in overall
+        values = table.loc[table["task"] == task, column].to_numpy(dtype=float)
+        if len(values):
+            lo, hi = mean_ci_over_prompts(values, rng, n_boot, level)
+            rows[task] = {"n": len(values), "mean": float(values.mean()), "ci_low": lo, "ci_high": hi}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "group"
     return out

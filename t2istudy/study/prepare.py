@@ -120,6 +120,8 @@ def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) ->
         opts.data_seed,
         opts.max_objects,
         opts.colourless_captions,
+        opts.named_captions,
+        opts.two_object_share,
         opts.preset,
     )
     if data_key not in captions_of:
@@ -221,6 +223,8 @@ def prepare_images(specs: list[grids.RunSpec], log=print, bad: dict[str, str] | 
                 opts.data_seed,
                 opts.max_objects,
                 opts.colourless_captions,
+                opts.named_captions,
+                opts.two_object_share,
             )
             if not preset.vae or key in done:
                 continue

@@ -385,6 +385,7 @@ def caption(
     p_background: float = 0.7,
     p_relation: float = 0.6,
     p_colourless: float = 0.0,
+    named: bool = False,
 ) -> str:
     """A true English description of every object in ``scene`` (paraphrased; held-out relations avoided).
 
@@ -393,7 +394,10 @@ def caption(
     With probability ``p_colourless`` the caption names the shapes without their colours ("a circle above
     a square", "two circles and a square"): still true, and the wording of GenEval's colourless tasks. A
     relation is stated only where it is allowed for the colours the image shows, as in every caption. At 0
-    no extra random number is drawn, so the default stream is unchanged.
+    no extra random number is drawn, so the default stream is unchanged. ``named`` keeps every caption an
+    explicit list or relation that names each object with its colour (no universal, negation, comparison
+    or differentiation wording); it draws the same random numbers, so the scenes stay those of the default
+    stream and only the captions that took such a wording change.
     """
     objs = scene.objects
     sizes_differ = len({o.size_word for o in objs}) > 1
@@ -422,7 +426,8 @@ def caption(
         rng.shuffle(keys)
         text = join_phrases([noun_phrase(groups[k], k[1], k[2], rng, k[0]) for k in keys], rng)
         if not colourless:  # the skill wordings all name colours
-            text = _skill_wording(objs, rng) or text
+            wording = _skill_wording(objs, rng)  # drawn even when unused: the stream stays the default's
+            text = text if named else wording or text
     if rng.random() < p_background:
         text = with_background(text, scene.background, rng)
     return pick(rng, _PREFIXES) + text
@@ -505,18 +510,45 @@ class ShapesWorld:
     p_background: float = 0.7
     p_relation: float = 0.6
     p_colourless: float = 0.0  # share of captions naming shapes without colours (see caption)
+    named_captions: bool = False  # every caption names each object with its colour (see caption)
+    # batch(): exactly round(share * n) scenes of two objects, the others of 1, 3 or 4 (None: the world's
+    # own draw, a quarter of two-object scenes in expectation)
+    two_object_share: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(f"max_objects={self.max_objects} must be in 1..{MAX_OBJECTS}.")
         if not 0.0 <= self.p_colourless <= 1.0:
             raise ValueError(f"p_colourless={self.p_colourless} must be in 0..1.")
+        if self.two_object_share is not None:
+            if not 0.0 <= self.two_object_share <= 1.0:
+                raise ValueError(
+                    f"two_object_share={self.two_object_share} must be in 0..1 (None: the world's own)."
+                )
+            if self.max_objects < 2:
+                raise ValueError(
+                    "two_object_share needs max_objects >= 2: raise max_objects or drop the share."
+                )
         self._rng = np.random.default_rng(self.seed)
         self._pairs = self.holdout.allowed_pairs()
 
-    def sample_scene(self, rng: np.random.Generator) -> Scene:
+    def object_counts(self, n: int) -> list[int] | None:
+        """The object count of each of ``n`` scenes under ``two_object_share`` (None without it): exactly
+        round(share * n) twos at places drawn from the world's seed, the rest uniform over the other counts
+        (1, 3, 4 up to max_objects), from a stream of their own."""
+        if self.two_object_share is None:
+            return None
+        rng = np.random.default_rng([self.seed, 2])
+        twos = round(self.two_object_share * n)
+        others = [k for k in range(1, self.max_objects + 1) if k != 2]
+        if not others and twos < n:
+            raise ValueError("max_objects=2 leaves only two-object scenes: set two_object_share to 1.")
+        counts = [2] * twos + [int(rng.choice(others)) for _ in range(n - twos)]
+        return [counts[i] for i in rng.permutation(n)]
+
+    def sample_scene(self, rng: np.random.Generator, n_objects: int | None = None) -> Scene:
         while True:
-            n = int(rng.integers(1, self.max_objects + 1))
+            n = int(rng.integers(1, self.max_objects + 1)) if n_objects is None else n_objects
             items = []
             for _ in range(n):
                 color, shape = self._pairs[int(rng.integers(len(self._pairs)))]
@@ -529,16 +561,29 @@ class ShapesWorld:
             if not self.holdout.scene_violations(scene):
                 return scene
 
-    def sample(self, rng: np.random.Generator | None = None) -> tuple[Scene, str]:
+    def sample(
+        self, rng: np.random.Generator | None = None, n_objects: int | None = None
+    ) -> tuple[Scene, str]:
         rng = self._rng if rng is None else rng
-        scene = self.sample_scene(rng)
-        return scene, caption(scene, rng, self.holdout, self.p_background, self.p_relation, self.p_colourless)
+        scene = self.sample_scene(rng, n_objects)
+        text = caption(
+            scene,
+            rng,
+            self.holdout,
+            self.p_background,
+            self.p_relation,
+            self.p_colourless,
+            self.named_captions,
+        )
+        return scene, text
 
     def batch(
         self, n: int, rng: np.random.Generator | None = None, resolution: int = 32
     ) -> tuple[np.ndarray, list[str], list[Scene]]:
-        """``n`` fresh samples: images uint8 [n, H, W, 3], captions, scenes."""
-        pairs = [self.sample(rng) for _ in range(n)]
+        """``n`` fresh samples: images uint8 [n, H, W, 3], captions, scenes (``two_object_share``: a known
+        number of two-object scenes, `object_counts`)."""
+        counts = self.object_counts(n) or [None] * n
+        pairs = [self.sample(rng, k) for k in counts]
         scenes = [s for s, _ in pairs]
         images = (
             np.stack([render(s, resolution) for s in scenes])

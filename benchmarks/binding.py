@@ -1,0 +1,320 @@
+"""The binding harness (issue 36): the binding tasks per lever and training seed at a fixed small budget.
+
+Why: binding (two objects, position, colour attribution) is where the paper finds the text encoder matters
+most, and the study's small models sit at 0.08-0.19 there. A lever is judged here side by side with the
+baseline in one invocation, on >= 2 training seeds, in minutes rather than a grid's hours: each (arm, seed)
+trains one run of ``--steps`` steps on the study's protocol (the ladder's `climb`: one rung, the preset's
+cosine decay spanning it), samples the GenEval-style tier (seen compositions, per-prompt draws) and
+judges it. Reported per run: the three binding tasks and their mean, single object with its colour named
+(`shapes_geneval.EXTRA_TASKS`) beside GenEval's colourless one, training machine-minutes, s/step and the
+load. Rerunning skips finished runs, so a later invocation can add arms beside a finished baseline.
+
+    # data levers against the baseline, two training seeds each
+    .venv/bin/python benchmarks/binding.py --name data --seeds 0,1 --arms 'baseline={}' \\
+        'named={"named_captions": true}' 'two50={"two_object_share": 0.5}' 'colourless50={"colourless_captions": 0.5}'
+    # a preset variant or another preset: {"preset": {"unet": {...}}} or {"preset": "cpu-latent-v2"}
+    # sampling levers on the trained runs of arm "baseline" (no training): guidance intervals in EDM sigma
+    .venv/bin/python benchmarks/binding.py --name guidance --seeds 0,1 --arms 'baseline={}' \\
+        --sampling 'cfg3={}' 'cfg3-mid={"guidance_interval": [0.3, 5.0]}'
+    .venv/bin/python benchmarks/binding.py --plot-only --name data
+
+Writes ``figures/binding/<name>.{csv,md,png,pdf}``: one row per (arm, seed, steps, sampling), the Markdown
+table of arm means over seeds, and the binding tasks against training machine-minutes per arm. Runs live
+under ``runs/binding/<arm>-<steps>-s<seed>/`` (the ladder's layout). Machine-minutes = wall seconds x
+threads / 60 beside the load average; the caches a new pool needs are built before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import PartialState
+
+import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
+from t2istudy.diffusion.inputs import build_data, build_images, build_text
+from t2istudy.diffusion.model import get_preset
+from t2istudy.diffusion.options import TrainOptions, resolve_options
+from t2istudy.figure_files import save_figure
+from t2istudy.reports.ladder import climb, register_lever, register_saved
+from t2istudy.study.run import evaluate_tiers
+from t2istudy.world.shapes_geneval import EXTRA_TASKS
+
+BINDING = ("two_object", "position", "color_attr")
+REPORTED = (*BINDING, EXTRA_TASKS[0], "single_object", "colors", "counting", "overall")
+
+
+@dataclass
+class Arm:
+    """One lever: TrainOptions fields, and another preset (a name) or the base preset with changes."""
+
+    name: str
+    train_options: dict = field(default_factory=dict)
+    preset: str | None = None
+    preset_changes: dict = field(default_factory=dict)
+
+
+def parse_arm(text: str) -> Arm:
+    """``name=JSON``: TrainOptions fields, plus ``"preset"``: a preset name or a dict of preset changes."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name or "/" in name:
+        raise ValueError(f"Arm {text!r} is not name=JSON: write e.g. 'named={{\"named_captions\": true}}'.")
+    values = json.loads(spec or "{}")
+    preset = values.pop("preset", None)
+    arm = Arm(
+        name, values, preset if isinstance(preset, str) else None, preset if isinstance(preset, dict) else {}
+    )
+    TrainOptions(**arm.train_options)  # a misspelt or out-of-range field fails now, not after training
+    return arm
+
+
+def parse_sampling(text: str) -> tuple[str, dict]:
+    """``name=JSON`` of `sample()` options (guidance_scale, guidance_interval, sampler, steps...)."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name:
+        raise ValueError(
+            f"Sampling setting {text!r} is not name=JSON: write e.g. 'cfg5={{\"guidance_scale\": 5}}'."
+        )
+    options = json.loads(spec or "{}")
+    if isinstance(options.get("guidance_interval"), list):
+        options["guidance_interval"] = tuple(options["guidance_interval"])
+    return name, options
+
+
+def arm_preset(arm: Arm, base: str, folder: Path) -> str:
+    """The preset the arm trains: its own name, or the base with changes registered for this process (and
+    recorded in the folder's preset.json, as the ladder does, so sampling later can register it again)."""
+    if not arm.preset_changes:
+        return get_preset(arm.preset or base).name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "preset.json").write_text(json.dumps({"base": base, "changes": arm.preset_changes}, indent=1))
+    return register_lever(base, folder.name, arm.preset_changes)
+
+
+def prepare_caches(opts: TrainOptions) -> float:
+    """Build the pool's embedding and latent caches before the clock starts; returns the seconds it took
+    (a new pool's ~8,000 captions take minutes to embed on one thread, once per pool and machine)."""
+    t0 = time.time()
+    opts = resolve_options(opts)
+    preset = get_preset(opts.preset)
+    state = PartialState(cpu=True)
+    dataset = build_data(opts, preset)
+    build_text(opts, dataset.captions, state)
+    build_images(opts, preset, dataset, torch.device("cpu"), torch.float32, False)
+    return time.time() - t0
+
+
+def train_and_judge(arm: Arm, seed: int, steps: int, args) -> dict:
+    """One run of the arm (the ladder's single rung), judged on the GenEval-style tier; its row."""
+    folder = Path(args.root) / f"{arm.name}-{steps}-s{seed}"
+    preset = arm_preset(arm, args.preset, folder)
+    options = {"encoder": args.encoder, "strategy": args.strategy, "preset": preset, "seed": seed}
+    prepare = prepare_caches(TrainOptions(**options, max_train_steps=steps, **arm.train_options))
+    table = climb(
+        folder,
+        [steps],
+        preset=preset,
+        encoder=args.encoder,
+        strategy=args.strategy,
+        seed=seed,
+        threads=1,
+        sizes={"geneval": args.per_task},
+        train_options=arm.train_options,
+    )
+    row = table[table["steps"] == steps].iloc[-1].to_dict()
+    scores = pd.read_csv(folder / f"rung-{steps:05d}" / "scores_geneval.csv")
+    return {**row, **partial_credit(scores), "prepare_seconds": round(prepare, 1), "sample_options": "{}"}
+
+
+def partial_credit(scores: pd.DataFrame) -> dict:
+    """The binding tasks' mean share of constraints met (the judge's ``fraction``): it moves before the
+    all-or-nothing verdict does, which a short run may leave at 0."""
+    return {
+        f"fraction_{t}": round(float(scores.loc[scores["task"] == t, "fraction"].mean()), 4) for t in BINDING
+    }
+
+
+def resample(arm: Arm, seed: int, steps: int, name: str, options: dict, args) -> dict:
+    """A sampling setting on the arm's trained run (no training); its row, cached in the run's folder."""
+    folder = Path(args.root) / f"{arm.name}-{steps}-s{seed}"
+    cached = folder / f"sampling-{name}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    if not (folder / "ladder.csv").is_file():
+        raise FileNotFoundError(f"{folder} holds no trained run: run the arm first (drop --sampling).")
+    base = pd.read_csv(folder / "ladder.csv").iloc[-1].to_dict()
+    if not options:  # the preset's own sampling: the run's judged rung already is that setting
+        scores = pd.read_csv(folder / f"rung-{steps:05d}" / "scores_geneval.csv")
+        return {**base, **partial_credit(scores), "sample_options": "{}"}
+    register_saved(folder)
+    t0 = time.time()
+    out = folder / f"sampling-{name}"
+    results = evaluate_tiers(folder / "train", {"geneval": args.per_task}, out_dir=out, **options)
+    scores, summary = results["geneval"]
+    scores.drop(columns=["skills"]).to_csv(out / "scores_geneval.csv", index=False)
+    row = {k: v for k, v in base.items() if not k.startswith("geneval_")}
+    row.update({f"geneval_{g}": round(float(v), 4) for g, v in summary["mean"].items()})
+    row.update(partial_credit(scores))
+    row.update(sample_seconds=round(time.time() - t0, 1), sample_load=os.getloadavg()[0])
+    row["sample_options"] = json.dumps(
+        {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    )
+    cached.write_text(json.dumps(row, indent=1, default=float))
+    return row
+
+
+def tidy(rows: list[dict]) -> pd.DataFrame:
+    """The harness table: one row per (arm, seed, steps, sampling), the reported tasks and the costs."""
+    table = pd.DataFrame(rows)
+    for task in REPORTED:
+        if f"geneval_{task}" not in table:
+            table[f"geneval_{task}"] = np.nan
+    table["binding_mean"] = table[[f"geneval_{t}" for t in BINDING]].mean(axis=1).round(4)
+    table["seconds_per_step"] = (table["train_seconds"] / table["steps"]).round(3)
+    table["steps_per_machine_minute"] = (table["steps"] / table["machine_minutes"]).round(1)
+    # CPU-minutes: what the run costs a quiet core; wall-clock machine-minutes overstate it under load
+    table["train_cpu_minutes"] = (table["train_cpu_seconds"] / 60).round(2)
+    table["cpu_seconds_per_step"] = (table["train_cpu_seconds"] / table["steps"]).round(3)
+    keep = [
+        "arm",
+        "sampling",
+        "seed",
+        "steps",
+        "preset",
+        "train_options",
+        "sample_options",
+        "machine_minutes",
+        "seconds_per_step",
+        "steps_per_machine_minute",
+        "load_average",
+        "train_cpu_minutes",
+        "cpu_seconds_per_step",
+        "sample_seconds",
+        "binding_mean",
+        *[f"geneval_{t}" for t in REPORTED],
+        *[f"fraction_{t}" for t in BINDING],
+    ]
+    return table[keep]
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """Arm means over training seeds (the seeds' range in brackets for the binding mean)."""
+    tasks = [f"geneval_{t}" for t in REPORTED]
+    heads = ["two obj", "position", "colour attr", "single, colour named", "single", "colours", "counting"]
+    lines = [
+        "| arm | sampling | steps | seeds | train machine-min | s/step | steps/machine-min | load "
+        "| train CPU-min | CPU s/step | binding mean (seeds) | " + " | ".join(heads) + " | overall "
+        "| binding partial credit |",
+        "|---" * (13 + len(heads)) + "|",
+    ]
+    for (arm, sampling, steps), g in table.groupby(["arm", "sampling", "steps"], sort=False):
+        fraction = g[[f"fraction_{t}" for t in BINDING]].mean(axis=1)
+        cells = [
+            arm,
+            sampling,
+            str(steps),
+            ",".join(str(s) for s in sorted(g["seed"])),
+            f"{g['machine_minutes'].mean():.1f}",
+            f"{g['seconds_per_step'].mean():.2f}",
+            f"{g['steps_per_machine_minute'].mean():.0f}",
+            f"{g['load_average'].min():.1f}-{g['load_average'].max():.1f}",
+            f"{g['train_cpu_minutes'].mean():.1f}",
+            f"{g['cpu_seconds_per_step'].mean():.2f}",
+            f"{g['binding_mean'].mean():.3f} ({g['binding_mean'].min():.2f}-{g['binding_mean'].max():.2f})",
+            *[f"{g[c].mean():.2f}" for c in tasks[:-1]],
+            f"{g[tasks[-1]].mean():.3f}",
+            f"{fraction.mean():.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, out_dir: Path, stem: str) -> list[Path]:
+    """The binding tasks (and single object, colour named) against training CPU-minutes, per arm: one dot
+    per training seed, the arm's mean joined across budgets. CPU-minutes of the one training thread are the
+    machine-minutes of a quiet machine; wall-clock ones grow with whatever else shares the cores (table)."""
+    panels = ["binding_mean", *[f"geneval_{t}" for t in (*BINDING, EXTRA_TASKS[0])]]
+    titles = [
+        "mean of the three binding tasks",
+        "two objects",
+        "position",
+        "colour attribution",
+        "single object, colour named",
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), sharex=True, sharey=True)
+    labels = table["arm"] + np.where(table["sampling"] == "preset", "", " / " + table["sampling"])
+    colours = dict(zip(labels.unique(), plt.cm.tab10.colors * 3, strict=False))
+    for ax, col, title in zip(axes, panels, titles, strict=True):
+        for label, g in table.assign(label=labels).groupby("label", sort=False):
+            ax.scatter(g["train_cpu_minutes"], g[col], color=colours[label], alpha=0.5, s=16)
+            mean = g.groupby("steps")[["train_cpu_minutes", col]].mean().sort_values("train_cpu_minutes")
+            ax.plot(mean["train_cpu_minutes"], mean[col], marker="D", color=colours[label], label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training CPU-minutes (1 thread)")
+        ax.set_ylim(-0.02, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("verdict (all-or-nothing; GenEval-style tier)")
+    axes[0].axhline(0.5, color="gray", ls=":", lw=1)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * ((len(names) + 3) // 4), 1, 1))
+    return save_figure(fig, out_dir, stem)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", required=True, help="the invocation's table: figures/binding/<name>.*")
+    parser.add_argument("--arms", nargs="+", default=["baseline={}"], help="name=JSON (see the docstring)")
+    parser.add_argument(
+        "--sampling", nargs="*", default=[], help="name=JSON of sample() options; no training"
+    )
+    parser.add_argument(
+        "--seeds", default="0,1", help="training seeds, comma-separated (>= 2 to judge a lever)"
+    )
+    parser.add_argument("--steps", default="800", help="training steps per run; several: one run per budget")
+    parser.add_argument("--per_task", type=int, default=30, help="GenEval-style prompts per task")
+    parser.add_argument("--preset", default="cpu-latent-v")
+    parser.add_argument("--encoder", default="gemma3-270m")
+    parser.add_argument("--strategy", default="norm_mean")
+    parser.add_argument("--root", default="runs/binding")
+    parser.add_argument("--figures", default="figures/binding")
+    parser.add_argument("--plot-only", action="store_true")
+    args = parser.parse_args()
+    out_dir = Path(args.figures)
+    csv = out_dir / f"{args.name}.csv"
+    if args.plot_only:
+        table = pd.read_csv(csv)
+    else:
+        arms = [parse_arm(a) for a in args.arms]
+        samplings = [parse_sampling(s) for s in args.sampling]
+        rows = []
+        for steps in [int(s) for s in args.steps.split(",")]:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                for arm in arms:  # arms interleaved within a seed: they share the machine's load alike
+                    if samplings:
+                        found = [(n, resample(arm, seed, steps, n, o, args)) for n, o in samplings]
+                    else:
+                        found = [("preset", train_and_judge(arm, seed, steps, args))]
+                    rows += [
+                        {**r, "sampling": n, "arm": arm.name, "train_options": json.dumps(arm.train_options)}
+                        for n, r in found
+                    ]
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    tidy(rows).to_csv(csv, index=False)  # as each run lands
+        table = tidy(rows)
+        table.to_csv(csv, index=False)
+    (out_dir / f"{args.name}.md").write_text(markdown(table))
+    print(markdown(table))
+    print("wrote", csv, *plot(table, out_dir, args.name))
+
+
+if __name__ == "__main__":
+    main()
