@@ -124,12 +124,11 @@ SUMMARY_COLUMNS = (
     "control",
     "representation",
     "skill",
-    "n",
     "seeds",
     "accuracy",
-    "ci_low",
-    "ci_high",
-)
+)  # what the analysis reads
+# Checked for a value on every row where present (a row cut short leaves them empty); older summaries lack n and CIs.
+SUMMARY_NUMBERS = ("n", "seeds", "accuracy", "ci_low", "ci_high")
 
 
 def read_summary(path: str | os.PathLike) -> pd.DataFrame:
@@ -142,7 +141,8 @@ def read_summary(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in SUMMARY_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path} lacks the probe summary columns {missing}: {_SUMMARY_FIX}")
-    numeric = table[list(SUMMARY_COLUMNS[4:])].apply(pd.to_numeric, errors="coerce")
+    numbers = [c for c in SUMMARY_NUMBERS if c in table.columns]
+    numeric = table[numbers].apply(pd.to_numeric, errors="coerce")
     bad = table[list(SUMMARY_COLUMNS[:4])].isna().any(axis=1) | numeric.isna().any(axis=1)
     if bad.any():
         line = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header
