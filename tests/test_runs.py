@@ -461,11 +461,11 @@ def test_resample_redraws_a_shared_noise_run_keeps_its_training_record_and_old_r
     def killed(*args, **kwargs):
         raise RuntimeError("killed while writing the record")
 
-    with monkeypatch.context() as patch:  # a kill between the files: not marked done, originals kept
+    with monkeypatch.context() as patch:  # a kill before the record is written: the run's files are untouched
         patch.setattr(run.run_folder, "write_record", killed)
         with pytest.raises(RuntimeError, match="killed"):
             resample_run(out)
-    assert json.loads((out / "metrics.json").read_text())["sample_noise"] == "shared"
+    assert json.loads((out / "metrics.json").read_text()) == old  # read as drawn under 'shared' (no key)
     assert "sampled under 'per_prompt' already" not in resample_run(out)
     new = json.loads((out / "metrics.json").read_text())
     assert new["sample_noise"] == "per_prompt" and new["resampled"]["from"] == "shared"
