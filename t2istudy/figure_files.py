@@ -6,27 +6,20 @@ and a rerun of an unchanged notebook writes the same bytes.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from t2istudy import staging
+
 
 def check_writable(folder: str | Path) -> Path:
-    """Make ``folder`` and write (then remove) a file in it, so that an analysis fails before its work, not at
-    its first figure, when the folder cannot be written. Returns the folder."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as err:
-        raise PermissionError(
-            f"Cannot write to the output folder {folder} ({err.strerror or err}): make it writable "
-            f"(chmod u+w {folder}) or pass another folder (figures_dir=...), then run the analysis again."
-        ) from err
-    return folder
+    """The analysis's output folder, checked before its work (not at its first figure) by the one helper."""
+    fix = (
+        "make it writable (chmod u+w) or pass another folder (figures_dir=...), then run the analysis again."
+    )
+    return staging.check_writable(folder, "The output folder", fix)
 
 
 def write_png_pdf(fig: plt.Figure, png: Path, pdf: Path, dpi: int = 150, tight: bool = True) -> None:

@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 
@@ -77,3 +78,21 @@ def staging_folder(entry: str | Path) -> Path:
     tmp = entry.with_name(temporary_name(entry.name))
     tmp.mkdir(parents=True)
     return tmp
+
+
+class NotWritable(PermissionError, ValueError):
+    """A folder that outputs must go to cannot be written: a PermissionError, and a ValueError so that the
+    command line reports it in one line like every other bad input."""
+
+
+def check_writable(folder: str | Path, what: str, fix: str) -> Path:
+    """Make ``folder`` and write (then remove) a file in it, so that work fails before it starts, naming the
+    folder (``what``: "The runs folder") and ``fix``, when its outputs could not be written. Returns it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise NotWritable(f"{what} {folder} is not writable ({err.strerror or err}): {fix}") from err
+    return folder

@@ -32,7 +32,9 @@ ROBUST = "shapes-f2c4r"
 def independent_tier(n_per_task: int = 40, seed: int = 5):
     """GenEval-style scenes and specs (six tasks), each drawn by the independent renderer (uint8)."""
     tier = make_geneval_tier(n_per_task, seed=seed)
-    tier = tier[tier.task.isin(TASKS)].reset_index(drop=True)  # GenEval's six (the colour-named extra left out)
+    tier = tier[tier.task.isin(TASKS)].reset_index(
+        drop=True
+    )  # GenEval's six (the colour-named extra left out)
     rng = np.random.default_rng(seed)
     return tier, np.stack([draw_independent(scene, rng) for scene in tier.scene])
 

@@ -128,6 +128,6 @@ def test_an_unwritable_output_folder_fails_before_the_analysis(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")  # (root may write to a read-only folder; nobody into a file)
     with pytest.raises(
-        PermissionError, match=r"Cannot write to the output folder .*file/figures.*figures_dir="
+        PermissionError, match=r"The output folder .*file/figures is not writable.*figures_dir="
     ):
         check_writable(blocker / "figures")

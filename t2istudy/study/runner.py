@@ -16,7 +16,6 @@ import contextlib
 import multiprocessing
 import os
 import socket
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 import papermill
 import submitit
 
-from t2istudy import run_store
+from t2istudy import run_store, staging
 from t2istudy.run_store import markers, now, read_json, run_state, write_json
 from t2istudy.study.grid_checks import check_train_options, param_differences, resume_conflict
 from t2istudy.study.grids import (
@@ -299,21 +298,6 @@ def plan(specs: list[RunSpec], root: str | Path = "runs") -> dict[str, list[RunS
     return by_state
 
 
-def check_writable(folder: Path, n_runs: int) -> None:
-    """Fail with the folder and the fix, not a PermissionError traceback, when runs cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise ValueError(
-            f"The runs folder {folder} is not writable ({err.strerror or err}), and {n_runs} run(s) need to "
-            f"run. Make it writable (chmod -R u+w {folder}), or pass --runs-dir with a writable folder (copy "
-            f"the finished runs there first, so that they are skipped)."
-        ) from err
-
-
 def run_grid(
     grid: Grid | str | Path,
     root: str | Path = "runs",
@@ -370,7 +354,12 @@ def run_grid(
         return results
     if launcher not in ("local", "slurm"):
         raise ValueError(f"Unknown launcher {launcher!r}: use 'local' or 'slurm'.")
-    check_writable(grid_dir, len(todo))
+    staging.check_writable(
+        grid_dir,
+        "The runs folder",
+        f"{len(todo)} run(s) need to run. Make it writable (chmod -R u+w {grid_dir}), or pass --runs-dir with a "
+        "writable folder (copy the finished runs there first, so that they are skipped).",
+    )
     grid_record = {k: v for k, v in grid.__dict__.items() if k != "source"}
     grid_record["notebook"] = relative(grid.notebook)  # as params.json has it: no machine's path
     write_json(grid_dir / "grid.json", {"schema_version": SCHEMA_VERSION, **grid_record})
