@@ -234,7 +234,7 @@ def test_grids_compared_across_are_refused_under_two_noise_rules(tmp_path):
     per_prompt = {arm: {"sample_noise": "per_prompt"} for arm in PASSED}
     root = write_runs(tmp_path / "runs", "upsampled", extras=per_prompt)
     write_runs(root, "asis")  # no rule recorded: shared
-    with pytest.raises(ValueError, match=r"asis: shared; upsampled: per_prompt.*t2istudy grid resample"):
+    with pytest.raises(ValueError, match=r"per_prompt: upsampled; shared: asis.*t2istudy grid resample"):
         upsampling_effect(root, "upsampled", "asis")
     write_runs(root, "asis2", extras=per_prompt)
     run_results.check_same_noise_rule(

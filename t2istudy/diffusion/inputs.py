@@ -32,6 +32,12 @@ def build_data(opts: TrainOptions, preset: Preset):
     return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad)
 
 
+def pool_key(opts: TrainOptions) -> tuple:
+    """The options `build_data` reads: runs with equal keys train on the same pool (built once per key)."""
+    fields = ("data", "pool_size", "data_seed", "max_objects", "colourless_captions", "named_captions")
+    return tuple(getattr(opts, f) for f in (*fields, "two_object_share", "preset"))
+
+
 def data_id(opts: TrainOptions, dataset) -> str:
     """What identifies the training images for the latent cache: the source, its size and its captions."""
     if opts.data == "shapes":

@@ -340,29 +340,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         files = command("cache").grid_files(args.grid)
         command("cache").prune_cache(args.root, files, args.runs_dir, delete=args.yes)
         return 0
+    if args.command not in ("notebook", *NOTEBOOK_COMMANDS):
+        raise AssertionError(args)
+    params = dict(parse_assignment(p) for p in args.param)
     if args.command == "notebook":
-        params = dict(parse_assignment(p) for p in args.param)
-        result = runner.execute_notebook(args.notebook, args.out_dir, params)
-        print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}")
-        return 0 if result.state in ("done", "skipped") else 1
-    if args.command in NOTEBOOK_COMMANDS:
+        notebook, out, hint = args.notebook, Path(args.out_dir), ""
+    else:  # a side notebook into its own folder, named after the overridden parameters
         notebook, folder = NOTEBOOK_COMMANDS[args.command]
         notebook = str(repo_file(notebook))  # also when called from outside the repository root
-        params = dict(parse_assignment(p) for p in args.param)
         out = Path(args.runs_dir) / folder / (grids.make_run_id(params) if params else "default")
+        hint = " (already complete: --rerun runs it again and keeps this one)"
         if args.rerun and run_state(out) == "done":  # keep the finished record, never delete it
             kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%dT%H%M%S')}")
             out.rename(kept)
             print(f"kept the finished run as {kept}")
-        result = runner.execute_notebook(notebook, out, params)
-        hint = (
-            " (already complete: --rerun runs it again and keeps this one)"
-            if result.state == "skipped"
-            else ""
-        )
-        print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}{hint}")
-        return 0 if result.state in ("done", "skipped") else 1
-    raise AssertionError(args)
+    result = runner.execute_notebook(notebook, out, params)
+    hint = hint if result.state == "skipped" else ""
+    print(f"{result.state} {result.path} ({result.seconds:.0f} s) {result.error}{hint}")
+    return 0 if result.state in ("done", "skipped") else 1
 
 
 if __name__ == "__main__":

@@ -114,16 +114,7 @@ def _want_run(spec: grids.RunSpec, want, captions_of: dict, prompts_of: dict) ->
     opts = run_options(config)
     if opts.text != "cache":
         return
-    data_key = (
-        opts.data,
-        opts.pool_size,
-        opts.data_seed,
-        opts.max_objects,
-        opts.colourless_captions,
-        opts.named_captions,
-        opts.two_object_share,
-        opts.preset,
-    )
+    data_key = inputs.pool_key(opts)
     if data_key not in captions_of:
         captions_of[data_key] = list(inputs.build_data(opts, get_preset(opts.preset)).captions)
     strategy = str(parse_strategy(opts.strategy))
@@ -214,18 +205,7 @@ def prepare_images(specs: list[grids.RunSpec], log=print, bad: dict[str, str] | 
                 continue
             opts = run_options(config)
             preset = get_preset(opts.preset)
-            key = (
-                opts.preset,
-                opts.vae_path,
-                opts.latents,
-                opts.data,
-                opts.pool_size,
-                opts.data_seed,
-                opts.max_objects,
-                opts.colourless_captions,
-                opts.named_captions,
-                opts.two_object_share,
-            )
+            key = (opts.vae_path, opts.latents, *inputs.pool_key(opts))
             if not preset.vae or key in done:
                 continue
             if key in failed:

@@ -191,45 +191,32 @@ def load_metrics(
         for skill, values in _run_stats(out, metrics, metric, tier).items():
             rows.append({**base, **extras, "skill": skill, **values})
     table = pd.DataFrame(rows)
-    check_one_noise_rule(table)
+    check_same_noise_rule(table, per_grid=True)
     return table
 
 
-def check_one_noise_rule(table: pd.DataFrame) -> None:
-    """Refuse a grid whose runs were sampled under different noise rules: one shared draw per tier and
-    one draw per prompt give different verdicts for the same model, so the arms would not be comparable."""
-    if table.empty:
-        return
-    for grid, runs in table.drop_duplicates("run_id").groupby("grid"):
-        rules = runs.groupby("sample_noise")["run_id"].apply(list)
-        if len(rules) > 1:
+def check_same_noise_rule(*tables: pd.DataFrame, per_grid: bool = False) -> None:
+    """Refuse runs sampled under different noise rules: one shared draw per tier and one draw per prompt give
+    different verdicts for the same model, so the arms would not be comparable. ``per_grid``: check each
+    grid of one table (on load); otherwise a comparison across grids (upsampled against as-written prompts,
+    recipes against small2's baseline runs)."""
+    rules: dict[str, dict[str, set[str]]] = {}  # grid ("" across) -> rule -> its runs (or grids, across)
+    for table in (t for t in tables if not t.empty):
+        for (grid, rule), runs in table.groupby(["grid", "sample_noise"])["run_id"]:
+            named = rules.setdefault(str(grid) if per_grid else "", {}).setdefault(str(rule), set())
+            named.update(runs if per_grid else [str(grid)])
+    for grid, by_rule in rules.items():
+        if len(by_rule) > 1:
+            what = f"The runs of grid {grid!r} were" if per_grid else "These grids were"
             listed = "; ".join(
                 f"{rule}: {', '.join(sorted(ids)[:4])}{' ...' if len(ids) > 4 else ''}"
-                for rule, ids in rules.items()
+                for rule, ids in sorted(by_rule.items())
             )
             raise ValueError(
-                f"The runs of grid {grid!r} were sampled under different noise rules ({listed}), so their "
-                f"verdicts are not comparable. Re-sample them under their preset's rule: "
-                f"`t2istudy grid resample <grid file>` (reuses the trained weights)."
+                f"{what} sampled under different noise rules ({listed}), so their verdicts are not "
+                f"comparable. Re-sample the older runs under their preset's rule: `t2istudy grid resample "
+                f"<grid file>` (reuses the trained weights)."
             )
-
-
-def check_same_noise_rule(*tables: pd.DataFrame) -> None:
-    """Refuse a comparison across grids (upsampled against as-written prompts, recipes against small2's
-    baseline runs) whose runs were sampled under different noise rules; each grid alone is checked on load."""
-    rules: dict[str, set[str]] = {}
-    for table in tables:
-        if table.empty:
-            continue
-        for grid, runs in table.groupby("grid"):
-            rules.setdefault(str(grid), set()).update(runs["sample_noise"].dropna())
-    if len(set().union(*rules.values())) > 1:
-        listed = "; ".join(f"{grid}: {', '.join(sorted(r))}" for grid, r in sorted(rules.items()))
-        raise ValueError(
-            f"These grids were sampled under different noise rules ({listed}), so a comparison across them "
-            f"is not paired by noise. Re-sample the older grid under its preset's rule: "
-            f"`t2istudy grid resample <grid file>` (reuses the trained weights)."
-        )
 
 
 def _run_stats(out: Path, metrics: dict[str, Any], metric: str, tier: str) -> dict[str, dict[str, Any]]:

@@ -91,17 +91,10 @@ def execute_run(
         )
     lock = claimed.lock
     try:
-        if run_state(out, metrics=require_metrics) == "done":
-            return RunResult(
-                spec.run_id, "skipped", error="finished meanwhile by another runner", path=str(out)
-            )
-        if expect is not None and markers(out) != expect:
-            return RunResult(
-                spec.run_id,
-                "skipped",
-                error=f"{run_state(out, metrics=require_metrics)} meanwhile in another runner; not run again here",
-                path=str(out),
-            )
+        state = run_state(out, metrics=require_metrics)
+        if state == "done" or (expect is not None and markers(out) != expect):
+            why = f"{state} meanwhile in another runner; not run again here"
+            return RunResult(spec.run_id, "skipped", error=why, path=str(out))
         conflict = resume_conflict(spec, root)
         if conflict:
             return RunResult(spec.run_id, "failed", error=conflict, path=str(out))
@@ -171,36 +164,26 @@ def _execute(
         message = _error_message(err)
         if not lock.held():
             return RunResult(spec.run_id, "failed", seconds, f"{message}; {lost}", str(out))
-        (out / "DONE").unlink(missing_ok=True)
-        write_json(
-            out / "FAILED",
-            {
-                "finished": now(),
-                "seconds": seconds,
-                "error": message,
-                "traceback": traceback.format_exc(limit=5),
-            },
-        )
+        record = {"seconds": seconds, "error": message, "traceback": traceback.format_exc(limit=5)}
+        _end_marker(out, "FAILED", record)
         return RunResult(spec.run_id, "failed", seconds, message, str(out))
     else:
         seconds = time.perf_counter() - start
         if not lock.held():
             return RunResult(spec.run_id, "skipped", seconds, lost, str(out))
-        (out / "FAILED").unlink(missing_ok=True)
-        write_json(
-            out / "DONE",
-            {
-                "finished": now(),
-                "seconds": round(seconds, 1),
-                "host": socket.gethostname(),
-                "metrics": require_metrics,
-            },
-        )
+        record = {"seconds": round(seconds, 1), "host": socket.gethostname(), "metrics": require_metrics}
+        _end_marker(out, "DONE", record)
         return RunResult(spec.run_id, "done", seconds, path=str(out))
     finally:  # also on Ctrl-C: the run is then "interrupted" and the next batch executes it again
         # A killed process never gets here and leaves the .gitignore: half-written runs stay out of git.
         if lock.held():
             (out / ".gitignore").unlink(missing_ok=True)
+
+
+def _end_marker(out: Path, name: str, record: dict[str, Any]) -> None:
+    """DONE or FAILED, with when it finished; the other marker removed first (never both)."""
+    (out / ("FAILED" if name == "DONE" else "DONE")).unlink(missing_ok=True)
+    write_json(out / name, {"finished": now(), **record})
 
 
 def execute_notebook(
