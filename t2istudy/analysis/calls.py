@@ -45,6 +45,11 @@ FAMILIES = {
         Family(
             "skill_gains", "norm_mean - last for every decoder LLM and skill (overall included), one tier"
         ),
+        Family("claim4", "larger - smaller overall for every pair of one family's sizes, strategy and tier"),
+        Family(
+            "family_scaling",
+            "larger - smaller of one family for every strategy and skill (overall included), one tier",
+        ),
         Family("recipes", "every recipe's difference to the baseline, for every encoder and tier"),
         Family("upsampling", "upsampled - as written for every arm, tier and skill (overall included)"),
     )

@@ -25,7 +25,7 @@ import pandas as pd
 
 from t2istudy.analysis.calls import DECLARED, EXPLORATORY, adjust, declared, has_exploratory, verdict
 from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
-from t2istudy.text.registry import encoder_facts
+from t2istudy.text.registry import encoder_facts, encoder_family
 from t2istudy.world.genai_bench import SKILL_GROUPS
 from t2istudy.world.shapes_geneval import TASKS
 
@@ -239,6 +239,53 @@ def claims_family(
     tables = [claims(scores, info, opts).assign(tier=tier) for tier, scores in scores_by_tier.items()]
     table = pd.concat([t for t in tables if len(t)], ignore_index=True) if tables else pd.DataFrame()
     return adjust(table, opts.min_seeds) if len(table) else table
+
+
+def family_pairs(info: pd.DataFrame) -> list[tuple[str, str]]:
+    """(smaller, larger) decoder LLMs of one family (`text.registry.encoder_family`), each size against the
+    next one up; encoders of unknown size are left out. Empty when no family has two sizes in the runs."""
+    known = info[(info["kind"] != "bidirectional") & info["params"].notna()].sort_values("params")
+    families = known.groupby(known["encoder"].map(encoder_family), sort=False)["encoder"]
+    return [pair for _, sizes in families for pair in zip(sizes.iloc[:-1], sizes.iloc[1:], strict=True)]
+
+
+def family_scaling(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+    """The paper's question 4 within one family, where the gains fall: per (pair of sizes, strategy, skill)
+    the paired difference larger - smaller on the declared seeds, called on Holm's correction over the
+    table (``calls.FAMILIES["family_scaling"]``). Empty when no family has two sizes in the runs."""
+    table = _larger_minus_smaller(scores, info, opts, ["overall", *skills_of(scores)])
+    return adjust(table, opts.min_seeds) if len(table) else table
+
+
+def claim4_family(
+    scores_by_tier: dict[str, pd.DataFrame], info: pd.DataFrame, opts: Options = Options()
+) -> pd.DataFrame:
+    """Claim 4, "the larger model of a family is better": larger - smaller overall, per pair and strategy,
+    on every tier given as one family (``calls.FAMILIES["claim4"]``), with a ``tier`` column."""
+    tables = [
+        rows.assign(tier=tier)
+        for tier, scores in scores_by_tier.items()
+        if len(rows := _larger_minus_smaller(scores, info, opts, ["overall"]))
+    ]
+    return adjust(pd.concat(tables, ignore_index=True), opts.min_seeds) if tables else pd.DataFrame()
+
+
+def _larger_minus_smaller(
+    scores: pd.DataFrame, info: pd.DataFrame, opts: Options, skills: list[str]
+) -> pd.DataFrame:
+    """Rows of larger - smaller (paired by seed and prompt) per family pair, shared strategy and skill."""
+    scores = declared(scores)
+    out = []
+    for smaller, larger in family_pairs(info):
+        for strategy in dict.fromkeys(scores["strategy"]):
+            a = scores[(scores["encoder"] == larger) & (scores["strategy"] == strategy)]
+            b = scores[(scores["encoder"] == smaller) & (scores["strategy"] == strategy)]
+            for skill in skills if len(a) and len(b) else []:
+                ma, mb = paired_matrices(a, b, skill)
+                pair = {"family": encoder_family(larger), "larger": larger, "smaller": smaller}
+                stats = {"strategy": strategy, "skill": skill, **difference(ma, mb, a, skill, opts)}
+                out.append({**pair, **stats, "pairs": pairs(a, b, ma.index)})
+    return pd.DataFrame(out)
 
 
 def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,13 @@ def encoder_facts(name: str) -> tuple[float, str]:
     if name in PAPER_ENCODERS:
         return float("nan"), PAPER_ENCODERS[name].kind
     return float("nan"), "decoder"
+
+
+def encoder_family(name: str) -> str:
+    """The model family of an encoder: its name without the size ("qwen2.5-1.5b" -> "qwen2.5", "gemma2-9b"
+    -> "gemma2", a local folder ".../Qwen2-7B" -> "qwen2"); a name without a size is a family of its own.
+    Why: the paper's question 4 compares sizes within one family (tokenizer, data and recipe held)."""
+    return re.sub(r"-\d+(\.\d+)?[mb]$", "", Path(name).name.lower().removesuffix(".gguf"))
 
 
 def list_encoders() -> list[str]:

@@ -1,0 +1,98 @@
+"""The paper's question 4 within one family (issue 37): which encoders share a family, larger - smaller per
+skill and overall (claim 4) on both tiers, and the analysis notebooks' within-family tables and figure.
+
+Hand-computed: synthetic runs (tests/synthetic_runs.py) where both seeds of an arm score alike, so every
+difference is exact. Held-out tier: an arm passes the first k of 4 prompts (2 attribute, then 2 counting); GenEval-style tier: the tasks
+named, overall = mean of the six task means.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from synthetic_runs import NOTEBOOKS, write_runs
+
+from t2istudy.analysis import stats
+from t2istudy.study import run_results, runner
+from t2istudy.text.registry import encoder_family
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SIZES = {  # the 1.5B passes counting beside what the 0.5B passes; norm_mean adds colours at 1.5B
+    ("qwen2.5-0.5b", "last"): ({"single_object"}, 1),
+    ("qwen2.5-0.5b", "norm_mean"): ({"single_object", "two_object"}, 2),
+    ("qwen2.5-1.5b", "last"): ({"single_object", "counting"}, 2),
+    ("qwen2.5-1.5b", "norm_mean"): ({"single_object", "two_object", "counting", "colors"}, 4),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return write_runs(tmp_path_factory.mktemp("scaling") / "runs", "scaling", passed=SIZES)
+
+
+def test_a_family_is_the_name_without_its_size():
+    assert encoder_family("qwen2.5-0.5b") == encoder_family("qwen2.5-1.5b") == "qwen2.5"
+    assert encoder_family("gemma2-9b") == "gemma2" and encoder_family("/models/Qwen2-7B") == "qwen2"
+    assert encoder_family("minilm-l6") == "minilm-l6"  # no size: a family of its own
+
+
+def _tier(runs: Path, tier: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    metrics = run_results.load_metrics(runs, "scaling", tier=tier)
+    return run_results.load_scores(runs, "scaling", tier=tier), stats.encoder_info(metrics)
+
+
+def test_larger_minus_smaller_per_skill_and_claim4_on_both_tiers(runs):
+    held, info = _tier(runs, "heldout")
+    assert stats.family_pairs(info) == [("qwen2.5-0.5b", "qwen2.5-1.5b")]
+    assert stats.family_pairs(info[info["encoder"] == "qwen2.5-0.5b"]) == []  # one size: nothing to call
+    within = stats.family_scaling(held, info).set_index(["strategy", "skill"])
+    assert within.loc[("last", "overall"), "diff"] == pytest.approx((2 - 1) / 4)
+    assert within.loc[("norm_mean", "overall"), "diff"] == pytest.approx((4 - 2) / 4)
+    assert within.loc[("norm_mean", "counting"), "diff"] == pytest.approx(1.0)  # both counting prompts
+    assert within.loc[("last", "attribute"), "diff"] == pytest.approx(0.5)  # 2 of 2 against 1 of 2
+    assert within.loc[("last", "counting"), "diff"] == pytest.approx(0.0)
+    geneval, _ = _tier(runs, "geneval")
+    by_task = stats.family_scaling(geneval, info).set_index(["strategy", "skill"])["diff"]
+    assert by_task[("last", "counting")] == 1.0 and by_task[("last", "colors")] == 0.0
+    assert by_task[("norm_mean", "colors")] == 1.0 and by_task[("norm_mean", "overall")] == pytest.approx(
+        2 / 6
+    )
+    claim4 = stats.claim4_family({"heldout": held, "geneval": geneval}, info).set_index(["tier", "strategy"])
+    assert len(claim4) == 4 and claim4["p_holm"].notna().all()  # one family over both tiers
+    assert claim4.loc[("geneval", "last"), "diff"] == pytest.approx(1 / 6)
+    # GenEval-style: one prompt per task but single_object, so the resamples all agree: p = 0, held
+    assert claim4.loc[("geneval", "last"), "verdict"] == "held (preliminary: 2 seeds)"
+    assert claim4.loc[("heldout", "last"), "verdict"].startswith("inconclusive")  # 1 prompt of 4 differs
+
+
+def test_cross_family_grids_get_no_within_family_rows():
+    info = pd.DataFrame({"encoder": ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"], "kind": "decoder"})
+    assert stats.family_pairs(info.assign(params=[135e6, 270e6, 494e6])) == []
+
+
+def test_the_analysis_notebooks_write_the_within_family_tables_and_figure(runs, tmp_path):
+    figures_dir = tmp_path / "figures"
+    common = {"runs_dir": str(runs), "grid": "scaling", "figures_dir": str(figures_dir)}
+    extra = {
+        "layer_norms_csv": str(FIXTURES / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
+        "probe_dir": str(FIXTURES / "probe"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, params in (
+            ("tables", {}),
+            ("figures", extra),
+        ):  # geneval: no probe of these encoders needed
+            out = tmp_path / "analysis" / name
+            params = {**common, **params, "tier": "geneval"}
+            result = runner.execute_notebook(NOTEBOOKS / f"analysis_{name}.ipynb", out, params)
+            assert result.state == "done", (name, result.error)
+    out = figures_dir / "geneval"
+    claim4 = pd.read_csv(out / "claim4.csv").set_index("strategy")
+    assert claim4.loc["norm_mean", "diff"] == pytest.approx(2 / 6)
+    assert "Family: larger - smaller overall" in (out / "claim4.md").read_text()
+    assert "(4 calls)" in (out / "claim4.md").read_text()  # 2 strategies x both tiers
+    assert (out / "family_scaling.csv").is_file() and (out / "family_scaling.png").is_file()
