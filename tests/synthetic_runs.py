@@ -7,6 +7,7 @@ Held-out tier: 4 prompts (2 attribute, 2 counting), the first k pass.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,12 @@ import pandas as pd
 
 from t2istudy import run_store
 from t2istudy.scoring.summaries import summarize, summarize_geneval
-from t2istudy.study import run_folder
+from t2istudy.study import run_folder, runner
 from t2istudy.study.grids import SCHEMA_VERSION, make_run_id
 from t2istudy.world.shapes_geneval import TASKS, make_geneval_tier
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+FIXTURES = Path(__file__).parent / "fixtures"
 GENEVAL_COUNTS = {"single_object": 3, **{t: 1 for t in TASKS[1:]}}
 PASSED = {  # (encoder, strategy) -> the GenEval-style tasks it passes; k of 4 held-out prompts it passes
     ("gemma3-270m", "last"): ({"single_object"}, 1),
@@ -84,3 +86,23 @@ def write_runs(
             run_folder.write_record(out, results, {"train_seconds": 1.0, **extra})
             run_store.write_json(out / "DONE", {"finished": "2026-01-01T00:00:00+00:00", "seconds": 1.0})
     return root
+
+
+def execute_analysis(
+    runs: Path, grid: str, figures_dir: Path, work: Path, tiers=("heldout", "geneval")
+) -> None:
+    """Both analysis notebooks on each tier, as the study runs them (the fixture's layer norms and probe),
+    each into its own folder under ``work``; fails naming the notebook that did not finish."""
+    common = {"runs_dir": str(runs), "grid": grid, "figures_dir": str(figures_dir)}
+    extra = {
+        "layer_norms_csv": str(FIXTURES / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
+        "probe_dir": str(FIXTURES / "probe"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tier in tiers:
+            for name, params in (("tables", {}), ("figures", extra)):
+                out = work / "analysis" / grid / f"{name}-{tier}"
+                params = {**common, **params, "tier": tier}
+                result = runner.execute_notebook(NOTEBOOKS / f"analysis_{name}.ipynb", out, params)
+                assert result.state == "done", (tier, name, result.error)

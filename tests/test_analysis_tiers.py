@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_runs import NOTEBOOKS, PASSED, write_runs
+from synthetic_runs import NOTEBOOKS, PASSED, execute_analysis, write_runs
 
 from t2istudy import run_store
 from t2istudy.analysis import stats, tables
@@ -27,10 +26,9 @@ from t2istudy.scoring.bootstrap import (
     mean_ci_over_seeds_and_prompts,
     mean_of_group_means_ci_over_seeds_and_prompts,
 )
-from t2istudy.study import pipeline, run_results, runner
+from t2istudy.study import pipeline, run_results
 from t2istudy.world.shapes_geneval import TASKS
 
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -168,20 +166,7 @@ def test_study_runs_the_geneval_analysis_only_for_grids_that_ask_for_it():
 @pytest.mark.slow
 def test_analysis_notebooks_execute_on_both_tiers(runs, tmp_path):
     figures_dir = tmp_path / "figures"
-    common = {"runs_dir": str(runs), "grid": "tiers", "figures_dir": str(figures_dir)}
-    extra = {
-        "layer_norms_csv": str(FIXTURES / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
-        "probe_dir": str(FIXTURES / "probe"),
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for tier in ("heldout", "geneval"):
-            for name, params in (("tables", {}), ("figures", extra)):
-                out = tmp_path / "analysis" / "tiers" / f"{name}-{tier}"
-                result = runner.execute_notebook(
-                    NOTEBOOKS / f"analysis_{name}.ipynb", out, {**common, **params, "tier": tier}
-                )
-                assert result.state == "done", (tier, name, result.error)
+    execute_analysis(runs, "tiers", figures_dir, tmp_path)
     table_stems = ("table1_last_layer", "table2_strategies", "claims", "skill_gains", "prompt_following")
     figures = ("skill_bars", "scaling", "claims_forest")
     expected = {f"{s}.{e}" for s in table_stems for e in ("csv", "md", "tex")}

@@ -8,18 +8,16 @@ named, overall = mean of the six task means.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from synthetic_runs import NOTEBOOKS, write_runs
+from synthetic_runs import execute_analysis, write_runs
 
 from t2istudy.analysis import stats
-from t2istudy.study import run_results, runner
+from t2istudy.study import run_results
 from t2istudy.text.registry import encoder_family
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SIZES = {  # the 1.5B passes counting beside what the 0.5B passes; norm_mean adds colours at 1.5B
     ("qwen2.5-0.5b", "last"): ({"single_object"}, 1),
     ("qwen2.5-0.5b", "norm_mean"): ({"single_object", "two_object"}, 2),
@@ -75,21 +73,7 @@ def test_cross_family_grids_get_no_within_family_rows():
 
 def test_the_analysis_notebooks_write_the_within_family_tables_and_figure(runs, tmp_path):
     figures_dir = tmp_path / "figures"
-    common = {"runs_dir": str(runs), "grid": "scaling", "figures_dir": str(figures_dir)}
-    extra = {
-        "layer_norms_csv": str(FIXTURES / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
-        "probe_dir": str(FIXTURES / "probe"),
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, params in (
-            ("tables", {}),
-            ("figures", extra),
-        ):  # geneval: no probe of these encoders needed
-            out = tmp_path / "analysis" / name
-            params = {**common, **params, "tier": "geneval"}
-            result = runner.execute_notebook(NOTEBOOKS / f"analysis_{name}.ipynb", out, params)
-            assert result.state == "done", (name, result.error)
+    execute_analysis(runs, "scaling", figures_dir, tmp_path, tiers=("geneval",))  # no probe of qwen needed
     out = figures_dir / "geneval"
     claim4 = pd.read_csv(out / "claim4.csv").set_index("strategy")
     assert claim4.loc["norm_mean", "diff"] == pytest.approx(2 / 6)
