@@ -30,7 +30,6 @@ from t2istudy.study import pipeline, run_results
 from t2istudy.world.shapes_geneval import TASKS
 
 
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     return write_runs(tmp_path_factory.mktemp("tiers") / "runs")
