@@ -17,6 +17,9 @@ load. Rerunning skips finished runs, so a later invocation can add arms beside a
     .venv/bin/python benchmarks/binding.py --name guidance --seeds 0,1 --arms 'baseline={}' \\
         --sampling 'cfg3={}' 'cfg3-mid={"guidance_interval": [0.3, 5.0]}'
     .venv/bin/python benchmarks/binding.py --plot-only --name data
+    # a lever at the preset's full budget beside the study grid's own runs of the same arm (no retraining)
+    .venv/bin/python benchmarks/binding.py --name full-data --seeds 0,1 --steps 3000 --per_task 50 \\
+        --arms 'two50c25={"two_object_share": 0.5, "colourless_captions": 0.25}' --reference runs/small2
 
 Writes ``figures/binding/<name>.{csv,md,png,pdf}``: one row per (arm, seed, steps, sampling), the Markdown
 table of arm means over seeds, and the binding tasks against training machine-minutes per arm. Runs live
@@ -46,7 +49,7 @@ from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.figure_files import save_figure
 from t2istudy.reports.ladder import climb, register_lever, register_saved
 from t2istudy.study.run import evaluate_tiers
-from t2istudy.world.shapes_geneval import EXTRA_TASKS
+from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS, make_geneval_tier
 
 BINDING = ("two_object", "position", "color_attr")
 REPORTED = (*BINDING, EXTRA_TASKS[0], "single_object", "colors", "counting", "overall")
@@ -171,6 +174,43 @@ def resample(arm: Arm, seed: int, steps: int, name: str, options: dict, args) ->
     return row
 
 
+def reference_row(grid_dir: Path, seed: int, args) -> dict:
+    """A study grid's own finished run of the harness's encoder and strategy (its preset at the grid's full
+    budget) as a row beside the arms, judged on the harness's prompts (the tier's first ``--per_task`` per
+    task: a larger tier starts with a smaller one's prompts); its training CPU time was not recorded."""
+    run = grid_dir / f"{args.encoder}__{args.strategy}__seed{seed}"
+    if not (run / "DONE").is_file() or not (run / "scores_geneval.csv").is_file():
+        raise FileNotFoundError(f"{run} is no finished run with the GenEval-style tier: run its grid first.")
+    metrics = json.loads((run / "metrics.json").read_text())
+    wanted = make_geneval_tier(args.per_task, extra_tasks=()).set_index("id")["prompt"]
+    scores = pd.read_csv(run / "scores_geneval.csv").set_index("id")
+    missing = wanted.index.difference(scores.index)
+    if len(missing) or not (scores.loc[wanted.index, "prompt"] == wanted).all():
+        raise ValueError(
+            f"{run} was judged on other GenEval-style prompts than --per_task {args.per_task} draws."
+        )
+    scores = scores.loc[wanted.index].reset_index()
+    task_means = scores.groupby("task")["score"].mean()
+    summary = metrics.get("train_summary", {})
+    return {
+        **{f"geneval_{t}": float(task_means[t]) for t in TASKS},
+        "geneval_overall": float(task_means[list(TASKS)].mean()),  # GenEval's rule: the mean of task means
+        **partial_credit(scores),
+        "arm": f"{grid_dir.name} grid run",
+        "seed": seed,
+        "steps": metrics["max_train_steps"],
+        "preset": json.loads((run / "params.json").read_text())["params"].get("preset", args.preset),
+        "train_seconds": metrics["train_seconds"],
+        "machine_minutes": metrics["train_seconds"] / 60,  # one thread a run (the grid's workers)
+        "load_average": np.ravel(summary.get("load_average", np.nan))[0],  # the 1-minute one
+        "train_cpu_seconds": np.nan,
+        "sample_seconds": metrics.get("sample_seconds", np.nan),
+        "sampling": "preset",
+        "sample_options": "{}",
+        "train_options": "{}",
+    }
+
+
 def tidy(rows: list[dict]) -> pd.DataFrame:
     """The harness table: one row per (arm, seed, steps, sampling), the reported tasks and the costs."""
     table = pd.DataFrame(rows)
@@ -287,6 +327,12 @@ def main() -> None:
     parser.add_argument("--root", default="runs/binding")
     parser.add_argument("--figures", default="figures/binding")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="a study grid's runs folder (e.g. runs/small2): its runs of --encoder/--strategy at --seeds "
+        "join the table as an arm, judged on the harness's prompts (a lever at full budget beside them)",
+    )
     args = parser.parse_args()
     out_dir = Path(args.figures)
     csv = out_dir / f"{args.name}.csv"
@@ -309,6 +355,8 @@ def main() -> None:
                     ]
                     out_dir.mkdir(parents=True, exist_ok=True)
                     tidy(rows).to_csv(csv, index=False)  # as each run lands
+        seeds = [int(s) for s in args.seeds.split(",")]
+        rows += [reference_row(Path(args.reference), seed, args) for seed in seeds] if args.reference else []
         table = tidy(rows)
         table.to_csv(csv, index=False)
     (out_dir / f"{args.name}.md").write_text(markdown(table))

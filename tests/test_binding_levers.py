@@ -168,3 +168,36 @@ def test_colour_named_single_object_changes_no_geneval_prompt_and_stays_out_of_o
     assert summary.loc["single_object_colour_named", "mean"] == 1.0
     assert summary.drop(index="single_object_colour_named").equals(summarize_geneval(scores.iloc[: len(six)]))
     assert isinstance(summary, pd.DataFrame)
+
+
+# ---- the harness against the study grid's own runs ------------------------------------------------------
+
+
+def test_harness_reference_row_reads_a_grid_run_on_the_harness_prompts(monkeypatch):
+    """`benchmarks/binding.py --reference runs/small2`: the committed small2 run of gemma3-270m norm_mean,
+    seed 0, on the tier's 50 prompts per task gives the per-task verdicts of its scores_geneval.csv and the
+    overall its metrics.json recorded (the mean of the six task means); a --per_task the run was not judged
+    on is refused, not silently compared on fewer prompts."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("binding_harness", repo / "benchmarks" / "binding.py")
+    harness = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "binding_harness", harness)  # its dataclasses look themselves up there
+    spec.loader.exec_module(harness)
+    args = SimpleNamespace(encoder="gemma3-270m", strategy="norm_mean", per_task=50, preset="cpu-latent-v")
+    row = harness.reference_row(repo / "runs" / "small2", 0, args)
+    assert (row["geneval_two_object"], row["geneval_position"], row["geneval_color_attr"]) == (
+        0.12,
+        0.06,
+        0.32,
+    )
+    metrics = json.loads((repo / "runs/small2/gemma3-270m__norm_mean__seed0/metrics.json").read_text())
+    assert row["geneval_overall"] == pytest.approx(metrics["tiers"]["geneval"]["overall"]["mean"])
+    assert row["steps"] == 3000 and row["arm"] == "small2 grid run"
+    with pytest.raises(ValueError, match="other GenEval-style prompts"):
+        harness.reference_row(repo / "runs" / "small2", 0, SimpleNamespace(**{**vars(args), "per_task": 60}))
