@@ -198,3 +198,33 @@ def test_slurm_jobs_run_the_launcher_job_with_the_executor_parameters(grid_file,
     assert seen["parameters"]["gpus_per_node"] == 4 and seen["parameters"]["tasks_per_node"] == 1
     assert seen["fn"].func is launch.run_job and seen["fn"].keywords["resources"].processes == 4
     assert len(seen["specs"]) == 2
+
+
+def test_a_job_holds_the_run_from_training_on_and_a_second_job_skips_it(tmp_path, monkeypatch):
+    """Node 0 claims the run's lock before the training phase and hands it to the notebook's execution; a
+    second job of the same run (a grid submitted twice) finds it held and skips it without training."""
+    from t2istudy import run_store
+
+    root, resources = tmp_path / "runs", launch.Resources(gpus=1)
+    out = (root / SPEC.grid / SPEC.run_id).resolve()
+    seen = {}
+
+    def fake_training(cmd, **kw):
+        seen["held while training"] = run_store.read_holder(out).pid == os.getpid()
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    def fake_execute(spec, root, *, expect, force, claimed):
+        seen["handed over"] = claimed is not None and claimed.lock.held()
+        return launch.RunResult(spec.run_id, "done", path=str(out))
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_training)
+    monkeypatch.setattr(launch, "execute_run", fake_execute)
+    assert launch.run_job(SPEC, str(root), None, False, resources).state == "done"
+    assert seen == {"held while training": True, "handed over": True}
+    assert run_store.read_holder(out) is None  # released after the run
+
+    other = run_store.claim(out)  # a live job holds the run now
+    seen.clear()
+    result = launch.run_job(SPEC, str(root), None, False, resources)
+    assert result.state == "skipped" and "running elsewhere" in result.error and seen == {}  # no training
+    other.lock.release()

@@ -292,13 +292,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         table = run_results.grid_status(args.grid, args.runs_dir)
         with_counts = table["state"].value_counts().to_dict()
         shown = table.astype(object).fillna("")
-        for column, spec in {
-            "overall": ".3f",
-            "ci_low": ".3f",
-            "ci_high": ".3f",
-            "geneval": ".3f",
-            "seconds": ".0f",
-        }.items():
+        formats = {**dict.fromkeys(("overall", "ci_low", "ci_high", "geneval"), ".3f"), "seconds": ".0f"}
+        for column, spec in formats.items():
             shown[column] = [v if v == "" else format(float(v), spec) for v in shown[column]]
         shown["error"] = [e if len(e) <= 80 else e[:77] + "..." for e in shown["error"]]
         print(shown.to_string(index=False))

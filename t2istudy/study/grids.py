@@ -24,17 +24,8 @@ import yaml
 
 SCHEMA_VERSION = 1
 DEFAULT_GRID = "small2"  # the study's grid, on cpu-latent-v, the preset whose models draw (issue 17)
-GRID_KEYS = (
-    "name",
-    "notebook",
-    "description",
-    "schema_version",
-    "params",
-    "axes",
-    "exclude",
-    "include",
-    "seed_budget",
-)
+GRID_KEYS = ("name", "notebook", "description", "schema_version", "params", "axes", "exclude", "include")
+GRID_KEYS += ("seed_budget",)  # seeds per arm fixed before the runs (t2istudy.analysis.calls)
 
 
 @dataclass(frozen=True)
@@ -101,9 +92,8 @@ def load_grid(path: str | Path) -> Grid:
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{path}: axis {key!r} must be a non-empty list, got {values!r}.")
-    for section in ("params",):
-        if not isinstance(raw.get(section) or {}, dict):
-            raise ValueError(f"{path}: {section!r} must be a mapping of parameter name -> value.")
+    if not isinstance(raw.get("params") or {}, dict):
+        raise ValueError(f"{path}: 'params' must be a mapping of parameter name -> value.")
     for section in ("exclude", "include"):
         items = raw.get(section) or []
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):

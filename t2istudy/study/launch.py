@@ -25,11 +25,14 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from submitit.slurm.slurm import SlurmJobEnvironment
 
+from t2istudy import run_store
 from t2istudy.diffusion import train_folder
 from t2istudy.diffusion.options import TrainOptions
+from t2istudy.run_store import run_state
 from t2istudy.study.grids import RunSpec, run_path
 from t2istudy.study.run_config import RunConfig
 from t2istudy.study.runner import RunResult, execute_run
@@ -70,17 +73,16 @@ class Resources:
 def executor_parameters(resources: Resources) -> dict[str, Any]:
     """submitit ``AutoExecutor.update_parameters`` keywords: one task per node (accelerate starts the
     per-GPU processes itself), every GPU and CPU of the node to that task."""
-    params: dict[str, Any] = {
+    partition = {"slurm_partition": resources.partition} if resources.partition else {}
+    return {
         "timeout_min": resources.timeout_min,
         "nodes": resources.nodes,
         "tasks_per_node": 1,
         "gpus_per_node": resources.gpus,
         "cpus_per_task": resources.cpus,
         "mem_gb": resources.mem_gb,
+        **partition,
     }
-    if resources.partition:
-        params["slurm_partition"] = resources.partition
-    return params
 
 
 def train_options(spec: RunSpec, root: str | Path) -> TrainOptions:
@@ -135,15 +137,10 @@ def rendezvous(env: dict[str, str]) -> tuple[int, str]:
             f"{', '.join(missing)} not set: the multi-node training phase runs inside a SLURM job "
             "(t2istudy grid run --launcher slurm), where SLURM sets them."
         )
-    saved = os.environ.get("SLURM_JOB_NODELIST")
-    try:  # submitit parses the node list from the environment
-        os.environ["SLURM_JOB_NODELIST"] = env["SLURM_JOB_NODELIST"]
+    with mock.patch.dict(
+        os.environ, {"SLURM_JOB_NODELIST": env["SLURM_JOB_NODELIST"]}
+    ):  # where submitit reads it
         hosts = SlurmJobEnvironment().hostnames
-    finally:
-        if saved is None:
-            del os.environ["SLURM_JOB_NODELIST"]
-        else:
-            os.environ["SLURM_JOB_NODELIST"] = saved
     return int(env["SLURM_NODEID"]), hosts[0]
 
 
@@ -211,33 +208,57 @@ def run_job(
 ) -> RunResult:
     """What each job's task runs (one per node): the training phase under accelerate, then, on node 0 only,
     the run notebook (sampling and scoring; training is found done). A failed training phase is a failed run
-    with accelerate's message; its checkpoints stay, and the next job resumes from them."""
+    with accelerate's message; its checkpoints stay, and the next job resumes from them. Node 0 claims the
+    run's lock before training and holds it to DONE, so a second job of the same run (a grid submitted
+    twice) skips it instead of training into the same folder."""
     nodes = resources.nodes
     rank, address = rendezvous(dict(os.environ)) if nodes > 1 else (0, None)
     opts = train_options(spec, root)
     out = run_path(root, spec).resolve()
-    trained = train_folder.is_trained(opts.output_dir)
-    if not trained:
-        if train_folder.complete_checkpoints(opts.output_dir):
-            opts.resume_from_checkpoint = "latest"
-        cmd = accelerate_command(train_flags(opts), resources, machine_rank=rank, main_address=address)
-        start = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if rank == 0:
-            (out / "logs").mkdir(parents=True, exist_ok=True)
-            record = {
-                "command": cmd,
-                "seconds": round(time.perf_counter() - start, 1),
-                "returncode": done.returncode,
-            }
-            (out / LAUNCH_RECORD).write_text(json.dumps({**record, "resources": asdict(resources)}, indent=1))
-            (out / "logs" / "train_stderr.txt").write_text(done.stderr)
-        if done.returncode != 0:
-            tail = done.stderr.strip().splitlines()[-1:] or ["no message"]
-            return RunResult(spec.run_id, "failed", error=f"training phase failed: {tail[0]}", path=str(out))
-    if rank != 0:
-        return RunResult(spec.run_id, "skipped", error=f"node {rank}: trained; node 0 samples", path=str(out))
-    return execute_run(spec, root, expect=expect, force=force)
+    claimed = None
+    if rank == 0 and run_state(out, metrics=True) != "done":
+        out.mkdir(parents=True, exist_ok=True)
+        claimed = run_store.claim(out, force=force)
+        if claimed.lock is None:
+            holder = claimed.holder.describe() if claimed.holder else "another process"
+            return RunResult(
+                spec.run_id, "skipped", error=f"running elsewhere ({holder}); not run here", path=str(out)
+            )
+    try:
+        if not train_folder.is_trained(opts.output_dir):
+            failed = _train_phase(opts, resources, rank, address, out)
+            if failed:
+                return RunResult(spec.run_id, "failed", error=failed, path=str(out))
+        if rank != 0:
+            return RunResult(
+                spec.run_id, "skipped", error=f"node {rank}: trained; node 0 samples", path=str(out)
+            )
+        return execute_run(spec, root, expect=expect, force=force, claimed=claimed)
+    finally:
+        if claimed is not None and claimed.lock is not None:
+            claimed.lock.release()  # execute_run released it already unless it returned early
+
+
+def _train_phase(opts: TrainOptions, resources: Resources, rank: int, address: str | None, out: Path) -> str:
+    """The training phase under accelerate (resuming from the last complete checkpoint); "" when it
+    succeeded, else accelerate's last line. Node 0 records the command and its stderr in the run folder."""
+    if train_folder.complete_checkpoints(opts.output_dir):
+        opts.resume_from_checkpoint = "latest"
+    cmd = accelerate_command(train_flags(opts), resources, machine_rank=rank, main_address=address)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if rank == 0:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        record = {
+            "command": cmd,
+            "seconds": round(time.perf_counter() - start, 1),
+            "returncode": done.returncode,
+        }
+        (out / LAUNCH_RECORD).write_text(json.dumps({**record, "resources": asdict(resources)}, indent=1))
+        (out / "logs" / "train_stderr.txt").write_text(done.stderr)
+    if done.returncode == 0:
+        return ""
+    return f"training phase failed: {(done.stderr.strip().splitlines()[-1:] or ['no message'])[0]}"
 
 
 def job_function(resources: Resources):

@@ -67,6 +67,7 @@ def execute_run(
     require_metrics: bool = True,
     force: bool = False,
     expect: dict[str, int] | None = None,
+    claimed: run_store.Claim | None = None,
 ) -> RunResult:
     """Execute one run's notebook with papermill; never raises for a failing notebook (isolation).
 
@@ -77,13 +78,14 @@ def execute_run(
     held on another host (a job that died). A failing cell leaves ``notebook.ipynb`` with the error
     highlighted and a FAILED marker with the message; the batch goes on. DONE is written only after the
     notebook finished (and, for training runs, wrote metrics.json), and never beside FAILED.
-    ``out_dir`` is passed when the notebook declares it.
+    ``out_dir`` is passed when the notebook declares it. ``claimed``: the lock a caller took already (the
+    launcher's job, from its training phase on); it is released here like one taken here.
     """
     out = run_path(root, spec).resolve()
     if run_state(out, metrics=require_metrics) == "done":
         return RunResult(spec.run_id, "skipped", path=str(out))
     out.mkdir(parents=True, exist_ok=True)
-    claimed = run_store.claim(out, force=force)
+    claimed = claimed or run_store.claim(out, force=force)
     if claimed.lock is None:
         holder = claimed.holder.describe() if claimed.holder else "another process"
         return RunResult(
