@@ -17,6 +17,7 @@ load. Rerunning skips finished runs, so a later invocation can add arms beside a
     .venv/bin/python benchmarks/binding.py --name guidance --seeds 0,1 --arms 'baseline={}' \\
         --sampling 'cfg3={}' 'cfg3-mid={"guidance_interval": [0.3, 5.0]}'
     .venv/bin/python benchmarks/binding.py --plot-only --name data
+    .venv/bin/python benchmarks/binding.py --name levers --combine flow guidance data-colourless25 full-data
     # a lever at the preset's full budget beside the study grid's own runs of the same arm (no retraining)
     .venv/bin/python benchmarks/binding.py --name full-data --seeds 0,1 --steps 3000 --per_task 50 \\
         --arms 'two50c25={"two_object_share": 0.5, "colourless_captions": 0.25}' --reference runs/small2
@@ -326,7 +327,15 @@ def main() -> None:
     parser.add_argument("--strategy", default="norm_mean")
     parser.add_argument("--root", default="runs/binding")
     parser.add_argument("--figures", default="figures/binding")
-    parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw figures/binding/<name>.* from its CSV"
+    )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        help="earlier invocations' names: one table and figure of them all",
+    )
     parser.add_argument(
         "--reference",
         default=None,
@@ -336,7 +345,13 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = Path(args.figures)
     csv = out_dir / f"{args.name}.csv"
-    if args.plot_only:
+    if (
+        args.combine
+    ):  # every lever measured so far in one table and figure (a row once, where invocations share it)
+        tables = [pd.read_csv(out_dir / f"{name}.csv") for name in args.combine]
+        table = pd.concat(tables, ignore_index=True).drop_duplicates(["arm", "sampling", "seed", "steps"])
+        table.to_csv(csv, index=False)
+    elif args.plot_only:
         table = pd.read_csv(csv)
     else:
         arms = [parse_arm(a) for a in args.arms]
