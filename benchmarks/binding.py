@@ -17,7 +17,8 @@ load. Rerunning skips finished runs, so a later invocation can add arms beside a
     .venv/bin/python benchmarks/binding.py --name guidance --seeds 0,1 --arms 'baseline={}' \\
         --sampling 'cfg3={}' 'cfg3-mid={"guidance_interval": [0.3, 5.0]}'
     .venv/bin/python benchmarks/binding.py --plot-only --name data
-    .venv/bin/python benchmarks/binding.py --name levers --combine flow guidance data-colourless25 full-data
+    .venv/bin/python benchmarks/binding.py --name levers --combine flow guidance data-colourless25 check full-data \\
+        --curve runs/sample_noise/results.csv   # and the limiting curve: binding against training steps
     # a lever at the preset's full budget beside the study grid's own runs of the same arm (no retraining)
     .venv/bin/python benchmarks/binding.py --name full-data --seeds 0,1 --steps 3000 --per_task 50 \\
         --arms 'two50c25={"two_object_share": 0.5, "colourless_captions": 0.25}' --reference runs/small2
@@ -344,6 +345,60 @@ def plot(table: pd.DataFrame, out_dir: Path, stem: str) -> list[Path]:
     return save_figure(fig, out_dir, stem)
 
 
+# The study preset's full runs of one training seed at several budgets (benchmarks/ladder.py); the 3,000-step
+# one predates the preset's name: cpu-latent with v-prediction, zero-terminal SNR and cosine decay is it.
+PRESET_CURVE = {
+    "cpu-latent-v-2000steps": 2000,
+    "cpu-latent-vpred-zsnr-cosine": 3000,
+    "cpu-latent-v-4000steps": 4000,
+    "cpu-latent-v-6000steps": 6000,
+}
+
+
+def limiting_curve(results_csv: Path, harness: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The binding mean against training steps: `cpu-latent-v` trained for 2,000-6,000 steps (one training
+    seed, each point a per-prompt draw of runs/sample_noise/results.csv), the full runs' other levers, and
+    the harness's arms (a dot per training seed). Whether steps alone reach the targets is read off it."""
+    draws = pd.read_csv(results_csv)
+    draws = draws[
+        (draws["rule"] == "per_prompt") & (draws["tier"] == "geneval") & draws["group"].isin(BINDING)
+    ]
+    draws = draws.assign(arm=draws["run"].str.replace(r"-gemma3-270m-norm_mean-s0$", "", regex=True))
+    full = draws.groupby(["arm", "sample_seed"])["mean"].mean().rename("binding_mean").reset_index()
+    full["steps"] = full["arm"].map(PRESET_CURVE)
+    full["series"] = np.where(
+        full["steps"].notna(), "cpu-latent-v, full runs (1 seed; draws)", "full-run lever: " + full["arm"]
+    )
+    full["steps"] = (
+        full["steps"].fillna(full["arm"].str.extract(r"-(\d+)steps", expand=False).astype(float)).fillna(3000)
+    )
+    ours = harness[harness["sampling"] == "preset"].assign(series="harness: " + harness["arm"])
+    data = pd.concat([full, ours[["series", "steps", "seed", "binding_mean"]]], ignore_index=True)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, (series, g) in enumerate(data.groupby("series", sort=False)):
+        colour = plt.cm.tab20.colors[i % 20]
+        ax.scatter(g["steps"], g["binding_mean"], color=colour, alpha=0.5, s=14)
+        mean = g.groupby("steps")["binding_mean"].mean()
+        ax.plot(
+            mean.index,
+            mean.to_numpy(),
+            marker="D",
+            color=colour,
+            label=series,
+            lw=1.5 if "full runs" in series else 0,
+        )
+    ax.axhline(0.5, color="gray", ls=":", lw=1)
+    ax.text(600, 0.51, "target: each binding task >= 0.50", fontsize=7, color="gray")
+    ax.set_xlabel("training steps (cpu-latent-v's network; 0.51-0.54 CPU-s a step)")
+    ax.set_ylabel("binding mean (two objects, position,\ncolour attribution; GenEval-style tier)")
+    ax.set_ylim(0, 0.6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("Binding against training budget: where the study preset flattens", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "limiting_curve", data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", required=True, help="the invocation's table: figures/binding/<name>.*")
@@ -363,6 +418,11 @@ def main() -> None:
     parser.add_argument("--figures", default="figures/binding")
     parser.add_argument(
         "--plot-only", action="store_true", help="redraw figures/binding/<name>.* from its CSV"
+    )
+    parser.add_argument(
+        "--curve",
+        default=None,
+        help="runs/sample_noise/results.csv: also draw figures/binding/limiting_curve.* (binding against steps)",
     )
     parser.add_argument(
         "--combine",
@@ -415,6 +475,8 @@ def main() -> None:
     (out_dir / f"{args.name}.md").write_text(markdown(table))
     print(markdown(table))
     print("wrote", csv, *plot(table, out_dir, args.name))
+    if args.curve:
+        print("wrote", *limiting_curve(Path(args.curve), table, out_dir))
 
 
 if __name__ == "__main__":
