@@ -51,6 +51,7 @@ from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.figure_files import save_figure
 from t2istudy.reports.ladder import climb, register_lever, register_saved
 from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
+from t2istudy.scoring.summaries import summarize_geneval
 from t2istudy.study.run import evaluate_tiers
 from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS, make_geneval_tier
 
@@ -193,11 +194,10 @@ def reference_row(grid_dir: Path, seed: int, args) -> dict:
             f"{run} was judged on other GenEval-style prompts than --per_task {args.per_task} draws."
         )
     scores = scores.loc[wanted.index].reset_index()
-    task_means = scores.groupby("task")["score"].mean()
+    task_means = summarize_geneval(scores, n_boot=1)["mean"]  # GenEval's rule, as the runs' own summary
     summary = metrics.get("train_summary", {})
     return {
-        **{f"geneval_{t}": float(task_means[t]) for t in TASKS},
-        "geneval_overall": float(task_means[list(TASKS)].mean()),  # GenEval's rule: the mean of task means
+        **{f"geneval_{t}": float(task_means[t]) for t in (*TASKS, "overall")},
         **partial_credit(scores),
         "arm": f"{grid_dir.name} grid run",
         "seed": seed,
