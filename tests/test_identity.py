@@ -21,6 +21,7 @@ from helpers import FakeEncoder, tiny_train_options
 from safetensors.torch import load_file, save_file
 
 from t2istudy import openai_client
+from t2istudy.diffusion import run_checks
 from t2istudy.diffusion.autoencoder import autoencoder_dir, get_or_train, released_dir
 from t2istudy.diffusion.data import shapes_pool
 from t2istudy.diffusion.train import train
@@ -81,6 +82,11 @@ def test_resume_after_the_cached_autoencoder_changed_is_refused_naming_it(tmp_pa
     with pytest.raises(ValueError, match=r"(?s)Cannot resume.*VAE \(autoencoder\) weights.*shapes-tiny"):
         train(options(resume_from_checkpoint="latest"))
     assert set(read_options(run)["inputs"]) == {"vae", "embedding_cache", "latent_cache"}
+    # the same options reused as another run's shared model: refused too (it compared options only)
+    with pytest.raises(
+        ValueError, match=r"(?s)Cannot reuse the model in .*VAE \(autoencoder\).*shared_train_dir"
+    ):
+        run_checks.check_reusable(run, options())
 
 
 # ---- bugs 2 and 3: the probe store --------------------------------------------------------------------------

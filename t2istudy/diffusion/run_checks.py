@@ -106,6 +106,9 @@ def check_reusable(run_dir: str | Path, opts: TrainOptions) -> None:
             f"{run_dir / OPTIONS} -> asked now):\n{describe_differences(refused, trained)}\n"
             "Point shared_train_dir at a model trained with these options, or leave it empty to train one."
         )
+    # the same options over other bytes (a VAE retrained in place, a local encoder's file replaced) are
+    # another model's inputs: the sampler would encode prompts with an encoder the model never saw
+    check_inputs(run_dir, trained, input_digests(opts.encoder, planned.get("vae_path")), reuse=True)
 
 
 def check_run_folder(run_dir: Path, opts: TrainOptions, planned: dict) -> tuple[Path | None, list[dict]]:
@@ -174,9 +177,10 @@ def input_digests(
     return found
 
 
-def check_inputs(run_dir: Path, recorded: dict, now: dict[str, str]) -> None:
-    """Refuse to resume ``run_dir`` when an input recorded in its options.json has other bytes now, listing
-    every difference (an input not recorded, by a run of an earlier version, is not compared)."""
+def check_inputs(run_dir: Path, recorded: dict, now: dict[str, str], reuse: bool = False) -> None:
+    """Refuse to resume ``run_dir`` (or, ``reuse``, to sample its model for another run) when an input
+    recorded in its options.json has other bytes now, listing every difference (an input not recorded, by a
+    run of an earlier version, is not compared)."""
     old = recorded.get(INPUTS) or {}
     changed = {k: (old[k], v) for k, v in now.items() if k in old and old[k] != v}
     if changed:
@@ -185,11 +189,16 @@ def check_inputs(run_dir: Path, recorded: dict, now: dict[str, str]) -> None:
             f"  {INPUT_NAMES[k]}" + (f" ({where[k]})" if where.get(k) else "") + f": digest {a} -> {b}"
             for k, (a, b) in changed.items()
         )
+        what = f"reuse the model in {run_dir}" if reuse else f"resume {run_dir}"
+        fix = (
+            "leave shared_train_dir empty to train a model on the new inputs"
+            if reuse
+            else f"train with the new inputs as a new run: a new --output_dir, or delete {run_dir} yourself"
+        )
         raise ValueError(
-            f"Cannot resume {run_dir}: inputs that decide the result have other bytes than when it was "
+            f"Cannot {what}: inputs that decide the result have other bytes than when it was "
             f"trained (recorded in {run_dir / OPTIONS} under '{INPUTS}' -> found now):\n{lines}\nPut the "
-            "original files back (a cache entry is rebuilt from its VAE or encoder), or train with the new "
-            f"inputs as a new run: a new --output_dir, or delete {run_dir} yourself."
+            f"original files back (a cache entry is rebuilt from its VAE or encoder), or {fix}."
         )
 
 
