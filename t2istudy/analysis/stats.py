@@ -236,9 +236,14 @@ def claims_family(
 ) -> pd.DataFrame:
     """:func:`claims` on every tier given, as one family (``calls.FAMILIES["claims"]``): a ``tier`` column,
     ``p_holm`` over every declared call of every tier, and the verdicts called on it."""
-    tables = [claims(scores, info, opts).assign(tier=tier) for tier, scores in scores_by_tier.items()]
-    table = pd.concat([t for t in tables if len(t)], ignore_index=True) if tables else pd.DataFrame()
-    return adjust(table, opts.min_seeds) if len(table) else table
+    return _called_over_tiers(scores_by_tier, lambda scores: claims(scores, info, opts), opts)
+
+
+def _called_over_tiers(scores_by_tier: dict[str, pd.DataFrame], table_of, opts: Options) -> pd.DataFrame:
+    """One family over every tier given: each tier's table (``table_of(scores)``) with a ``tier`` column,
+    Holm's correction over all their rows. Empty when no tier has a row."""
+    tables = [t.assign(tier=tier) for tier, scores in scores_by_tier.items() if len(t := table_of(scores))]
+    return adjust(pd.concat(tables, ignore_index=True), opts.min_seeds) if tables else pd.DataFrame()
 
 
 def family_pairs(info: pd.DataFrame) -> list[tuple[str, str]]:
@@ -262,12 +267,9 @@ def claim4_family(
 ) -> pd.DataFrame:
     """Claim 4, "the larger model of a family is better": larger - smaller overall, per pair and strategy,
     on every tier given as one family (``calls.FAMILIES["claim4"]``), with a ``tier`` column."""
-    tables = [
-        rows.assign(tier=tier)
-        for tier, scores in scores_by_tier.items()
-        if len(rows := _larger_minus_smaller(scores, info, opts, ["overall"]))
-    ]
-    return adjust(pd.concat(tables, ignore_index=True), opts.min_seeds) if tables else pd.DataFrame()
+    return _called_over_tiers(
+        scores_by_tier, lambda scores: _larger_minus_smaller(scores, info, opts, ["overall"]), opts
+    )
 
 
 def _larger_minus_smaller(
