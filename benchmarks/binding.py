@@ -411,11 +411,15 @@ def main() -> None:
     )
     parser.add_argument("--steps", default="800", help="training steps per run; several: one run per budget")
     parser.add_argument("--per_task", type=int, default=30, help="GenEval-style prompts per task")
-    parser.add_argument("--preset", default="cpu-latent-v")
-    parser.add_argument("--encoder", default="gemma3-270m")
-    parser.add_argument("--strategy", default="norm_mean")
-    parser.add_argument("--root", default="runs/binding")
-    parser.add_argument("--figures", default="figures/binding")
+    parser.add_argument("--preset", default="cpu-latent-v", help="the study preset every arm starts from")
+    parser.add_argument("--encoder", default="gemma3-270m", help="text encoder every run trains with")
+    parser.add_argument("--strategy", default="norm_mean", help="layer-aggregation strategy of the encoder")
+    parser.add_argument(
+        "--root", default="runs/binding", help="folder the runs live under: <arm>-<steps>-s<seed>/"
+    )
+    parser.add_argument(
+        "--figures", default="figures/binding", help="folder the tables and figures are written to"
+    )
     parser.add_argument(
         "--plot-only", action="store_true", help="redraw figures/binding/<name>.* from its CSV"
     )

@@ -126,12 +126,20 @@ def measure(step: str, root: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=120_000, help="pairs in the real shards (listing)")
-    parser.add_argument("--shards", type=int, default=12)
+    parser.add_argument("--shards", type=int, default=12, help="tar shards the real pairs are spread over")
     parser.add_argument("--index_pairs", type=int, default=1_000_000, help="entries of the per-process index")
-    parser.add_argument("--root", default="/tmp/t2istudy-index-bench")
+    parser.add_argument(
+        "--root",
+        default="/tmp/t2istudy-index-bench",
+        help="scratch folder for the generated shards and index",
+    )
     parser.add_argument("--verify", action="store_true", help="also time a build that opens every image")
     parser.add_argument("--keep", action="store_true", help="keep the generated shards (reused when present)")
-    parser.add_argument("--out", default=str(REPO / "figures" / "dataset_index.csv"))
+    parser.add_argument(
+        "--out",
+        default=str(REPO / "figures" / "dataset_index.csv"),
+        help="CSV the measurements are written to",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: one measurement in a fresh process
     args = parser.parse_args()
     if args.step:

@@ -25,11 +25,15 @@ from t2istudy.world.shapes_benchmark import make_benchmark
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--encoder", default="gemma3-270m")
-    parser.add_argument("--strategy", default="norm_mean")
-    parser.add_argument("--per_skill", type=int, default=4)
+    parser.add_argument("--encoder", default="gemma3-270m", help="text encoder to load in each precision")
     parser.add_argument(
-        "--out", default=str(Path(__file__).resolve().parents[1] / "figures" / "encoder_half_precision.csv")
+        "--strategy", default="norm_mean", help="layer-aggregation strategy of the features compared"
+    )
+    parser.add_argument("--per_skill", type=int, default=4, help="shapes benchmark prompts per skill")
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parents[1] / "figures" / "encoder_half_precision.csv"),
+        help="CSV the comparison is written to",
     )
     args = parser.parse_args()
     warnings.simplefilter("ignore")

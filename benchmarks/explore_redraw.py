@@ -78,8 +78,10 @@ def bench(name: str, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--encoders", default=",".join(BUILTIN_ENCODERS))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--encoders", default=",".join(BUILTIN_ENCODERS), help="encoders to time, comma-separated"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="passes over every control change per encoder")
     args = parser.parse_args()
     print(f"load average at start: {', '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     for name in args.encoders.split(","):

@@ -124,11 +124,15 @@ def run_loop(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, nargs="+", default=[32, 64])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default="figures/gpu/gpu_sd2_throughput")
+    ap.add_argument("--batch", type=int, nargs="+", default=[32, 64], help="batch sizes to measure")
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="measurements per (loop, batch), in alternating order"
+    )
+    ap.add_argument(
+        "--out", default="figures/gpu/gpu_sd2_throughput", help="path stem of the .csv, .png and .pdf written"
+    )
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test of this script")
     ap.add_argument("--preset", default="sd2-256", help="another preset only for a smoke test")
     args = ap.parse_args()

@@ -110,15 +110,19 @@ def vae_encode_rate(path: str, batch: int, dtype: torch.dtype) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build-cache", help="build the text cache into this folder (run on the CPU machine)")
-    ap.add_argument("--cache", default=".gpu/cache")
-    ap.add_argument("--vae", default="/tmp/t2istudy_vae")
-    ap.add_argument("--work", default="/tmp/t2istudy_resume")
-    ap.add_argument("--preset", default=PRESET)
-    ap.add_argument("--pool", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--stop", type=int, default=20)
-    ap.add_argument("--out", default="figures/gpu/gpu_train_resume")
+    ap.add_argument("--cache", default=".gpu/cache", help="the text cache folder (built by --build-cache)")
+    ap.add_argument("--vae", default="/tmp/t2istudy_vae", help="folder the random-weight VAE is written to")
+    ap.add_argument(
+        "--work", default="/tmp/t2istudy_resume", help="scratch folder of the training runs (emptied first)"
+    )
+    ap.add_argument("--preset", default=PRESET, help="model preset; another only for a smoke test")
+    ap.add_argument("--pool", type=int, default=512, help="scenes in the fixed training pool")
+    ap.add_argument("--batch", type=int, default=64, help="training batch size")
+    ap.add_argument("--steps", type=int, default=40, help="training steps per run")
+    ap.add_argument(
+        "--stop", type=int, default=20, help="step the interrupted run stops and checkpoints at, then resumes"
+    )
+    ap.add_argument("--out", default="figures/gpu/gpu_train_resume", help="path stem of the .json report")
     ap.add_argument("--smoke", action="store_true", help="CPU check of this script: no VAE, no bare step")
     ap.add_argument(
         "--loop-variants",

@@ -36,14 +36,16 @@ from t2istudy.study.run import tune_guidance
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="cpu-latent")
-    parser.add_argument("--encoder", default="gemma3-270m")
-    parser.add_argument("--strategy", default="norm_mean")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="cpu-latent", help="model preset the ladder trains")
+    parser.add_argument("--encoder", default="gemma3-270m", help="text encoder the ladder trains with")
+    parser.add_argument("--strategy", default="norm_mean", help="layer-aggregation strategy of the encoder")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--rungs", default="250,500,1000,2000", help="step counts, comma-separated")
-    parser.add_argument("--geneval_per_task", type=int, default=50)
-    parser.add_argument("--heldout_per_skill", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--geneval_per_task", type=int, default=50, help="GenEval-style prompts per task")
+    parser.add_argument("--heldout_per_skill", type=int, default=50, help="held-out tier prompts per skill")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads for training (machine-minutes count them)"
+    )
     parser.add_argument("--guidance_scale", type=float, default=None, help="default: the preset's")
     parser.add_argument("--train_options", default="{}", help="JSON: other TrainOptions fields")
     parser.add_argument(
@@ -60,9 +62,15 @@ def main() -> None:
         default="",
         help="comma-separated scales: after the last rung, the validation verdict at each (cfg_tune.csv)",
     )
-    parser.add_argument("--root", default="runs/ladder")
-    parser.add_argument("--figures", default="figures")
-    parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--root", default="runs/ladder", help="folder the ladders live under, one per --name")
+    parser.add_argument(
+        "--figures", default="figures", help="folder the figures and object tables are written to"
+    )
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="no training: redraw the figures from the ladders under --root",
+    )
     args = parser.parse_args()
     if not args.plot_only:
         name = args.name or f"{args.preset}-{args.encoder}-{args.strategy}-s{args.seed}"

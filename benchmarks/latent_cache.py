@@ -31,10 +31,10 @@ from t2istudy.diffusion.model import get_preset, load_vae
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="cpu-latent")
-    parser.add_argument("--vae_path", default=None)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--preset", default="cpu-latent", help="latent preset whose training step is timed")
+    parser.add_argument("--vae_path", default=None, help="VAE folder (default: the preset's own autoencoder)")
+    parser.add_argument("--batch", type=int, default=64, help="training batch size")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (best of N each)")
     args = parser.parse_args()
     preset = get_preset(args.preset)
     vae = load_vae(args.vae_path or get_or_train(preset.autoencoder)).eval()

@@ -29,12 +29,19 @@ from t2istudy.world.shapes import ShapesWorld
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--encoders", nargs="+", default=["smollm2-135m", "gemma3-270m"])
-    parser.add_argument("--templates", nargs="+", default=["qwen-image", "sana", "chat"])
+    parser.add_argument(
+        "--encoders", nargs="+", default=["smollm2-135m", "gemma3-270m"], help="text encoders to time"
+    )
+    parser.add_argument(
+        "--templates",
+        nargs="+",
+        default=["qwen-image", "sana", "chat"],
+        help="prompt templates whose shared prefix is cached",
+    )
     parser.add_argument("--prompts", type=int, default=64, help="training captions encoded per timing")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=32, help="encoding batch size")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best of N each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     _, captions, _ = ShapesWorld(seed=0).batch(args.prompts, np.random.default_rng(0), 32)

@@ -25,10 +25,10 @@ import t2istudy  # noqa: F401  (sets OMP_WAIT_POLICY before torch does work)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", default="cpu-small,cpu-latent")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--presets", default="cpu-small,cpu-latent", help="presets to time, comma-separated")
+    parser.add_argument("--batch", type=int, default=64, help="training batch size")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds (best of N each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     width, tokens = 640, 16

@@ -75,21 +75,40 @@ def plot(summary: pd.DataFrame, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoders", nargs="+", default=["gemma3-270m", "smollm2-135m"])
-    ap.add_argument("--representations", nargs="+", default=list(binding.DEFAULT_REPRESENTATIONS))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--n_colour", type=int, default=1600)
-    ap.add_argument("--n_position", type=int, default=800)
-    ap.add_argument("--out", type=Path, default=Path("figures/probe_binding"))
-    ap.add_argument("--work", type=Path, default=Path("cache/probe_binding"))
+    ap.add_argument(
+        "--encoders", nargs="+", default=["gemma3-270m", "smollm2-135m"], help="text encoders to probe"
+    )
+    ap.add_argument(
+        "--representations",
+        nargs="+",
+        default=list(binding.DEFAULT_REPRESENTATIONS),
+        help="hidden states or strategies probed (layer:0, mid, last, norm_mean, ...)",
+    )
+    ap.add_argument("--seeds", default="0,1,2", help="probe seeds, comma-separated")
+    ap.add_argument("--steps", type=int, default=600, help="training steps of each probe")
+    ap.add_argument("--n_colour", type=int, default=1600, help="prompts of the colour task")
+    ap.add_argument("--n_position", type=int, default=800, help="prompts of the position task")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("figures/probe_binding"),
+        help="folder the figure and tables are written to",
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("cache/probe_binding"),
+        help="folder of the per-item tables (an arm found there is reused)",
+    )
     ap.add_argument(
         "--scale",
         choices=binding.SCALES,
         default="layernorm",
         help="per-token LayerNorm (as the layer-wise probe) or the study's one dataset-wide 1/RMS factor",
     )
-    ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument(
+        "--plot-only", action="store_true", help="no probing: redraw the figure from the tables in --work"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)

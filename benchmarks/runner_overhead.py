@@ -24,7 +24,7 @@ BODY = "import pandas as pd\nfrom t2istudy.study import run_folder\nx = sum(rang
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (best of N each)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         nb = nbformat.v4.new_notebook()

@@ -151,16 +151,22 @@ def plot(results: pd.DataFrame, figures: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="*", default=[], help="finished training folders (with final/)")
-    parser.add_argument("--rules", default=",".join(NOISE_RULES))
+    parser.add_argument(
+        "--rules", default=",".join(NOISE_RULES), help="sample noise rules to compare, comma-separated"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="sample seeds for the GenEval-style tier")
     parser.add_argument(
         "--heldout_seeds", default="0", help="sample seeds for the held-out tier ('' skips it)"
     )
-    parser.add_argument("--geneval_per_task", type=int, default=50)
-    parser.add_argument("--heldout_per_skill", type=int, default=50)
-    parser.add_argument("--out", default="runs/sample_noise/results.csv")
-    parser.add_argument("--figures", default="figures")
-    parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--geneval_per_task", type=int, default=50, help="GenEval-style prompts per task")
+    parser.add_argument("--heldout_per_skill", type=int, default=50, help="held-out tier prompts per skill")
+    parser.add_argument(
+        "--out",
+        default="runs/sample_noise/results.csv",
+        help="results CSV, appended to (per-prompt scores beside it)",
+    )
+    parser.add_argument("--figures", default="figures", help="folder the figure and table are written to")
+    parser.add_argument("--plot-only", action="store_true", help="no sampling: redraw the figure from --out")
     args = parser.parse_args()
     out = Path(args.out)
     seeds = {

@@ -234,17 +234,21 @@ def main() -> None:
     parser.add_argument(
         "--validation_colourless", type=float, default=0.0, help="share of colourless captions"
     )
-    parser.add_argument("--validation_n", type=int, default=200)
+    parser.add_argument("--validation_n", type=int, default=200, help="validation captions per setting")
     parser.add_argument(
         "--evaluate", nargs="*", default=[], help='settings to judge on the tiers: "cfg=5 rescale=0.7"'
     )
     parser.add_argument("--seeds", default="0,1,2", help="sample seeds for the GenEval-style tier")
     parser.add_argument("--heldout_seeds", default="0", help="sample seeds for the held-out tier")
-    parser.add_argument("--geneval_per_task", type=int, default=50)
-    parser.add_argument("--heldout_per_skill", type=int, default=50)
-    parser.add_argument("--out", default="runs/sampler_levers")
-    parser.add_argument("--figures", default="figures")
-    parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--geneval_per_task", type=int, default=50, help="GenEval-style prompts per task")
+    parser.add_argument("--heldout_per_skill", type=int, default=50, help="held-out tier prompts per skill")
+    parser.add_argument(
+        "--out", default="runs/sampler_levers", help="folder of validation.csv and results.csv, appended to"
+    )
+    parser.add_argument("--figures", default="figures", help="folder the figure and table are written to")
+    parser.add_argument(
+        "--plot-only", action="store_true", help="no sampling: redraw the figure from the files in --out"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     if not args.plot_only:

@@ -35,9 +35,9 @@ class FixedText:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="cpu-small")
-    ap.add_argument("--batch", type=int, nargs="+", default=[16, 64])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--preset", default="cpu-small", help="preset of the freshly initialised model")
+    ap.add_argument("--batch", type=int, nargs="+", default=[16, 64], help="batch sizes to time")
+    ap.add_argument("--quick", action="store_true", help="batch 16 only, DDIM and DPM++ at 10 steps")
     args = ap.parse_args()
     configs = [("ddim", 25, None), ("dpm++", 20, None), ("ddim", 25, 1.0)]
     if args.quick:

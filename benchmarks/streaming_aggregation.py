@@ -70,10 +70,10 @@ def aggregation_share(fn: Callable[[], object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--encoder", default="gemma3-270m")
-    parser.add_argument("--n-prompts", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--encoder", default="gemma3-270m", help="text encoder to time")
+    parser.add_argument("--n-prompts", type=int, default=64, help="GenAI-Bench prompts encoded per call")
+    parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median taken)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (1 is steadier on a busy machine)"
     )

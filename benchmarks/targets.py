@@ -37,11 +37,21 @@ SERIES = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default="runs/sample_noise/results.csv")
-    parser.add_argument("--scores", default="runs/sample_noise/scores")
-    parser.add_argument("--ladder", default="figures/ladder.csv")
+    parser.add_argument(
+        "--results",
+        default="runs/sample_noise/results.csv",
+        help="per-prompt draws (benchmarks/sample_noise.py)",
+    )
+    parser.add_argument(
+        "--scores", default="runs/sample_noise/scores", help="folder of the draws' per-prompt verdicts"
+    )
+    parser.add_argument(
+        "--ladder",
+        default="figures/ladder.csv",
+        help="ladder table: each run's steps and minutes (benchmarks/ladder.py)",
+    )
     parser.add_argument("--series", default=",".join(SERIES), help="runs of one arm at more steps (joined)")
-    parser.add_argument("--figures", default="figures")
+    parser.add_argument("--figures", default="figures", help="folder the figures and tables are written to")
     args = parser.parse_args()
     for path in (args.results, args.ladder):
         if not Path(path).is_file():

@@ -278,10 +278,14 @@ def compare_text(name: str, captions: list[str], preset: str, batch: int, repeat
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="cpu-small")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=8)
-    ap.add_argument("--encoders", default="smollm2-135m,qwen2.5-0.5b")
+    ap.add_argument("--preset", default="cpu-small", help="preset of the single step and the text comparison")
+    ap.add_argument("--batch", type=int, default=64, help="training batch size")
+    ap.add_argument("--repeats", type=int, default=8, help="timed steps per measurement (best of N)")
+    ap.add_argument(
+        "--encoders",
+        default="smollm2-135m,qwen2.5-0.5b",
+        help="encoders for cached vs on-the-fly text, comma-separated ('' skips it)",
+    )
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     ap.add_argument("--quick", action="store_true", help="3 repeats, small encoder only")
     ap.add_argument("--variants", type=int, default=0, metavar="ROUNDS", help="also compare step variants")

@@ -61,8 +61,16 @@ def random_vae(path: Path, preset_name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true", help="smoke mode on a CPU machine (tiny preset)")
-    parser.add_argument("--work", default="/tmp/t2istudy-gpu-check")
-    parser.add_argument("--out", default=str(REPO / "figures" / "gpu" / "gpu_check.json"))
+    parser.add_argument(
+        "--work",
+        default="/tmp/t2istudy-gpu-check",
+        help="scratch folder: VAE, text cache, the run, VQA cache",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(REPO / "figures" / "gpu" / "gpu_check.json"),
+        help="JSON the timings are written to",
+    )
     parser.add_argument("--steps", type=int, default=20, help="training steps")
     parser.add_argument("--batch", type=int, default=16, help="training batch per GPU")
     parser.add_argument(

