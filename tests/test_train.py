@@ -58,14 +58,18 @@ def _png(color) -> bytes:
     return buf.getvalue()
 
 
-def test_folder_dataset_skips_or_stops_on_bad_pairs(tmp_path):
-    (tmp_path / "sub").mkdir()
+def _folder_with_bad_pairs(root):
+    (root / "sub").mkdir()
     for name, color in (("a", "red"), ("sub/b", "blue")):
-        (tmp_path / f"{name}.png").write_bytes(_png(color))
-        (tmp_path / f"{name}.txt").write_text(f"a {color} square\n")
-    (tmp_path / "nocap.png").write_bytes(_png("green"))
-    (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    (tmp_path / "broken.txt").write_text("broken")
+        (root / f"{name}.png").write_bytes(_png(color))
+        (root / f"{name}.txt").write_text(f"a {color} square\n")
+    (root / "nocap.png").write_bytes(_png("green"))
+    (root / "broken.jpg").write_bytes(b"not an image")
+    (root / "broken.txt").write_text("broken")
+
+
+def test_folder_dataset_skips_or_stops_on_bad_pairs(tmp_path):
+    _folder_with_bad_pairs(tmp_path)
     ds = FolderPairs(tmp_path, resolution=16)
     assert ds.captions == ["a red square", "a blue square"]  # sorted paths: a.png, sub/b.png
     assert dict(ds.skipped) == {"unreadable image": 1, "missing or empty caption": 1}
@@ -74,6 +78,19 @@ def test_folder_dataset_skips_or_stops_on_bad_pairs(tmp_path):
     assert torch.allclose(image[:, 8, 8], torch.tensor([1.0, -1.0, -1.0]))  # pure red in [-1, 1]
     with pytest.raises(ValueError, match="broken.jpg: unreadable image"):
         FolderPairs(tmp_path, resolution=16, on_bad="stop")
+
+
+def test_verify_images_false_lists_without_opening_and_a_bad_image_fails_at_its_read(tmp_path):
+    """--verify_images false (a cleaned dataset at paper scale): the index only lists; the broken image is
+    a pair until it is read, and its read names it."""
+    from t2istudy.diffusion.inputs import build_data
+
+    _folder_with_bad_pairs(tmp_path)
+    ds = build_data(TrainOptions(data=str(tmp_path), verify_images=False), get_preset("cpu-tiny"))
+    assert ds.captions == ["a red square", "broken", "a blue square"]
+    assert dict(ds.skipped) == {"missing or empty caption": 1}
+    with pytest.raises(ValueError, match=r"Cannot read image .*broken\.jpg.*delete"):
+        ds[1]
 
 
 def test_webdataset_shards(tmp_path):

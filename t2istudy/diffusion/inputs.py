@@ -29,7 +29,7 @@ def build_data(opts: TrainOptions, preset: Preset):
             named_captions=bool(opts.named_captions),
             two_object_share=opts.two_object_share,
         )
-    return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad)
+    return FolderPairs(opts.data, preset.image_size, on_bad=opts.on_bad, verify_images=opts.verify_images)
 
 
 def pool_key(opts: TrainOptions) -> tuple:
