@@ -87,6 +87,23 @@ def test_get_or_build_reuses_and_keys_on_caption_set(tmp_path):
     assert c.path != a.path and len(c) == 2
 
 
+def test_an_encoder_given_by_name_loads_on_the_device_asked_and_only_when_an_entry_is_missing(
+    tmp_path, monkeypatch
+):
+    """A GPU job's prompts are encoded on its GPU (sample_run and grid prepare pass their device)."""
+    from t2istudy.text import cache as cache_module
+
+    loads = []
+    monkeypatch.setattr(
+        cache_module.encoders, "load_encoder", lambda name, **kw: loads.append((name, kw)) or FakeEncoder()
+    )
+    for _ in range(2):
+        EmbeddingCache.get_or_build(
+            tmp_path, "fake-8", "norm_mean", CAPTIONS, progress=False, device="cuda:1"
+        )
+    assert loads == [("fake-8", {"max_length": None, "device": "cuda:1"})]
+
+
 def test_pad_cat_right_pads():
     f, m = pad_cat(
         [

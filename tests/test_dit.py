@@ -54,7 +54,7 @@ def test_dit_denoiser_forward_shape_and_text_mask():
     assert not torch.allclose(out, other_text)  # the text reaches the output
 
 
-def test_dit_trains_saves_loads_and_samples_through_the_unets_code(cache_dir, tmp_path):
+def test_dit_trains_saves_loads_and_samples_through_the_unets_code(cache_dir, tmp_path, monkeypatch):
     run = train(tiny_train_options(cache_dir, tmp_path / "dit", preset="cpu-tiny-dit", use_ema=True))
     log = read_train_log(run)
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
@@ -76,3 +76,8 @@ def test_dit_trains_saves_loads_and_samples_through_the_unets_code(cache_dir, tm
     text = EmbeddingCache.find(cache_dir, "fake-8", "norm_mean", captions)
     images = sample_run(run, captions[:2], [0], text=text, steps=2)
     assert len(images) == 2 and images[0].shape == (16, 16, 3)
+    asked = {}  # without a cache given, the prompts are embedded on the sampling device
+    spy = lambda *a, **kw: asked.update(kw) or text  # noqa: E731
+    monkeypatch.setattr(EmbeddingCache, "get_or_build", spy)
+    sample_run(run, captions[:1], [0], steps=1, device="cpu")
+    assert asked["device"] == "cpu"

@@ -243,7 +243,7 @@ def sample_run(
         embedded = [r["rewritten"] for r in record["prompts"]]
         if kwargs.get("out_dir") is not None:
             write_upsampled(record, Path(kwargs["out_dir"]))
-    if text is None:
+    if text is None:  # embedded where the images are drawn: a GPU job does not encode on its CPU
         text = EmbeddingCache.get_or_build(
             opts.cache_dir,
             opts.encoder,
@@ -251,6 +251,7 @@ def sample_run(
             embedded,
             max_length=opts.max_length,
             progress=False,
+            device=kwargs.get("device") or default_device(),
         )
     if isinstance(text, EmbeddingCache):
         text.check(opts.encoder, opts.strategy)

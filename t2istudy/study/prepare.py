@@ -24,6 +24,7 @@ import torch
 from t2istudy.diffusion import inputs
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
+from t2istudy.diffusion.sample import default_device
 from t2istudy.run_store import run_state
 from t2istudy.study import grid_checks, grids
 from t2istudy.study.run_config import RunConfig, study_config
@@ -277,6 +278,7 @@ def prepare_grid(
                     request.captions,
                     max_length=request.max_length,
                     batch_size=request.batch_size,
+                    device=default_device(),  # a GPU node's prepare encodes on its GPU
                 )
             except Exception as err:  # noqa: BLE001 - the runs of other encoders still get their entries
                 why = f"building the {request.encoder} cache for its {request.what} failed: {type(err).__name__}: {err}"

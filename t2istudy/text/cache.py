@@ -340,8 +340,9 @@ class EmbeddingCache:
         max_length: int | None = None,
         batch_size: int = 64,
         progress: bool = True,
+        device: str | torch.device = "cpu",
     ) -> EmbeddingCache:
-        """Open the matching entry, or load the encoder (only then) and build it."""
+        """Open the matching entry, or load the encoder (only then, on ``device``) and build it."""
         return cls.get_or_build_many(
             root,
             encoder,
@@ -350,6 +351,7 @@ class EmbeddingCache:
             max_length=max_length,
             batch_size=batch_size,
             progress=progress,
+            device=device,
         )[0]
 
     @classmethod
@@ -363,14 +365,16 @@ class EmbeddingCache:
         max_length: int | None = None,
         batch_size: int = 64,
         progress: bool = True,
+        device: str | torch.device = "cpu",
     ) -> list[EmbeddingCache]:
-        """The entries for these strategies; the missing ones are built together, in one encoder pass."""
+        """The entries for these strategies; the missing ones are built together, in one encoder pass (an
+        encoder given by name loads on ``device`` in fp32, as on the CPU: an entry is keyed by what it encodes)."""
         name = encoder if isinstance(encoder, str) else encoder.name
         found = {s: cls.find(root, name, s, captions, max_length) for s in strategies}
         missing = [s for s, entry in found.items() if entry is None]
         if missing:
             if isinstance(encoder, str):
-                encoder = encoders.load_encoder(encoder, max_length=max_length)
+                encoder = encoders.load_encoder(encoder, max_length=max_length, device=device)
             built = cls.build_many(encoder, missing, captions, root, batch_size=batch_size, progress=progress)
             found.update(zip(missing, built, strict=True))
         return [found[s] for s in strategies]
