@@ -24,7 +24,9 @@ load. Rerunning skips finished runs, so a later invocation can add arms beside a
         --arms 'two50c25={"two_object_share": 0.5, "colourless_captions": 0.25}' --reference runs/small2
 
 Writes ``figures/binding/<name>.{csv,md,png,pdf}``: one row per (arm, seed, steps, sampling), the Markdown
-table of arm means over seeds, and the binding tasks against training machine-minutes per arm. Runs live
+table of arm means over seeds, and the binding tasks against training machine-minutes per arm; and
+``<name>-failures.{csv,md}``: why the binding tasks fail per arm (too few or too many objects, wrong shapes,
+colours swapped, ...). Runs live
 under ``runs/binding/<arm>-<steps>-s<seed>/`` (the ladder's layout). Machine-minutes = wall seconds x
 threads / 60 beside the load average; the caches a new pool needs are built before the clock starts.
 """
@@ -51,6 +53,7 @@ from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.figure_files import save_figure
 from t2istudy.reports.ladder import climb, register_lever, register_saved
 from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
+from t2istudy.scoring.failure_modes import classify, failure_shares
 from t2istudy.scoring.summaries import summarize_geneval
 from t2istudy.study.run import evaluate_tiers
 from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS, make_geneval_tier
@@ -237,6 +240,53 @@ def against_reference(arms: list[Arm], seeds: list[int], steps: int, args) -> pd
                      "seeds": ",".join(map(str, seeds)), "binding_mean_diff": round(mean, 4),
                      "ci_low": round(low, 4), "ci_high": round(high, 4), "p": round(p, 4)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def scores_file(row: pd.Series, args) -> Path:
+    """Where a table row's judged GenEval-style scores are: the arm's rung, a sampling setting's folder, or
+    the --reference grid's run (``<grid> grid run`` rows, of --encoder/--strategy)."""
+    if str(row["arm"]).endswith(" grid run"):
+        grid = Path(args.reference or Path(args.root).parent / str(row["arm"]).removesuffix(" grid run"))
+        return grid / f"{args.encoder}__{args.strategy}__seed{row['seed']}" / "scores_geneval.csv"
+    folder = Path(args.root) / f"{row['arm']}-{row['steps']}-s{row['seed']}"
+    if row["sample_options"] == "{}":  # the preset's own sampling: the judged rung
+        return folder / f"rung-{int(row['steps']):05d}" / "scores_geneval.csv"
+    return folder / f"sampling-{row['sampling']}" / "scores_geneval.csv"
+
+
+def failure_table(table: pd.DataFrame, args) -> pd.DataFrame:
+    """Why the binding tasks fail, per (arm, sampling, steps), pooled over seeds and prompts: the share of
+    each failure reason (`scoring.failure_modes`: too few / too many objects, wrong shapes, colours swapped,
+    a colour leak, ...). A lever that lifts the verdict says which failure it removed; one that does not may
+    still move them. A reference run counts only the prompts the arms at its steps were judged on."""
+    reference = table["arm"].astype(str).str.endswith(" grid run")
+    parts = []
+    for _, row in pd.concat([table[~reference], table[reference]]).iterrows():  # the arms' prompts first
+        scores = pd.read_csv(scores_file(row, args))
+        ours = scores["task"].isin(BINDING)
+        if str(row["arm"]).endswith(
+            " grid run"
+        ):  # the grid's larger tier: the prompts the arms were judged on
+            judged = [p["id"] for p in parts if (p["steps"] == row["steps"]).all()]
+            ours &= scores["id"].isin(pd.concat(judged)) if judged else ours
+        keep = scores.loc[ours, ["id", "prompt", "task", "score", "detected"]]
+        parts.append(keep.assign(arm=row["arm"], sampling=row["sampling"], steps=row["steps"]))
+    classified = classify(pd.concat(parts, ignore_index=True))
+    return failure_shares(classified, by=("arm", "sampling", "steps")).round({"share": 4})
+
+
+def failure_markdown(failures: pd.DataFrame) -> str:
+    """The failure shares as one Markdown table: a row per (task, reason) that any arm shows, a column per
+    arm (its sampling and steps where the table has several)."""
+    column = failures["arm"] + "/" + failures["sampling"] + "/" + failures["steps"].astype(str)
+    wide = failures.assign(column=column).pivot_table(
+        index=["task", "failure"], columns="column", values="share", sort=False
+    )
+    wide = wide[(wide > 0).any(axis=1)].reindex(columns=list(dict.fromkeys(column)))
+    lines = ["| task | failure | " + " | ".join(wide.columns) + " |", "|---" * (2 + wide.shape[1]) + "|"]
+    for (task, reason), values in wide.iterrows():
+        lines.append(f"| {task} | {reason} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def tidy(rows: list[dict]) -> pd.DataFrame:
@@ -478,6 +528,10 @@ def main() -> None:
         table.to_csv(csv, index=False)
     (out_dir / f"{args.name}.md").write_text(markdown(table))
     print(markdown(table))
+    failures = failure_table(table, args)
+    failures.to_csv(out_dir / f"{args.name}-failures.csv", index=False)
+    (out_dir / f"{args.name}-failures.md").write_text(failure_markdown(failures))
+    print(failure_markdown(failures))
     print("wrote", csv, *plot(table, out_dir, args.name))
     if args.curve:
         print("wrote", *limiting_curve(Path(args.curve), table, out_dir))

@@ -4,6 +4,9 @@ oracle denoiser, guidance over an interval is CFG where it applies and the condi
 elsewhere, and the GenEval-style tier's colour-named single object leaves GenEval's prompts and overall
 unchanged."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -173,22 +176,29 @@ def test_colour_named_single_object_changes_no_geneval_prompt_and_stays_out_of_o
 # ---- the harness against the study grid's own runs ------------------------------------------------------
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_harness(monkeypatch):
+    """benchmarks/binding.py as a module (a script, not a package module)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("binding_harness", REPO / "benchmarks" / "binding.py")
+    harness = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "binding_harness", harness)  # its dataclasses look themselves up there
+    spec.loader.exec_module(harness)
+    return harness
+
+
 def test_harness_reference_row_reads_a_grid_run_on_the_harness_prompts(monkeypatch):
     """`benchmarks/binding.py --reference runs/small2`: the committed small2 run of gemma3-270m norm_mean,
     seed 0, on the tier's 50 prompts per task gives the per-task verdicts of its scores_geneval.csv and the
     overall its metrics.json recorded (the mean of the six task means); a --per_task the run was not judged
     on is refused, not silently compared on fewer prompts."""
-    import importlib.util
     import json
-    import sys
-    from pathlib import Path
-    from types import SimpleNamespace
 
-    repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("binding_harness", repo / "benchmarks" / "binding.py")
-    harness = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "binding_harness", harness)  # its dataclasses look themselves up there
-    spec.loader.exec_module(harness)
+    harness, repo = load_harness(monkeypatch), REPO
     args = SimpleNamespace(encoder="gemma3-270m", strategy="norm_mean", per_task=50, preset="cpu-latent-v")
     row = harness.reference_row(repo / "runs" / "small2", 0, args)
     assert (row["geneval_two_object"], row["geneval_position"], row["geneval_color_attr"]) == (
@@ -201,3 +211,22 @@ def test_harness_reference_row_reads_a_grid_run_on_the_harness_prompts(monkeypat
     assert row["steps"] == 3000 and row["arm"] == "small2 grid run"
     with pytest.raises(ValueError, match="other GenEval-style prompts"):
         harness.reference_row(repo / "runs" / "small2", 0, SimpleNamespace(**{**vars(args), "per_task": 60}))
+
+
+def test_harness_failure_table_adds_up_and_its_pass_share_is_the_verdict(monkeypatch):
+    """`<name>-failures.csv` of the committed full-budget invocation: per arm and binding task the reasons'
+    shares add up to 1, and the `pass` share is the task's verdict over both seeds' prompts (the table's
+    per-seed verdicts averaged: both seeds judge the same 50 prompts a task); the reference grid run counts
+    the prompts the arms were judged on (50 a task and seed, not its tier's other draws)."""
+    harness = load_harness(monkeypatch)
+    table = pd.read_csv(REPO / "figures" / "binding" / "full-data.csv")
+    args = SimpleNamespace(encoder="gemma3-270m", strategy="norm_mean", root=str(REPO / "runs" / "binding"),
+                           reference=str(REPO / "runs" / "small2"))  # fmt: skip
+    failures = harness.failure_table(table, args)
+    per_task = failures.groupby(["arm", "task"])
+    assert np.allclose(per_task["share"].sum(), 1.0, atol=1e-3)
+    assert (per_task["images"].sum() == 100).all()  # 50 prompts x 2 seeds, reference included
+    passed = failures[failures["failure"] == "pass"].set_index(["arm", "task"])["share"]
+    for arm, rows in table.groupby("arm"):
+        for task in ("two_object", "position", "color_attr"):
+            assert passed[(arm, task)] == pytest.approx(rows[f"geneval_{task}"].mean(), abs=1e-4)
