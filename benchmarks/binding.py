@@ -26,9 +26,9 @@ load. Rerunning skips finished runs, so a later invocation can add arms beside a
 Writes ``figures/binding/<name>.{csv,md,png,pdf}``: one row per (arm, seed, steps, sampling), the Markdown
 table of arm means over seeds, and the binding tasks against training machine-minutes per arm; and
 ``<name>-failures.{csv,md}``: why the binding tasks fail per arm (too few or too many objects, wrong shapes,
-colours swapped, ...). Runs live
-under ``runs/binding/<arm>-<steps>-s<seed>/`` (the ladder's layout). Machine-minutes = wall seconds x
-threads / 60 beside the load average; the caches a new pool needs are built before the clock starts.
+colours swapped, ...). Runs live under ``runs/binding/<arm>-<steps>-s<seed>/`` (the ladder's layout).
+Machine-minutes = wall seconds x threads / 60 beside the load average; the caches a new pool needs are
+built before the clock starts.
 """
 
 from __future__ import annotations
@@ -264,9 +264,7 @@ def failure_table(table: pd.DataFrame, args) -> pd.DataFrame:
     for _, row in pd.concat([table[~reference], table[reference]]).iterrows():  # the arms' prompts first
         scores = pd.read_csv(scores_file(row, args))
         ours = scores["task"].isin(BINDING)
-        if str(row["arm"]).endswith(
-            " grid run"
-        ):  # the grid's larger tier: the prompts the arms were judged on
+        if str(row["arm"]).endswith(" grid run"):  # its larger tier: only the prompts the arms were judged on
             judged = [p["id"] for p in parts if (p["steps"] == row["steps"]).all()]
             ours &= scores["id"].isin(pd.concat(judged)) if judged else ours
         keep = scores.loc[ours, ["id", "prompt", "task", "score", "detected"]]
@@ -277,7 +275,7 @@ def failure_table(table: pd.DataFrame, args) -> pd.DataFrame:
 
 def failure_markdown(failures: pd.DataFrame) -> str:
     """The failure shares as one Markdown table: a row per (task, reason) that any arm shows, a column per
-    arm (its sampling and steps where the table has several)."""
+    arm, named arm/sampling/steps."""
     column = failures["arm"] + "/" + failures["sampling"] + "/" + failures["steps"].astype(str)
     wide = failures.assign(column=column).pivot_table(
         index=["task", "failure"], columns="column", values="share", sort=False
