@@ -51,7 +51,7 @@ from t2istudy.diffusion.inputs import build_data, build_images, build_text
 from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.figure_files import save_figure
-from t2istudy.reports.ladder import climb, register_lever, register_saved
+from t2istudy.reports.ladder import climb, register_lever, register_saved, rung_dir
 from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
 from t2istudy.scoring.failure_modes import classify, failure_shares
 from t2istudy.scoring.summaries import summarize_geneval
@@ -140,7 +140,7 @@ def train_and_judge(arm: Arm, seed: int, steps: int, args) -> dict:
         train_options=arm.train_options,
     )
     row = table[table["steps"] == steps].iloc[-1].to_dict()
-    scores = pd.read_csv(folder / f"rung-{steps:05d}" / "scores_geneval.csv")
+    scores = pd.read_csv(rung_dir(folder, steps) / "scores_geneval.csv")
     return {**row, **partial_credit(scores), "prepare_seconds": round(prepare, 1), "sample_options": "{}"}
 
 
@@ -162,7 +162,7 @@ def resample(arm: Arm, seed: int, steps: int, name: str, options: dict, args) ->
         raise FileNotFoundError(f"{folder} holds no trained run: run the arm first (drop --sampling).")
     base = pd.read_csv(folder / "ladder.csv").iloc[-1].to_dict()
     if not options:  # the preset's own sampling: the run's judged rung already is that setting
-        scores = pd.read_csv(folder / f"rung-{steps:05d}" / "scores_geneval.csv")
+        scores = pd.read_csv(rung_dir(folder, steps) / "scores_geneval.csv")
         return {**base, **partial_credit(scores), "sample_options": "{}"}
     register_saved(folder)
     t0 = time.time()
@@ -227,7 +227,7 @@ def against_reference(arms: list[Arm], seeds: list[int], steps: int, args) -> pd
         diffs = []
         for seed in seeds:
             ours = pd.read_csv(
-                Path(args.root) / f"{arm.name}-{steps}-s{seed}" / f"rung-{steps:05d}" / "scores_geneval.csv"
+                rung_dir(Path(args.root) / f"{arm.name}-{steps}-s{seed}", steps) / "scores_geneval.csv"
             )
             run = Path(args.reference) / f"{args.encoder}__{args.strategy}__seed{seed}"
             theirs = pd.read_csv(run / "scores_geneval.csv").set_index("id")["score"]
@@ -250,7 +250,7 @@ def scores_file(row: pd.Series, args) -> Path:
         return grid / f"{args.encoder}__{args.strategy}__seed{row['seed']}" / "scores_geneval.csv"
     folder = Path(args.root) / f"{row['arm']}-{row['steps']}-s{row['seed']}"
     if row["sample_options"] == "{}":  # the preset's own sampling: the judged rung
-        return folder / f"rung-{int(row['steps']):05d}" / "scores_geneval.csv"
+        return rung_dir(folder, int(row["steps"])) / "scores_geneval.csv"
     return folder / f"sampling-{row['sampling']}" / "scores_geneval.csv"
 
 

@@ -86,6 +86,11 @@ def check_schedule(preset: str, rungs: list[int], train_options: dict | None = N
         )
 
 
+def rung_dir(ladder: Path, steps: int) -> Path:
+    """Where a ladder's rung of ``steps`` steps was sampled and judged (its scores_<tier>.csv)."""
+    return Path(ladder) / f"rung-{steps:05d}"
+
+
 def climb(
     out: str | Path,
     rungs: list[int],
@@ -138,7 +143,7 @@ def climb(
             (out / CLOCK).write_text(json.dumps(clock, indent=1))
         seconds, load, *cpu = clock[str(steps)]  # clocks written before the CPU column have none
         t0 = time.time()
-        rung = out / f"rung-{steps:05d}"
+        rung = rung_dir(out, steps)
         rung.mkdir(parents=True, exist_ok=True)
         results = evaluate_tiers(train_dir, sizes, out_dir=rung, guidance_scale=guidance_scale)
         row = {
@@ -269,7 +274,7 @@ def object_breakdown(table: pd.DataFrame, root: str | Path) -> pd.DataFrame:
     """
     rows = []
     for _, rung in table.iterrows():
-        path = Path(root) / rung["ladder"] / f"rung-{int(rung['steps']):05d}" / "scores_geneval.csv"
+        path = rung_dir(Path(root) / rung["ladder"], int(rung["steps"])) / "scores_geneval.csv"
         if not path.is_file():
             continue
         scores = pd.read_csv(path)
