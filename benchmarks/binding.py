@@ -375,7 +375,7 @@ def plot(table: pd.DataFrame, out_dir: Path, stem: str) -> list[Path]:
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), sharex=True, sharey=True)
     labels = table["arm"] + np.where(table["sampling"] == "preset", "", " / " + table["sampling"])
-    colours = dict(zip(labels.unique(), plt.cm.tab10.colors * 3, strict=False))
+    colours = dict(zip(labels.unique(), plt.cm.tab20.colors * 2, strict=False))
     for ax, col, title in zip(axes, panels, titles, strict=True):
         for label, g in table.assign(label=labels).groupby("label", sort=False):
             ax.scatter(g["train_cpu_minutes"], g[col], color=colours[label], alpha=0.5, s=16)
