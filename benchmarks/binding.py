@@ -260,14 +260,16 @@ def failure_table(table: pd.DataFrame, args) -> pd.DataFrame:
     a colour leak, ...). A lever that lifts the verdict says which failure it removed; one that does not may
     still move them. A reference run counts only the prompts the arms at its steps were judged on."""
     reference = table["arm"].astype(str).str.endswith(" grid run")
-    parts = []
-    for _, row in pd.concat([table[~reference], table[reference]]).iterrows():  # the arms' prompts first
+    parts, judged = [], {}  # judged: steps -> the prompt ids the arms at those steps were judged on
+    for _, row in pd.concat([table[~reference], table[reference]]).iterrows():  # the arms first
         scores = pd.read_csv(scores_file(row, args))
         ours = scores["task"].isin(BINDING)
-        if str(row["arm"]).endswith(" grid run"):  # its larger tier: only the prompts the arms were judged on
-            judged = [p["id"] for p in parts if (p["steps"] == row["steps"]).all()]
-            ours &= scores["id"].isin(pd.concat(judged)) if judged else ours
+        if (
+            str(row["arm"]).endswith(" grid run") and row["steps"] in judged
+        ):  # its larger tier: only the arms' prompts
+            ours &= scores["id"].isin(judged[row["steps"]])
         keep = scores.loc[ours, ["id", "prompt", "task", "score", "detected"]]
+        judged.setdefault(row["steps"], set()).update(keep["id"])
         parts.append(keep.assign(arm=row["arm"], sampling=row["sampling"], steps=row["steps"]))
     classified = classify(pd.concat(parts, ignore_index=True))
     return failure_shares(classified, by=("arm", "sampling", "steps")).round({"share": 4})

@@ -109,6 +109,7 @@ def build_text(opts: TrainOptions, captions: list[str], accelerator: Accelerator
                 max_length=opts.max_length,
                 batch_size=opts.encode_batch_size,
                 progress=opts.progress and accelerator.is_main_process,
+                device=accelerator.device,  # a GPU job encodes its captions on its GPU, as --text online does
             )
         return text.check(opts.encoder, opts.strategy), text.token_rms, str(text.path)
     encoder = load_encoder(
