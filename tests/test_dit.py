@@ -79,5 +79,6 @@ def test_dit_trains_saves_loads_and_samples_through_the_unets_code(cache_dir, tm
     asked = {}  # without a cache given, the prompts are embedded on the sampling device
     spy = lambda *a, **kw: asked.update(kw) or text  # noqa: E731
     monkeypatch.setattr(EmbeddingCache, "get_or_build", spy)
-    sample_run(run, captions[:1], [0], steps=1, device="cpu")
-    assert asked["device"] == "cpu"
+    device = torch.device("cpu")  # the sampling device given, not an equal default made afresh
+    sample_run(run, captions[:1], [0], steps=1, device=device)
+    assert asked["device"] is device
