@@ -80,3 +80,28 @@ def test_the_analysis_notebooks_write_the_within_family_tables_and_figure(runs, 
     assert "Family: larger - smaller overall" in (out / "claim4.md").read_text()
     assert "(4 calls)" in (out / "claim4.md").read_text()  # 2 strategies x both tiers
     assert (out / "family_scaling.csv").is_file() and (out / "family_scaling.png").is_file()
+
+
+def test_a_pending_arm_is_not_run_and_still_counts_in_the_family(tmp_path):
+    """A partial grid (the 1.5B `last` runs not landed): its calls read "not run" and count in Holm's m with
+    p = 1, so the verdicts called now are as corrected as the complete grid's will be."""
+    partial = {arm: passed for arm, passed in SIZES.items() if arm != ("qwen2.5-1.5b", "last")}
+    runs = write_runs(tmp_path / "runs", "scaling", passed=partial)
+    held, info = _tier(runs, "heldout")
+    geneval, _ = _tier(runs, "geneval")
+    claim4 = stats.claim4_family({"heldout": held, "geneval": geneval}, info).set_index(["tier", "strategy"])
+    assert len(claim4) == 4 and claim4["p_holm"].notna().all()  # the declared family: 2 strategies x 2 tiers
+    assert (claim4.xs("last", level="strategy")["verdict"] == "not run").all()
+    done = claim4.xs("norm_mean", level="strategy")
+    p = done["p"].sort_values()
+    assert done["p_holm"].min() == pytest.approx(min(1.0, 4 * p.iloc[0]))  # m = 4, not the 2 that landed
+    within = stats.family_scaling(held, info).set_index(["strategy", "skill"])
+    assert within.loc[("last", "counting"), "verdict"] == "not run"
+    gains = stats.skill_gains(held, info).set_index(["encoder", "skill"])  # norm_mean - last per LLM
+    assert gains.loc[("qwen2.5-1.5b", "overall"), "verdict"] == "not run" and gains["p_holm"].notna().all()
+    assert gains.loc[("qwen2.5-0.5b", "overall"), "diff"] == pytest.approx((2 - 1) / 4)
+    assert within.loc[("norm_mean", "counting"), "diff"] == pytest.approx(1.0)
+    figures_dir = tmp_path / "figures"
+    execute_analysis(runs, "scaling", figures_dir, tmp_path, tiers=("geneval",))
+    assert "(4 calls)" in (figures_dir / "geneval" / "claim4.md").read_text()
+    assert (figures_dir / "geneval" / "family_scaling.png").is_file()

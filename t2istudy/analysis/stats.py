@@ -82,6 +82,8 @@ def _matrix(scores: pd.DataFrame, skill: str | None = None, column: str = "score
         scores = scores[
             scores["skills"].fillna("").astype(str).str.split("|").map(lambda tags: bool(wanted & set(tags)))
         ]
+    if scores.empty:  # an arm not landed: boolean indexing an empty frame would select columns instead
+        return pd.DataFrame()
     return scores.pivot_table(index="seed", columns="id", values=column, aggfunc="mean")
 
 
@@ -144,6 +146,10 @@ def difference(ma: pd.DataFrame, mb: pd.DataFrame, a: pd.DataFrame, skill: str |
         return {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, **n}
     mean, low, high, p = _mean_test(split(ma - mb, a, skill), opts, opts.n_boot_test)
     return {"diff": mean, "ci_low": low, "ci_high": high, "p": p, **n}
+
+
+# A declared call whose runs have not landed: no difference, and p = 1 so that it still counts in Holm's m.
+PENDING = {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": 1.0, "n_seeds": 0}
 
 
 def pairs(a: pd.DataFrame, b: pd.DataFrame, seeds) -> str:
@@ -275,19 +281,34 @@ def claim4_family(
 def _larger_minus_smaller(
     scores: pd.DataFrame, info: pd.DataFrame, opts: Options, skills: list[str]
 ) -> pd.DataFrame:
-    """Rows of larger - smaller (paired by seed and prompt) per family pair, shared strategy and skill."""
+    """Rows of larger - smaller (paired by seed and prompt) per family pair, strategy and skill.
+
+    A (pair, strategy) whose runs have not landed on one side is a pending call of the declared family: its
+    rows read "not run" and count in Holm's correction with p = 1, so a partial grid's verdicts are never
+    less corrected than the complete grid's will be."""
     scores = declared(scores)
     out = []
     for smaller, larger in family_pairs(info):
         for strategy in dict.fromkeys(scores["strategy"]):
             a = scores[(scores["encoder"] == larger) & (scores["strategy"] == strategy)]
             b = scores[(scores["encoder"] == smaller) & (scores["strategy"] == strategy)]
-            for skill in skills if len(a) and len(b) else []:
-                ma, mb = paired_matrices(a, b, skill)
-                pair = {"family": encoder_family(larger), "larger": larger, "smaller": smaller}
-                stats = {"strategy": strategy, "skill": skill, **difference(ma, mb, a, skill, opts)}
-                out.append({**pair, **stats, "pairs": pairs(a, b, ma.index)})
+            pair = {"family": encoder_family(larger), "larger": larger, "smaller": smaller}
+            for skill in skills:
+                out.append(
+                    {**pair, "strategy": strategy, "skill": skill, **_call_or_pending(a, b, skill, opts)}
+                )
     return pd.DataFrame(out)
+
+
+def _call_or_pending(
+    a: pd.DataFrame, b: pd.DataFrame, skill: str | None, opts: Options, designed: bool = True
+) -> dict:
+    """The paired difference a - b with its run ids; when a side has no run, :data:`PENDING` for a call the
+    grid designs, or no p-value (outside the family) for one it does not."""
+    if a.empty or b.empty:
+        return {**PENDING, "p": PENDING["p"] if designed else np.nan, "n_prompts": 0, "pairs": ""}
+    ma, mb = paired_matrices(a, b, skill)
+    return {**difference(ma, mb, a, skill, opts), "pairs": pairs(a, b, ma.index)}
 
 
 def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
@@ -295,14 +316,13 @@ def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Option
     seeds, called on Holm's correction over the table (``calls.FAMILIES["skill_gains"]``)."""
     scores = declared(scores)
     skills = skills_of(scores)
+    both_run = {opts.best_strategy, opts.baseline_strategy} <= set(scores["strategy"])  # else not designed
     out = []
     for enc in info.loc[info["kind"] != "bidirectional", "encoder"]:
         a = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.best_strategy)]
         b = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.baseline_strategy)]
-        for skill in ["overall", *skills]:
-            ma, mb = paired_matrices(a, b, skill)
-            stats = difference(ma, mb, a, skill, opts)
-            out.append({"encoder": enc, "skill": skill, **stats, "pairs": pairs(a, b, ma.index)})
+        for skill in ["overall", *skills]:  # an LLM's arm not landed yet is a pending call of the family
+            out.append({"encoder": enc, "skill": skill, **_call_or_pending(a, b, skill, opts, both_run)})
     return adjust(pd.DataFrame(out), opts.min_seeds) if out else pd.DataFrame()
 
 
