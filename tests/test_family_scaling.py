@@ -100,6 +100,11 @@ def test_a_pending_arm_is_not_run_and_still_counts_in_the_family(tmp_path):
     gains = stats.skill_gains(held, info).set_index(["encoder", "skill"])  # norm_mean - last per LLM
     assert gains.loc[("qwen2.5-1.5b", "overall"), "verdict"] == "not run" and gains["p_holm"].notna().all()
     assert gains.loc[("qwen2.5-0.5b", "overall"), "diff"] == pytest.approx((2 - 1) / 4)
+    claims = stats.claims_family({"heldout": held}, info).set_index(["claim", "a"])
+    claim1 = claims.loc["1: last < norm_mean (every LLM)"]
+    assert claim1.loc["qwen2.5-1.5b norm_mean", "verdict"] == "not run"  # pending: counted, p = 1
+    assert claim1["p_holm"].notna().all()
+    assert claims.loc["2: mean < norm_mean", "p_holm"].isna().all()  # no `mean` arm designed: no call
     assert within.loc[("norm_mean", "counting"), "diff"] == pytest.approx(1.0)
     figures_dir = tmp_path / "figures"
     execute_analysis(runs, "scaling", figures_dir, tmp_path, tiers=("geneval",))

@@ -219,6 +219,7 @@ def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) 
             )
     every = scores
     scores = declared(scores)
+    run_strategies = set(scores["strategy"])
     out = []
     for claim, enc_a, strat_a, enc_b, strat_b in rows:
         designs = [(DECLARED, arm)]
@@ -226,13 +227,12 @@ def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) 
             designs.append(
                 (EXPLORATORY, lambda e, s: every[(every["encoder"] == e) & (every["strategy"] == s)])
             )
+        designed = {strat_a, strat_b} <= run_strategies  # an arm not landed yet is a pending call
         for design, pick in designs:
             a, b = pick(enc_a, strat_a), pick(enc_b, strat_b)
-            ma, mb = paired_matrices(a, b, None)
-            stats = difference(ma, mb, a, None, opts)
             row = {"claim": claim, "a": f"{enc_a} {strat_a}", "b": f"{enc_b} {strat_b}", "design": design}
-            row.update({**stats, "pairs": pairs(a, b, ma.index)})
-            if design == DECLARED or stats["n_seeds"] > out[-1]["n_seeds"]:  # only when it adds seeds
+            row.update(_call_or_pending(a, b, None, opts, designed and design == DECLARED))
+            if design == DECLARED or row["n_seeds"] > out[-1]["n_seeds"]:  # only when it adds seeds
                 out.append({**row, "verdict": verdict({**row, "p_holm": np.nan}, opts.min_seeds)})
     return pd.DataFrame(out)
 
