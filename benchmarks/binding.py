@@ -52,7 +52,7 @@ from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.figure_files import save_figure
 from t2istudy.reports.ladder import climb, register_lever, register_saved, rung_dir
-from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
+from t2istudy.scoring.bootstrap import holm, mean_of_group_means_test_over_seeds_and_prompts
 from t2istudy.scoring.failure_modes import classify, failure_shares
 from t2istudy.scoring.summaries import summarize_geneval
 from t2istudy.study.run import evaluate_tiers
@@ -240,6 +240,18 @@ def against_reference(arms: list[Arm], seeds: list[int], steps: int, args) -> pd
                      "seeds": ",".join(map(str, seeds)), "binding_mean_diff": round(mean, 4),
                      "ci_low": round(low, 4), "ci_high": round(high, 4), "p": round(p, 4)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def combined_against_reference(out_dir: Path, names: list[str]) -> pd.DataFrame:
+    """The --reference comparisons of the combined invocations as one family: each row's p beside Holm's
+    adjusted p over all of them (``p_holm``), since a lever picked from several compared against the same
+    study runs must be corrected for the others. Empty when none of them had a --reference."""
+    found = [out_dir / f"{name}-vs-reference.csv" for name in names]
+    tables = [pd.read_csv(path) for path in found if path.is_file()]
+    if not tables:
+        return pd.DataFrame()
+    paired = pd.concat(tables, ignore_index=True)
+    return paired.assign(p_holm=holm(paired["p"].to_numpy()).round(4))
 
 
 def scores_file(row: pd.Series, args) -> Path:
@@ -482,7 +494,8 @@ def main() -> None:
         "--combine",
         nargs="+",
         default=None,
-        help="earlier invocations' names: one table and figure of them all",
+        help="earlier invocations' names: one table and figure of them all, and their --reference "
+        "comparisons as one family (<name>-vs-reference.csv with Holm's p_holm)",
     )
     parser.add_argument(
         "--reference",
@@ -499,6 +512,10 @@ def main() -> None:
         tables = [pd.read_csv(out_dir / f"{name}.csv") for name in args.combine]
         table = pd.concat(tables, ignore_index=True).drop_duplicates(["arm", "sampling", "seed", "steps"])
         table.to_csv(csv, index=False)
+        paired = combined_against_reference(out_dir, args.combine)
+        if len(paired):
+            paired.to_csv(out_dir / f"{args.name}-vs-reference.csv", index=False)
+            print(paired.to_markdown(index=False))
     elif args.plot_only:
         table = pd.read_csv(csv)
     else:

@@ -230,3 +230,16 @@ def test_harness_failure_table_adds_up_and_its_pass_share_is_the_verdict(monkeyp
     for arm, rows in table.groupby("arm"):
         for task in ("two_object", "position", "color_attr"):
             assert passed[(arm, task)] == pytest.approx(rows[f"geneval_{task}"].mean(), abs=1e-4)
+
+
+def test_combined_reference_comparisons_are_one_family_with_holm(monkeypatch, tmp_path):
+    """Hand-computed Holm over three comparisons against the same study runs (p 0.07, 0.9, 0.01: the
+    smallest x3, the middle x2, the largest x1, kept non-decreasing); an invocation without one is skipped."""
+    harness = load_harness(monkeypatch)
+    for name, arm, p in (("a", "two50c25", 0.07), ("b", "dit", 0.9), ("c", "six", 0.01)):
+        pd.DataFrame({"arm": [arm], "steps": [3000], "binding_mean_diff": [0.05], "p": [p]}).to_csv(
+            tmp_path / f"{name}-vs-reference.csv", index=False
+        )
+    paired = harness.combined_against_reference(tmp_path, ["a", "b", "c", "no-reference"]).set_index("arm")
+    assert paired["p_holm"].to_dict() == pytest.approx({"two50c25": 0.14, "dit": 0.9, "six": 0.03})
+    assert harness.combined_against_reference(tmp_path, ["no-reference"]).empty
