@@ -224,3 +224,26 @@ def test_grids_compared_across_are_refused_under_two_noise_rules(tmp_path):
     run_results.check_same_noise_rule(
         run_results.load_metrics(root, "upsampled"), run_results.load_metrics(root, "asis2")
     )
+
+
+def test_geneval_overall_leaves_the_extra_task_out():
+    """A run scored with the extra task (``single_object_colour_named``, reported beside GenEval's six) has
+    the overall of its six task means only, as its own summary: here task means (1, 0, 0, 0, 0, 0) and the
+    extra task 1, so overall 1/6 (with the extra task it would be 2/7); against an arm passing nothing the
+    difference is 1/6, with a CI of width 0 (every prompt of a task differs alike)."""
+    rows = []
+    for seed in (0, 1):
+        for task in (*TASKS, "single_object_colour_named"):
+            for k in range(2):
+                passed = task in ("single_object", "single_object_colour_named")
+                rows += [
+                    {"id": f"{task}-{k}", "seed": seed, "skills": task, "tier": "geneval", "strategy": "s",
+                     "encoder": arm, "run_id": f"{arm}-{seed}", "score": float(passed and arm == "a")}
+                    for arm in ("a", "b")
+                ]  # fmt: skip
+    scores = pd.DataFrame(rows)
+    a, b = scores[scores.encoder == "a"], scores[scores.encoder == "b"]
+    diff = stats.arm_difference(a, b, "overall")
+    assert diff["diff"] == pytest.approx(1 / 6)
+    assert diff["ci_low"] == pytest.approx(1 / 6) and diff["ci_high"] == pytest.approx(1 / 6)
+    assert len(stats.split(stats._matrix(a, "overall"), a, "overall")) == len(TASKS)

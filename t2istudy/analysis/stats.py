@@ -27,7 +27,7 @@ from t2istudy.analysis.calls import DECLARED, EXPLORATORY, adjust, declared, has
 from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
 from t2istudy.text.registry import encoder_facts, encoder_family
 from t2istudy.world.genai_bench import SKILL_GROUPS
-from t2istudy.world.shapes_geneval import TASKS
+from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS
 
 GROUPS = ("overall", "basic", "advanced")
 
@@ -98,11 +98,12 @@ def tier_of(table: pd.DataFrame) -> str:
 
 def split(matrix: pd.DataFrame, scores: pd.DataFrame, skill: str | None) -> list[pd.DataFrame]:
     """The groups whose mean of means is the score on ``skill``: the whole [seed x prompt] matrix, except
-    for the GenEval-style tier's overall, which is the mean of its task means (one matrix per task)."""
+    for the GenEval-style tier's overall, which is the mean of GenEval's six task means (one matrix per
+    task; a task reported beside them, ``EXTRA_TASKS``, stays out of it, as in the runs' own summaries)."""
     if skill not in (None, "overall") or tier_of(scores) != "geneval":
         return [matrix]
     task = scores.drop_duplicates("id").set_index("id")["skills"].reindex(matrix.columns)
-    return [matrix.loc[:, (task == t).to_numpy()] for t in task.unique()]
+    return [matrix.loc[:, (task == t).to_numpy()] for t in task.unique() if t not in EXTRA_TASKS]
 
 
 def point(groups: list[pd.DataFrame]) -> float:
