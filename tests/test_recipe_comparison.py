@@ -171,3 +171,33 @@ def test_the_baseline_is_also_shown_on_the_seeds_the_difference_pairs(tmp_path):
         [0.5, 0.25]
     )
     assert pd.isna(held.loc["recipe:paper", "paper_same_seeds"])
+
+
+def test_single_state_baseline_runs_stand_in_under_the_width_rule(tmp_path):
+    """grids/recipes_width.yaml trains its concat arms under ``projection_lr: width``; small2's norm_mean
+    runs, trained without it, are recipe:paper under the rule too (the rule is the identity for one state),
+    so they stand in. Only single-state arms match either rule: two rules among a grid's concat arms are
+    two protocols, and refused."""
+    root = tmp_path / "runs"
+    without_paper = {arm: v for arm, v in PASSED.items() if arm[1] != "norm_mean"}
+    width = {**PROTOCOL, "train_options": {"projection_lr": "width"}}
+    write_runs(root, "recipes_width", passed=without_paper, common=width)
+    write_runs(
+        root, "small2", passed={a: v for a, v in PASSED.items() if a[1] == "norm_mean"}, common=PROTOCOL
+    )
+    opts = stats.Options(n_boot=100)
+    table = comparisons.recipe_comparison(root, "recipes_width", opts=opts, baseline_grid="small2")
+    geneval = table[table["tier"] == "geneval"].set_index("recipe")
+    assert geneval.loc["recipe:paper", "grids"] == "small2"
+    assert geneval.loc["recipe:flux2", "diff_vs_paper"] == pytest.approx(1 / 6)
+    write_runs(
+        root,
+        "mixed",
+        passed={("gemma3-270m", "recipe:flux2"): PASSED[("gemma3-270m", "recipe:flux2")]},
+        common=PROTOCOL,
+    )
+    write_runs(
+        root, "mixed", passed={("gemma3-270m", "concat[layers=-2:]"): ({"single_object"}, 1)}, common=width
+    )
+    with pytest.raises(ValueError, match="not the same protocol.*projection_lr"):
+        comparisons.recipe_comparison(root, "mixed", opts=opts, baseline_grid="small2")

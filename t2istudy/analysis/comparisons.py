@@ -24,7 +24,7 @@ from t2istudy.analysis.stats import (
 )
 from t2istudy.run_store import read_json
 from t2istudy.study import run_results
-from t2istudy.text.aggregation import recipe_of
+from t2istudy.text.aggregation import parse_strategy, recipe_of
 from t2istudy.text.recipes import named_recipe
 
 
@@ -86,13 +86,34 @@ SWEPT = ("encoder", "strategy", "seed")  # what may differ between runs compared
 
 
 def _protocols(root: str | Path, grid: str) -> dict[str, str]:
-    """{run_id: its settings other than encoder, strategy and seed} for a grid's complete runs."""
+    """{run_id: its settings other than encoder, strategy and seed} for a grid's complete runs. The
+    projection's width rule (``train_options.projection_lr``) is the identity for an arm that reads one state
+    (``diffusion.options.projection_lr_factor``), so there it reads ``*``: such a run is the same protocol
+    under either rule (small2's ``norm_mean`` runs are recipe:paper under grids/recipes_width.yaml's rule too)."""
     out = {}
     for run in run_results.find_runs(root, grid):
         record = read_json(run / "params.json")
-        rest = {k: v for k, v in record.get("params", {}).items() if k not in SWEPT}
+        params = record.get("params", {})
+        rest = {k: v for k, v in params.items() if k not in SWEPT}
+        options = dict(rest.pop("train_options", None) or {})
+        rule = options.pop("projection_lr", "shared")
+        if parse_strategy(params.get("strategy", "norm_mean")).kind != "concat":
+            rule = "*"
+        rest["train_options"] = {**options, "projection_lr": rule}
         out[record["run_id"]] = json.dumps(rest, sort_keys=True)
     return out
+
+
+def _one_protocol(protocols: set[str]) -> set[str]:
+    """The protocols with the width rule's wildcard filled in from the runs that state a rule (one rule: the
+    wildcard takes it; none: ``shared``, the default), so a single-state arm matches either rule."""
+    settings = [json.loads(p) for p in protocols]
+    rules = {d["train_options"]["projection_lr"] for d in settings} - {"*"}
+    rule = rules.pop() if len(rules) == 1 else "shared" if not rules else None
+    for d in settings:
+        if d["train_options"]["projection_lr"] == "*" and rule is not None:
+            d["train_options"]["projection_lr"] = rule
+    return {json.dumps(d, sort_keys=True) for d in settings}
 
 
 def _recipe_runs(
@@ -133,10 +154,12 @@ def _recipe_runs(
             & ~pd.MultiIndex.from_frame(extra_m[pair]).isin(own)
         ]
         if len(extra_m):
-            mine, theirs = set(_protocols(root, grid).values()), _protocols(root, baseline_grid)
-            theirs = {theirs[r] for r in extra_m["run_id"].unique()}
-            if theirs != mine or len(mine) != 1:
-                settings = [json.loads(v) for v in sorted(mine | theirs)]
+            theirs = _protocols(root, baseline_grid)
+            protocols = _one_protocol(
+                set(_protocols(root, grid).values()) | {theirs[r] for r in extra_m["run_id"].unique()}
+            )
+            if len(protocols) != 1:
+                settings = [json.loads(v) for v in sorted(protocols)]
                 keys = sorted({k for d in settings for k in d})
                 values = {k: sorted({json.dumps(d.get(k)) for d in settings}) for k in keys}
                 differ = ", ".join(f"{k} ({', '.join(v)})" for k, v in values.items() if len(v) > 1)
