@@ -9,6 +9,7 @@ Held-out: paper passes 2 of 4 prompts, flux2 3, lumina2 1.
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -201,3 +202,28 @@ def test_single_state_baseline_runs_stand_in_under_the_width_rule(tmp_path):
     )
     with pytest.raises(ValueError, match="not the same protocol.*projection_lr"):
         comparisons.recipe_comparison(root, "mixed", opts=opts, baseline_grid="small2")
+
+
+def test_wide_arm_loss_curves_read_both_log_places_and_pair_the_other_grid(tmp_path):
+    """concat_arm_logs keeps a grid's concat arms (flux2, not norm_mean or lumina2), reads a log committed in
+    the run folder or left in <run>/train/, and adds the other grid's runs of the same (encoder, strategy,
+    seed) only: 2 seeds x 3 logged steps in each grid -> 12 rows; the running median is hand-computed."""
+    root = tmp_path / "runs"
+    write_runs(root, "recipes_width", passed=PASSED, common=PROTOCOL)
+    write_runs(root, "recipes", passed=PASSED, common=PROTOCOL)
+    assert comparisons.concat_arm_logs(root, "recipes_width", "recipes").empty  # no run keeps a log yet
+    losses = [0.3, 0.1, 0.2]
+    for grid, where in (("recipes_width", "train"), ("recipes", "")):
+        for run in (root / grid).iterdir():
+            if run.is_dir():
+                (run / where).mkdir(exist_ok=True)
+                lines = [{"step": 10 * (i + 1), "loss": v, "grad_norm": 1.0} for i, v in enumerate(losses)]
+                (run / where / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    logs = comparisons.concat_arm_logs(root, "recipes_width", "recipes")
+    assert len(logs) == 12 and set(logs["strategy"]) == {"recipe:flux2"}
+    assert logs.groupby("grid").size().to_dict() == {"recipes": 6, "recipes_width": 6}
+    assert len(comparisons.concat_arm_logs(root, "recipes_width")) == 6
+    fig, data = plots.loss_curves(logs, window=2)
+    one = data[(data["run_id"] == data["run_id"].iloc[0]) & (data["grid"] == "recipes")].sort_values("step")
+    assert one["loss_median"].tolist() == pytest.approx([0.3, 0.2, 0.15])  # medians of [.3], [.3,.1], [.1,.2]
+    assert len(fig.axes) == 1

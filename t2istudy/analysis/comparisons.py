@@ -261,3 +261,19 @@ def recipe_comparison(
         key=lambda c: c.map(order.index) if c.name == "tier" else c,
         ascending=[True, True, False],
     ).reset_index(drop=True)
+
+
+def concat_arm_logs(root: str | Path, grid: str, beside: str | None = None) -> pd.DataFrame:
+    """The training logs (``run_results.load_train_logs``) of a grid's concatenating arms, the wide
+    projections whose training can diverge, and ``beside``'s runs of the same (encoder, strategy, seed):
+    the same arms under another protocol (grids/recipes.yaml's shared learning rate beside
+    grids/recipes_width.yaml's width rule). Strategies read by their recipe's name."""
+    logs = run_results.load_train_logs(root, grid)
+    logs = logs[logs["strategy"].map(lambda s: parse_strategy(s).kind == "concat").astype(bool)]
+    if beside and len(logs):
+        other = run_results.load_train_logs(root, beside)
+        keys = ["encoder", "strategy", "seed"]
+        wanted = pd.MultiIndex.from_frame(logs[keys].drop_duplicates())
+        logs = pd.concat([logs, other[pd.MultiIndex.from_frame(other[keys]).isin(wanted)]], ignore_index=True)
+    logs = logs.assign(strategy=[recipe_of(s) or s for s in logs["strategy"]])
+    return logs.reset_index(drop=True)

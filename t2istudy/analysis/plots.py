@@ -288,3 +288,31 @@ def layer_norm_plot(stats: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
             f"layer_norms.csv written by notebooks/layer_norms.ipynb (t2istudy layer-norms)."
         )
     return plot_layer_norms(stats), stats
+
+
+def loss_curves(logs: pd.DataFrame, window: int = 10) -> tuple[plt.Figure, pd.DataFrame]:
+    """Training loss against step, a panel per (encoder, strategy), a line per (grid, seed): the running
+    median over ``window`` logged steps (one line every ``logging_steps``), so a divergence reads as a lasting
+    step up, not as one noisy batch. ``logs``: ``run_results.load_train_logs`` of one or more grids."""
+    data = logs.sort_values(["grid", "run_id", "step"]).copy()
+    data["loss_median"] = data.groupby(["grid", "run_id"])["loss"].transform(
+        lambda s: s.rolling(window, min_periods=1).median()
+    )
+    data["line"] = data["grid"] + " seed " + data["seed"].astype(str)
+    data["panel"] = data["encoder"] + " " + data["strategy"]
+    grid = sns.relplot(
+        data=data,
+        x="step",
+        y="loss_median",
+        hue="line",
+        col="panel",
+        kind="line",
+        col_wrap=min(3, data["panel"].nunique()),
+        height=2.8,
+        aspect=1.4,
+        facet_kws={"sharey": True},
+    )
+    grid.set_axis_labels("training step", f"loss (running median of {window} logs)")
+    grid.set_titles("{col_name}")
+    columns = ["grid", "run_id", "encoder", "strategy", "seed", "step", "loss", "loss_median"]
+    return grid.figure, data[columns + [c for c in ("grad_norm", "lr") if c in data]]
