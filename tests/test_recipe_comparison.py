@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from synthetic_runs import NOTEBOOKS, write_runs
 
-from t2istudy.analysis import comparisons, plots, stats
+from t2istudy.analysis import calls, comparisons, plots, stats
 from t2istudy.study import runner
 
 PASSED = {
@@ -227,3 +227,23 @@ def test_wide_arm_loss_curves_read_both_log_places_and_pair_the_other_grid(tmp_p
     one = data[(data["run_id"] == data["run_id"].iloc[0]) & (data["grid"] == "recipes")].sort_values("step")
     assert one["loss_median"].tolist() == pytest.approx([0.3, 0.2, 0.15])  # medians of [.3], [.3,.1], [.1,.2]
     assert len(fig.axes) == 1
+
+
+def test_a_declared_arm_not_landed_is_a_pending_call_of_the_family(runs):
+    """A partial grid is called as its whole family: the declared arm hunyuan has no run, so each tier gets
+    a "not run" row with p = 1 in Holm's correction (4 landed calls + 2 pending = 6); the baseline, declared
+    too, is no call."""
+    opts = stats.Options(n_boot=100)
+    declared = {("gemma3-270m", s) for s in ("norm_mean", "recipe:flux2", "recipe:lumina2", "recipe:hunyuan")}
+    full = comparisons.recipe_comparison(runs, "recipes", opts=opts)
+    table = comparisons.recipe_comparison(runs, "recipes", opts=opts, pending=declared)
+    assert len(table) == len(full) + 2 and full["p_holm"].notna().sum() == 4
+    assert table["p_holm"].notna().sum() == 6
+    waiting = table[table["recipe"] == "recipe:hunyuan"]
+    assert waiting["verdict"].tolist() == ["not run", "not run"] and (waiting["p_holm"] == 1).all()
+    assert waiting["n_seeds"].tolist() == [0, 0] and waiting["score"].isna().all()
+    assert calls.family_note(table, "recipes").count("(6 calls)") == 1
+    assert calls.declared_arms("grids", "recipes_width") == {
+        (e, f"recipe:{r}") for e in ("gemma3-270m", "smollm2-135m") for r in ("cosmos2.5", "ltx2", "ltx2.3")
+    }
+    assert calls.declared_arms("grids", "no_such_grid") == set()

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from t2istudy.scoring.bootstrap import holm
-from t2istudy.study.grids import seed_budget
+from t2istudy.study.grids import expand_grid, load_grid, seed_budget
 
 ALPHA = 0.05  # family-wise error rate of every table's calls
 DECLARED = "declared"  # a call on the seeds the grid declared in advance: in its family
@@ -64,6 +64,15 @@ def seed_budgets(grids_dir: str | Path, grids: Iterable[str]) -> dict[str, int |
         path = Path(grids_dir) / f"{grid}.yaml"
         budgets[grid] = seed_budget(path) if path.exists() else None
     return budgets
+
+
+def declared_arms(grids_dir: str | Path, grid: str) -> set[tuple[str, str]]:
+    """The (encoder, strategy) arms ``<grids_dir>/<grid>.yaml`` declares; empty where the file does not exist
+    (a test fixture's runs). An arm with no complete run yet is a pending call of its table's family."""
+    path = Path(grids_dir) / f"{grid}.yaml"
+    if not path.exists():
+        return set()
+    return {(str(r.params["encoder"]), str(r.params["strategy"])) for r in expand_grid(load_grid(path))}
 
 
 def mark_exploratory(table: pd.DataFrame, budgets: Mapping[str, int | None]) -> pd.DataFrame:

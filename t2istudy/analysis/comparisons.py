@@ -5,7 +5,7 @@ with the statistics of :mod:`t2istudy.analysis.stats`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import pandas as pd
 
 from t2istudy.analysis.calls import adjust, declared, mark_exploratory
 from t2istudy.analysis.stats import (
+    PENDING,
     Options,
     arm_table,
     difference,
@@ -181,6 +182,7 @@ def recipe_comparison(
     opts: Options = Options(),
     baseline_grid: str | None = None,
     budgets: Mapping[str, int | None] | None = None,
+    pending: Iterable[tuple[str, str]] = (),
 ) -> pd.DataFrame:
     """Released recipes under one protocol (issue 18), on both tiers: per (tier, encoder, recipe) the
     overall score over seeds with its two-level CI, the conditioning projection's parameter count (concat
@@ -191,8 +193,10 @@ def recipe_comparison(
     every setting but encoder, strategy and seed is the same (small2's ``norm_mean`` runs are recipe:paper's);
     ``grids`` says where each arm's runs come from. ``budgets`` (``calls.seed_budgets``): seeds beyond a
     grid's budget are left out (``n_exploratory`` counts them). Every difference is one call of a family
-    (``calls.FAMILIES["recipes"]``): ``p``, Holm's ``p_holm`` and the verdict called on it. Rows best
-    first within each tier and encoder; empty when the grid has no complete runs."""
+    (``calls.FAMILIES["recipes"]``): ``p``, Holm's ``p_holm`` and the verdict called on it. ``pending``: the
+    (encoder, strategy) arms the grid declares (``calls.declared_arms``); one with no complete run reads "not
+    run" and counts in Holm's correction with p = 1, so a partial grid is called as its whole family. Rows
+    best first within each tier and encoder; empty when the grid has no complete runs."""
     named = named_recipe(baseline)
     short = named.name if named else baseline  # column names: paper_same_seeds, diff_vs_paper
     out, calls = [], []
@@ -248,6 +252,12 @@ def recipe_comparison(
                         "pairs": stats.get("pairs", ""),
                     }
                 )
+        landed = set(zip(overall["encoder"], overall["strategy"], strict=True))
+        waiting = {(e, recipe_of(s) or s) for e, s in pending} - landed
+        for enc, strategy in sorted((e, s) for e, s in waiting if s != baseline):
+            calls.append({**PENDING, "row": len(out)})
+            out.append({"tier": tier, "encoder": enc, "recipe": strategy, "n_seeds": 0, "n_exploratory": 0})
+            out[-1].update(system=getattr(named_recipe(strategy), "system", ""), grids=grid, p=1.0)
     if not out:
         return pd.DataFrame()
     table = pd.DataFrame(out)
