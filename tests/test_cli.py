@@ -226,6 +226,8 @@ def test_the_study_runs_the_latent_grid_by_default_and_keeps_the_record_where_it
     assert default["analysis-tables-fraction"].params["figures_dir"] == "figures/small2/fraction"
     assert default["probe"].params["out_dir"] == "figures/probe"  # side notebooks: not per grid
     assert default["analysis-figures"].params["probe_dir"] == "figures/probe"
+    scaling = {s.name: s for s in study.default_study(grid="scaling")}  # its own sweep: both Qwen2.5 sizes
+    assert scaling["analysis-figures-geneval"].params["probe_dir"] == "figures/probe_scaling"
     record = {s.name: s for s in study.default_study(grid="small")}
     assert record["grid"].grid == "grids/small.yaml"
     assert record["analysis-tables"].params["figures_dir"] == "figures"  # cpu-small keeps its names

@@ -50,6 +50,9 @@ class Step:
 
 
 RECORD_GRIDS = ("small",)  # superseded studies whose tables and figures stay at the top of figures/
+# a grid whose encoders the study's probe (figures/probe) does not cover has its own sweep, related to its
+# runs per skill: grids/scaling.yaml's two Qwen2.5 sizes (docs/study.md's command writes figures/probe_scaling)
+GRID_PROBE_DIRS = {"scaling": "probe_scaling"}
 
 
 def grid_figures_dir(grid: str, figures_dir: str | Path = "figures") -> str:
@@ -144,7 +147,7 @@ def analysis_steps(
                 "figures_dir": out_dir,
                 "metric": metric,
                 "layer_norms_csv": f"{figures_dir}/layer_norms/layer_norms.csv",
-                "probe_dir": f"{figures_dir}/probe",
+                "probe_dir": f"{figures_dir}/{GRID_PROBE_DIRS.get(grid, 'probe')}",
                 **tier_param,
             },
             always=True,
