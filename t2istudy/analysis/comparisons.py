@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from t2istudy import run_store
 from t2istudy.analysis.calls import adjust, declared, mark_exploratory
 from t2istudy.analysis.stats import (
     PENDING,
@@ -23,6 +24,7 @@ from t2istudy.analysis.stats import (
     point,
     split,
 )
+from t2istudy.diffusion import train_folder
 from t2istudy.run_store import read_json
 from t2istudy.study import run_results
 from t2istudy.text.aggregation import parse_strategy, recipe_of
@@ -273,15 +275,40 @@ def recipe_comparison(
     ).reset_index(drop=True)
 
 
+def load_train_logs(root: str | Path, grid: str) -> pd.DataFrame:
+    """Every logged training step of a grid's complete runs, one row per (run, step): grid, run_id, encoder,
+    strategy, seed and the log's columns (loss, grad_norm, lr). A run's log is read from its folder
+    (``train_log.jsonl``, where it is committed: ``<run>/train/`` is not) or else from ``<run>/train/``;
+    a run with neither is left out."""
+    frames = []
+    for out in run_results.find_runs(root, grid):
+        folder = next((f for f in (out, out / "train") if (f / run_store.TRAIN_LOG).is_file()), None)
+        if folder is None:
+            continue
+        record = read_json(out / run_store.PARAMS)
+        params = record.get("params", {})
+        keys = {
+            "grid": grid,
+            "run_id": record["run_id"],
+            **{k: params.get(k) for k in ("encoder", "strategy", "seed")},
+        }
+        frames.append(pd.DataFrame(train_folder.read_train_log(folder)).assign(**keys))
+    if not frames:
+        return pd.DataFrame(columns=["grid", "run_id", "encoder", "strategy", "seed", "step", "loss"])
+    logs = pd.concat(frames, ignore_index=True)
+    first = ["grid", "run_id", "encoder", "strategy", "seed"]
+    return logs[first + [c for c in logs.columns if c not in first]]
+
+
 def concat_arm_logs(root: str | Path, grid: str, beside: str | None = None) -> pd.DataFrame:
-    """The training logs (``run_results.load_train_logs``) of a grid's concatenating arms, the wide
+    """The training logs (:func:`load_train_logs`) of a grid's concatenating arms, the wide
     projections whose training can diverge, and ``beside``'s runs of the same (encoder, strategy, seed):
     the same arms under another protocol (grids/recipes.yaml's shared learning rate beside
     grids/recipes_width.yaml's width rule). Strategies read by their recipe's name."""
-    logs = run_results.load_train_logs(root, grid)
+    logs = load_train_logs(root, grid)
     logs = logs[logs["strategy"].map(lambda s: parse_strategy(s).kind == "concat").astype(bool)]
     if beside and len(logs):
-        other = run_results.load_train_logs(root, beside)
+        other = load_train_logs(root, beside)
         keys = ["encoder", "strategy", "seed"]
         wanted = pd.MultiIndex.from_frame(logs[keys].drop_duplicates())
         logs = pd.concat([logs, other[pd.MultiIndex.from_frame(other[keys]).isin(wanted)]], ignore_index=True)

@@ -293,7 +293,7 @@ def layer_norm_plot(stats: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
 def loss_curves(logs: pd.DataFrame, window: int = 10) -> tuple[plt.Figure, pd.DataFrame]:
     """Training loss against step, a panel per (encoder, strategy), a line per (grid, seed): the running
     median over ``window`` logged steps (one line every ``logging_steps``), so a divergence reads as a lasting
-    step up, not as one noisy batch. ``logs``: ``run_results.load_train_logs`` of one or more grids."""
+    step up, not as one noisy batch. ``logs``: ``comparisons.load_train_logs`` of one or more grids."""
     data = logs.sort_values(["grid", "run_id", "step"]).copy()
     data["loss_median"] = data.groupby(["grid", "run_id"])["loss"].transform(
         lambda s: s.rolling(window, min_periods=1).median()

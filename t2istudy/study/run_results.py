@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from t2istudy.diffusion import train_folder
-from t2istudy.run_store import DONE, PARAMS, TRAIN_LOG, CorruptFile, read_json, run_problem, run_state
+from t2istudy.run_store import DONE, PARAMS, CorruptFile, read_json, run_problem, run_state
 from t2istudy.run_store import METRICS as METRICS_FILE
 from t2istudy.study.grids import Grid, expand_grid, load_grid, run_path
 from t2istudy.study.provenance import FIELDS
@@ -355,28 +355,3 @@ def load_provenance(root: str | Path, grid: str | None = None) -> pd.DataFrame:
         recorded = record.get("provenance") or {}
         rows.append({"run_id": record["run_id"], **{k: recorded.get(k) for k in FIELDS}})
     return pd.DataFrame(rows, columns=["run_id", *FIELDS])
-
-
-def load_train_logs(root: str | Path, grid: str) -> pd.DataFrame:
-    """Every logged training step of a grid's complete runs, one row per (run, step): grid, run_id, encoder,
-    strategy, seed and the log's columns (loss, grad_norm, lr). A run's log is read from its folder
-    (``train_log.jsonl``, where it is committed: ``<run>/train/`` is not) or else from ``<run>/train/``;
-    a run with neither is left out."""
-    frames = []
-    for out in find_runs(root, grid):
-        folder = next((f for f in (out, out / "train") if (f / TRAIN_LOG).is_file()), None)
-        if folder is None:
-            continue
-        record = read_json(out / PARAMS)
-        params = record.get("params", {})
-        keys = {
-            "grid": grid,
-            "run_id": record["run_id"],
-            **{k: params.get(k) for k in ("encoder", "strategy", "seed")},
-        }
-        frames.append(pd.DataFrame(train_folder.read_train_log(folder)).assign(**keys))
-    if not frames:
-        return pd.DataFrame(columns=["grid", "run_id", "encoder", "strategy", "seed", "step", "loss"])
-    logs = pd.concat(frames, ignore_index=True)
-    first = ["grid", "run_id", "encoder", "strategy", "seed"]
-    return logs[first + [c for c in logs.columns if c not in first]]
