@@ -337,8 +337,22 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
         "binding_mean",
         *[f"geneval_{t}" for t in REPORTED],
         *[f"fraction_{t}" for t in BINDING],
+        *[c for c in ("git_commit", "git_dirty") if c in table],  # runs trained before 2026-12-07 have none
     ]
     return table[keep]
+
+
+def provenance_line(table: pd.DataFrame) -> str:
+    """The commits the table's runs trained from, and whether any came from a dirty tree (a sentence)."""
+    if "git_commit" not in table or table["git_commit"].isna().all():
+        return "Trained from: not recorded (runs from before the harness recorded its commit).\n"
+    known = table.dropna(subset=["git_commit"])
+    commits = ", ".join(sorted({str(c)[:7] for c in known["git_commit"]}))
+    dirty = known["git_dirty"].astype(str).str.lower().eq("true")
+    state = f"{int(dirty.sum())} of {len(known)} runs from a dirty tree" if dirty.any() else "a clean tree"
+    unknown = len(table) - len(known)
+    missing = f"; {unknown} run{'s' if unknown > 1 else ''} not recorded" if unknown else ""
+    return f"Trained from: {commits} ({state}{missing}).\n"
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -371,7 +385,7 @@ def markdown(table: pd.DataFrame) -> str:
             f"{fraction.mean():.3f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + provenance_line(table)
 
 
 def plot(table: pd.DataFrame, out_dir: Path, stem: str) -> list[Path]:

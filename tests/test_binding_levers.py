@@ -243,3 +243,17 @@ def test_combined_reference_comparisons_are_one_family_with_holm(monkeypatch, tm
     paired = harness.combined_against_reference(tmp_path, ["a", "b", "c", "no-reference"]).set_index("arm")
     assert paired["p_holm"].to_dict() == pytest.approx({"two50c25": 0.14, "dit": 0.9, "six": 0.03})
     assert harness.combined_against_reference(tmp_path, ["no-reference"]).empty
+
+
+def test_harness_tables_say_which_commit_trained_their_runs(monkeypatch):
+    """The harness's markdown ends with the commits its runs trained from: a clean table names its commit,
+    one dirty run of three is counted, and runs from before the ladder recorded its commit are said so."""
+    harness = load_harness(monkeypatch)
+    clean = pd.DataFrame({"git_commit": ["abcdef0123", "abcdef0123"], "git_dirty": [False, False]})
+    assert harness.provenance_line(clean) == "Trained from: abcdef0 (a clean tree).\n"
+    mixed = pd.DataFrame({"git_commit": ["abcdef0123", "1234567890", None], "git_dirty": [False, True, None]})
+    assert harness.provenance_line(mixed) == (
+        "Trained from: 1234567, abcdef0 (1 of 2 runs from a dirty tree; 1 run not recorded).\n"
+    )
+    old = pd.read_csv(REPO / "figures" / "binding" / "full-data.csv")  # trained before the columns existed
+    assert harness.provenance_line(old).startswith("Trained from: not recorded")

@@ -243,6 +243,9 @@ def test_ladder_climbs_rungs_once_and_draws_both_tiers(text_cache, tiny_vae, tmp
     table = ladder.climb(tmp_path / "lad", [4, 2], **kw)
     assert table["steps"].tolist() == [2, 4] and calls == [2, 4]
     assert (table["train_seconds"].diff().dropna() > 0).all()  # cumulative training time
+    from t2istudy.study.provenance import git_state
+
+    assert table[["git_commit", "git_dirty"]].drop_duplicates().values.tolist() == [list(git_state())]
     assert {"geneval_overall", "geneval_color_attr", "heldout_overall", "heldout_attribute"} <= set(
         table.columns
     )

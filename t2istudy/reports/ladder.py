@@ -8,6 +8,7 @@ warm-up the first N steps of a long run are exactly the N-step run), sample both
 Machine-minutes are wall seconds x threads / 60, recorded beside the load average: on a shared machine
 they overstate the quiet-machine cost. A rung's cumulative training time is saved before it is judged, so
 a ladder killed while judging keeps it; the time of a rung killed mid-training is lost (undercounted).
+Each row records the commit it trained from and whether the tree was dirty (``git_commit``, ``git_dirty``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.diffusion.train import train
 from t2istudy.diffusion.train_folder import CONSTANT_SCHEDULES, complete_checkpoints
 from t2istudy.figure_files import save_figure
+from t2istudy.study.provenance import git_state
 from t2istudy.study.run import evaluate_tiers
 from t2istudy.world.shapes import PALETTE, SHAPES
 
@@ -44,6 +46,8 @@ COLUMNS = (
     "load_average",
     "train_cpu_seconds",
     "guidance_scale",
+    "git_commit",
+    "git_dirty",
     "sample_noise",
     "sample_seconds",
 )
@@ -130,6 +134,7 @@ def climb(
         )
         if complete_checkpoints(train_dir):
             opts.resume_from_checkpoint = "latest"
+        commit, dirty = git_state()  # the code the rung trains with; a run from a dirty tree says so
         t0, cpu0 = time.time(), time.process_time()
         train(opts)
         if (
@@ -158,6 +163,8 @@ def climb(
             "load_average": round(load, 2),
             "train_cpu_seconds": round(cpu[0], 1) if cpu else None,
             "guidance_scale": guidance_scale,
+            "git_commit": commit,
+            "git_dirty": dirty,
             "sample_noise": get_preset(preset).sample_noise,
             "sample_seconds": round(time.time() - t0, 1),
         }
