@@ -337,7 +337,7 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
         "binding_mean",
         *[f"geneval_{t}" for t in REPORTED],
         *[f"fraction_{t}" for t in BINDING],
-        *[c for c in ("git_commit", "git_dirty") if c in table],  # runs trained before 2026-12-07 have none
+        *[c for c in ("git_commit", "git_dirty") if c in table],  # older runs have none
     ]
     return table[keep]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2istudy import run_store
 from t2istudy.analysis.calls import adjust, declared, mark_exploratory
 from t2istudy.analysis.stats import (
     PENDING,
@@ -25,7 +24,7 @@ from t2istudy.analysis.stats import (
     split,
 )
 from t2istudy.diffusion import train_folder
-from t2istudy.run_store import read_json
+from t2istudy.run_store import PARAMS, TRAIN_LOG, read_json
 from t2istudy.study import run_results
 from t2istudy.text.aggregation import parse_strategy, recipe_of
 from t2istudy.text.recipes import named_recipe
@@ -282,10 +281,10 @@ def load_train_logs(root: str | Path, grid: str) -> pd.DataFrame:
     a run with neither is left out."""
     frames = []
     for out in run_results.find_runs(root, grid):
-        folder = next((f for f in (out, out / "train") if (f / run_store.TRAIN_LOG).is_file()), None)
+        folder = next((f for f in (out, out / "train") if (f / TRAIN_LOG).is_file()), None)
         if folder is None:
             continue
-        record = read_json(out / run_store.PARAMS)
+        record = read_json(out / PARAMS)
         params = record.get("params", {})
         keys = {
             "grid": grid,
