@@ -184,7 +184,8 @@ def resample(arm: Arm, seed: int, steps: int, name: str, options: dict, args) ->
 def reference_row(grid_dir: Path, seed: int, args) -> dict:
     """A study grid's own finished run of the harness's encoder and strategy (its preset at the grid's full
     budget) as a row beside the arms, judged on the harness's prompts (the tier's first ``--per_task`` per
-    task: a larger tier starts with a smaller one's prompts); its training CPU time was not recorded."""
+    task: a larger tier starts with a smaller one's prompts); its training CPU time was not recorded, its
+    commit and dirty flag were (``params.json`` -> ``provenance``, those of its training)."""
     run = grid_dir / f"{args.encoder}__{args.strategy}__seed{seed}"
     if not (run / "DONE").is_file() or not (run / "scores_geneval.csv").is_file():
         raise FileNotFoundError(f"{run} is no finished run with the GenEval-style tier: run its grid first.")
@@ -199,13 +200,16 @@ def reference_row(grid_dir: Path, seed: int, args) -> dict:
     scores = scores.loc[wanted.index].reset_index()
     task_means = summarize_geneval(scores, n_boot=1)["mean"]  # GenEval's rule, as the runs' own summary
     summary = metrics.get("train_summary", {})
+    trained = json.loads((run / "params.json").read_text())
     return {
         **{f"geneval_{t}": float(task_means[t]) for t in (*TASKS, "overall")},
         **partial_credit(scores),
         "arm": f"{grid_dir.name} grid run",
         "seed": seed,
         "steps": metrics["max_train_steps"],
-        "preset": json.loads((run / "params.json").read_text())["params"].get("preset", args.preset),
+        "preset": trained["params"].get("preset", args.preset),
+        "git_commit": trained.get("provenance", {}).get("git_commit"),
+        "git_dirty": trained.get("provenance", {}).get("git_dirty"),
         "train_seconds": metrics["train_seconds"],
         "machine_minutes": metrics["train_seconds"] / 60,  # one thread a run (the grid's workers)
         "load_average": np.ravel(summary.get("load_average", np.nan))[0],  # the 1-minute one

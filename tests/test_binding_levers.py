@@ -194,8 +194,9 @@ def load_harness(monkeypatch):
 def test_harness_reference_row_reads_a_grid_run_on_the_harness_prompts(monkeypatch):
     """`benchmarks/binding.py --reference runs/small2`: the committed small2 run of gemma3-270m norm_mean,
     seed 0, on the tier's 50 prompts per task gives the per-task verdicts of its scores_geneval.csv and the
-    overall its metrics.json recorded (the mean of the six task means); a --per_task the run was not judged
-    on is refused, not silently compared on fewer prompts."""
+    overall its metrics.json recorded (the mean of the six task means), and the commit it trained from
+    (params.json's, clean; not the dirty one its later re-scoring recorded in metrics.json); a --per_task the
+    run was not judged on is refused, not silently compared on fewer prompts."""
     import json
 
     harness, repo = load_harness(monkeypatch), REPO
@@ -209,6 +210,7 @@ def test_harness_reference_row_reads_a_grid_run_on_the_harness_prompts(monkeypat
     metrics = json.loads((repo / "runs/small2/gemma3-270m__norm_mean__seed0/metrics.json").read_text())
     assert row["geneval_overall"] == pytest.approx(metrics["tiers"]["geneval"]["overall"]["mean"])
     assert row["steps"] == 3000 and row["arm"] == "small2 grid run"
+    assert (row["git_commit"][:7], row["git_dirty"]) == ("f03717d", False)
     with pytest.raises(ValueError, match="other GenEval-style prompts"):
         harness.reference_row(repo / "runs" / "small2", 0, SimpleNamespace(**{**vars(args), "per_task": 60}))
 
