@@ -22,6 +22,8 @@ load. Rerunning skips finished runs, so a later invocation can add arms beside a
     # a lever at the preset's full budget beside the study grid's own runs of the same arm (no retraining)
     .venv/bin/python benchmarks/binding.py --name full-data --seeds 0,1 --steps 3000 --per_task 50 \\
         --arms 'two50c25={"two_object_share": 0.5, "colourless_captions": 0.25}' --reference runs/small2
+    # arms of earlier invocations against one of them at equal steps (paired by seed and prompt, Holm)
+    .venv/bin/python benchmarks/binding.py --name equal-steps --combine full-data6k preset6k --versus baseline
 
 Writes ``figures/binding/<name>.{csv,md,png,pdf}``: one row per (arm, seed, steps, sampling), the Markdown
 table of arm means over seeds, and the binding tasks against training machine-minutes per arm; and
@@ -52,13 +54,13 @@ from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.figure_files import save_figure
 from t2istudy.reports.ladder import climb, register_lever, register_saved, rung_dir
-from t2istudy.scoring.bootstrap import holm, mean_of_group_means_test_over_seeds_and_prompts
+from t2istudy.scoring.bootstrap import holm
 from t2istudy.scoring.failure_modes import classify, failure_shares
+from t2istudy.scoring.paired_binding import BINDING, binding_difference
 from t2istudy.scoring.summaries import summarize_geneval
 from t2istudy.study.run import evaluate_tiers
 from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS, make_geneval_tier
 
-BINDING = ("two_object", "position", "color_attr")
 REPORTED = (*BINDING, EXTRA_TASKS[0], "single_object", "colors", "counting", "overall")
 
 
@@ -221,29 +223,50 @@ def reference_row(grid_dir: Path, seed: int, args) -> dict:
     }
 
 
+def judged_scores(arm: str, seed: int, steps: int, args) -> pd.DataFrame:
+    """An arm's judged GenEval-style scores at its rung (the preset's own sampling)."""
+    return pd.read_csv(rung_dir(Path(args.root) / f"{arm}-{steps}-s{seed}", steps) / "scores_geneval.csv")
+
+
 def against_reference(arms: list[Arm], seeds: list[int], steps: int, args) -> pd.DataFrame:
-    """Each arm's binding mean minus the --reference grid runs', paired by training seed and prompt (seed s of
-    both trained on the same batches and drew the same per-prompt noise): the study's two-level bootstrap
-    over seeds and prompts, each binding task one group (so the difference is that of the three task means'
-    mean), with its 95% CI and two-sided p (20,000 resamples, as the analysis' differences)."""
+    """Each arm's binding mean minus the --reference grid runs', paired by training seed and prompt
+    (`scoring.paired_binding`: 95% CI and two-sided p from 20,000 resamples, as the analysis' differences)."""
     rows = []
     for arm in arms:
-        diffs = []
-        for seed in seeds:
-            ours = pd.read_csv(
-                rung_dir(Path(args.root) / f"{arm.name}-{steps}-s{seed}", steps) / "scores_geneval.csv"
-            )
-            run = Path(args.reference) / f"{args.encoder}__{args.strategy}__seed{seed}"
-            theirs = pd.read_csv(run / "scores_geneval.csv").set_index("id")["score"]
-            diffs.append(ours.set_index("id")["score"] - theirs.reindex(ours["id"]).to_numpy())
-        table = pd.concat(diffs, axis=1).T  # [seed x prompt]
-        task = ours.set_index("id")["task"]
-        groups = [table.loc[:, task.index[task == t]].to_numpy() for t in BINDING]
-        mean, low, high, p = mean_of_group_means_test_over_seeds_and_prompts(groups, 20000, 0)
+        runs = [Path(args.reference) / f"{args.encoder}__{args.strategy}__seed{seed}" for seed in seeds]
+        found = binding_difference(
+            [judged_scores(arm.name, seed, steps, args) for seed in seeds],
+            [pd.read_csv(run / "scores_geneval.csv") for run in runs],
+        )
         rows.append({"arm": arm.name, "reference": f"{Path(args.reference).name} grid run", "steps": steps,
-                     "seeds": ",".join(map(str, seeds)), "binding_mean_diff": round(mean, 4),
-                     "ci_low": round(low, 4), "ci_high": round(high, 4), "p": round(p, 4)})  # fmt: skip
-    return pd.DataFrame(rows)
+                     "seeds": ",".join(map(str, seeds)), **found})  # fmt: skip
+    return pd.DataFrame(rows).drop(columns="prompts")
+
+
+def against_arm(table: pd.DataFrame, versus: str, args) -> pd.DataFrame:
+    """Every other arm minus arm ``versus`` at the same steps, on the training seeds both ran (the preset's
+    own sampling): equal steps, so equal cost where the arms' steps cost alike (the table's CPU s/step says).
+    One family, so Holm's ``p_holm`` beside each p."""
+    own = table[(table["sampling"] == "preset") & ~table["arm"].astype(str).str.endswith(" grid run")]
+    theirs = own[own["arm"] == versus]
+    if theirs.empty:
+        raise SystemExit(
+            f"--versus {versus}: no such arm in the table; name one of {sorted(set(own['arm']))}"
+        )
+    rows = []
+    for (arm, steps), g in own[own["arm"] != versus].groupby(["arm", "steps"], sort=False):
+        seeds = sorted(set(g["seed"]) & set(theirs.loc[theirs["steps"] == steps, "seed"]))
+        if len(seeds) < 2:  # a lever is judged on >= 2 training seeds
+            continue
+        found = binding_difference(
+            [judged_scores(arm, seed, steps, args) for seed in seeds],
+            [judged_scores(versus, seed, steps, args) for seed in seeds],
+        )
+        rows.append(
+            {"arm": arm, "versus": versus, "steps": steps, "seeds": ",".join(map(str, seeds)), **found}
+        )
+    paired = pd.DataFrame(rows)
+    return paired.assign(p_holm=holm(paired["p"].to_numpy()).round(4)) if len(paired) else paired
 
 
 def combined_against_reference(out_dir: Path, names: list[str]) -> pd.DataFrame:
@@ -521,6 +544,12 @@ def main() -> None:
         help="a study grid's runs folder (e.g. runs/small2): its runs of --encoder/--strategy at --seeds "
         "join the table as an arm, judged on the harness's prompts (a lever at full budget beside them)",
     )
+    parser.add_argument(
+        "--versus",
+        default=None,
+        help="an arm of the table (e.g. baseline): every other arm minus it at the same steps and seeds, "
+        "paired by seed and prompt, as one Holm family (<name>-vs-<arm>.csv)",
+    )
     args = parser.parse_args()
     out_dir = Path(args.figures)
     csv = out_dir / f"{args.name}.csv"
@@ -567,6 +596,10 @@ def main() -> None:
     failures.to_csv(out_dir / f"{args.name}-failures.csv", index=False)
     (out_dir / f"{args.name}-failures.md").write_text(failure_markdown(failures))
     print(failure_markdown(failures))
+    if args.versus:
+        paired = against_arm(table, args.versus, args)
+        paired.to_csv(out_dir / f"{args.name}-vs-{args.versus}.csv", index=False)
+        print(paired.to_markdown(index=False))
     print("wrote", csv, *plot(table, out_dir, args.name))
     if args.curve:
         print("wrote", *limiting_curve(Path(args.curve), table, out_dir))

@@ -259,3 +259,47 @@ def test_harness_tables_say_which_commit_trained_their_runs(monkeypatch):
     )
     old = pd.read_csv(REPO / "figures" / "binding" / "full-data.csv")  # trained before the columns existed
     assert harness.provenance_line(old).startswith("Trained from: not recorded")
+
+
+def scores(values: dict[str, float]) -> pd.DataFrame:
+    """A judged GenEval-style table: prompt id -> score, the task read from the id's prefix."""
+    return pd.DataFrame(
+        {"id": list(values), "task": [i.rsplit("-", 1)[0] for i in values], "score": list(values.values())}
+    )
+
+
+def test_paired_binding_difference_by_hand():
+    """Seed 0 gains one of two two-object prompts and the position prompt, seed 1 nothing: the task means of
+    the differences are 1/4, 1/2 and 0, so the binding mean moves by 1/4; a single-object prompt and a
+    prompt only one side was judged on are left out (3 binding ids + 1 = 4 compared)."""
+    from t2istudy.scoring.paired_binding import binding_difference
+
+    zeros = {"two_object-0": 0, "two_object-1": 0, "position-0": 0, "color_attr-0": 0, "single_object-0": 0}
+    ours = [scores({**zeros, "two_object-0": 1, "position-0": 1, "single_object-0": 1}), scores(zeros)]
+    theirs = [scores({**zeros, "color_attr-9": 1}), scores({**zeros, "color_attr-9": 1})]
+    found = binding_difference(ours, theirs, n_boot=2000)
+    assert found["binding_mean_diff"] == pytest.approx(0.25) and found["prompts"] == 4
+    assert found["ci_low"] <= 0.25 <= found["ci_high"]
+    with pytest.raises(ValueError, match="one per seed"):
+        binding_difference(ours, theirs[:1])
+
+
+def test_harness_arms_against_one_arm_at_equal_steps(monkeypatch, tmp_path):
+    """--versus baseline: each other arm at the baseline's steps and seeds is paired with it (one Holm
+    family); an arm at steps the baseline never ran is not compared, and an unknown arm names the choices."""
+    harness = load_harness(monkeypatch)
+    zeros = {"two_object-0": 0, "position-0": 0, "color_attr-0": 0}
+    runs = {("baseline", 6000): zeros, ("data", 6000): {**zeros, "two_object-0": 1}, ("data", 3000): zeros}
+    rows = []
+    for (arm, steps), values in runs.items():
+        for seed in (0, 1):
+            rung = harness.rung_dir(tmp_path / f"{arm}-{steps}-s{seed}", steps)
+            rung.mkdir(parents=True)
+            scores(values).to_csv(rung / "scores_geneval.csv", index=False)
+            rows.append({"arm": arm, "steps": steps, "seed": seed, "sampling": "preset"})
+    table = pd.DataFrame(rows)
+    paired = harness.against_arm(table, "baseline", SimpleNamespace(root=str(tmp_path)))
+    assert paired[["arm", "steps", "seeds"]].values.tolist() == [["data", 6000, "0,1"]]
+    assert paired.loc[0, "binding_mean_diff"] == pytest.approx(1 / 3, abs=1e-4) and paired.loc[0, "p_holm"] >= 0
+    with pytest.raises(SystemExit, match="name one of"):
+        harness.against_arm(table, "nope", SimpleNamespace(root=str(tmp_path)))
