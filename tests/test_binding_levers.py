@@ -300,6 +300,8 @@ def test_harness_arms_against_one_arm_at_equal_steps(monkeypatch, tmp_path):
     table = pd.DataFrame(rows)
     paired = harness.against_arm(table, "baseline", SimpleNamespace(root=str(tmp_path)))
     assert paired[["arm", "steps", "seeds"]].values.tolist() == [["data", 6000, "0,1"]]
-    assert paired.loc[0, "binding_mean_diff"] == pytest.approx(1 / 3, abs=1e-4) and paired.loc[0, "p_holm"] >= 0
+    assert (
+        paired.loc[0, "binding_mean_diff"] == pytest.approx(1 / 3, abs=1e-4) and paired.loc[0, "p_holm"] >= 0
+    )
     with pytest.raises(SystemExit, match="name one of"):
         harness.against_arm(table, "nope", SimpleNamespace(root=str(tmp_path)))
