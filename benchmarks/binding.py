@@ -54,6 +54,7 @@ from t2istudy.diffusion.model import get_preset
 from t2istudy.diffusion.options import TrainOptions, resolve_options
 from t2istudy.figure_files import save_figure
 from t2istudy.reports.ladder import climb, register_lever, register_saved, rung_dir
+from t2istudy.run_store import METRICS, PARAMS, read_json
 from t2istudy.scoring.bootstrap import holm
 from t2istudy.scoring.failure_modes import classify, failure_shares
 from t2istudy.scoring.paired_binding import BINDING, binding_difference
@@ -191,7 +192,7 @@ def reference_row(grid_dir: Path, seed: int, args) -> dict:
     run = grid_dir / f"{args.encoder}__{args.strategy}__seed{seed}"
     if not (run / "DONE").is_file() or not (run / "scores_geneval.csv").is_file():
         raise FileNotFoundError(f"{run} is no finished run with the GenEval-style tier: run its grid first.")
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics, trained = read_json(run / METRICS), read_json(run / PARAMS)
     wanted = make_geneval_tier(args.per_task, extra_tasks=()).set_index("id")["prompt"]
     scores = pd.read_csv(run / "scores_geneval.csv").set_index("id")
     missing = wanted.index.difference(scores.index)
@@ -202,7 +203,6 @@ def reference_row(grid_dir: Path, seed: int, args) -> dict:
     scores = scores.loc[wanted.index].reset_index()
     task_means = summarize_geneval(scores, n_boot=1)["mean"]  # GenEval's rule, as the runs' own summary
     summary = metrics.get("train_summary", {})
-    trained = json.loads((run / "params.json").read_text())
     return {
         **{f"geneval_{t}": float(task_means[t]) for t in (*TASKS, "overall")},
         **partial_credit(scores),
@@ -210,8 +210,7 @@ def reference_row(grid_dir: Path, seed: int, args) -> dict:
         "seed": seed,
         "steps": metrics["max_train_steps"],
         "preset": trained["params"].get("preset", args.preset),
-        "git_commit": trained.get("provenance", {}).get("git_commit"),
-        "git_dirty": trained.get("provenance", {}).get("git_dirty"),
+        **{key: trained.get("provenance", {}).get(key) for key in ("git_commit", "git_dirty")},
         "train_seconds": metrics["train_seconds"],
         "machine_minutes": metrics["train_seconds"] / 60,  # one thread a run (the grid's workers)
         "load_average": np.ravel(summary.get("load_average", np.nan))[0],  # the 1-minute one

@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- (figures/[\w/.-]+\.md)\b")
 
 
+def table_end(lines: list[str], start: int) -> int:
+    """The line after the block of table lines (``|``) that starts at ``start``."""
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return end
+
+
 def marked_copies(text: str) -> list[tuple[str, int, int]]:
     """(source file, first table line, line after the table) for each marked copy in ``text``."""
     lines, out = text.splitlines(), []
@@ -25,10 +33,7 @@ def marked_copies(text: str) -> list[tuple[str, int, int]]:
         j = i + 1
         while j < len(lines) and not lines[j].startswith("|"):  # the marker comment may span lines
             j += 1
-        end = j
-        while end < len(lines) and lines[end].startswith("|"):
-            end += 1
-        out.append((found.group(1), j, end))
+        out.append((found.group(1), j, table_end(lines, j)))
     return out
 
 
@@ -36,10 +41,7 @@ def source_table(text: str) -> list[str]:
     """The first block of table lines (``|``) in a written file."""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
-    end = start
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    return lines[start:end]
+    return lines[start : table_end(lines, start)]
 
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
