@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
@@ -184,6 +183,12 @@ def sample(
                 uncond, cond = pred.chunk(2)
                 pred = uncond + scale * (cond - uncond)
                 if rescale:
+                    # imported here: its module imports the whole SD pipeline and transformers' CLIP
+                    # classes (seconds, and torchvision warnings) for one function few samplings use
+                    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+                        rescale_noise_cfg,
+                    )
+
                     pred = rescale_noise_cfg(pred, cond, guidance_rescale=rescale)
             x = scheduler.step(pred, t, x).prev_sample
         if vae is not None:
