@@ -247,3 +247,73 @@ def test_geneval_overall_leaves_the_extra_task_out():
     assert diff["diff"] == pytest.approx(1 / 6)
     assert diff["ci_low"] == pytest.approx(1 / 6) and diff["ci_high"] == pytest.approx(1 / 6)
     assert len(stats.split(stats._matrix(a, "overall"), a, "overall")) == len(TASKS)
+
+
+def test_protocol_effect_pairs_each_arm_with_the_grid_it_replaces(tmp_path):
+    """small3 against small2, by hand: gemma3-270m norm_mean passes two_object, position and colour
+    attribution under the new protocol (and the 4th held-out prompt) where the old one passed two_object
+    only, so its binding mean goes 1/3 -> 1 (+2/3), its GenEval overall 1/2 -> 5/6 (+1/3: GenEval's six
+    tasks, (1, 1, 1, 0, 1, 1) against (1, 1, 1, 0, 0, 0)) and its held-out overall 3/4 -> 1 (+1/4, one
+    prompt of four). On the GenEval-style tier every seed and prompt of a task moves alike, so the CIs have
+    width 0 and the calls hold. gemma3-270m last is unchanged (0). The
+    minilm arms the new grid declares have not landed: "not run", p = 1, still counted in Holm's m (12)."""
+    from t2istudy.analysis import calls
+    from t2istudy.analysis.comparisons import PROTOCOL_CALLS, protocol_effect
+
+    new = {
+        ("gemma3-270m", "norm_mean"): (
+            {"single_object", "two_object", "counting", "position", "color_attr"},
+            4,
+        ),
+        ("gemma3-270m", "last"): PASSED[("gemma3-270m", "last")],
+    }
+    root = write_runs(tmp_path / "runs", "new", passed=new)
+    write_runs(root, "old")
+    table = protocol_effect(
+        root, "new", "old", opts=stats.Options(n_boot=200, n_boot_test=2000), pending=PASSED
+    )
+    assert len(table) == len(PASSED) * len(PROTOCOL_CALLS) == 12
+    assert table["p_holm"].notna().sum() == 12  # the pending calls count in the family
+    rows = table.set_index(["encoder", "strategy", "tier", "skill"])
+    norm = rows.loc[("gemma3-270m", "norm_mean")]
+    expected = {
+        ("geneval", "binding"): (1 / 3, 1.0, 2 / 3),
+        ("geneval", "overall"): (1 / 2, 5 / 6, 1 / 3),
+        ("heldout", "overall"): (3 / 4, 1.0, 1 / 4),
+    }
+    for call, (control, treated, diff) in expected.items():
+        row = norm.loc[call]
+        assert (row["control"], row["treated"], row["diff"]) == pytest.approx((control, treated, diff))
+        if call[0] == "geneval":
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx((diff, diff))
+            assert row["verdict"] == "held (preliminary: 2 seeds)"
+        else:  # one prompt of four moves: resampling prompts spans 0 to 3/4
+            assert row["ci_low"] <= diff <= row["ci_high"] and row["ci_high"] - row["ci_low"] > 0.25
+    assert (rows.loc[("gemma3-270m", "last"), "diff"] == 0).all()
+    assert norm.loc[("geneval", "binding"), "pairs"] == ";".join(
+        f"new/gemma3-270m__norm_mean__seed{s}+old/gemma3-270m__norm_mean__seed{s}" for s in (0, 1)
+    )  # each side's grid named: the two grids' runs share their ids
+    waiting = rows.loc["minilm-l6"]
+    assert (waiting["verdict"] == "not run").all() and (waiting["p"] == 1).all()
+    assert "protocol" in calls.FAMILIES
+
+
+def test_the_tables_notebook_writes_the_protocol_comparison(tmp_path):
+    """notebooks/analysis_tables.ipynb with ``baseline_grid``: protocol_effect.{csv,md} on the tier it was
+    executed for, its caption naming the family and its size (3 calls for each of the 4 arms)."""
+    import warnings
+
+    from t2istudy.study import runner
+
+    root = write_runs(tmp_path / "runs", "new")
+    write_runs(root, "old")
+    figures = tmp_path / "figures"
+    params = {"runs_dir": str(root), "grid": "new", "figures_dir": str(figures), "baseline_grid": "old"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = runner.execute_notebook(NOTEBOOKS / "analysis_tables.ipynb", tmp_path / "nb", params)
+    assert result.state == "done", result.error
+    table = pd.read_csv(figures / "protocol_effect.csv")
+    assert set(table["skill"]) == {"overall"} and len(table) == 4  # the held-out tier's rows only
+    assert (table["diff"] == 0).all()  # the same runs on both sides
+    assert "(12 calls)" in (figures / "protocol_effect.md").read_text()

@@ -52,6 +52,11 @@ FAMILIES = {
         ),
         Family("recipes", "every recipe's difference to the baseline, for every encoder and tier"),
         Family("upsampling", "upsampled - as written for every arm, tier and skill (overall included)"),
+        Family(
+            "protocol",
+            "new protocol - the one it replaces for every arm: overall on each tier, the binding mean on the"
+            " GenEval-style tier",
+        ),
     )
 }
 

@@ -84,6 +84,69 @@ def upsampling_effect(
     return table[first + [c for c in table.columns if c not in first]]
 
 
+# A grid that reruns an earlier one's arms under a new protocol -> the grid it replaces: the analysis pairs
+# each arm with the same arm there. small3 is small2's arms and seeds on the binding levers at 6,000 steps
+# (issue 36, grids/small3.yaml).
+REPLACES = {"small3": "small2"}
+# The calls of a protocol against the one it replaces, per arm: (tier, skill or task group)
+PROTOCOL_CALLS = (("heldout", "overall"), ("geneval", "overall"), ("geneval", "binding"))
+
+
+def protocol_effect(
+    root: str | Path,
+    grid: str,
+    baseline_grid: str,
+    metric: str = "score",
+    opts: Options = Options(),
+    budgets: Mapping[str, int | None] | None = None,
+    pending: Iterable[tuple[str, str]] = (),
+) -> pd.DataFrame:
+    """A new protocol against the one it replaces, arm by arm: each (encoder, strategy) of ``grid`` minus
+    the same arm of ``baseline_grid``, paired by seed and prompt (per-prompt noise: seed s of both drew the
+    same noise for a prompt), on :data:`PROTOCOL_CALLS`: overall on both tiers and the binding mean on the
+    GenEval-style tier (the three binding tasks' means' mean, issue 36's measure). One family
+    (``calls.FAMILIES["protocol"]``): ``treated``, ``control``, the difference, p, Holm's ``p_holm`` and the
+    verdict. ``budgets`` (``calls.seed_budgets``): declared seeds only. ``pending``: the arms ``grid``
+    declares (``calls.declared_arms``); one not landed on both sides reads "not run" and counts with p = 1,
+    so a partial grid is called as its whole family. Empty when there is no arm at all."""
+    scores: dict[tuple[str, str], pd.DataFrame] = {}
+    for tier in dict.fromkeys(t for t, _ in PROTOCOL_CALLS):
+        for g in (grid, baseline_grid):
+            try:
+                found = run_results.load_scores(root, g, metric, tier)
+            except ValueError:  # no run of the grid has this tier yet
+                found = pd.DataFrame(columns=["encoder", "strategy", "seed", "id"])
+            scores[g, tier] = declared(mark_exploratory(found, budgets or {})) if len(found) else found
+    run_results.check_same_noise_rule(
+        *(
+            run_results.load_metrics(root, g, metric)
+            for g in (grid, baseline_grid)
+            if len(scores[g, "heldout"])
+        )
+    )
+    landed = scores[grid, "heldout"][["encoder", "strategy"]].drop_duplicates().itertuples(index=False)
+    out = []
+    for enc, strategy in sorted({*map(tuple, landed), *pending}):
+        for tier, skill in PROTOCOL_CALLS:
+            a, b = (s[(s["encoder"] == enc) & (s["strategy"] == strategy)] for s in
+                    (scores[grid, tier], scores[baseline_grid, tier]))  # fmt: skip
+            arm = {"tier": tier, "skill": skill, "encoder": enc, "strategy": strategy}
+            if a.empty or b.empty:
+                out.append({**arm, **PENDING, "n_prompts": 0, "pairs": "", "verdict": "not run"})
+                continue
+            row = paired_effect(a, b, opts, skills=[skill]).iloc[0].drop("skill").to_dict()
+            # both grids name their runs alike: each side's grid in front (provenance.run_provenance(...,
+            # qualified=True) reads them so)
+            row["pairs"] = ";".join(
+                f"{grid}/{ours}+{baseline_grid}/{theirs}"
+                for ours, theirs in (p.split("+") for p in str(row["pairs"]).split(";") if p)
+            )
+            out.append({**arm, **row})
+    if not out:
+        return pd.DataFrame()
+    return adjust(pd.DataFrame(out), opts.min_seeds)
+
+
 SWEPT = ("encoder", "strategy", "seed")  # what may differ between runs compared under one protocol
 
 

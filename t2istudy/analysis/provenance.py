@@ -21,9 +21,10 @@ CLEAN = "clean"
 UNRECORDED = "unrecorded"  # the runs predate provenance records
 
 
-def run_provenance(root: str | Path, grids) -> pd.DataFrame:
+def run_provenance(root: str | Path, grids, qualified: bool = False) -> pd.DataFrame:
     """One row per complete run of ``grids``: run_id, trained_commit, trained_dirty, scored_commit,
-    scored_dirty (the current scores': a re-sampling's when the run was re-sampled, else the training's)."""
+    scored_dirty (the current scores': a re-sampling's when the run was re-sampled, else the training's).
+    ``qualified``: run ids as ``<grid>/<run_id>``, for tables that pair runs across grids of one design."""
     rows = []
     for grid in dict.fromkeys([grids] if isinstance(grids, str) else grids):
         trained = run_results.load_provenance(root, grid).set_index("run_id")
@@ -35,7 +36,7 @@ def run_provenance(root: str | Path, grids) -> pd.DataFrame:
             rows.append(
                 {
                     "grid": grid,
-                    "run_id": run_id,
+                    "run_id": f"{grid}/{run_id}" if qualified else run_id,
                     "trained_commit": commit,
                     "trained_dirty": dirty,
                     "scored_commit": again.get("git_commit", commit),

@@ -25,11 +25,15 @@ import pandas as pd
 
 from t2istudy.analysis.calls import DECLARED, EXPLORATORY, adjust, declared, has_exploratory, verdict
 from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
+from t2istudy.scoring.paired_binding import BINDING
 from t2istudy.text.registry import encoder_facts, encoder_family
 from t2istudy.world.genai_bench import SKILL_GROUPS
 from t2istudy.world.shapes_geneval import EXTRA_TASKS, TASKS
 
 GROUPS = ("overall", "basic", "advanced")
+# GenEval-style task groups read like the held-out tier's skill groups: "binding", the mean of the three
+# binding tasks' means (issue 36's measure of whether a model binds; `scoring.paired_binding.BINDING`)
+GENEVAL_GROUPS = {"binding": BINDING}
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def arm_means(metrics: pd.DataFrame) -> pd.DataFrame:
 def _matrix(scores: pd.DataFrame, skill: str | None = None, column: str = "score") -> pd.DataFrame:
     """Per-prompt scores of one arm as a [seed x prompt] table, restricted to a skill or skill group."""
     if skill not in (None, "overall"):
-        wanted = set(SKILL_GROUPS.get(skill, (skill,)))
+        wanted = set({**SKILL_GROUPS, **GENEVAL_GROUPS}.get(skill, (skill,)))
         scores = scores[
             scores["skills"].fillna("").astype(str).str.split("|").map(lambda tags: bool(wanted & set(tags)))
         ]
@@ -99,8 +103,9 @@ def tier_of(table: pd.DataFrame) -> str:
 def split(matrix: pd.DataFrame, scores: pd.DataFrame, skill: str | None) -> list[pd.DataFrame]:
     """The groups whose mean of means is the score on ``skill``: the whole [seed x prompt] matrix, except
     for the GenEval-style tier's overall, which is the mean of GenEval's six task means (one matrix per
-    task; a task reported beside them, ``EXTRA_TASKS``, stays out of it, as in the runs' own summaries)."""
-    if skill not in (None, "overall") or tier_of(scores) != "geneval":
+    task; a task reported beside them, ``EXTRA_TASKS``, stays out of it, as in the runs' own summaries) and
+    a task group's (``GENEVAL_GROUPS``: the mean of its tasks' means)."""
+    if skill not in (None, "overall", *GENEVAL_GROUPS) or tier_of(scores) != "geneval":
         return [matrix]
     task = scores.drop_duplicates("id").set_index("id")["skills"].reindex(matrix.columns)
     return [matrix.loc[:, (task == t).to_numpy()] for t in task.unique() if t not in EXTRA_TASKS]
@@ -361,14 +366,20 @@ def prompt_following(scores: pd.DataFrame, opts: Options = Options()) -> pd.Data
     return pd.DataFrame(out)
 
 
-def paired_effect(treated: pd.DataFrame, control: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+def paired_effect(
+    treated: pd.DataFrame,
+    control: pd.DataFrame,
+    opts: Options = Options(),
+    skills: list[str] | None = None,
+) -> pd.DataFrame:
     """treated - control, overall and per skill (task), on the seeds and prompts both have: for two ways
-    of sampling the same trained models (prompts upsampled or as written), paired by seed and prompt, with
-    the claims' CI, p-value and raw verdict (``comparisons.upsampling_effect`` calls a family of them on
-    Holm's correction). ``treated`` / ``control``: one arm's per-prompt scores each, declared seeds used."""
+    of sampling the same trained models (prompts upsampled or as written), or one arm under two protocols,
+    paired by seed and prompt, with the claims' CI, p-value and raw verdict (``comparisons`` calls a family
+    of them on Holm's correction). ``treated`` / ``control``: one arm's per-prompt scores each, declared
+    seeds used. ``skills``: the rows (a skill, task or group); overall and every skill when None."""
     treated, control = declared(treated), declared(control)
     out = []
-    for skill in ["overall", *skills_of(treated)]:
+    for skill in skills or ["overall", *skills_of(treated)]:
         ma, mb = paired_matrices(treated, control, skill)
         stats = difference(ma, mb, treated, skill, opts)
         out.append(
