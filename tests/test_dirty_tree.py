@@ -62,3 +62,22 @@ def test_a_clean_tree_or_an_uncommitted_grid_runs(dirty_repo, tmp_path):
     git(dirty_repo, "checkout", "code.py")
     assert provenance.dirty_refusal(dirty_repo / "grids" / "g.yaml") is None
     assert "dirty_allowed" not in provenance.provenance()
+
+
+def test_rewritten_results_are_not_uncommitted_code(dirty_repo):
+    """Runs and figures are what the code writes: a committed figure or run record rewritten (an analysis
+    re-run over its own outputs) leaves the tree clean; a changed module, or a file under a folder merely
+    named like one deeper down, does not."""
+    for folder in ("runs/g/r", "figures/g", "docs/figures"):
+        (dirty_repo / folder).mkdir(parents=True)
+        (dirty_repo / folder / "table.csv").write_text("a\n1\n")
+    git(dirty_repo, "checkout", "code.py")
+    git(dirty_repo, "add", ".")
+    git(dirty_repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "results")
+    for folder in ("runs/g/r", "figures/g"):
+        (dirty_repo / folder / "table.csv").write_text("a\n2\n")
+    assert provenance.git_state()[1] is False and provenance.changed_files() == []
+    (dirty_repo / "docs/figures/table.csv").write_text("a\n2\n")
+    assert provenance.changed_files() == ["docs/figures/table.csv"] and provenance.git_state()[1] is True
+    (dirty_repo / "code.py").write_text("x = 3\n")
+    assert provenance.changed_files() == ["code.py", "docs/figures/table.csv"]

@@ -27,38 +27,31 @@ DIRTY_ALLOWED = "--allow-dirty: run from a tree with uncommitted changes; its co
 FIELDS = ("git_commit", "git_dirty", "python", *PACKAGES, "device")
 
 
+def _git(repo, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``git -C <repo> <args>``, its output as text, a minute at most."""
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=60, check=check
+    )
+
+
 def git_state(repo=None) -> tuple[str | None, bool | None]:
-    """(commit, dirty): HEAD and whether tracked files differ from it; (None, None) outside a checkout.
-    ``repo``: the code's checkout (``REPO``) unless given."""
-    repo = repo or REPO
+    """(commit, dirty): HEAD and whether tracked code differs from it (:func:`changed_files`); (None, None)
+    outside a checkout. ``repo``: the code's checkout (``REPO``) unless given."""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+        return _git(repo or REPO, "rev-parse", "HEAD").stdout.strip(), bool(changed_files(repo))
     except (OSError, subprocess.SubprocessError):
         return None, None
-    return commit, bool(status.strip())
+
+
+# What runs and analyses write, not code: rewriting them leaves the code a record names unchanged, so an
+# analysis re-run from a clean worktree over its own committed outputs is not "dirty"
+RESULT_FOLDERS = ("runs", "figures")
 
 
 def changed_files(repo=None) -> list[str]:
-    """Tracked files that differ from HEAD (``git status --porcelain``), as git names them."""
-    status = subprocess.run(
-        ["git", "-C", str(repo or REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    """Tracked files that differ from HEAD (``git status --porcelain``) outside :data:`RESULT_FOLDERS`."""
+    outside = [f":(exclude){folder}" for folder in RESULT_FOLDERS]
+    status = _git(repo or REPO, "status", "--porcelain", "--untracked-files=no", "--", ".", *outside).stdout
     return [line[3:] for line in status.splitlines() if line.strip()]
 
 
@@ -71,10 +64,8 @@ def dirty_refusal(grid_file, repo=None) -> str | None:
     if not dirty:
         return None
     grid_file = os.path.abspath(grid_file)
-    tracked = subprocess.run(
-        ["git", "-C", os.path.dirname(grid_file), "ls-files", "--error-unmatch", os.path.basename(grid_file)],
-        capture_output=True,
-        timeout=60,
+    tracked = _git(
+        os.path.dirname(grid_file), "ls-files", "--error-unmatch", os.path.basename(grid_file), check=False
     )
     if tracked.returncode != 0:
         return None
