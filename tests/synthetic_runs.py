@@ -21,6 +21,11 @@ from t2istudy.world.shapes_geneval import TASKS, make_geneval_tier
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 FIXTURES = Path(__file__).parent / "fixtures"
+# the figures notebook's side inputs: the fixture's layer norms and probe
+FIGURE_INPUTS = {
+    "layer_norms_csv": str(FIXTURES / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
+    "probe_dir": str(FIXTURES / "probe"),
+}
 GENEVAL_COUNTS = {"single_object": 3, **{t: 1 for t in TASKS[1:]}}
 PASSED = {  # (encoder, strategy) -> the GenEval-style tasks it passes; k of 4 held-out prompts it passes
     ("gemma3-270m", "last"): ({"single_object"}, 1),
@@ -94,10 +99,7 @@ def execute_analysis(
     """Both analysis notebooks on each tier, as the study runs them (the fixture's layer norms and probe),
     each into its own folder under ``work``; fails naming the notebook that did not finish."""
     common = {"runs_dir": str(runs), "grid": grid, "figures_dir": str(figures_dir)}
-    extra = {
-        "layer_norms_csv": str(FIXTURES / "runs" / "layer_norms" / "default" / "layer_norms.csv"),
-        "probe_dir": str(FIXTURES / "probe"),
-    }
+    extra = FIGURE_INPUTS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for tier in tiers:

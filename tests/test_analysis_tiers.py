@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_runs import NOTEBOOKS, PASSED, execute_analysis, write_runs
+from synthetic_runs import FIGURE_INPUTS, NOTEBOOKS, PASSED, execute_analysis, write_runs
 
 from t2istudy import run_store
 from t2istudy.analysis import stats, tables
@@ -317,3 +317,13 @@ def test_the_tables_notebook_writes_the_protocol_comparison(tmp_path):
     assert set(table["skill"]) == {"overall"} and len(table) == 4  # the held-out tier's rows only
     assert (table["diff"] == 0).all()  # the same runs on both sides
     assert "(12 calls)" in (figures / "protocol_effect.md").read_text()
+    figure_params = {**params, "tier": "geneval", **FIGURE_INPUTS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = runner.execute_notebook(
+            NOTEBOOKS / "analysis_figures.ipynb", tmp_path / "fig", figure_params
+        )
+    assert result.state == "done", result.error
+    drawn = pd.read_csv(figures / "geneval" / "protocol_effect.csv")  # the figure's numbers beside it
+    assert sorted(set(drawn["skill"])) == ["binding", "overall"] and len(drawn) == 8
+    assert (figures / "geneval" / "protocol_effect.png").exists()

@@ -279,6 +279,20 @@ def upsampling_effect_plot(effect: pd.DataFrame, metric: str = "score") -> tuple
     return fig, data
 
 
+def protocol_plot(
+    effect: pd.DataFrame, grid: str, baseline_grid: str, metric: str = "score"
+) -> tuple[plt.Figure, pd.DataFrame]:
+    """Forest plot of :func:`~t2istudy.analysis.comparisons.protocol_effect`: each landed arm of ``grid``
+    minus the same arm of ``baseline_grid``, per tier and call (overall; the binding mean)."""
+    arm = effect["encoder"] + " " + effect["strategy"]
+    rows = effect.assign(a=arm + ", " + effect["tier"] + " " + effect["skill"] + f": {grid}", b=baseline_grid)
+    fig, data = claims_plot(rows, metric)
+    ax = fig.axes[0]
+    ax.set_xlabel(f"paired difference in {metric} (95% CI over prompts and seeds)")
+    ax.set_title(f"{grid} against {baseline_grid}, arm by arm (verdicts on Holm over the family)", fontsize=9)
+    return fig, data
+
+
 def layer_norm_plot(stats: pd.DataFrame) -> tuple[plt.Figure, pd.DataFrame]:
     """The layer-norm figure of notebooks/layer_norms.ipynb, redrawn from its CSV (its plot function)."""
     needed = {"encoder", "layer", "depth", "norm", "tokens", "mean", "max"}
