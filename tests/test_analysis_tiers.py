@@ -324,6 +324,9 @@ def test_the_tables_notebook_writes_the_protocol_comparison(tmp_path):
             NOTEBOOKS / "analysis_figures.ipynb", tmp_path / "fig", figure_params
         )
     assert result.state == "done", result.error
-    drawn = pd.read_csv(figures / "geneval" / "protocol_effect.csv")  # the figure's numbers beside it
+    drawn = pd.read_csv(figures / "geneval" / "protocol_forest.csv")  # the figure's numbers beside it
     assert sorted(set(drawn["skill"])) == ["binding", "overall"] and len(drawn) == 8
-    assert (figures / "geneval" / "protocol_effect.png").exists()
+    assert (figures / "geneval" / "protocol_forest.png").exists()
+    assert not (
+        figures / "geneval" / "protocol_effect.csv"
+    ).exists()  # the tables notebook's name: not overwritten
