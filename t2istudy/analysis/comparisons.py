@@ -116,7 +116,11 @@ def protocol_effect(
                 found = run_results.load_scores(root, g, metric, tier)
             except ValueError:  # no run of the grid has this tier yet
                 found = pd.DataFrame(columns=["encoder", "strategy", "seed", "id"])
-            scores[g, tier] = declared(mark_exploratory(found, budgets or {})) if len(found) else found
+            if len(found):  # both grids name their runs alike: the grid in front, so a pair names both sides
+                found = declared(mark_exploratory(found, budgets or {})).assign(
+                    run_id=g + "/" + found["run_id"]
+                )
+            scores[g, tier] = found  # (provenance.run_provenance(..., qualified=True) reads the ids so)
     run_results.check_same_noise_rule(
         *(
             run_results.load_metrics(root, g, metric)
@@ -135,12 +139,6 @@ def protocol_effect(
                 out.append({**arm, **PENDING, "n_prompts": 0, "pairs": "", "verdict": "not run"})
                 continue
             row = paired_effect(a, b, opts, skills=[skill]).iloc[0].drop("skill").to_dict()
-            # both grids name their runs alike: each side's grid in front (provenance.run_provenance(...,
-            # qualified=True) reads them so)
-            row["pairs"] = ";".join(
-                f"{grid}/{ours}+{baseline_grid}/{theirs}"
-                for ours, theirs in (p.split("+") for p in str(row["pairs"]).split(";") if p)
-            )
             out.append({**arm, **row})
     if not out:
         return pd.DataFrame()
