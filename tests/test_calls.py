@@ -131,3 +131,29 @@ def test_an_unwritable_output_folder_fails_before_the_analysis(tmp_path):
         PermissionError, match=r"The output folder .*file/figures is not writable.*figures_dir="
     ):
         check_writable(blocker / "figures")
+
+
+def test_a_partial_grid_counts_the_claims_its_declared_arms_still_owe():
+    """Two landed arms of the fixture's 12: Holm still divides among all 7 claims of the complete grid."""
+    metrics = run_results.load_metrics(FIXTURE, "fixture")
+    scores = run_results.load_scores(FIXTURE, "fixture")
+    grid_arms = set(zip(metrics["encoder"], metrics["strategy"], strict=True))  # what the fixture declares
+    landed = lambda t: t[(t["encoder"] == "gemma3-270m") & t["strategy"].isin(["norm_mean", "last"])]  # noqa: E731
+    opts = stats.Options(n_boot=200, n_boot_test=400)
+    info = stats.encoder_info(landed(metrics), grid_arms)
+    assert info["encoder"].tolist() == ["gemma3-270m", "minilm-l6", "smollm2-135m"]
+    assert info.set_index("encoder").loc["minilm-l6", "kind"] == "bidirectional"  # the registry's facts
+    table = stats.claims_family({"heldout": landed(scores)}, info, opts, arms=grid_arms)
+    # claim 1 for 2 LLMs, claim 2 for 3 encoders, claim 3 for 2 LLMs x 1 bidirectional: 7 calls
+    assert len(table) == 7 and (table["verdict"] == "not run").sum() == 6
+    ran = table[table["verdict"] != "not run"].iloc[0]
+    assert ran["a"] == "gemma3-270m norm_mean" and ran["b"] == "gemma3-270m last"
+    assert ran["p_holm"] == pytest.approx(min(1.0, 7 * ran["p"]))  # smallest of 7, the others at p = 1
+    assert "7 calls" in calls.family_note(table, "claims")
+    # without declared arms only the landed encoder's calls exist: the correction a partial grid understated
+    assert (
+        len(stats.claims_family({"heldout": landed(scores)}, stats.encoder_info(landed(metrics)), opts)) == 2
+    )
+    gains = stats.skill_gains(landed(scores), info, opts, arms=grid_arms)
+    assert set(gains["encoder"]) == {"gemma3-270m", "smollm2-135m"}
+    assert (gains.loc[gains["encoder"] == "smollm2-135m", "p"] == 1.0).all()

@@ -18,6 +18,7 @@ Holm's correction over their family; runs beyond a grid's seed budget are explor
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,10 +55,15 @@ class Options:
     bidirectional_strategy: str = "last"  # the paper's T5-XXL baseline uses its last layer
 
 
-def encoder_info(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Encoder -> parameters and kind, from what runs recorded, else the encoder registry's facts."""
+def encoder_info(metrics: pd.DataFrame, arms: Collection[tuple[str, str]] = ()) -> pd.DataFrame:
+    """Encoder -> parameters and kind, from what runs recorded, else the encoder registry's facts; the
+    encoders of ``arms`` (a grid's declared (encoder, strategy) arms, ``calls.declared_arms``) with no run
+    yet follow, so that a partial grid's families count their calls as pending."""
     rows = []
-    for encoder, group in metrics.groupby("encoder"):
+    landed = set(metrics["encoder"])
+    pending = sorted({str(encoder) for encoder, _ in arms} - landed)
+    groups = [*metrics.groupby("encoder"), *((encoder, metrics.iloc[:0]) for encoder in pending)]
+    for encoder, group in groups:
         params = group["encoder_params"].dropna() if "encoder_params" in group else pd.Series(dtype=float)
         kind = group["encoder_kind"].dropna() if "encoder_kind" in group else pd.Series(dtype=str)
         known_params, known_kind = encoder_facts(str(encoder))
@@ -197,10 +203,19 @@ def skills_of(scores: pd.DataFrame) -> list[str]:
     return skill_order({t for tags in scores["skills"].dropna() for t in str(tags).split("|") if t})
 
 
-def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+def claims(
+    scores: pd.DataFrame,
+    info: pd.DataFrame,
+    opts: Options = Options(),
+    arms: Collection[tuple[str, str]] = (),
+) -> pd.DataFrame:
     """The paper's claims as paired differences (a - b) with CIs, p-values and a raw verdict per encoder, on
     the declared seeds (``design`` = declared); a call whose arms ran seeds beyond their budget is repeated
-    on every seed as an exploratory row. :func:`claims_family` calls them on Holm's correction."""
+    on every seed as an exploratory row. :func:`claims_family` calls them on Holm's correction.
+
+    A call is in the family when the grid declares both its arms (``arms``; without them, when both
+    strategies ran): one not landed yet reads "not run" and counts with p = 1, so a partial grid's verdicts
+    are corrected for every call the complete grid will make (pass ``encoder_info(metrics, arms)``)."""
     decoders = info.loc[info["kind"] != "bidirectional", "encoder"].tolist()
     bidirectional = info.loc[info["kind"] == "bidirectional", "encoder"].tolist()
 
@@ -233,7 +248,7 @@ def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) 
             designs.append(
                 (EXPLORATORY, lambda e, s: every[(every["encoder"] == e) & (every["strategy"] == s)])
             )
-        designed = {strat_a, strat_b} <= run_strategies  # an arm not landed yet is a pending call
+        designed = _designed(arms, run_strategies, (enc_a, strat_a), (enc_b, strat_b))
         for design, pick in designs:
             a, b = pick(enc_a, strat_a), pick(enc_b, strat_b)
             row = {"claim": claim, "a": f"{enc_a} {strat_a}", "b": f"{enc_b} {strat_b}", "design": design}
@@ -244,11 +259,22 @@ def claims(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) 
 
 
 def claims_family(
-    scores_by_tier: dict[str, pd.DataFrame], info: pd.DataFrame, opts: Options = Options()
+    scores_by_tier: dict[str, pd.DataFrame],
+    info: pd.DataFrame,
+    opts: Options = Options(),
+    arms: Collection[tuple[str, str]] = (),
 ) -> pd.DataFrame:
     """:func:`claims` on every tier given, as one family (``calls.FAMILIES["claims"]``): a ``tier`` column,
     ``p_holm`` over every declared call of every tier, and the verdicts called on it."""
-    return _called_over_tiers(scores_by_tier, lambda scores: claims(scores, info, opts), opts)
+    return _called_over_tiers(scores_by_tier, lambda scores: claims(scores, info, opts, arms), opts)
+
+
+def _designed(arms: Collection[tuple[str, str]], run_strategies: set[str], *sides: tuple[str, str]) -> bool:
+    """Whether a call on these (encoder, strategy) sides belongs to its family: the grid declares every
+    side (``arms``), or, with no declared arms (a fixture's runs), every side's strategy ran."""
+    if arms:
+        return set(sides) <= {(str(e), str(s)) for e, s in arms}
+    return {strategy for _, strategy in sides} <= run_strategies
 
 
 def _called_over_tiers(scores_by_tier: dict[str, pd.DataFrame], table_of, opts: Options) -> pd.DataFrame:
@@ -317,18 +343,25 @@ def _call_or_pending(
     return {**difference(ma, mb, a, skill, opts), "pairs": pairs(a, b, ma.index)}
 
 
-def skill_gains(scores: pd.DataFrame, info: pd.DataFrame, opts: Options = Options()) -> pd.DataFrame:
+def skill_gains(
+    scores: pd.DataFrame,
+    info: pd.DataFrame,
+    opts: Options = Options(),
+    arms: Collection[tuple[str, str]] = (),
+) -> pd.DataFrame:
     """Claim 4, where the gains fall: per (LLM, skill) paired difference norm_mean - last, on the declared
-    seeds, called on Holm's correction over the table (``calls.FAMILIES["skill_gains"]``)."""
+    seeds, called on Holm's correction over the table (``calls.FAMILIES["skill_gains"]``); ``arms`` as in
+    :func:`claims`."""
     scores = declared(scores)
     skills = skills_of(scores)
-    both_run = {opts.best_strategy, opts.baseline_strategy} <= set(scores["strategy"])  # else not designed
+    run_strategies = set(scores["strategy"])
     out = []
     for enc in info.loc[info["kind"] != "bidirectional", "encoder"]:
         a = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.best_strategy)]
         b = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.baseline_strategy)]
+        designed = _designed(arms, run_strategies, (enc, opts.best_strategy), (enc, opts.baseline_strategy))
         for skill in ["overall", *skills]:  # an LLM's arm not landed yet is a pending call of the family
-            out.append({"encoder": enc, "skill": skill, **_call_or_pending(a, b, skill, opts, both_run)})
+            out.append({"encoder": enc, "skill": skill, **_call_or_pending(a, b, skill, opts, designed)})
     return adjust(pd.DataFrame(out), opts.min_seeds) if out else pd.DataFrame()
 
 
