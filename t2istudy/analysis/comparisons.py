@@ -117,9 +117,8 @@ def protocol_effect(
             except ValueError:  # no run of the grid has this tier yet
                 found = pd.DataFrame(columns=["encoder", "strategy", "seed", "id"])
             if len(found):  # both grids name their runs alike: the grid in front, so a pair names both sides
-                found = declared(mark_exploratory(found, budgets or {})).assign(
-                    run_id=g + "/" + found["run_id"]
-                )
+                found = declared(mark_exploratory(found, budgets or {}))
+                found = found.assign(run_id=g + "/" + found["run_id"])
             scores[g, tier] = found  # (provenance.run_provenance(..., qualified=True) reads the ids so)
     run_results.check_same_noise_rule(
         *(
