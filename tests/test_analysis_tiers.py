@@ -270,7 +270,7 @@ def test_protocol_effect_pairs_each_arm_with_the_grid_it_replaces(tmp_path):
     root = write_runs(tmp_path / "runs", "new", passed=new)
     write_runs(root, "old")
     table = protocol_effect(
-        root, "new", "old", opts=stats.Options(n_boot=200, n_boot_test=2000), pending=PASSED
+        root, "new", "old", opts=stats.Options(n_boot=200, n_boot_test=2000), pending=set(PASSED)
     )
     assert len(table) == len(PASSED) * len(PROTOCOL_CALLS) == 12
     assert table["p_holm"].notna().sum() == 12  # the pending calls count in the family

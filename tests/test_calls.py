@@ -133,6 +133,29 @@ def test_an_unwritable_output_folder_fails_before_the_analysis(tmp_path):
         check_writable(blocker / "figures")
 
 
+def test_a_call_short_of_its_declared_seeds_counts_as_pending():
+    """Gemma-3's claim 1 before `last`'s seed 1 lands: its raw CI and p stay, but Holm counts it at p = 1 (a
+    call on one training run, where the grid declares two, must not lower the others' correction) and it
+    reads "(preliminary: 1 of 2 seeds)"; with both seeds landed it is an ordinary call again."""
+    metrics = run_results.load_metrics(FIXTURE, "fixture")
+    scores = run_results.load_scores(FIXTURE, "fixture")
+    grid_arms = dict.fromkeys(zip(metrics["encoder"], metrics["strategy"], strict=True), 2)
+    opts = stats.Options(n_boot=200, n_boot_test=400, min_seeds=2)
+    info = stats.encoder_info(metrics, grid_arms)
+    last_seed1 = (scores["encoder"] == "gemma3-270m") & (scores["strategy"] == "last") & (scores["seed"] == 1)
+    short = stats.claims_family({"heldout": scores[~last_seed1]}, info, opts, arms=grid_arms)
+    full = stats.claims_family({"heldout": scores}, info, opts, arms=grid_arms)
+    is_call = lambda t: (t["a"] == "gemma3-270m norm_mean") & (t["b"] == "gemma3-270m last")  # noqa: E731
+    owed = short[is_call(short)].iloc[0]
+    assert (owed["n_seeds"], owed["seeds_declared"], owed["p_holm"]) == (1, 2, 1.0)
+    assert owed["p"] < 1 and owed["verdict"].endswith("(preliminary: 1 of 2 seeds)")
+    rest = short[~is_call(short)]
+    assert rest["p_holm"].tolist() == list(holm([*rest["p"], 1.0])[:-1])  # the owed call counted at p = 1
+    called = full[is_call(full)].iloc[0]
+    assert called["n_seeds"] == 2 and "preliminary" not in called["verdict"]
+    assert called["p_holm"] == pytest.approx(holm(full["p"].to_numpy())[is_call(full).to_numpy()][0])
+
+
 def test_a_partial_grid_counts_the_claims_its_declared_arms_still_owe():
     """Two landed arms of the fixture's 12: Holm still divides among all 7 claims of the complete grid."""
     metrics = run_results.load_metrics(FIXTURE, "fixture")

@@ -244,6 +244,12 @@ def test_a_declared_arm_not_landed_is_a_pending_call_of_the_family(runs):
     assert waiting["n_seeds"].tolist() == [0, 0] and waiting["score"].isna().all()
     assert calls.family_note(table, "recipes").count("(6 calls)") == 1
     assert calls.declared_arms("grids", "recipes_width") == {
-        (e, f"recipe:{r}") for e in ("gemma3-270m", "smollm2-135m") for r in ("cosmos2.5", "ltx2", "ltx2.3")
+        (e, f"recipe:{r}"): 1
+        for e in ("gemma3-270m", "smollm2-135m")
+        for r in ("cosmos2.5", "ltx2", "ltx2.3")
     }
-    assert calls.declared_arms("grids", "no_such_grid") == set()
+    # with the seeds each arm owes: a first-pass recipe 1, the top three 3; small3's 12 arms 3 each
+    recipes = calls.declared_arms("grids", "recipes")
+    assert recipes[("gemma3-270m", "recipe:lumina2")] == 1 and recipes[("gemma3-270m", "recipe:sana")] == 3
+    assert sorted(calls.declared_arms("grids", "small3").values()) == [3] * 12
+    assert calls.declared_arms("grids", "no_such_grid") == {}

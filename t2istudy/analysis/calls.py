@@ -15,7 +15,7 @@ ones) were added after a look at the results, which inflates the false-positive 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,13 +71,28 @@ def seed_budgets(grids_dir: str | Path, grids: Iterable[str]) -> dict[str, int |
     return budgets
 
 
-def declared_arms(grids_dir: str | Path, grid: str) -> set[tuple[str, str]]:
-    """The (encoder, strategy) arms ``<grids_dir>/<grid>.yaml`` declares; empty where the file does not exist
-    (a test fixture's runs). An arm with no complete run yet is a pending call of its table's family."""
+def declared_arms(grids_dir: str | Path, grid: str) -> dict[tuple[str, str], int]:
+    """{(encoder, strategy): the seeds ``<grids_dir>/<grid>.yaml`` declares for it, within its seed budget};
+    empty where the file does not exist (a test fixture's runs). An arm with no complete run yet is a pending
+    call of its table's family, and so is a call whose arms have fewer landed seeds than declared
+    (:func:`adjust`): a call on one training run cannot stand for three."""
     path = Path(grids_dir) / f"{grid}.yaml"
     if not path.exists():
-        return set()
-    return {(str(r.params["encoder"]), str(r.params["strategy"])) for r in expand_grid(load_grid(path))}
+        return {}
+    seeds: dict[tuple[str, str], set[int]] = {}
+    for run in expand_grid(load_grid(path)):
+        arm = (str(run.params["encoder"]), str(run.params["strategy"]))
+        seeds.setdefault(arm, set()).add(int(run.params["seed"]))
+    budget = seed_budget(path)
+    return {arm: min(len(s), budget) if budget else len(s) for arm, s in seeds.items()}
+
+
+def seeds_declared(arms: Collection[tuple[str, str]], *sides: tuple[str, str]) -> float:
+    """The seeds a call on these (encoder, strategy) sides owes: the fewest any side's grid declares
+    (``arms`` from :func:`declared_arms`); NaN where ``arms`` says no seed count (a plain set, or none)."""
+    if not isinstance(arms, Mapping) or not all(side in arms for side in sides):
+        return np.nan
+    return float(min(arms[side] for side in sides))
 
 
 def mark_exploratory(table: pd.DataFrame, budgets: Mapping[str, int | None]) -> pd.DataFrame:
@@ -127,7 +142,9 @@ def verdict(row: Mapping | pd.Series, min_seeds: int = 1, alpha: float = ALPHA) 
     reads "inconclusive (held before Holm)". Without ``p_holm`` (a call outside any family), the raw CI
     decides: held above 0, failed below 0. An exploratory row reads "exploratory: <its raw verdict>".
     With fewer than ``min_seeds`` paired seeds every verdict reads "(preliminary: k seeds)": the CI then
-    resamples too few training runs to cover run-to-run variance (the protocol asks for 3).
+    resamples too few training runs to cover run-to-run variance (the protocol asks for 3); with fewer than
+    its grid declares (``seeds_declared``), "(preliminary: k of n seeds)", and :func:`adjust` counts it as
+    pending.
     """
     if pd.isna(row["diff"]):
         return "not run"
@@ -141,7 +158,9 @@ def verdict(row: Mapping | pd.Series, min_seeds: int = 1, alpha: float = ALPHA) 
         result = "held" if row["diff"] > 0 else "failed"
     else:
         result = "inconclusive" if raw == "inconclusive" else f"inconclusive ({raw} before Holm)"
-    n = int(row.get("n_seeds", min_seeds))
+    n, owed = int(row.get("n_seeds", min_seeds)), row.get("seeds_declared", np.nan)
+    if n < owed:
+        return f"{result} (preliminary: {n} of {int(owed)} seeds)"
     return result if n >= min_seeds else f"{result} (preliminary: {n} seed{'s' if n != 1 else ''})"
 
 
@@ -154,8 +173,14 @@ def adjust(table: pd.DataFrame, min_seeds: int = 1, alpha: float = ALPHA) -> pd.
     in_family = ~table["p"].isna()
     if "design" in table.columns:
         in_family &= table["design"] == DECLARED
+    # a call whose arms have not landed every declared seed is still owed: its raw p (from fewer training
+    # runs than the protocol asks) enters the correction as 1, as a call not run does, so it cannot lower
+    # the others' correction; it shows its raw CI and p and reads "(preliminary: k of n seeds)"
+    owed = pd.Series(False, index=table.index)
+    if {"n_seeds", "seeds_declared"} <= set(table.columns):
+        owed = table["n_seeds"] < table["seeds_declared"]
     table["p_holm"] = np.nan
-    table.loc[in_family, "p_holm"] = holm(table.loc[in_family, "p"].to_numpy())
+    table.loc[in_family, "p_holm"] = holm(table["p"].mask(owed, 1.0)[in_family].to_numpy())
     table["verdict"] = [verdict(row, min_seeds, alpha) for _, row in table.iterrows()]
     rest = [c for c in table.columns if c not in ("p_holm", "verdict")]
     at = rest.index("p") + 1  # the raw CI and p, then the adjusted p and the verdict called on it

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2istudy.analysis.calls import adjust, declared, mark_exploratory
+from t2istudy.analysis.calls import adjust, declared, mark_exploratory, seeds_declared
 from t2istudy.analysis.stats import (
     PENDING,
     Options,
@@ -133,7 +133,8 @@ def protocol_effect(
         for tier, skill in PROTOCOL_CALLS:
             a, b = (s[(s["encoder"] == enc) & (s["strategy"] == strategy)] for s in
                     (scores[grid, tier], scores[baseline_grid, tier]))  # fmt: skip
-            arm = {"tier": tier, "skill": skill, "encoder": enc, "strategy": strategy}
+            arm = {"tier": tier, "skill": skill, "encoder": enc, "strategy": strategy,
+                   "seeds_declared": seeds_declared(pending, (enc, strategy))}  # fmt: skip
             if a.empty or b.empty:
                 out.append({**arm, **PENDING, "n_prompts": 0, "pairs": "", "verdict": "not run"})
                 continue

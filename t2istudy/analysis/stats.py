@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from t2istudy.analysis.calls import DECLARED, EXPLORATORY, adjust, declared, has_exploratory, verdict
+from t2istudy.analysis.calls import (
+    DECLARED,
+    EXPLORATORY,
+    adjust,
+    declared,
+    has_exploratory,
+    seeds_declared,
+    verdict,
+)
 from t2istudy.scoring.bootstrap import mean_of_group_means_test_over_seeds_and_prompts
 from t2istudy.scoring.paired_binding import BINDING
 from t2istudy.text.registry import encoder_facts, encoder_family
@@ -253,6 +261,8 @@ def claims(
             a, b = pick(enc_a, strat_a), pick(enc_b, strat_b)
             row = {"claim": claim, "a": f"{enc_a} {strat_a}", "b": f"{enc_b} {strat_b}", "design": design}
             row.update(_call_or_pending(a, b, None, opts, designed and design == DECLARED))
+            if design == DECLARED:
+                row["seeds_declared"] = seeds_declared(arms, (enc_a, strat_a), (enc_b, strat_b))
             if design == DECLARED or row["n_seeds"] > out[-1]["n_seeds"]:  # only when it adds seeds
                 out.append({**row, "verdict": verdict({**row, "p_holm": np.nan}, opts.min_seeds)})
     return pd.DataFrame(out)
@@ -359,9 +369,11 @@ def skill_gains(
     for enc in info.loc[info["kind"] != "bidirectional", "encoder"]:
         a = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.best_strategy)]
         b = scores[(scores["encoder"] == enc) & (scores["strategy"] == opts.baseline_strategy)]
-        designed = _designed(arms, run_strategies, (enc, opts.best_strategy), (enc, opts.baseline_strategy))
+        sides = (enc, opts.best_strategy), (enc, opts.baseline_strategy)
+        designed, owed = _designed(arms, run_strategies, *sides), seeds_declared(arms, *sides)
         for skill in ["overall", *skills]:  # an LLM's arm not landed yet is a pending call of the family
-            out.append({"encoder": enc, "skill": skill, **_call_or_pending(a, b, skill, opts, designed)})
+            call = _call_or_pending(a, b, skill, opts, designed)
+            out.append({"encoder": enc, "skill": skill, **call, "seeds_declared": owed})
     return adjust(pd.DataFrame(out), opts.min_seeds) if out else pd.DataFrame()
 
 
