@@ -79,11 +79,12 @@ def declared_arms(grids_dir: str | Path, grid: str) -> dict[tuple[str, str], int
     path = Path(grids_dir) / f"{grid}.yaml"
     if not path.exists():
         return {}
+    grid = load_grid(path)
     seeds: dict[tuple[str, str], set[int]] = {}
-    for run in expand_grid(load_grid(path)):
+    for run in expand_grid(grid):
         arm = (str(run.params["encoder"]), str(run.params["strategy"]))
         seeds.setdefault(arm, set()).add(int(run.params["seed"]))
-    budget = seed_budget(path)
+    budget = grid.seed_budget
     return {arm: min(len(s), budget) if budget else len(s) for arm, s in seeds.items()}
 
 
